@@ -1,0 +1,55 @@
+"""comfy_notebook: ComfyUI-style node graphs run in the notebook kernel (real mode).
+
+Public surface (imported lazily so that ``import comfy_notebook`` stays cheap and never
+imports torch by itself):
+
+- ``Session``: registry + executor + cache (+ model manager once models are used).
+- ``session()`` / ``use_session(s)``: the session that real-mode node calls act on.
+- ``load_ipython_extension``: ``%load_ext comfy_notebook``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Session",
+    "__version__",
+    "load_ipython_extension",
+    "read_prompt",
+    "session",
+    "unload_ipython_extension",
+    "use_session",
+]
+
+_LAZY = {
+    "Session": ("comfy_notebook.session", "Session"),
+    "session": ("comfy_notebook.session", "session"),
+    "use_session": ("comfy_notebook.session", "use_session"),
+    "read_prompt": ("comfy_notebook.pnginfo", "read_prompt"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module_name, attr = _LAZY[name]
+        return getattr(importlib.import_module(module_name), attr)
+    raise AttributeError(f"module 'comfy_notebook' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Entry point of ``%load_ext comfy_notebook``."""
+    from comfy_notebook.kernel_ext import load_ipython_extension as _load
+
+    _load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Entry point of ``%unload_ext comfy_notebook``."""
+    from comfy_notebook.kernel_ext import unload_ipython_extension as _unload
+
+    _unload(ipython)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs comfy_notebook and (with "test") everything its tests need, on a fresh machine.
+# torch goes first and pinned to the CPU build that this machine carries locally; a bare
+# "torch" requirement would pull several GB of CUDA wheels.  On a GPU machine that already
+# has a CUDA torch, set COMFY_KEEP_TORCH=1 to keep it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIP="python -m pip"
+if [ "${COMFY_KEEP_TORCH:-0}" != "1" ]; then
+  $PIP install -q "torch==2.13.0"
+fi
+if [ "${1:-}" = "test" ]; then
+  $PIP install -q -e ".[test]"
+  # k-diffusion's declared deps pull torchvision (no CPU wheel); tests load its sampling.py alone.
+  $PIP install -q --no-deps "k-diffusion==0.1.1.post1"
+else
+  $PIP install -q -e ".[notebook]"
+fi
