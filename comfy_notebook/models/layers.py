@@ -1,0 +1,150 @@
+"""Building blocks shared by the UNet and the VAE (LDM parameter names).
+
+Reference layout: CompVis/stable-diffusion ``ldm/modules/attention.py`` at 21f890f (the
+checkpoint keys ``transformer_blocks.N.attn1.to_q`` etc. come from there).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "BasicTransformerBlock",
+    "CrossAttention",
+    "FeedForward",
+    "SpatialTransformer",
+    "attention",
+    "group_norm",
+]
+
+
+def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
+    """The 32-group GroupNorm every LDM block uses."""
+    return nn.GroupNorm(32, channels, eps=eps, affine=True)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+    """Multi-head attention through ``scaled_dot_product_attention``.
+
+    q: [B, Tq, H*D], k/v: [B, Tk, H*D] -> [B, Tq, H*D]
+    """
+    b, tq, inner = q.shape
+    d = inner // heads
+    q = q.view(b, tq, heads, d).transpose(1, 2)  # [B, H, Tq, D]
+    k = k.view(b, -1, heads, d).transpose(1, 2)  # [B, H, Tk, D]
+    v = v.view(b, -1, heads, d).transpose(1, 2)  # [B, H, Tk, D]
+    out = F.scaled_dot_product_attention(q, k, v)  # [B, H, Tq, D]
+    return out.transpose(1, 2).reshape(b, tq, inner)
+
+
+class CrossAttention(nn.Module):
+    """Attention with bias-free q/k/v projections; self-attention when ``context`` is None."""
+
+    def __init__(self, query_dim: int, context_dim: int | None, heads: int, dim_head: int) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        context_dim = query_dim if context_dim is None else context_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """x: [B, T, C], context: [B, S, Dc] -> [B, T, C]."""
+        ctx = x if context is None else context
+        out = attention(self.to_q(x), self.to_k(ctx), self.to_v(ctx), self.heads)
+        return self.to_out(out)
+
+
+class GEGLU(nn.Module):
+    """Gated GELU: one projection to twice the width, half gates the other half."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [B, T, Din] -> [B, T, Dout]."""
+        h, gate = self.proj(x).chunk(2, dim=-1)
+        return h * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """GEGLU MLP with 4x expansion (keys ``net.0.proj``, ``net.2``)."""
+
+    def __init__(self, dim: int, mult: int = 4) -> None:
+        super().__init__()
+        inner = dim * mult
+        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(0.0), nn.Linear(inner, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [B, T, C] -> [B, T, C]."""
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm self-attention, cross-attention and feed-forward, each with a residual."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int) -> None:
+        super().__init__()
+        self.attn1 = CrossAttention(dim, None, heads, dim_head)
+        self.ff = FeedForward(dim)
+        self.attn2 = CrossAttention(dim, context_dim, heads, dim_head)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        """x: [B, T, C], context: [B, S, Dc] -> [B, T, C]."""
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer over the pixels of a feature map, with 1x1-conv or linear projections."""
+
+    def __init__(
+        self,
+        channels: int,
+        heads: int,
+        dim_head: int,
+        depth: int,
+        context_dim: int,
+        use_linear: bool,
+    ) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        self.use_linear = use_linear
+        self.norm = group_norm(channels, eps=1e-6)
+        if use_linear:
+            self.proj_in: nn.Module = nn.Linear(channels, inner)
+            self.proj_out: nn.Module = nn.Linear(inner, channels)
+        else:
+            self.proj_in = nn.Conv2d(channels, inner, 1)
+            self.proj_out = nn.Conv2d(inner, channels, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth)
+        )
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        """x: [B, C, H, W], context: [B, S, Dc] -> [B, C, H, W]."""
+        b, c, h, w = x.shape
+        residual = x
+        x = self.norm(x)
+        if not self.use_linear:
+            x = self.proj_in(x)  # [B, I, H, W]
+        x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1)  # [B, HW, C or I]
+        if self.use_linear:
+            x = self.proj_in(x)  # [B, HW, I]
+        for block in self.transformer_blocks:
+            x = block(x, context)
+        if self.use_linear:
+            x = self.proj_out(x)  # [B, HW, C]
+        x = x.reshape(b, h, w, -1).permute(0, 3, 1, 2)  # [B, C or I, H, W]
+        if not self.use_linear:
+            x = self.proj_out(x)
+        return x + residual
+
