@@ -1,0 +1,176 @@
+"""``ModelPanel``: the session's managed models, memory bars and load/offload/unload buttons."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import traitlets
+
+from comfy_notebook.widgets._base import STATIC, View
+
+__all__ = ["ModelPanel", "host_memory"]
+
+_ROW_FIELDS = ("name", "kind", "family", "source", "dtype", "bytes", "loaded_bytes", "location",
+               "keep_loaded", "pinned")
+
+
+def host_memory() -> tuple[int, int]:
+    """(total, available) host RAM in bytes, from ``sysconf`` (0, 0 where unavailable)."""
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+    except (ValueError, OSError, AttributeError):
+        return 0, 0
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+class ModelPanel(View):
+    """A live table of a ``ModelManager``'s models, with buttons wired to its verbs.
+
+    Parameters
+    ----------
+    manager:
+        The session's model manager (``session.services["models"]``).
+    cache:
+        Optional engine cache whose ``stats()`` bytes are shown as "cache" in the RAM bar.
+    """
+
+    _esm = STATIC / "model_panel.js"
+    rows = traitlets.List().tag(sync=True)
+    memory = traitlets.Dict().tag(sync=True)
+
+    def __init__(self, manager: Any, *, cache: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.manager = manager
+        self.cache = cache
+        self._unsubscribe: Callable[[], None] | None = manager.subscribe(self._on_moved)
+        self.refresh()
+
+    @classmethod
+    def for_session(cls, session: Any = None) -> ModelPanel:
+        """The panel of ``session`` (default: the current session)."""
+        if session is None:
+            import comfy_notebook
+
+            session = comfy_notebook.session()
+        if "models" not in session.services:
+            raise LookupError("no models loaded: this session has no model manager yet "
+                              "(load a checkpoint first)")
+        return cls(session.services["models"], cache=getattr(session, "cache", None))
+
+    def _on_moved(self, _event: Any) -> None:
+        """ModelMoved events (from any thread): re-read the manager."""
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read rows and memory figures from the manager (the single source of truth)."""
+        rows = []
+        for info in self.manager.list():
+            row = {f: getattr(info, f, None) for f in _ROW_FIELDS}
+            row["family"] = row["family"] or row["kind"]
+            row["dtype"] = str(row["dtype"]).replace("torch.", "") if row["dtype"] else ""
+            rows.append(row)
+        self.rows = rows
+        self.memory = self._memory(rows)
+
+    def _memory(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Bars: device (models, free, budget) and host (models, cache, free, total)."""
+        on_device = sum(int(r["loaded_bytes"] or 0) for r in rows if r["location"] != "unloaded"
+                        and r["location"] != "cpu")
+        on_host = sum(int(r["bytes"] or 0) for r in rows if r["location"] == "cpu") + sum(
+            int(r["bytes"] or 0) - int(r["loaded_bytes"] or 0)
+            for r in rows if r["location"] == "partial")
+        device = getattr(self.manager, "device", None)
+        budget = getattr(self.manager, "budget_bytes", None)
+        try:
+            free = int(self.manager.memory_free(device))
+        except Exception:  # noqa: BLE001 - memory figures are informative only
+            free = None
+        cache_bytes = 0
+        if self.cache is not None:
+            stats = self.cache.stats()
+            cache_bytes = int(stats.get("bytes", 0) if isinstance(stats, dict)
+                              else getattr(stats, "bytes", 0))
+        total, available = host_memory()
+        return {
+            "device": {"name": str(device or "device"), "models": on_device, "free": free,
+                       "budget": budget},
+            "host": {"models": on_host, "cache": cache_bytes, "free": available, "total": total},
+        }
+
+    def _model(self, name: str) -> Any:
+        """The managed model called ``name``, or a clear error listing the names."""
+        for attr in ("get", "__getitem__"):
+            getter = getattr(self.manager, attr, None)
+            if getter is not None:
+                try:
+                    found = getter(name)
+                except (KeyError, LookupError):
+                    found = None
+                if found is not None:
+                    return found
+        names = [r["name"] for r in self.rows]
+        raise LookupError(f"no model named {name!r}; the manager has {names}")
+
+    def action_load(self, name: str) -> str:
+        """The load button: put the model on the compute device."""
+        self.manager.load(self._model(name))
+        self.refresh()
+        return f"loaded {name}"
+
+    def action_offload(self, name: str) -> str:
+        """The offload button: move the model to the CPU."""
+        self.manager.offload(self._model(name))
+        self.refresh()
+        return f"offloaded {name}"
+
+    def action_unload(self, name: str) -> str:
+        """The unload button: free the weights (the handle reloads them on next use)."""
+        self.manager.unload(self._model(name))
+        self.refresh()
+        return f"unloaded {name}"
+
+    def action_unload_all(self) -> str:
+        """The unload-all button."""
+        self.manager.unload_all()
+        self.refresh()
+        return "unloaded all models"
+
+    def action_refresh(self) -> str:
+        """The refresh button."""
+        self.refresh()
+        return ""
+
+    def close(self) -> None:
+        """Stop following the manager and close the widget."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        super().close()
+
+    def text(self) -> str:
+        """The model table as text (what ``%comfy models`` prints in a terminal)."""
+        header = f"{'name':<28} {'family':<8} {'dtype':<9} {'bytes':>9} {'location':<9}"
+        lines = [header, "-" * len(header)]
+        for r in self.rows:
+            lines.append(f"{r['name']:<28} {r['family'] or '':<8} {r['dtype']:<9} "
+                         f"{_fmt_bytes(r['bytes']):>9} {r['location']:<9}")
+        if not self.rows:
+            lines.append("(no models)")
+        dev, host = self.memory["device"], self.memory["host"]
+        lines.append(f"{dev['name']}: models {_fmt_bytes(dev['models'])}, free "
+                     f"{_fmt_bytes(dev['free'])}, budget {_fmt_bytes(dev['budget'])}")
+        lines.append(f"RAM: models {_fmt_bytes(host['models'])}, cache {_fmt_bytes(host['cache'])}"
+                     f", free {_fmt_bytes(host['free'])} of {_fmt_bytes(host['total'])}")
+        return "\n".join(lines)

@@ -1,0 +1,81 @@
+// Model panel view: a table of managed models, memory bars, load/offload/unload buttons.
+// Buttons send {action, name} to Python, which calls the ModelManager and re-sends rows.
+
+function h(tag, attrs = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function fmt(n) {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KB", "MB", "GB"];
+  let i = 0;
+  while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return i === 0 ? `${n} B` : `${n.toFixed(1)} ${units[i]}`;
+}
+
+function bar(title, parts, capacity) {
+  const total = capacity || parts.reduce((s, p) => s + (p.bytes || 0), 0) || 1;
+  const segs = parts.map((p) => h("span", {
+    class: `cn-seg cn-seg-${p.kind}`,
+    style: `width:${Math.min(100, (100 * (p.bytes || 0)) / total)}%`,
+    title: `${p.kind}: ${fmt(p.bytes)}`,
+  }));
+  const legend = parts.map((p) => `${p.kind} ${fmt(p.bytes)}`).join(" · ");
+  return h("div", { class: "cn-bar-row" }, [
+    h("div", { class: "cn-bar-title", text: title }),
+    h("div", { class: "cn-bar" }, segs),
+    h("div", { class: "cn-bar-legend", text: legend }),
+  ]);
+}
+
+function render({ model, el }) {
+  const root = h("div", { class: "cn-widget cn-models" });
+  el.append(root);
+  const send = (action, name) => model.send(name === undefined ? { action } : { action, name });
+
+  function draw() {
+    const rows = model.get("rows");
+    const mem = model.get("memory");
+    const dev = mem.device || {};
+    const host = mem.host || {};
+    const capacity = dev.budget || ((dev.models || 0) + (dev.free || 0));
+    const head = h("tr", {}, ["name", "family", "dtype", "size", "where", ""].map(
+      (t) => h("th", { text: t })));
+    const body = rows.map((r) => h("tr", { class: "cn-model-row", "data-name": r.name }, [
+      h("td", { text: r.name, title: r.source || "" }),
+      h("td", { text: r.family || "" }),
+      h("td", { text: r.dtype }),
+      h("td", { text: fmt(r.bytes) }),
+      h("td", { class: `cn-loc cn-loc-${r.location}`, text: r.location }),
+      h("td", {}, ["load", "offload", "unload"].map((a) => h("button", {
+        class: `cn-${a}`, text: a, onclick: () => send(a, r.name),
+      }))),
+    ]));
+    root.replaceChildren(
+      h("table", { class: "cn-table" }, [h("thead", {}, [head]), h("tbody", {}, body)]),
+      bar(`${dev.name || "device"}${dev.budget ? ` (budget ${fmt(dev.budget)})` : ""}`,
+        [{ kind: "models", bytes: dev.models }, { kind: "free", bytes: dev.free }], capacity),
+      bar("RAM", [{ kind: "models", bytes: host.models }, { kind: "cache", bytes: host.cache },
+        { kind: "free", bytes: host.free }], host.total),
+      h("div", { class: "cn-buttons" }, [
+        h("button", { class: "cn-unload-all", text: "unload all", onclick: () => send("unload_all") }),
+        h("button", { class: "cn-refresh", text: "refresh", onclick: () => send("refresh") }),
+      ]),
+      h("div", { class: "cn-message", text: model.get("message") }),
+    );
+    if (rows.length === 0) root.prepend(h("div", { class: "cn-empty", text: "no models" }));
+  }
+
+  for (const name of ["rows", "memory", "message"]) model.on(`change:${name}`, draw);
+  draw();
+  return () => { for (const name of ["rows", "memory", "message"]) model.off(`change:${name}`, draw); };
+}
+
+export default { render };
