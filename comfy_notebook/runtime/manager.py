@@ -1,0 +1,767 @@
+"""ModelManager: which models sit on the compute device, and moving them under a budget.
+
+One manager per Session.  Models are registered with a factory that rebuilds them from their file,
+so ``unload`` can free the weights while every :class:`ModelRef` stays valid.  Host weights are the
+master copy (one pinned flat buffer per model on CUDA); the device holds a working copy, so
+offloading copies nothing back and reloading is one large DMA.  Accounting mode
+(``capacity_bytes``) runs the same eviction / partial-load logic on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from comfy_notebook.errors import ComfyNotebookError, ModelLoadError, ModelMemoryError
+from comfy_notebook.runtime.devices import DevicePolicy
+from comfy_notebook.runtime.patches import ModelRef, apply_patches
+from comfy_notebook.runtime.streaming import Streamer, find_units, set_param
+
+__all__ = [
+    "ManagedModel",
+    "ManagerStats",
+    "ModelInUseError",
+    "ModelInfo",
+    "ModelManager",
+    "ModelMoved",
+    "ModelRef",
+    "UnknownModelError",
+    "estimate_unet_memory",
+]
+
+T = TypeVar("T")
+_NO_LIMIT = 1 << 62
+_GIB = 1 << 30
+
+
+class ModelInUseError(ComfyNotebookError, RuntimeError):
+    """The operation needs a model that a running node is using."""
+
+
+class UnknownModelError(ComfyNotebookError, KeyError):
+    """No model of that name is registered."""
+
+
+@dataclass(frozen=True)
+class ModelMoved:
+    """Event: ``name`` moved ``source`` -> ``target`` ("file", "cpu", "gpu", "partial", "unloaded")."""
+
+    name: str
+    source: str
+    target: str
+    nbytes: int
+    seconds: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class ManagerStats:
+    """Counters since the manager was created (a snapshot)."""
+
+    bytes_moved_to_device: int = 0
+    bytes_moved_to_host: int = 0  # bytes released from the device (the host master is kept)
+    bytes_streamed: int = 0
+    seconds_moving: float = 0.0
+    loads: int = 0
+    partial_loads: int = 0
+    offloads: int = 0
+    unloads: int = 0
+    reloads: int = 0
+    evictions: int = 0
+    oom_retries: int = 0
+    weights_patched: int = 0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One row of ``manager.list()``."""
+
+    name: str
+    kind: str
+    source: str | None
+    bytes: int
+    dtype: torch.dtype | None
+    location: str  # "gpu" (compute device) | "cpu" | "partial" | "unloaded"
+    loaded_bytes: int
+    last_used: float | None  # time.time() of the last use
+    pinned: bool
+    keep_loaded: bool
+    in_use: bool
+    holders: tuple[str, ...]
+
+
+def estimate_unet_memory(
+    latent_shape: tuple[int, ...], dtype: torch.dtype, *, cfg: bool = True, factor: float = 2.0
+) -> int:
+    """Heuristic activation memory of a UNet forward on ``latent_shape`` [B, C, H, W].
+
+    Proportional to batch x latent area x element size (CFG doubles the batch); ``factor``
+    2.0 covers SD1 at 512 px with plain attention (~0.35 GB at fp16, batch 2).
+    """
+    batch = latent_shape[0] * (2 if cfg else 1)
+    area = batch * int(torch.tensor(latent_shape[2:]).prod())
+    elem = torch.empty((), dtype=dtype).element_size()
+    return int(area * elem * 0.01 * factor * (1 << 20))
+
+
+class ManagedModel:
+    """A registered model: its weights (or a factory to rebuild them) and where they live now."""
+
+    def __init__(self, manager: ModelManager, name: str, factory: Callable[[], nn.Module] | None,
+                 kind: str, source: str | None, dtype: torch.dtype | None) -> None:
+        self.name, self.kind, self.source, self.factory = name, kind, source, factory
+        self.dtype = dtype
+        self.keep_loaded = False
+        self.last_used: float | None = None
+        self._seq = 0  # LRU order
+        self._manager = weakref.ref(manager)
+        self._module: nn.Module | None = None
+        self._master: dict[str, torch.Tensor] = {}  # canonical key -> host tensor
+        self._host_buffers: dict[tuple[int, str], torch.Tensor] = {}
+        self._flat_host: torch.Tensor | None = None
+        self._flat_device: torch.Tensor | None = None
+        self._units: list = []
+        self._resident: set[str] = set()  # prefixes of units on the device
+        self._on_device = False
+        self._streamer: Streamer | None = None
+        self._applied: tuple = ()
+        self._applied_patches: dict = {}
+        self._in_use = 0
+        self._transient = False
+        self._refs: weakref.WeakSet[ModelRef] = weakref.WeakSet()
+        self.nbytes = 0
+        self.buffer_bytes = 0
+
+    # -- handle -------------------------------------------------------------------------------
+    def ref(self, holder: str | None = None) -> ModelRef:
+        """A new unpatched handle onto this model."""
+        return ModelRef(self, holder=holder)
+
+    def _track(self, ref: ModelRef) -> None:
+        self._refs.add(ref)
+
+    def parameter_names(self) -> set[str]:
+        """Canonical parameter names (builds the model from its factory if never built)."""
+        if not self._master:
+            mgr = self._manager()
+            if mgr is None:
+                raise ModelLoadError(f"model {self.name!r} outlived its manager")
+            mgr._ensure_built(self)
+        return set(self._master)
+
+    @property
+    def location(self) -> str:
+        """"gpu", "partial", "cpu" or "unloaded"."""
+        if self._module is None:
+            return "unloaded"
+        if self._streamer is not None:
+            return "partial"
+        return "gpu" if self._on_device else "cpu"
+
+    @property
+    def loaded_bytes(self) -> int:
+        """Bytes this model holds on the compute device."""
+        if not self._on_device:
+            return 0
+        return self.buffer_bytes + sum(u.nbytes for u in self._units if u.prefix in self._resident)
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the host copy lives in one pinned buffer."""
+        return self._flat_host is not None and self._flat_host.is_pinned()
+
+    @property
+    def in_use(self) -> bool:
+        """Whether a node is running with this model now (not evictable)."""
+        return self._in_use > 0
+
+    @property
+    def streamer(self) -> Streamer | None:
+        """The streaming hooks when partially loaded."""
+        return self._streamer
+
+    def __repr__(self) -> str:
+        return f"ManagedModel({self.name!r}, kind={self.kind!r}, location={self.location!r})"
+
+
+class ModelManager:
+    """Registers models, moves them between host and device, and keeps within a VRAM budget.
+
+    Parameters
+    ----------
+    policy:
+        Devices and dtypes; defaults to :meth:`DevicePolicy.auto` (probed when constructed).
+    budget_bytes:
+        Most bytes the manager lets models plus inference memory take on the device.
+    reserve_bytes:
+        Device memory always left free (400 MiB on CUDA by default, 0 otherwise).
+    capacity_bytes:
+        A fake device capacity: accounting-only mode, for tests and CPU-only machines.
+    device:
+        Override of ``policy.device``.
+    """
+
+    def __init__(self, policy: DevicePolicy | None = None, *, budget_bytes: int | None = None,
+                 reserve_bytes: int | None = None, capacity_bytes: int | None = None,
+                 device: torch.device | str | None = None) -> None:
+        self.policy = policy or DevicePolicy.auto()
+        self.device = torch.device(device) if device is not None else self.policy.device
+        self.host = self.policy.offload_device
+        self.capacity_bytes = capacity_bytes
+        self.budget_bytes = budget_bytes
+        if reserve_bytes is None:
+            reserve_bytes = 400 << 20 if (self.device.type == "cuda" and capacity_bytes is None) else 0
+        self.reserve_bytes = reserve_bytes
+        self._models: dict[str, ManagedModel] = {}
+        self._lock = threading.RLock()
+        self._seq = itertools.count(1)
+        self._reserved = 0
+        self._subscribers: list[Callable[[ModelMoved], None]] = []
+        self._stats: dict[str, Any] = {f.name: f.default for f in fields(ManagerStats)}
+
+    # -- registry -----------------------------------------------------------------------------
+    def register(self, name: str, factory: Callable[[], nn.Module] | None = None, *, kind: str,
+                 source: str | None = None, dtype: torch.dtype | None = None,
+                 module: nn.Module | None = None) -> ManagedModel:
+        """Register a model; returns its :class:`ManagedModel` (``.ref()`` gives a handle).
+
+        ``factory`` rebuilds the module from ``source`` after an unload; ``module`` is an
+        already built instance (e.g. one part of a checkpoint that was loaded once).
+        """
+        with self._lock:
+            if name in self._models:
+                raise ComfyNotebookError(
+                    f"a model named {name!r} is already registered; expected a new name. "
+                    "Fix: unregister it first or choose another name.")
+            if factory is None and module is None:
+                raise ModelLoadError(
+                    f"model {name!r}: expected a factory or a built module, received neither. "
+                    "Fix: pass factory=lambda: ... that builds the nn.Module.")
+            m = ManagedModel(self, name, factory, kind, source, dtype)
+            self._models[name] = m
+            if module is not None:
+                self._adopt(m, module, reason="registered")
+            return m
+
+    def unregister(self, m: ManagedModel | ModelRef | str) -> None:
+        """Forget a model (unloading it first); existing refs then fail on use."""
+        with self._lock:
+            model = self._resolve(m)
+            self.unload(model) if model.factory is not None else self._offload(model, "unregister")
+            model._module = None
+            self._models.pop(model.name, None)
+
+    def __getitem__(self, name: str) -> ManagedModel:
+        return self._resolve(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._models
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def _resolve(self, m: ManagedModel | ModelRef | str) -> ManagedModel:
+        if isinstance(m, ModelRef):
+            m = m.base
+        if isinstance(m, str):
+            if m not in self._models:
+                raise UnknownModelError(
+                    f"no model named {m!r}; expected one of {sorted(self._models)}. "
+                    "Fix: check manager.list() for the registered names.")
+            return self._models[m]
+        if not isinstance(m, ManagedModel) or self._models.get(m.name) is not m:
+            raise UnknownModelError(f"{m!r} is not registered with this manager")
+        return m
+
+    # -- observation --------------------------------------------------------------------------
+    @property
+    def stats(self) -> ManagerStats:
+        """A snapshot of the counters (bytes moved, seconds moving, loads, evictions, ...)."""
+        return ManagerStats(**self._stats)
+
+    def subscribe(self, fn: Callable[[ModelMoved], None]) -> Callable[[], None]:
+        """Call ``fn(event)`` on every move; returns a function that unsubscribes."""
+        self._subscribers.append(fn)
+
+        def unsubscribe() -> None:
+            if fn in self._subscribers:
+                self._subscribers.remove(fn)
+
+        return unsubscribe
+
+    def list(self) -> list[ModelInfo]:
+        """One row per registered model."""
+        with self._lock:
+            return [self._info(m) for m in self._models.values()]
+
+    def _info(self, m: ManagedModel) -> ModelInfo:
+        holders = tuple(sorted(r.holder or "<ref>" for r in list(m._refs)))
+        return ModelInfo(m.name, m.kind, m.source, m.nbytes, m.dtype, m.location, m.loaded_bytes,
+                         m.last_used, m.pinned, m.keep_loaded, m.in_use, holders)
+
+    def __repr__(self) -> str:
+        head = f"ModelManager(device={self.device}, used={_fmt(self._resident_bytes())}"
+        if self.budget_bytes is not None:
+            head += f", budget={_fmt(self.budget_bytes)}"
+        if self.capacity_bytes is not None:
+            head += f", capacity={_fmt(self.capacity_bytes)}"
+        lines = [head + f", reserve={_fmt(self.reserve_bytes)})"]
+        rows = [("name", "kind", "where", "loaded/size", "dtype", "last used", "flags")]
+        for i in self.list():
+            flags = ",".join(f for f, on in (("in use", i.in_use), ("keep", i.keep_loaded),
+                                               ("pinned", i.pinned)) if on)
+            used = time.strftime("%H:%M:%S", time.localtime(i.last_used)) if i.last_used else "-"
+            rows.append((i.name, i.kind, i.location, f"{_fmt(i.loaded_bytes)}/{_fmt(i.bytes)}",
+                         str(i.dtype).replace("torch.", ""), used, flags or "-"))
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+                  for r in rows]
+        return "\n".join(lines)
+
+    # -- memory -------------------------------------------------------------------------------
+    def _resident_bytes(self) -> int:
+        return sum(m.loaded_bytes for m in self._models.values())
+
+    def memory_free(self, device: torch.device | str | None = None) -> int:
+        """Free bytes on the device: accounting capacity, or ``torch.cuda.mem_get_info``."""
+        if self.capacity_bytes is not None:
+            return self.capacity_bytes - self._resident_bytes() - self._reserved
+        dev = torch.device(device) if device is not None else self.device
+        if dev.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(dev)
+            cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+            return int(free + cached)
+        return _NO_LIMIT
+
+    def _room(self) -> int:
+        """Bytes that may still be allocated on the device under budget and reserve."""
+        room = self.memory_free() - self.reserve_bytes
+        if self.budget_bytes is not None:
+            room = min(room, self.budget_bytes - self._resident_bytes() - self._reserved)
+        return room
+
+    def set_budget(self, budget_bytes: int | None, reserve_bytes: int | None = None) -> None:
+        """Set the VRAM budget (None: no budget) and reserve; evicts LRU models to comply."""
+        with self._lock:
+            self.budget_bytes = budget_bytes
+            if reserve_bytes is not None:
+                self.reserve_bytes = reserve_bytes
+            self.free_memory(0)
+
+    def keep_loaded(self, m: ManagedModel | ModelRef | str, flag: bool = True) -> None:
+        """Exempt a model from automatic eviction (explicit offload/unload still work)."""
+        self._resolve(m).keep_loaded = flag
+
+    def free_memory(self, bytes_needed: int, device: torch.device | str | None = None,
+                    keep: tuple = ()) -> int:
+        """Offload least recently used models (not in use, not kept) until ``bytes_needed`` fit.
+
+        Returns the number of device bytes freed.
+        """
+        with self._lock:
+            keep_models = {id(self._resolve(k)) for k in keep}
+            freed = 0
+            victims = sorted((m for m in self._models.values() if m.loaded_bytes > 0
+                              and not m.in_use and not m.keep_loaded
+                              and id(m) not in keep_models), key=lambda m: m._seq)
+            for m in victims:
+                if self._room() >= bytes_needed:
+                    break
+                freed += m.loaded_bytes
+                self._offload(m, "evicted")
+                self._stats["evictions"] += 1
+            if freed and self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return freed
+
+    def _emit(self, m: ManagedModel, source: str, target: str, nbytes: int, seconds: float,
+              reason: str) -> None:
+        event = ModelMoved(m.name, source, target, nbytes, seconds, reason)
+        for fn in list(self._subscribers):
+            fn(event)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _same_memory(self) -> bool:
+        """True when the compute device is the host: moves are bookkeeping, patches out-of-place."""
+        return self.device == self.host or (self.device.type == "cpu" and self.host.type == "cpu")
+
+    def _ensure_built(self, m: ManagedModel) -> None:
+        if m._module is not None:
+            return
+        if m.factory is None:
+            raise ModelLoadError(f"model {m.name!r} has no factory to rebuild it from its file")
+        t0 = time.perf_counter()
+        try:
+            module = m.factory()
+        except ComfyNotebookError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"rebuilding model {m.name!r} from {m.source!r} failed: {type(exc).__name__}: "
+                f"{exc}. Fix: check that the file still exists and is readable.") from exc
+        if not isinstance(module, nn.Module):
+            raise ModelLoadError(
+                f"the factory of model {m.name!r} returned {type(module).__name__}; expected an "
+                "nn.Module. Fix: make the factory return the built module.")
+        self._stats["reloads"] += 1
+        self._adopt(m, module, reason="loaded from file", t0=t0)
+
+    def _adopt(self, m: ManagedModel, module: nn.Module, *, reason: str,
+               t0: float | None = None) -> None:
+        """Take ownership of a built module: dtype, eval mode, host master copy (pinned)."""
+        t0 = time.perf_counter() if t0 is None else t0
+        if m.dtype is not None:
+            module.to(dtype=m.dtype)
+        module.eval().requires_grad_(False)
+        if any(p.device != self.host for p in module.parameters()):
+            module.to(self.host)
+        m._module = module
+        m._units = find_units(module)
+        params = {key: unit.module._parameters[local] for unit in m._units
+                  for local, key in unit.params}
+        m.nbytes = sum(u.nbytes for u in m._units)
+        if m.dtype is None and params:
+            m.dtype = next(iter(params.values())).dtype
+        m._host_buffers = {(id(mod), k): b for mod in module.modules()
+                           for k, b in mod._buffers.items() if b is not None}
+        m.buffer_bytes = sum(b.numel() * b.element_size() for b in m._host_buffers.values())
+        pin = self.policy.pin_memory and self.device.type == "cuda" and torch.cuda.is_available()
+        if pin and params:
+            m._master, m._flat_host = _flatten(params, pin=True)
+        else:
+            m._master, m._flat_host = {k: p.detach() for k, p in params.items()}, None
+        for unit in m._units:
+            for local, key in unit.params:
+                set_param(unit.module, local, m._master[key])
+        self._emit(m, "file", "cpu", m.nbytes, time.perf_counter() - t0, reason)
+
+    # -- explicit verbs -----------------------------------------------------------------------
+    def load(self, m: ManagedModel | ModelRef | str, device: torch.device | str | None = None,
+             *, memory_required: int = 0) -> None:
+        """Put a model on the compute device (``device="cpu"`` offloads), evicting LRU models.
+
+        A ref's patches are applied; loads partially when the model alone does not fit.
+        """
+        with self._lock:
+            model = self._resolve(m)
+            if device is not None and torch.device(device) == self.host and self.device != self.host:
+                self.offload(model)
+                return
+            ref = m if isinstance(m, ModelRef) else None
+            self._ensure_built(model)
+            self._place(model, memory_required)
+            self._patch(model, ref)
+            model._transient = False
+            self._touch(model)
+
+    def offload(self, m: ManagedModel | ModelRef | str) -> None:
+        """Free the model's device memory; the pinned host copy makes the next load fast."""
+        with self._lock:
+            model = self._resolve(m)
+            self._check_idle(model, "offload")
+            self._offload(model, "offload")
+
+    def unload(self, m: ManagedModel | ModelRef | str) -> None:
+        """Free the weights everywhere; refs stay valid and the next use rebuilds from the file."""
+        with self._lock:
+            model = self._resolve(m)
+            self._check_idle(model, "unload")
+            if model.factory is None:
+                raise ModelLoadError(
+                    f"model {model.name!r} was registered without a factory, so it could not be "
+                    "rebuilt after an unload; unload refused. Fix: register it with factory=..., "
+                    "or use offload().")
+            if model._module is None:
+                return
+            self._offload(model, "unload")
+            nbytes = model.nbytes
+            model._module, model._master, model._flat_host = None, {}, None
+            model._units, model._host_buffers = [], {}
+            self._stats["unloads"] += 1
+            self._emit(model, "cpu", "unloaded", nbytes, 0.0, "unload")
+
+    def unload_all(self) -> None:
+        """Unload every model not in use (models without a factory are offloaded)."""
+        with self._lock:
+            for model in list(self._models.values()):
+                if model.in_use:
+                    continue
+                if model.factory is None:
+                    self._offload(model, "unload_all")
+                else:
+                    self.unload(model)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _check_idle(self, model: ManagedModel, verb: str) -> None:
+        if model.in_use:
+            raise ModelInUseError(
+                f"cannot {verb} model {model.name!r}: a node is using it now. "
+                f"Fix: {verb} it after the node has finished.")
+
+    def _touch(self, model: ManagedModel) -> None:
+        model._seq = next(self._seq)
+        model.last_used = time.time()
+
+    # -- scoped use ---------------------------------------------------------------------------
+    @contextmanager
+    def use(self, ref: ModelRef | ManagedModel, *, memory_required: int = 0,
+            weight_budget: int | None = None) -> Iterator[nn.Module]:
+        """Have the model on the compute device, with ``ref``'s patches, for the ``with`` body.
+
+        Evicts least recently used models to make room for the weights plus
+        ``memory_required`` (inference memory, reserved for the duration); loads partially and
+        streams the rest when it alone does not fit (``weight_budget`` forces a partial load).
+        The model is not evictable while in use.  CLIP and VAE models that had to evict or
+        stream go back to the host afterwards.
+        """
+        with self._lock:
+            model = self._resolve(ref)
+            patch_ref = ref if isinstance(ref, ModelRef) else None
+            want = patch_ref.patches_id if patch_ref is not None else ()
+            if model.in_use and model._applied != want:
+                raise ModelInUseError(
+                    f"model {model.name!r} is in use with another patch set (another LoRA clone); "
+                    "expected the same clone while it runs. Fix: run the two clones one after "
+                    "the other, not nested.")
+            self._ensure_built(model)
+            before = self._stats["evictions"]
+            if not model.in_use:
+                self._place(model, memory_required, weight_budget)
+                self._patch(model, patch_ref)
+                model._transient = (self._stats["evictions"] > before
+                                    or model.location == "partial")
+            model._in_use += 1
+            self._reserved += memory_required
+            self._touch(model)
+            module = model._module
+        try:
+            yield module
+        finally:
+            with self._lock:
+                model._in_use -= 1
+                self._reserved -= memory_required
+                self._touch(model)
+                if not model.in_use and model._transient and model.kind in ("clip", "vae"):
+                    self._offload(model, "transient")
+
+    def run(self, ref: ModelRef | ManagedModel, fn: Callable[[nn.Module], T], *,
+            memory_required: int = 0) -> T:
+        """``fn(module)`` inside :meth:`use`, with out-of-memory recovery.
+
+        On ``torch.OutOfMemoryError`` every model not in use is offloaded and ``fn`` is retried
+        once with the model partially loaded; a second failure raises
+        :class:`~comfy_notebook.errors.ModelMemoryError` naming what was needed and loaded.
+        """
+        model = self._resolve(ref)
+        try:
+            with self.use(ref, memory_required=memory_required) as module:
+                return fn(module)
+        except torch.OutOfMemoryError:
+            with self._lock:
+                self._stats["oom_retries"] += 1
+                had = model.loaded_bytes or model.nbytes
+                for other in self._models.values():
+                    if not other.in_use:
+                        self._offload(other, "out of memory")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                budget = max(0, min(had // 2, self._room() - memory_required))
+        try:
+            with self.use(ref, memory_required=memory_required, weight_budget=budget) as module:
+                return fn(module)
+        except torch.OutOfMemoryError as exc:
+            loaded = ", ".join(f"{i.name} ({i.location}, {_fmt(i.loaded_bytes)})"
+                               for i in self.list() if i.loaded_bytes) or "nothing"
+            raise ModelMemoryError(
+                f"out of memory running model {model.name!r} even after offloading every other "
+                f"model and retrying with {_fmt(budget)} of its {_fmt(model.nbytes)} weights on "
+                f"{self.device}; needed {_fmt(memory_required)} of inference memory on top. "
+                f"Loaded now: {loaded}. Fix: lower the batch size or resolution, or free "
+                "memory held outside the manager.") from exc
+
+    # -- placement ----------------------------------------------------------------------------
+    def _place(self, m: ManagedModel, memory_required: int,
+               weight_budget: int | None = None) -> None:
+        """Full or partial load of ``m`` with room for ``memory_required``."""
+        if weight_budget is None and m.location == "gpu":
+            self.free_memory(memory_required, keep=(m,))
+            if self._room() >= memory_required:
+                return
+        if m.location != "cpu":
+            self._offload(m, "reload")  # partial, forced partial, or no room left to run
+        self.free_memory(m.nbytes + m.buffer_bytes + memory_required, keep=(m,))
+        room = self._room() - memory_required
+        try:
+            if weight_budget is None and room >= m.nbytes + m.buffer_bytes:
+                self._load_full(m)
+            else:
+                budget = room if weight_budget is None else min(weight_budget, room)
+                self._load_partial(m, max(0, budget - m.buffer_bytes))
+        except torch.OutOfMemoryError:
+            self._offload(m, "out of memory while loading")
+            raise
+
+    def _load_full(self, m: ManagedModel) -> None:
+        t0 = time.perf_counter()
+        source = m.location
+        if not self._same_memory():
+            if m._flat_host is not None:
+                m._flat_device = torch.empty_like(m._flat_host, device=self.device)
+                m._flat_device.copy_(m._flat_host, non_blocking=True)  # one big DMA
+                views = _views(m._flat_device, m._master)
+            else:
+                views = {k: t.to(self.device, non_blocking=True) for k, t in m._master.items()}
+            for unit in m._units:
+                for local, key in unit.params:
+                    set_param(unit.module, local, views[key])
+            self._move_buffers(m, self.device)
+            self._sync()
+        m._resident = {u.prefix for u in m._units}
+        m._on_device = True
+        m._applied, m._applied_patches = (), {}
+        self._moved(m, source, "gpu", m.nbytes + m.buffer_bytes, t0, "load")
+        self._stats["loads"] += 1
+
+    def _load_partial(self, m: ManagedModel, budget: int) -> None:
+        t0 = time.perf_counter()
+        source = m.location
+        resident, streamed, left = [], [], budget
+        for unit in sorted(m._units, key=lambda u: -u.nbytes):  # largest first
+            if unit.nbytes <= left:
+                resident.append(unit)
+                left -= unit.nbytes
+            else:
+                streamed.append(unit)
+        if not self._same_memory():
+            for unit in resident:
+                for local, key in unit.params:
+                    set_param(unit.module, local, m._master[key].to(self.device, non_blocking=True))
+            self._move_buffers(m, self.device)
+            self._sync()
+        m._resident = {u.prefix for u in resident}
+        m._on_device = True
+        m._streamer = Streamer(streamed, m._master, self.device, m.dtype, self._streamed)
+        m._streamer.install()
+        m._applied, m._applied_patches = (), {}
+        self._moved(m, source, "partial", m.loaded_bytes, t0, "partial load")
+        self._stats["loads"] += 1
+        self._stats["partial_loads"] += 1
+
+    def _move_buffers(self, m: ManagedModel, device: torch.device) -> None:
+        assert m._module is not None
+        for mod in m._module.modules():
+            for k in list(mod._buffers):
+                host = m._host_buffers.get((id(mod), k))
+                if host is not None:
+                    mod._buffers[k] = host if device == self.host else host.to(device)
+
+    def _offload(self, m: ManagedModel, reason: str) -> None:
+        if m._module is None or m.location == "cpu":
+            return
+        t0 = time.perf_counter()
+        source, nbytes = m.location, m.loaded_bytes
+        if m._streamer is not None:
+            m._streamer.remove()
+            m._streamer = None
+        for unit in m._units:
+            for local, key in unit.params:
+                set_param(unit.module, local, m._master[key])
+        self._move_buffers(m, self.host)
+        m._flat_device = None
+        m._resident = set()
+        m._on_device = False
+        m._applied, m._applied_patches = (), {}
+        self._stats["bytes_moved_to_host"] += nbytes
+        self._stats["offloads"] += 1
+        self._stats["seconds_moving"] += time.perf_counter() - t0
+        self._emit(m, source, "cpu", nbytes, time.perf_counter() - t0, reason)
+
+    def _moved(self, m: ManagedModel, source: str, target: str, nbytes: int, t0: float,
+               reason: str) -> None:
+        seconds = time.perf_counter() - t0
+        self._stats["bytes_moved_to_device"] += nbytes
+        self._stats["seconds_moving"] += seconds
+        self._emit(m, source, target, nbytes, seconds, reason)
+
+    def _streamed(self, nbytes: int, seconds: float) -> None:
+        self._stats["bytes_streamed"] += nbytes
+        self._stats["seconds_moving"] += seconds
+
+    # -- patches ------------------------------------------------------------------------------
+    def _patch(self, m: ManagedModel, ref: ModelRef | None) -> None:
+        """Make the device weights carry exactly ``ref``'s patches (touching only patched keys)."""
+        want = ref.patches_id if ref is not None else ()
+        if m._applied == want:
+            return
+        new = dict(ref.patches) if ref is not None else {}
+        keys = set(m._applied_patches) | set(new)
+        owners = {key: (unit, local) for unit in m._units for local, key in unit.params}
+        same = self._same_memory()
+        for key in sorted(keys):
+            unit, local = owners[key]
+            if unit.prefix not in m._resident:
+                continue  # streamed: the hook patches on the fly
+            base = m._master[key]
+            if same:
+                w = apply_patches(base, new[key]) if key in new else base
+                set_param(unit.module, local, w)
+            else:
+                w = unit.module._parameters[local]
+                w.copy_(base, non_blocking=True)
+                self._stats["bytes_moved_to_device"] += base.numel() * base.element_size()
+                if key in new:
+                    w.copy_(apply_patches(w, new[key]))
+            self._stats["weights_patched"] += 1
+        if m._streamer is not None:
+            m._streamer.patches = new
+        m._applied, m._applied_patches = want, new
+
+
+def _flatten(params: dict[str, torch.Tensor], *, pin: bool
+             ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Copy ``params`` into one (pinned) uint8 buffer; returns the views and the buffer."""
+    offsets, total = {}, 0
+    for key, p in params.items():
+        total = -(-total // 64) * 64  # 64-byte alignment for every view
+        offsets[key] = total
+        total += p.numel() * p.element_size()
+    flat = torch.empty(total, dtype=torch.uint8, pin_memory=pin)
+    views = _views(flat, params, offsets)
+    for key, p in params.items():
+        views[key].copy_(p.detach())
+    return views, flat
+
+
+def _views(flat: torch.Tensor, like: dict[str, torch.Tensor],
+           offsets: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """Typed views into ``flat`` with the shapes of ``like`` (offsets taken from ``like``'s)."""
+    if offsets is None:
+        base = next(iter(like.values())).untyped_storage().data_ptr() if like else 0
+        offsets = {k: t.data_ptr() - base for k, t in like.items()}
+    out = {}
+    for key, t in like.items():
+        n = t.numel() * t.element_size()
+        out[key] = flat[offsets[key]:offsets[key] + n].view(t.dtype).view(t.shape)
+    return out
+
+
+def _fmt(n: int) -> str:
+    if n >= _GIB:
+        return f"{n / _GIB:.2f} GB"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f} MB"
+    return f"{n / 1024:.1f} KB" if n >= 1024 else f"{n} B"
+
