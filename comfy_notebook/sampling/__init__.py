@@ -1,0 +1,36 @@
+"""Schedules, samplers (functions that own their loop) and the KSampler core."""
+
+from comfy_notebook.sampling.denoisers import CFGDenoiser, CondEntry, ModelDenoiser, resolve_conditioning
+from comfy_notebook.sampling.ksampler import ksample, prepare_mask
+from comfy_notebook.sampling.noise import BrownianTreeNoiseSampler, default_noise_sampler, prepare_noise
+from comfy_notebook.sampling.registry import SAMPLER_NOISE, SAMPLERS
+from comfy_notebook.sampling.samplers import StepInfo
+from comfy_notebook.sampling.schedules import (
+    DISCARD_PENULTIMATE_SIGMA_SAMPLERS,
+    SCHEDULERS,
+    DiscreteSchedule,
+    SamplingConfigError,
+    calculate_sigmas,
+    ksampler_sigmas,
+)
+
+__all__ = [
+    "DISCARD_PENULTIMATE_SIGMA_SAMPLERS",
+    "SAMPLERS",
+    "SAMPLER_NOISE",
+    "SCHEDULERS",
+    "BrownianTreeNoiseSampler",
+    "CFGDenoiser",
+    "CondEntry",
+    "DiscreteSchedule",
+    "ModelDenoiser",
+    "SamplingConfigError",
+    "StepInfo",
+    "calculate_sigmas",
+    "default_noise_sampler",
+    "ksample",
+    "ksampler_sigmas",
+    "prepare_mask",
+    "prepare_noise",
+    "resolve_conditioning",
+]

@@ -1,0 +1,232 @@
+"""Parameterisation (eps / v prediction) and classifier-free guidance over ComfyUI conditioning.
+
+``ModelDenoiser`` turns ``apply_model(x, timestep, context, **kw) -> eps | v`` into
+``denoised = D(x, sigma, context)`` (ComfyUI ``model_sampling.py`` EPS / V_PREDICTION with
+sigma_data = 1, quantised timesteps).  ``CFGDenoiser`` evaluates every conditioning entry of
+the positive and negative lists and combines them as ComfyUI's ``calc_cond_batch`` does
+(strength / area / mask weighted average, timestep ranges), then applies CFG.  Per step it is
+tensor arithmetic only, except for entries with a timestep range (one host comparison each).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from comfy_notebook.sampling.schedules import DiscreteSchedule, SamplingConfigError
+
+__all__ = ["CFGDenoiser", "CondEntry", "ModelDenoiser", "resolve_conditioning"]
+
+ApplyModel = Callable[..., Tensor]
+
+
+class ModelDenoiser:
+    """``denoised = model(x, sigma[B], context[B, T, D], **kw)`` for a discrete-time model.
+
+    Parameters
+    ----------
+    apply_model:
+        ``apply_model(x_in, timestep[B], context, **kw) -> eps or v``.
+    schedule:
+        Gives the timestep of each sigma (nearest training timestep).
+    prediction:
+        ``"eps"`` or ``"v"``.
+    """
+
+    def __init__(self, apply_model: ApplyModel, schedule: DiscreteSchedule, prediction: str = "eps") -> None:
+        if prediction not in ("eps", "v"):
+            raise SamplingConfigError(f"prediction must be 'eps' or 'v', received {prediction!r}")
+        self.apply_model, self.schedule, self.prediction = apply_model, schedule, prediction
+
+    def __call__(self, x: Tensor, sigma: Tensor, context: Tensor, **kw: Any) -> Tensor:
+        s = sigma.view(-1, *([1] * (x.ndim - 1)))  # [B, 1, 1, 1]
+        x_in = x / (s**2 + 1.0) ** 0.5
+        t = self.schedule.timestep(sigma).float()  # [B]
+        out = self.apply_model(x_in.to(x.dtype), t, context, **kw).to(x.dtype)
+        if self.prediction == "eps":
+            return x - out * s
+        return x / (s**2 + 1.0) - out * s / (s**2 + 1.0) ** 0.5
+
+
+@dataclass(frozen=True)
+class CondEntry:
+    """One resolved conditioning entry: ``[cond, {strength, area, mask, ...}]`` of ComfyUI.
+
+    ``area`` is (h, w, y, x) in latent pixels; ``mask`` is ``[Bm, H, W]`` at latent size;
+    ``sigma_start`` / ``sigma_end`` bound the sigmas where it is active.
+    """
+
+    cond: Tensor
+    strength: float = 1.0
+    area: tuple[int, int, int, int] | None = None
+    mask: Tensor | None = None
+    sigma_start: float | None = None
+    sigma_end: float | None = None
+    model_kwargs: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _resolve_area(area: Any, h: int, w: int) -> tuple[int, int, int, int]:
+    if area[0] == "percentage":
+        a = area[1:]
+        return (max(1, round(a[0] * h)), max(1, round(a[1] * w)), round(a[2] * h), round(a[3] * w))
+    return (int(area[0]), int(area[1]), int(area[2]), int(area[3]))
+
+
+def _entry(item: Any, h: int, w: int, schedule: DiscreteSchedule, device: Any, dtype: Any,
+           kwargs_fn: Callable[[dict[str, Any]], dict[str, Tensor]] | None) -> CondEntry:
+    if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], dict)):
+        raise SamplingConfigError(
+            f"conditioning entry must be [cond_tensor, options_dict], received {type(item).__name__}. "
+            "Fix: pass ComfyUI CONDITIONING (a list of [tensor [1, T, D], {...}])."
+        )
+    cond, opts = item
+    area = _resolve_area(opts["area"], h, w) if "area" in opts else None
+    mask = None
+    if "mask" in opts:
+        mask = opts["mask"].to(device=device, dtype=torch.float32)
+        if mask.ndim == 2:
+            mask = mask.unsqueeze(0)
+        if tuple(mask.shape[1:]) != (h, w):
+            mask = F.interpolate(mask.unsqueeze(1), size=(h, w), mode="bilinear").squeeze(1)
+        if opts.get("set_area_to_bounds", False):
+            bounds = mask.abs().max(dim=0).values  # [H, W]
+            if not bool(bounds.ne(0).any()):
+                area = (8, 8, 0, 0)
+            else:
+                ys, xs = torch.where(bounds != 0)
+                y0, y1, x0, x1 = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+                area = (max(8, y1 - y0 + 1), max(8, x1 - x0 + 1), y0, x0)
+        mask = mask * float(opts.get("mask_strength", 1.0))
+    start = schedule.percent_to_sigma(opts["start_percent"]) if "start_percent" in opts else opts.get("timestep_start")
+    end = schedule.percent_to_sigma(opts["end_percent"]) if "end_percent" in opts else opts.get("timestep_end")
+    extra = kwargs_fn(opts) if kwargs_fn is not None else {}
+    return CondEntry(cond=cond.to(device=device, dtype=dtype), strength=float(opts.get("strength", 1.0)),
+                     area=area, mask=mask, sigma_start=start, sigma_end=end,
+                     model_kwargs={k: v.to(device) for k, v in extra.items()})
+
+
+def _area_inside(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether area ``a`` lies inside area ``b`` (both (h, w, y, x))."""
+    return a[2] >= b[2] and a[3] >= b[3] and a[0] + a[2] <= b[0] + b[2] and a[1] + a[3] <= b[1] + b[3]
+
+
+def _add_matching_areas(conds: list[CondEntry], others: list[CondEntry]) -> None:
+    """ComfyUI's ``create_cond_with_same_area_if_none``: give ``conds`` an entry for each area of ``others``."""
+    for c in others:
+        if c.area is None:
+            continue
+        smallest: CondEntry | None = None
+        for e in conds:
+            if e.area is not None:
+                if _area_inside(c.area, e.area) and (
+                    smallest is None or smallest.area is None
+                    or math.prod(smallest.area[:2]) > math.prod(e.area[:2])
+                ):
+                    smallest = e
+            elif smallest is None:
+                smallest = e
+        if smallest is None or smallest.area == c.area:
+            continue
+        conds.append(CondEntry(cond=smallest.cond, strength=c.strength, area=c.area, mask=c.mask,
+                               sigma_start=c.sigma_start, sigma_end=c.sigma_end,
+                               model_kwargs=smallest.model_kwargs))
+
+
+def resolve_conditioning(positive: list[Any], negative: list[Any], latent_hw: tuple[int, int],
+                         schedule: DiscreteSchedule, device: Any = None, dtype: Any = None,
+                         kwargs_fn: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
+                         ) -> tuple[list[CondEntry], list[CondEntry]]:
+    """Resolve ComfyUI CONDITIONING lists into ``CondEntry`` lists for a latent of ``latent_hw``.
+
+    Areas and masks are fixed to the latent size, percent ranges turned into sigmas, and each
+    area entry gets a same-area counterpart in the other list (as ComfyUI's ``process_conds``).
+    ``kwargs_fn(options) -> {name: tensor}`` adds model inputs such as SDXL's ``y``.
+    """
+    h, w = latent_hw
+    pos = [_entry(c, h, w, schedule, device, dtype, kwargs_fn) for c in positive]
+    neg = [_entry(c, h, w, schedule, device, dtype, kwargs_fn) for c in negative]
+    _add_matching_areas(neg, pos)
+    _add_matching_areas(pos, neg)
+    return pos, neg
+
+
+def _mult(e: CondEntry, x: Tensor) -> Tensor:
+    """Weight map of an entry over its area: strength x mask x feathered area edges."""
+    b, c, h, w = x.shape
+    ah, aw, ay, ax = e.area if e.area is not None else (h, w, 0, 0)
+    ah, aw = min(h - ay, ah), min(w - ax, aw)
+    if e.mask is not None:
+        m = e.mask[:b, ay : ay + ah, ax : ax + aw]  # [Bm, ah, aw]
+        m = m.unsqueeze(1).repeat(b // m.shape[0], c, 1, 1)
+        return m.to(x.dtype) * e.strength
+    mult = torch.full((b, c, ah, aw), e.strength, dtype=x.dtype, device=x.device)
+    if e.area is not None:  # feather edges that lie inside the latent
+        for dim, (size, off, full) in enumerate(((ah, ay, h), (aw, ax, w))):
+            rr = min(8, mult.shape[2 + dim] // 4)
+            for t in range(rr):
+                f = (1.0 / rr) * (t + 1)
+                if off != 0:
+                    mult.narrow(2 + dim, t, 1).mul_(f)
+                if size + off < full:
+                    mult.narrow(2 + dim, size - 1 - t, 1).mul_(f)
+    return mult
+
+
+class CFGDenoiser:
+    """Classifier-free guidance over conditioning lists: ``uncond + (cond - uncond) * cfg``.
+
+    ``cfg == 1`` skips the negative entries entirely (one forward per step).  Entries whose
+    input shapes match are evaluated in one batched forward.  ``forward_count`` counts model
+    calls (for tests and benchmarks).
+    """
+
+    def __init__(self, model: ModelDenoiser, positive: list[CondEntry], negative: list[CondEntry], cfg: float) -> None:
+        self.model, self.positive, self.negative, self.cfg = model, positive, negative, float(cfg)
+        self.skip_uncond = math.isclose(self.cfg, 1.0)
+        self.forward_count = 0
+
+    def combine(self, entries_per_list: list[list[CondEntry]], x: Tensor, sigma: Tensor) -> list[Tensor]:
+        """ComfyUI's ``calc_cond_batch``: one weighted-average prediction per list."""
+        jobs: dict[tuple[Any, ...], list[tuple[int, CondEntry]]] = {}
+        for li, entries in enumerate(entries_per_list):
+            for e in entries:
+                s0 = sigma[0]
+                if e.sigma_start is not None and bool(s0 > e.sigma_start):
+                    continue
+                if e.sigma_end is not None and bool(s0 < e.sigma_end):
+                    continue
+                key = (e.area, tuple(e.cond.shape), tuple((k, tuple(v.shape)) for k, v in e.model_kwargs.items()))
+                jobs.setdefault(key, []).append((li, e))
+        b = x.shape[0]
+        outs = [torch.zeros_like(x) for _ in entries_per_list]
+        counts = [torch.ones_like(x) * 1e-37 for _ in entries_per_list]
+        for group in jobs.values():
+            area = group[0][1].area
+            h, w = x.shape[2:]
+            ah, aw, ay, ax = area if area is not None else (h, w, 0, 0)
+            ah, aw = min(h - ay, ah), min(w - ax, aw)
+            xin = x[:, :, ay : ay + ah, ax : ax + aw]  # [B, C, ah, aw]
+            n = len(group)
+            ctx = torch.cat([e.cond.repeat(b // e.cond.shape[0] or 1, 1, 1)[:b] if e.cond.shape[0] != b else e.cond
+                             for _, e in group])  # [n*B, T, D]
+            kw = {k: torch.cat([e.model_kwargs[k].expand(b, *e.model_kwargs[k].shape[1:]) for _, e in group])
+                  for k in group[0][1].model_kwargs}
+            pred = self.model(xin.repeat(n, 1, 1, 1), sigma.repeat(n), ctx, **kw)  # [n*B, C, ah, aw]
+            self.forward_count += 1
+            for j, (li, e) in enumerate(group):
+                m = _mult(e, xin)
+                outs[li][:, :, ay : ay + ah, ax : ax + aw] += pred[j * b : (j + 1) * b] * m
+                counts[li][:, :, ay : ay + ah, ax : ax + aw] += m
+        return [o / c for o, c in zip(outs, counts, strict=True)]
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if self.skip_uncond:
+            return self.combine([self.positive], x, sigma)[0]
+        cond, uncond = self.combine([self.positive, self.negative], x, sigma)
+        return uncond + (cond - uncond) * self.cfg
