@@ -38,7 +38,7 @@ class UNetConfig:
     transformer_depth_output:
         The same for the output side, per level (``None``: as ``transformer_depth``).
     transformer_depth_middle:
-        Transformer blocks in the middle block (``None``: the deepest level's depth).
+        Transformer blocks in the middle block (``None``: the largest level depth).
     context_dim:
         Width of the text conditioning.
     num_heads, num_head_channels:
@@ -104,7 +104,7 @@ class UNetConfig:
         """Transformer depth of the middle block."""
         if self.transformer_depth_middle is not None:
             return self.transformer_depth_middle
-        return self.transformer_depth[-1]
+        return max(self.transformer_depth)
 
     def heads_for(self, channels: int) -> tuple[int, int]:
         """(heads, head width) of an attention layer with ``channels`` channels."""
