@@ -136,10 +136,8 @@ class Gallery(View):
 
 
 def _session_output_dir() -> pathlib.Path:
-    """The current session's output folder, else ``./output``."""
-    import sys
+    """The current session's ``output_dir``, else ``./output``."""
+    import comfy_notebook
 
-    mod = sys.modules.get("comfy_notebook.session")
-    current = getattr(mod, "_current", None) if mod else None
-    out = getattr(current, "output_dir", None)
+    out = getattr(comfy_notebook.session(), "output_dir", None)
     return pathlib.Path(out) if out else pathlib.Path("output")

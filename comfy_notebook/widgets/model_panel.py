@@ -95,6 +95,7 @@ class ModelPanel(View):
         budget = getattr(self.manager, "budget_bytes", None)
         try:
             free = int(self.manager.memory_free(device))
+            free = None if free >= 1 << 60 else free  # "no limit" (CPU without a capacity)
         except Exception:  # noqa: BLE001 - memory figures are informative only
             free = None
         cache_bytes = 0
@@ -111,17 +112,10 @@ class ModelPanel(View):
 
     def _model(self, name: str) -> Any:
         """The managed model called ``name``, or a clear error listing the names."""
-        for attr in ("get", "__getitem__"):
-            getter = getattr(self.manager, attr, None)
-            if getter is not None:
-                try:
-                    found = getter(name)
-                except (KeyError, LookupError):
-                    found = None
-                if found is not None:
-                    return found
-        names = [r["name"] for r in self.rows]
-        raise LookupError(f"no model named {name!r}; the manager has {names}")
+        names = [info.name for info in self.manager.list()]
+        if name not in names:
+            raise LookupError(f"no model named {name!r}; the manager has {names}")
+        return name  # the manager's verbs accept names
 
     def action_load(self, name: str) -> str:
         """The load button: put the model on the compute device."""

@@ -1,0 +1,66 @@
+"""ModelPanel: rows follow ModelMoved events; buttons call the ModelManager's verbs."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from comfy_notebook.widgets import show_models
+from comfy_notebook.widgets.model_panel import ModelPanel
+
+
+def locations(panel: ModelPanel) -> dict[str, str]:
+    return {r["name"]: r["location"] for r in panel.rows}
+
+
+def test_rows_follow_manager_events(manager: Any) -> None:
+    panel = ModelPanel(manager)
+    assert locations(panel) == {"unet": "unloaded", "vae": "unloaded"}
+    manager.load("unet")  # moved by someone else (a running node): the panel follows
+    assert locations(panel) == {"unet": "gpu", "vae": "unloaded"}
+    row = next(r for r in panel.rows if r["name"] == "unet")
+    assert row["bytes"] == (64 * 64 + 64) * 4 and row["dtype"] == "float32"
+    assert row["family"] == "unet" and row["source"] == "tiny.safetensors"
+    assert panel.memory["device"]["models"] == row["bytes"]
+    assert panel.memory["device"]["free"] == (1 << 20) - row["bytes"]
+    manager.offload("unet")
+    assert locations(panel)["unet"] == "cpu"
+    assert panel.memory["device"]["models"] == 0 and panel.memory["host"]["models"] == row["bytes"]
+
+
+def test_buttons_call_the_manager(manager: Any) -> None:
+    panel = ModelPanel(manager)
+    panel._handle_custom_msg({"action": "load", "name": "vae"}, [])
+    assert manager["vae"].location == "gpu" and panel.message == "loaded vae"
+    panel._handle_custom_msg({"action": "offload", "name": "vae"}, [])
+    assert manager["vae"].location == "cpu" and locations(panel)["vae"] == "cpu"
+    panel._handle_custom_msg({"action": "load", "name": "unet"}, [])
+    panel._handle_custom_msg({"action": "unload", "name": "unet"}, [])
+    assert manager["unet"].location == "unloaded"
+    panel._handle_custom_msg({"action": "load", "name": "unet"}, [])
+    panel._handle_custom_msg({"action": "unload_all"}, [])
+    assert set(locations(panel).values()) == {"unloaded"}
+    assert {i.location for i in manager.list()} == {"unloaded"}
+    panel._handle_custom_msg({"action": "offload", "name": "clip"}, [])
+    assert panel.message == ("offload failed: LookupError: no model named 'clip'; "
+                             "the manager has ['unet', 'vae']")
+
+
+def test_text_table_and_unsubscribe(manager: Any) -> None:
+    panel = ModelPanel(manager)
+    manager.load("vae")
+    lines = panel.text().splitlines()
+    assert lines[0].split() == ["name", "family", "dtype", "bytes", "location"]
+    assert lines[2].split()[:2] == ["unet", "unet"] and lines[2].split()[-1] == "unloaded"
+    assert lines[3].split() == ["vae", "vae", "float32", "1.1", "KB", "gpu"]
+    assert panel._repr_mimebundle_()[0]["text/plain"] == panel.text()
+    panel.close()
+    manager.offload("vae")
+    assert locations(panel)["vae"] == "gpu"  # closed: no longer follows
+
+
+def test_show_models_for_a_session(manager: Any) -> None:
+    assert show_models(SimpleNamespace(services={})) == "no models loaded"
+    cache = SimpleNamespace(stats=lambda: {"bytes": 1234})
+    panel = show_models(SimpleNamespace(services={"models": manager}, cache=cache))
+    assert isinstance(panel, ModelPanel) and panel.memory["host"]["cache"] == 1234
