@@ -121,8 +121,11 @@ class NodeExecutionError(ComfyNotebookError):
         original: BaseException,
         traceback_text: str = "",
         inputs_summary: dict[str, str] | None = None,
+        *,
+        prompt_id: str | None = None,
     ) -> None:
         self.node_id = node_id
+        self.prompt_id = prompt_id
         self.node_type = node_type
         self.original = original
         self.traceback_text = traceback_text
@@ -141,9 +144,12 @@ class ExecutionInterrupted(ComfyNotebookError):
         node_type: str | None = None,
         step: int | None = None,
         total: int | None = None,
+        *,
+        prompt_id: str | None = None,
     ) -> None:
         self.node_id = node_id
         self.node_type = node_type
+        self.prompt_id = prompt_id
         self.step = step
         self.total = total
         where = ""

@@ -1,0 +1,110 @@
+"""Node registry: class_type -> NodeSpec, fed from ``NODE_CLASS_MAPPINGS``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from comfy_notebook.engine.protocol import NodeSpec, parse_node_class
+from comfy_notebook.errors import GraphError
+
+__all__ = ["Registry"]
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples become lists so that /object_info output is plain JSON."""
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+class Registry:
+    """Maps ComfyUI class names to parsed :class:`NodeSpec` objects.
+
+    Examples
+    --------
+    >>> reg = Registry()
+    >>> reg.register({"MyNode": MyNode}, {"MyNode": "My node"})  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[str, NodeSpec] = {}
+
+    def register(
+        self, mappings: Mapping[str, type], display_names: Mapping[str, str] | None = None
+    ) -> None:
+        """Register every class of a ``NODE_CLASS_MAPPINGS`` dict (re-registering replaces).
+
+        Parameters
+        ----------
+        mappings:
+            ``{class_type: NodeClass}``.
+        display_names:
+            Optional ``NODE_DISPLAY_NAME_MAPPINGS``.
+        """
+        names = display_names or {}
+        parsed = {n: parse_node_class(n, c, names.get(n)) for n, c in mappings.items()}
+        self._specs.update(parsed)
+
+    def get(self, class_type: str) -> NodeSpec | None:
+        """The spec for ``class_type``, or ``None``."""
+        return self._specs.get(class_type)
+
+    def __getitem__(self, class_type: str) -> NodeSpec:
+        spec = self._specs.get(class_type)
+        if spec is None:
+            raise GraphError(
+                f"unknown node class {class_type!r}; registered: {len(self._specs)} classes. "
+                "Fix: register it with session.register({...}) or check the spelling"
+            )
+        return spec
+
+    def __contains__(self, class_type: object) -> bool:
+        return class_type in self._specs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def object_info(self, class_type: str | None = None) -> dict[str, Any]:
+        """Describe nodes in the shape of ComfyUI's ``/object_info`` (one or all).
+
+        Returns
+        -------
+        dict
+            ``{class_type: {"input", "input_order", "output", "output_is_list", "output_name",
+            "name", "display_name", "description", "python_module", "category", "output_node",
+            "output_tooltips", "deprecated", "experimental", "api_node"}}``.
+        """
+        names = [class_type] if class_type is not None else list(self._specs)
+        return {n: self._describe(self[n]) for n in names}
+
+    @staticmethod
+    def _describe(spec: NodeSpec) -> dict[str, Any]:
+        raw = spec.raw_input_types
+        info: dict[str, Any] = {
+            "input": _jsonable({k: v for k, v in raw.items() if k in ("required", "optional", "hidden")}),
+            "input_order": {k: list(raw[k]) for k in ("required", "optional", "hidden") if raw.get(k)},
+            "output": list(spec.return_types),
+            "output_is_list": list(spec.output_is_list),
+            "output_name": list(spec.return_names),
+            "name": spec.name,
+            "display_name": spec.display_name,
+            "description": spec.description,
+            "python_module": spec.python_module,
+            "category": spec.category,
+            "output_node": spec.output_node,
+        }
+        if any(t is not None for t in spec.output_tooltips):
+            info["output_tooltips"] = list(spec.output_tooltips)
+        if spec.deprecated:
+            info["deprecated"] = True
+        if spec.experimental:
+            info["experimental"] = True
+        if spec.api_node:
+            info["api_node"] = True
+        return info

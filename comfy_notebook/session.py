@@ -1,0 +1,148 @@
+"""``Session``: one registry, one cache, one executor and an event stream (no torch here).
+
+Models, folders and the model manager are added to ``Session.services`` by later layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from comfy_notebook.engine.cache import Cache
+from comfy_notebook.engine.events import Event
+from comfy_notebook.engine.executor import Executor, PromptResult
+from comfy_notebook.engine.graph import Graph
+from comfy_notebook.engine.registry import Registry
+from comfy_notebook.errors import GraphError, ValidationError
+
+__all__ = ["PromptResult", "Session", "session", "use_session"]
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    """Registry + cache + executor, shared by real mode, virtual mode and API prompts.
+
+    Parameters
+    ----------
+    models_dir, output_dir:
+        Kept as attributes for the model and output layers.
+    cache:
+        Defaults to ``Cache(KeepAll())``.
+
+    Examples
+    --------
+    >>> s = Session()
+    >>> s.register({"MyNode": MyNode})                      # doctest: +SKIP
+    >>> result = s.run_prompt({"1": {"class_type": "MyNode", "inputs": {}}})  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        models_dir: str | os.PathLike[str] | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        cache: Cache | None = None,
+    ) -> None:
+        self.models_dir = models_dir
+        self.output_dir = output_dir
+        self.registry = Registry()
+        self.cache = cache if cache is not None else Cache()
+        self.services: dict[str, Any] = {}
+        self._subscribers: list[Callable[[Event], None]] = []
+        self.executor = Executor(self.registry, self.cache, emit=self._emit, services=self.services)
+
+    def _emit(self, event: Event) -> None:
+        for fn in tuple(self._subscribers):
+            try:
+                fn(event)
+            except Exception:
+                log.exception("event subscriber %r failed on %s", fn, type(event).__name__)
+
+    def subscribe(self, fn: Callable[[Event], None]) -> Callable[[], None]:
+        """Deliver every event to ``fn`` (synchronously); returns an unsubscribe callable."""
+        self._subscribers.append(fn)
+
+        def unsubscribe() -> None:
+            if fn in self._subscribers:
+                self._subscribers.remove(fn)
+
+        return unsubscribe
+
+    def register(self, mappings: Mapping[str, type], display_names: Mapping[str, str] | None = None) -> None:
+        """Register a ``NODE_CLASS_MAPPINGS`` dict (and ``NODE_DISPLAY_NAME_MAPPINGS``)."""
+        self.registry.register(mappings, display_names)
+
+    def interrupt(self) -> None:
+        """Stop the running prompt at the next check (between nodes or in ``ctx.progress``)."""
+        self.executor.interrupt()
+
+    def run_prompt(
+        self,
+        api: Mapping[str, Any],
+        *,
+        extra_data: Mapping[str, Any] | None = None,
+        targets: Iterable[str] | None = None,
+    ) -> PromptResult:
+        """Run a ComfyUI API-format prompt.
+
+        Parameters
+        ----------
+        api:
+            ``{node_id: {"class_type", "inputs", "_meta"}}``, as ComfyUI's ``/prompt`` receives.
+        extra_data:
+            ``{"extra_pnginfo": {...}}`` and the like.
+        targets:
+            Node ids to compute instead of every output node.
+
+        Raises
+        ------
+        ValidationError
+            Malformed prompt (``invalid_prompt``) or failed validation, in ComfyUI's shape.
+        NodeExecutionError, ExecutionInterrupted
+        """
+        try:
+            graph = Graph.from_api(api)
+        except GraphError as exc:
+            node_id = getattr(exc, "node_id", None)
+            details = f"Node ID '#{node_id}'" if node_id is not None else ""
+            error = {"type": "invalid_prompt", "message": str(exc), "details": details, "extra_info": {}}
+            raise ValidationError(error, {}) from exc
+        return self.executor.run(graph, targets=targets, extra_data=extra_data, api=api)
+
+    def run(
+        self,
+        graph: Graph,
+        *,
+        targets: Iterable[str] | None = None,
+        extra_data: Mapping[str, Any] | None = None,
+    ) -> PromptResult:
+        """Run a :class:`Graph` with the same executor and cache as :meth:`run_prompt`."""
+        return self.executor.run(graph, targets=targets, extra_data=extra_data)
+
+
+_current: Session | None = None
+
+
+def session() -> Session:
+    """The current session, created on first use (with the built-in node pack, if present)."""
+    global _current
+    if _current is None:
+        s = Session()
+        try:
+            from comfy_notebook.nodes import register_builtins  # type: ignore[attr-defined]
+
+            register_builtins(s)
+        except Exception:
+            log.debug("built-in node pack not registered", exc_info=True)
+        _current = s
+    return _current
+
+
+def use_session(s: Session) -> Session:
+    """Make ``s`` the current session; returns it."""
+    global _current
+    _current = s
+    return s
