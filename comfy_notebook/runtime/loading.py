@@ -1,0 +1,338 @@
+"""Load LDM-layout checkpoints into our modules without a second copy of the weights.
+
+The recipe (gpt-fast ``_load_model``): build the module on the ``meta`` device, memory-map the
+file, and hand the file-backed tensors to ``load_state_dict(assign=True)``; only a dtype or device
+change makes a copy.  Safetensors files are read through our own header parser so each tensor is a
+zero-copy view of a private (copy-on-write) mapping; pickled ``.ckpt``/``.pt`` files only through
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from comfy_notebook.errors import ModelLoadError, UnsupportedModelError
+from comfy_notebook.models.detect import CheckpointInfo, detect, is_known_extra
+from comfy_notebook.models.family import SD1
+from comfy_notebook.models.unet import UNetModel
+from comfy_notebook.models.vae import AutoencoderKL
+
+if TYPE_CHECKING:
+    from comfy_notebook.models.clip import CLIPTextModel
+
+__all__ = [
+    "LoadedCheckpoint",
+    "load_checkpoint",
+    "load_text_encoder",
+    "load_vae",
+    "open_state_dict",
+]
+
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+PARTS = ("unet", "vae", "clip")
+
+
+class SafetensorsFile(Mapping[str, Tensor]):
+    """A lazy, memory-mapped view of a ``.safetensors`` file: key -> zero-copy tensor."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        size = os.path.getsize(self.path)
+        with open(self.path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise self._corrupt(f"the file has {size} bytes, too short for a header")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100_000_000:
+                raise self._corrupt(f"the header claims {n} bytes but the file has {size}")
+            try:
+                header = json.loads(fh.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise self._corrupt(f"the header is not valid JSON ({exc})") from exc
+            self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+        header.pop("__metadata__", None)
+        self._base = 8 + n
+        data_len = size - self._base
+        self._entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        for key, entry in header.items():
+            try:
+                dtype = _DTYPES[entry["dtype"]]
+                shape = tuple(int(s) for s in entry["shape"])
+                start, end = (int(o) for o in entry["data_offsets"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise self._corrupt(f"tensor {key!r} has a malformed header entry {entry!r}") from exc
+            numel = 1
+            for s in shape:
+                numel *= s
+            if end - start != numel * dtype.itemsize or not 0 <= start <= end <= data_len:
+                raise self._corrupt(
+                    f"tensor {key!r} needs bytes {start}..{end} of a {data_len}-byte data section "
+                    "(the file is truncated or corrupt)"
+                )
+            self._entries[key] = (dtype, shape, start, numel)
+
+    def _corrupt(self, why: str) -> ModelLoadError:
+        return ModelLoadError(
+            f"cannot read {self.path} as safetensors: {why}. Fix: download or copy the file again"
+        )
+
+    def __getitem__(self, key: str) -> Tensor:
+        dtype, shape, start, numel = self._entries[key]
+        if numel == 0 or self._mmap is None:
+            return torch.empty(shape, dtype=dtype)
+        flat = torch.frombuffer(self._mmap, dtype=dtype, count=numel, offset=self._base + start)
+        return flat.view(shape)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def open_state_dict(path: str | os.PathLike[str]) -> Mapping[str, Tensor]:
+    """Open a checkpoint file as a key -> tensor mapping.
+
+    Parameters
+    ----------
+    path:
+        A ``.safetensors`` file (memory-mapped; tensors are created lazily and share the mapping)
+        or a pickled ``.ckpt``/``.pt``/``.pth``/``.bin`` file (read with
+        ``torch.load(weights_only=True)``, memory-mapped when the format allows; a top-level
+        ``"state_dict"`` entry is unwrapped).
+
+    Raises
+    ------
+    ModelLoadError
+        The file is missing, truncated, corrupt, or holds objects other than tensors.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"checkpoint file not found: {p}. Fix: check the path and file name")
+    if p.suffix.lower() == ".safetensors":
+        return SafetensorsFile(p)
+    try:
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot read {p} as a pickled PyTorch checkpoint with weights_only=True: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Fix: use a "
+            ".safetensors file, or check that the file is complete and holds only tensors"
+        ) from exc
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"{p} holds a {type(obj).__name__}, expected a dict of tensors")
+    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+@dataclass
+class LoadedCheckpoint:
+    """The parts of a checkpoint loaded by :func:`load_checkpoint` (``None``: not requested)."""
+
+    info: CheckpointInfo
+    unet: UNetModel | None
+    vae: AutoencoderKL | None
+    clip: CLIPTextModel | None
+    path: str
+
+
+def _default_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "cpu" else torch.float16
+
+
+def _fit(t: Tensor, like: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Cast a file tensor to the target dtype/device (floats only); no copy when nothing changes."""
+    if t.dim() == 2 and like.dim() == 4 and like.shape[2:] == (1, 1) and t.shape == like.shape[:2]:
+        t = t.view(like.shape)  # VAE attention stored as linear weights: same numbers, 1x1 conv
+    target = dtype if t.is_floating_point() else t.dtype
+    return t.to(device=device, dtype=target)
+
+
+def _load_part(
+    model_cls: type[nn.Module],
+    config: Any,
+    sd: Mapping[str, Tensor],
+    prefix: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    what: str,
+) -> nn.Module:
+    """Build ``model_cls(config)`` on meta and assign the file's tensors under ``prefix``."""
+    with torch.device("meta"):
+        model = model_cls(config)
+    expected = model.state_dict()
+    found = {k[len(prefix):]: k for k in sd if k.startswith(prefix)}
+    if prefix == "":
+        found = {k: k for k in found if not is_known_extra(k)}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(k for k in set(found) - set(expected) if not is_known_extra(found[k]))
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{what}: the file's {prefix or 'top-level'} keys do not match the architecture "
+            f"detected from its shapes ({config}). Missing ({len(missing)}): {_listing(missing)}; "
+            f"unexpected ({len(unexpected)}): {_listing(unexpected)}. Fix: use an original LDM "
+            "single-file checkpoint, or report the file layout"
+        )
+    tensors = {k: _fit(sd[found[k]], expected[k], dtype, device) for k in expected}
+    try:
+        model.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{what}: tensor shapes do not match the architecture: {exc}") from exc
+    _reset_meta_buffers(model, device, what)
+    return model.eval().requires_grad_(False)
+
+
+def _reset_meta_buffers(model: nn.Module, device: torch.device, what: str) -> None:
+    """Recreate non-persistent buffers left on ``meta`` through the module's own hook."""
+    for module in model.modules():
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            hook = getattr(module, "reset_buffers", None)
+            if hook is None:
+                raise ModelLoadError(
+                    f"{what}: {type(module).__name__} has buffers that are not in the file and "
+                    "no reset_buffers() to recreate them"
+                )
+            hook(device)
+
+
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return (shown + f", ... ({len(keys) - limit} more)") if len(keys) > limit else (shown or "none")
+
+
+def _dtype_for(part: str, dtype: Any, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, Mapping):
+        dtype = dtype.get(part)
+    return _default_dtype(device) if dtype is None else dtype
+
+
+def _require_sd1(info: CheckpointInfo, source: str) -> None:
+    if info.family is not SD1:
+        names = {"sd2": "Stable Diffusion 2.x", "sdxl": "SDXL"}
+        raise UnsupportedModelError(
+            f"{source} is a {names.get(info.family.name, info.family.name)} checkpoint, which is "
+            "not supported yet (only SD1.x). Fix: use an SD1.x checkpoint"
+        )
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    parts: tuple[str, ...] = PARTS,
+    dtype: torch.dtype | Mapping[str, torch.dtype | None] | None = None,
+    device: str | torch.device = "cpu",
+) -> LoadedCheckpoint:
+    """Load the UNet, VAE and CLIP text encoder of a single-file checkpoint.
+
+    Parameters
+    ----------
+    path:
+        A ComfyUI ``models/checkpoints`` file in the original LDM layout.
+    parts:
+        Which of ``"unet"``, ``"vae"``, ``"clip"`` to load; only those are built.
+    dtype:
+        Weight dtype, or a per-part dict; ``None`` picks float32 on CPU, float16 elsewhere.
+    device:
+        Where the weights go (``"cpu"`` keeps them memory-mapped when no cast is needed).
+
+    Returns
+    -------
+    LoadedCheckpoint
+
+    Raises
+    ------
+    ModelLoadError, UnsupportedModelError
+        Unreadable file, missing/unexpected keys (listed), SD2/SDXL/unknown checkpoints.
+    """
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        raise ValueError(f"unknown parts {bad}; expected a subset of {PARTS}")
+    dev = torch.device(device)
+    sd = open_state_dict(path)
+    source = str(path)
+    info = detect(sd, source=source)
+    _require_sd1(info, source)
+    absent = [p for p in parts if p not in info.prefixes]
+    if absent:
+        raise ModelLoadError(
+            f"{source} has no {', '.join(absent)} weights (found parts: {sorted(info.prefixes)}). "
+            "Fix: load that part from its own file (load_vae, load_text_encoder)"
+        )
+    unet = vae = clip = None
+    if "unet" in parts:
+        unet = _load_part(UNetModel, info.unet, sd, info.prefixes["unet"],
+                          _dtype_for("unet", dtype, dev), dev, f"UNet in {source}")
+    if "vae" in parts:
+        vae = _load_part(AutoencoderKL, info.vae, sd, info.prefixes["vae"],
+                         _dtype_for("vae", dtype, dev), dev, f"VAE in {source}")
+    if "clip" in parts:
+        from comfy_notebook.models.clip import CLIPTextModel
+
+        clip = _load_part(CLIPTextModel, info.clip, sd, info.prefixes["clip"],
+                          _dtype_for("clip", dtype, dev), dev, f"CLIP text encoder in {source}")
+    return LoadedCheckpoint(info=info, unet=unet, vae=vae, clip=clip, path=source)  # type: ignore[arg-type]
+
+
+def load_vae(
+    path: str | os.PathLike[str], *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> AutoencoderKL:
+    """Load a VAE from a separate VAE file (keys without prefix) or from a full checkpoint.
+
+    ``dtype=None`` picks float32 on CPU, float16 elsewhere.  Raises :class:`ModelLoadError` when
+    the file holds no VAE.
+    """
+    dev = torch.device(device)
+    sd = open_state_dict(path)
+    info = detect(sd, source=str(path))
+    if "vae" not in info.prefixes:
+        raise ModelLoadError(
+            f"{path} holds no VAE (found parts: {sorted(info.prefixes)}); expected keys "
+            "encoder.*/decoder.* or first_stage_model.*"
+        )
+    model = _load_part(AutoencoderKL, info.vae, sd, info.prefixes["vae"],
+                       dtype or _default_dtype(dev), dev, f"VAE in {path}")
+    return model  # type: ignore[return-value]
+
+
+def load_text_encoder(
+    path: str | os.PathLike[str], *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> CLIPTextModel:
+    """Load the CLIP text encoder from a text-encoder file (``text_model.*``) or a checkpoint.
+
+    ``dtype=None`` picks float32 on CPU, float16 elsewhere.
+    """
+    from comfy_notebook.models.clip import CLIPTextModel
+
+    dev = torch.device(device)
+    sd = open_state_dict(path)
+    info = detect(sd, source=str(path))
+    if "clip" not in info.prefixes:
+        raise ModelLoadError(
+            f"{path} holds no CLIP text encoder (found parts: {sorted(info.prefixes)}); expected "
+            "keys text_model.* or cond_stage_model.transformer.text_model.*"
+        )
+    _require_sd1(info, str(path))
+    model = _load_part(CLIPTextModel, info.clip, sd, info.prefixes["clip"],
+                       dtype or _default_dtype(dev), dev, f"CLIP text encoder in {path}")
+    return model  # type: ignore[return-value]

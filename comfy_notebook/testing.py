@@ -1,0 +1,188 @@
+"""Random-weight checkpoints with the exact SD1 key structure, for tests and benchmarks.
+
+Nothing here downloads anything.  Every tensor is drawn per key from a generator seeded by
+``(seed, part)``, so files are deterministic for a given seed and preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from comfy_notebook.models.detect import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+from comfy_notebook.models.family import SD1, ModelFamily
+from comfy_notebook.models.unet import UNetConfig, UNetModel
+from comfy_notebook.models.vae import AutoencoderKL, VAEConfig
+
+__all__ = ["PRESETS", "make_checkpoint", "make_text_encoder_file", "make_vae_file",
+           "preset_configs", "random_state_dict", "schedule_buffers"]
+
+PRESETS = ("sd1-tiny", "sd1-tiny-linear", "sd1-full")
+
+
+def _clip_config(preset: str) -> Any:
+    """The CLIP text config of a preset (tiny ones are 64 wide: one 64-wide head)."""
+    from comfy_notebook.models.clip import CLIPTextConfig
+
+    if preset == "sd1-full":
+        return CLIPTextConfig.sd1()
+    return CLIPTextConfig.tiny()
+
+
+def preset_configs(preset: str) -> tuple[UNetConfig, VAEConfig, Any]:
+    """(UNet, VAE, CLIP text) configurations of a preset name."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+    clip = _clip_config(preset)
+    if preset == "sd1-full":
+        return UNetConfig.sd15(), VAEConfig.sd(), clip
+    unet = UNetConfig.sd1_tiny() if preset == "sd1-tiny" else UNetConfig.sd1_tiny_linear()
+    unet = dataclasses.replace(unet, context_dim=clip.width)
+    return unet, VAEConfig.tiny(), clip
+
+
+def random_state_dict(
+    module: nn.Module, seed: int, dtype: torch.dtype = torch.float32, tag: str = ""
+) -> dict[str, Tensor]:
+    """Random weights for ``module`` (may live on ``meta``): key -> tensor.
+
+    Matrices and conv kernels ~ N(0, 1/fan_in) so activations stay O(1); norm weights
+    1 + N(0, 0.1^2); other vectors N(0, 0.1^2).  Integer buffers are left out.
+    """
+    norm_params = {
+        f"{name}.{p}" if name else p
+        for name, m in module.named_modules()
+        if isinstance(m, (nn.GroupNorm, nn.LayerNorm))
+        for p in ("weight",)
+    }
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(tag.encode()))
+    out: dict[str, Tensor] = {}
+    for key, like in sorted(module.state_dict().items()):
+        if not like.is_floating_point():
+            continue
+        shape = tuple(like.shape)
+        t = torch.randn(shape, generator=gen)
+        if len(shape) >= 2:
+            t *= (like[0].numel()) ** -0.5
+        elif key in norm_params:
+            t = 1.0 + 0.1 * t
+        else:
+            t *= 0.1
+        out[key] = t.to(dtype)
+    return out
+
+
+def schedule_buffers(family: ModelFamily = SD1) -> dict[str, Tensor]:
+    """The DDPM schedule buffers real LDM files carry (``betas``, ``alphas_cumprod``, ...)."""
+    n = family.num_timesteps
+    betas = torch.linspace(family.beta_start**0.5, family.beta_end**0.5, n, dtype=torch.float64) ** 2
+    alphas = torch.cumprod(1.0 - betas, 0)
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas[:-1]])
+    bufs = {
+        "betas": betas, "alphas_cumprod": alphas, "alphas_cumprod_prev": prev,
+        "sqrt_alphas_cumprod": alphas.sqrt(), "sqrt_one_minus_alphas_cumprod": (1 - alphas).sqrt(),
+        "log_one_minus_alphas_cumprod": (1 - alphas).log(),
+        "sqrt_recip_alphas_cumprod": (1 / alphas).sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (1 / alphas - 1).sqrt(),
+    }
+    return {k: v.float() for k, v in bufs.items()}
+
+
+def _meta(cls: type[nn.Module], config: Any) -> nn.Module:
+    with torch.device("meta"):
+        return cls(config)
+
+
+def _clip_tensors(clip_config: Any, seed: int, dtype: torch.dtype) -> dict[str, Tensor]:
+    from comfy_notebook.models.clip import CLIPTextModel
+
+    sd = random_state_dict(_meta(CLIPTextModel, clip_config), seed, dtype, "clip")
+    n = clip_config.max_positions
+    sd["text_model.embeddings.position_ids"] = torch.arange(n, dtype=torch.int64)[None]
+    return sd
+
+
+def _save(tensors: dict[str, Tensor], path: str | os.PathLike[str]) -> None:
+    from safetensors.torch import save_file
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+
+
+def make_checkpoint(
+    path: str | os.PathLike[str],
+    preset: str = "sd1-tiny",
+    seed: int = 0,
+    *,
+    dtype: torch.dtype | None = None,
+    unet: UNetConfig | None = None,
+    vae: VAEConfig | None = None,
+    clip: Any = None,
+) -> str:
+    """Write a random-weight single-file SD1 checkpoint in the original LDM layout.
+
+    Parameters
+    ----------
+    path:
+        Output ``.safetensors`` path.
+    preset:
+        ``"sd1-tiny"`` (a few MB), ``"sd1-tiny-linear"`` (linear projections, uneven
+        transformer depth) or ``"sd1-full"`` (real SD1.5 sizes).
+    seed:
+        Same seed and preset give the same file.
+    dtype:
+        Weight dtype; ``None``: float32, float16 for ``"sd1-full"``.
+    unet, vae, clip:
+        Override the preset's configuration of that part.
+
+    Returns
+    -------
+    str
+        The path written.  Keys: ``model.diffusion_model.*``, ``first_stage_model.*``,
+        ``cond_stage_model.transformer.*`` plus position ids and DDPM schedule buffers.
+    """
+    p_unet, p_vae, p_clip = preset_configs(preset)
+    unet, vae, clip = unet or p_unet, vae or p_vae, clip or p_clip
+    if dtype is None:
+        dtype = torch.float16 if preset == "sd1-full" else torch.float32
+    tensors: dict[str, Tensor] = {}
+    for k, v in random_state_dict(_meta(UNetModel, unet), seed, dtype, "unet").items():
+        tensors[UNET_PREFIX + k] = v
+    for k, v in random_state_dict(_meta(AutoencoderKL, vae), seed, dtype, "vae").items():
+        tensors[VAE_PREFIX + k] = v
+    for k, v in _clip_tensors(clip, seed, dtype).items():
+        tensors[CLIP_PREFIX + k] = v
+    tensors.update(schedule_buffers(SD1))
+    tensors["model_ema.decay"] = torch.tensor(0.9999)
+    tensors["model_ema.num_updates"] = torch.tensor(0, dtype=torch.int32)
+    _save(tensors, path)
+    return str(path)
+
+
+def make_vae_file(
+    path: str | os.PathLike[str],
+    preset: str = "sd1-tiny",
+    seed: int = 0,
+    *,
+    dtype: torch.dtype = torch.float32,
+    config: VAEConfig | None = None,
+) -> str:
+    """Write a separate VAE file (keys ``encoder.*``, ``decoder.*``, no prefix), like
+    ``vae-ft-mse-840000-ema-pruned.safetensors``.  Returns the path."""
+    config = config or (VAEConfig.sd() if preset == "sd1-full" else VAEConfig.tiny())
+    _save(random_state_dict(_meta(AutoencoderKL, config), seed, dtype, "vae"), path)
+    return str(path)
+
+
+def make_text_encoder_file(
+    path: str | os.PathLike[str], preset: str = "sd1-tiny", seed: int = 0,
+    *, dtype: torch.dtype = torch.float32,
+) -> str:
+    """Write a separate CLIP text-encoder file (keys ``text_model.*``).  Returns the path."""
+    _save(_clip_tensors(_clip_config(preset), seed, dtype), path)
+    return str(path)
