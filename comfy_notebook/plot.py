@@ -73,7 +73,7 @@ def grid(images: Any, *, rows: int | None = None, cols: int | None = None,
             if titles is not None:
                 ax.set_title(str(titles[i]), fontsize=9)
         else:
-            ax.set_visible(False)
+            ax.remove()  # unused cell
     return fig
 
 
