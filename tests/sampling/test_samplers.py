@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfy_notebook.sampling import SAMPLERS, DiscreteSchedule, StepInfo, calculate_sigmas
+from comfy_notebook.sampling.noise import BrownianTreeNoiseSampler
+
+S = DiscreteSchedule()
+# sampler name -> k-diffusion function name
+SHARED = {
+    "euler": "sample_euler", "euler_ancestral": "sample_euler_ancestral", "heun": "sample_heun",
+    "dpm_2": "sample_dpm_2", "dpm_2_ancestral": "sample_dpm_2_ancestral", "lms": "sample_lms",
+    "dpmpp_2s_ancestral": "sample_dpmpp_2s_ancestral", "dpmpp_sde": "sample_dpmpp_sde",
+    "dpmpp_2m": "sample_dpmpp_2m", "dpmpp_2m_sde": "sample_dpmpp_2m_sde",
+    "dpmpp_2m_sde_heun": "sample_dpmpp_2m_sde", "dpmpp_3m_sde": "sample_dpmpp_3m_sde",
+}
+
+
+def _noise_sampler(x, sigmas, seed=3):
+    """Fresh, identical noise sequences for ours and k-diffusion's."""
+    g = torch.Generator().manual_seed(seed)
+    return lambda s, sn: torch.randn(x.shape, generator=g)
+
+
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_equals_kdiffusion(kdiff, nonlinear, name):
+    sigmas = calculate_sigmas(S, "karras", 8)
+    x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    kw, ours_kw = {}, {}
+    if "sde" in name:
+        tree = lambda: BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=5)  # noqa: E731
+        kw["noise_sampler"], ours_kw["noise_sampler"] = tree(), tree()
+    elif "ancestral" in name:
+        kw["noise_sampler"], ours_kw["noise_sampler"] = _noise_sampler(x, sigmas), _noise_sampler(x, sigmas)
+    if name == "dpmpp_2m_sde_heun":
+        kw["solver_type"] = "heun"
+    if name == "lms":  # ComfyUI (not k-diffusion) jumps to `denoised` on the step to 0
+        sigmas = sigmas[:-1]
+    ref = getattr(kdiff, SHARED[name])(nonlinear, x.clone(), sigmas, disable=True, **kw)
+    ours = SAMPLERS[name](nonlinear, x.clone(), sigmas, **ours_kw)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dpm_fast", "dpm_adaptive"])
+def test_dpm_fast_adaptive_equal_kdiffusion(kdiff, nonlinear, name):
+    sigmas = calculate_sigmas(S, "karras", 7)
+    x = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(1)) * sigmas[0]
+    smin, smax = float(sigmas[-2]), float(sigmas[0])
+    if name == "dpm_fast":
+        ref = kdiff.sample_dpm_fast(nonlinear, x.clone(), smin, smax, 7, disable=True)
+    else:
+        ref = kdiff.sample_dpm_adaptive(nonlinear, x.clone(), smin, smax, disable=True)
+    ours = SAMPLERS[name](nonlinear, x.clone(), sigmas)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_gaussian_data_mean_and_variance(gaussian, name):
+    """Data ~ N(0.5, 0.7^2): every sampler must land on that distribution."""
+    mu, sd = 0.5, 0.7
+    model = gaussian(mu, sd)
+    # first-order stochastic samplers need more steps for the same accuracy
+    steps = 100 if name in ("ddpm", "euler_ancestral") else 30
+    sigmas = calculate_sigmas(S, "karras", steps)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 1, 1, 1, generator=g) * (sigmas[0] ** 2 + sd**2) ** 0.5 + mu
+    kw = {}
+    if name in ("dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
+                "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu"):
+        kw["noise_sampler"] = BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=1)
+    else:
+        kw["noise_sampler"] = _noise_sampler(x, sigmas)
+    out = SAMPLERS[name](model, x, sigmas, **kw)
+    if name == "lcm":  # x0-jump + re-noise: variance follows V' = c^2 V + sigma_next^2, c = s^2/(s^2+sigma^2)
+        var = sigmas[0] ** 2 + sd**2
+        for i in range(len(sigmas) - 1):
+            var = (sd**2 / (sd**2 + sigmas[i] ** 2)) ** 2 * var + sigmas[i + 1] ** 2
+        sd = float(var) ** 0.5
+    assert abs(float(out.mean()) - mu) < 0.05, name
+    assert abs(float(out.std()) - sd) < 0.05, name
+
+
+def test_callback_gets_stepinfo_and_can_interrupt(nonlinear):
+    sigmas = calculate_sigmas(S, "normal", 5)
+    x = torch.randn(1, 4, 4, 4) * sigmas[0]
+    seen = []
+    SAMPLERS["euler"](nonlinear, x, sigmas, callback=seen.append)
+    assert [s.step for s in seen] == [0, 1, 2, 3, 4] and all(s.total == 5 for s in seen)
+    assert isinstance(seen[0], StepInfo) and seen[0].denoised.shape == x.shape
+    with pytest.raises(AttributeError):
+        seen[0].step = 3  # frozen
+
+    class Stop(Exception):
+        pass
+
+    def stop(info):
+        if info.step == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        SAMPLERS["dpmpp_2m"](nonlinear, x, sigmas, callback=stop)
+    # a fresh run after an interrupt gives the same result as an uninterrupted one
+    a = SAMPLERS["dpmpp_2m"](nonlinear, x, sigmas)
+    b = SAMPLERS["dpmpp_2m"](nonlinear, x, sigmas)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
