@@ -25,8 +25,8 @@ def test_grid_of_a_batch_and_mixed_inputs() -> None:
     fig = plot.grid([batch, arr, pil, handle], titles=list("abcdef"))
     assert isinstance(fig, Figure)
     axes = fig.axes
-    assert len(axes) == 6  # 6 images -> 3x3 (ceil sqrt), the three unused cells removed
-    assert axes[0].get_subplotspec().get_gridspec().get_geometry() == (3, 3)
+    assert len(axes) == 6  # 6 images -> cols = ceil(sqrt(6)) = 3, rows = 2
+    assert axes[0].get_subplotspec().get_gridspec().get_geometry() == (2, 3)
     assert [ax.get_title() for ax in axes[:6]] == list("abcdef")
     np.testing.assert_array_equal(shown(axes[0]), np.rint(batch[0].numpy() * 255).astype(np.uint8))
     np.testing.assert_array_equal(shown(axes[3]), arr)
@@ -39,6 +39,7 @@ def test_grid_shape_options_and_errors() -> None:
     assert fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == (1, 5)
     fig = plot.grid(imgs, cols=2)
     assert fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == (3, 2)
+    assert len(fig.axes) == 5  # the sixth, unused cell is removed
     with pytest.raises(ValueError, match="a 2x2 grid holds 4 images, received 5"):
         plot.grid(imgs, rows=2, cols=2)
     with pytest.raises(ValueError, match="expected 5 titles"):
