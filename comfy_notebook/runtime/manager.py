@@ -110,7 +110,7 @@ def estimate_unet_memory(
     batch = latent_shape[0] * (2 if cfg else 1)
     area = batch * int(torch.tensor(latent_shape[2:]).prod())
     elem = torch.empty((), dtype=dtype).element_size()
-    return int(area * elem * 0.01 * factor * (1 << 20))
+    return round(area * elem * (1 << 20) * factor / 100)
 
 
 class ManagedModel:
