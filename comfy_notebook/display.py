@@ -1,0 +1,134 @@
+"""Inline display of real-mode handles: IMAGE as PNG (a batch as a grid), LATENT as a fast
+latent-to-RGB preview, everything else as a one-line summary.
+
+Models (MODEL / CLIP / VAE) and other objects that have a ``summary()`` method give their own
+line (family, dtype, device, bytes); tensors are described by shape, dtype, device and bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+from typing import Any
+
+__all__ = ["grid", "mimebundle", "png_bytes", "summary"]
+
+_PREVIEW_SIDE = 256  # long side of a latent preview, pixels
+
+
+def _human(nbytes: int) -> str:
+    size = float(nbytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def _is_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _describe(value: Any) -> str:
+    """A short description of any value (duck-typed ``summary()`` first)."""
+    own = getattr(value, "summary", None)
+    if callable(own) and not isinstance(value, type):
+        try:
+            return str(own())
+        except Exception as exc:  # a broken summary must not break display
+            return f"{type(value).__name__} (summary failed: {exc})"
+    if _is_tensor(value):
+        nbytes = value.element_size() * value.numel()
+        return f"tensor {list(value.shape)} {str(value.dtype).replace('torch.', '')} on {value.device}, {_human(nbytes)}"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k}: {_describe(v)}" for k, v in list(value.items())[:4])
+        return "{" + inner + "}"
+    if isinstance(value, list | tuple):
+        head = _describe(value[0]) if value else ""
+        return f"{type(value).__name__} of {len(value)}" + (f" [{head}, ...]" if head else "")
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def summary(handle: Any) -> str:
+    """One line: output type, producing node, and a description of the value."""
+    kind = getattr(handle, "type", "?")
+    node = handle.node.class_type
+    return f"<{kind} from {node}: {_describe(handle.value)}>"
+
+
+def grid(images: Any) -> Any:
+    """Tile ``[B,H,W,C]`` uint8 images into one ``[rows*H, cols*W, C]`` array."""
+    import numpy as np
+
+    b, h, w, c = images.shape
+    cols = math.ceil(math.sqrt(b))
+    rows = math.ceil(b / cols)
+    out = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
+    for i in range(b):
+        r, col = divmod(i, cols)
+        out[r * h : (r + 1) * h, col * w : (col + 1) * w] = images[i]
+    return out
+
+
+def _image_array(value: Any) -> Any:
+    """An IMAGE value (tensor or array, ``[B,H,W,C]`` in 0..1) as uint8 numpy."""
+    import numpy as np
+
+    if _is_tensor(value):
+        value = value.detach().float().cpu().numpy()
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim == 3:
+        array = array[None]
+    return np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _latent_array(value: Any) -> Any:
+    """A LATENT value's SD1 latent-to-RGB preview, upscaled (nearest) to a visible size."""
+    import numpy as np
+
+    from comfy_notebook.widgets.preview import latent_to_rgb
+
+    samples = value["samples"] if isinstance(value, dict) else value
+    rgb = latent_to_rgb(samples)  # [B,h,w,3] uint8
+    scale = max(1, _PREVIEW_SIDE // max(rgb.shape[1], rgb.shape[2]))
+    return np.repeat(np.repeat(rgb, scale, axis=1), scale, axis=2)
+
+
+def _encode_png(array: Any) -> bytes:
+    from PIL import Image
+
+    if array.shape[-1] == 1:
+        array = array[..., 0]
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def png_bytes(handle: Any) -> bytes | None:
+    """PNG bytes for IMAGE / LATENT / MASK handles (a batch as a grid), else ``None``."""
+    kind = getattr(handle, "type", None)
+    value = handle.value
+    try:
+        if kind == "IMAGE":
+            return _encode_png(grid(_image_array(value)))
+        if kind == "MASK":
+            return _encode_png(grid(_image_array(value[..., None] if value.ndim == 3 else value)))
+        if kind == "LATENT" and isinstance(value, dict) and getattr(value.get("samples"), "ndim", 0) == 4:
+            if value["samples"].shape[1] != 4:
+                return None  # the preview factors are SD1's (4 channels)
+            return _encode_png(grid(_latent_array(value)))
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return None
+
+
+def mimebundle(handle: Any) -> dict[str, Any]:
+    """``{"text/plain": summary, "image/png": ...}`` for Jupyter's rich display."""
+    bundle: dict[str, Any] = {"text/plain": summary(handle)}
+    png = png_bytes(handle)
+    if png is not None:
+        bundle["image/png"] = png
+    return bundle

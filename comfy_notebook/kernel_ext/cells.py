@@ -1,0 +1,79 @@
+"""Cell events: cache entries tagged per cell, stale results released when a cell reruns.
+
+``pre_run_cell`` starts tracking the cell (its id, or the cell text's hash where the frontend
+sends no id); real-mode calls tag the cache entries they use.  ``post_run_cell`` releases what
+the cell's previous run produced and this run no longer used, unless a live handle elsewhere
+still holds it.  comfy_notebook errors are shown as one line (``%comfy traceback`` gives all).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import traceback
+from typing import Any
+
+from comfy_notebook.errors import ComfyNotebookError
+
+__all__ = ["CellEvents"]
+
+
+def _session() -> Any:
+    from comfy_notebook.session import session
+
+    return session()
+
+
+class CellEvents:
+    """The IPython hooks of the extension (one per shell)."""
+
+    def __init__(self, ipython: Any) -> None:
+        self.ipython = ipython
+        self.last_error: BaseException | None = None
+        self.last_traceback = ""
+        self.released = 0  # entries released by the last post_run_cell
+        self._session: Any = None
+
+    def register(self) -> None:
+        """Connect to the shell's cell events and exception display."""
+        self.ipython.events.register("pre_run_cell", self.pre_run_cell)
+        self.ipython.events.register("post_run_cell", self.post_run_cell)
+        self.ipython.set_custom_exc((ComfyNotebookError,), self._show_error)
+
+    def unregister(self) -> None:
+        """Disconnect from the shell."""
+        self.ipython.events.unregister("pre_run_cell", self.pre_run_cell)
+        self.ipython.events.unregister("post_run_cell", self.post_run_cell)
+        self.ipython.set_custom_exc((), None)
+
+    def pre_run_cell(self, info: Any) -> None:
+        """Start scoping cache entries to this cell."""
+        from comfy_notebook.realmode import begin_cell
+
+        cell_id = getattr(info, "cell_id", None)
+        if not cell_id:
+            raw = getattr(info, "raw_cell", "") or ""
+            cell_id = "text:" + hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
+        self._session = _session()
+        begin_cell(self._session, str(cell_id))
+
+    def post_run_cell(self, result: Any) -> None:
+        """Release what this cell produced last time and no longer uses."""
+        from comfy_notebook.realmode import end_cell
+
+        if self._session is not None:
+            self.released = end_cell(self._session)
+            self._session = None
+
+    def _show_error(self, shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> None:
+        """Print a comfy_notebook error as one line; keep the traceback for ``%comfy traceback``."""
+        self.last_error = value
+        detail = getattr(value, "traceback_text", "") or ""
+        self.last_traceback = "".join(traceback.format_exception(etype, value, tb)) + (
+            "\n" + detail if detail else ""
+        )
+        line = f"{etype.__name__}: {value}  (%comfy traceback for details)"
+        show = getattr(shell, "_showtraceback", None)  # the kernel's hook: marks the cell failed
+        if show is not None:
+            show(etype, value, [line])
+        else:
+            print(line)

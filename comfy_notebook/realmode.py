@@ -1,0 +1,726 @@
+"""Real mode: every node call runs at once through the session's executor and cache.
+
+``node_function("KSampler")`` returns a callable.  Calling it binds the arguments in
+``INPUT_TYPES`` order (required, then optional), fills defaults, maps two-value combos from
+``bool`` and ``Enum`` members to their values, records the call as a graph node, and runs it:
+
+- **hit**: the node's cache key is computed from its class, its constants and the keys of the
+  upstream handles (the same key the engine computes for this node inside the full graph, so
+  running the exported API JSON hits the same entries); a cached result comes back without
+  touching the executor;
+- **miss**: the call's ancestry (recorded behind every handle) goes to the executor as one small
+  graph whose target is the new node.  Upstream results are already cached, so only the new node
+  runs, and an output node receives the ancestry as its hidden ``PROMPT``.
+
+Inside ``with Workflow() as wf:`` calls only record (virtual mode).  The node classes themselves
+are never touched (naked mode: ``KSampler().sample(...)`` stays plain Python).
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+import weakref
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from comfy_notebook._fingerprint import fingerprint, is_raw_value, versions
+from comfy_notebook.errors import (
+    ExecutionInterrupted,
+    GraphError,
+    NodeError,
+    NodeExecutionError,
+    ValidationError,
+)
+
+__all__ = [
+    "RAW_VALUE_NODE",
+    "Handle",
+    "NodeCallError",
+    "NodeFunction",
+    "NodeOutput",
+    "RecordedNode",
+    "Workflow",
+    "call",
+    "node_function",
+    "to_api",
+]
+
+RAW_VALUE_NODE = "RealModeValue"
+_NO_RAW = object()
+_BOOL_COMBOS = (
+    ("enable", "disable"), ("enabled", "disabled"), ("true", "false"), ("on", "off"), ("yes", "no"),
+)
+_WORKFLOW: ContextVar[Workflow | None] = ContextVar("comfy_notebook_workflow", default=None)
+
+
+class NodeCallError(NodeError):
+    """A real-mode node call failed validation or raised; ``traceback_text`` has the details."""
+
+    traceback_text: str = ""
+
+
+class RecordedNode:
+    """One node call in the graph behind handles: class, inputs (constants or NodeOutput refs)."""
+
+    __slots__ = ("__weakref__", "class_type", "inputs", "raw", "refs", "signature", "spec", "ui")
+
+    def __init__(self, spec: Any, class_type: str, inputs: dict[str, Any], raw: Any = _NO_RAW) -> None:
+        self.spec = spec
+        self.class_type = class_type
+        self.inputs = inputs
+        self.raw = raw  # the value itself, for RAW_VALUE_NODE nodes
+        self.signature: str | None = None
+        self.ui: Any = None
+        n = len(spec.return_types) if spec is not None else 1
+        self.refs = tuple(NodeOutput(self, i) for i in range(n))
+
+    def __repr__(self) -> str:
+        return f"<RecordedNode {self.class_type}>"
+
+
+class NodeOutput:
+    """Output ``slot`` of a recorded node (virtual mode returns these; no value)."""
+
+    __slots__ = ("__weakref__", "node", "slot")
+
+    def __init__(self, node: RecordedNode, slot: int) -> None:
+        self.node = node
+        self.slot = slot
+
+    @property
+    def signature(self) -> str | None:
+        """The cache key of the node that makes this output (``None`` until it ran)."""
+        return self.node.signature
+
+    @property
+    def type(self) -> str:
+        """The ComfyUI type name of this output (``IMAGE``, ``LATENT``, ...)."""
+        spec = self.node.spec
+        return spec.return_types[self.slot] if spec is not None else "*"
+
+    def to_api(self) -> dict[str, Any]:
+        """The API-format prompt of this output's ancestry (ids numbered topologically)."""
+        return to_api([self])
+
+    def api_format_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_api` as JSON text."""
+        return json.dumps(to_api([self]), indent=indent)
+
+    def graph(self) -> Any:
+        """The ancestry as an engine :class:`~comfy_notebook.engine.Graph`."""
+        return _graph(_collect([self.node]))[0]
+
+    def __repr__(self) -> str:
+        return f"<NodeOutput {self.node.class_type}[{self.slot}] {self.type}>"
+
+
+class Handle(NodeOutput):
+    """A real-mode result: ``.value`` plus provenance (``.node``, ``.slot``, ``.signature``).
+
+    Accepted wherever a value is; displays inline in notebooks (images as PNG, latents as a
+    preview, models as a one-line summary).
+    """
+
+    __slots__ = ("_outputs", "_ui", "_versions", "value")
+
+    def __init__(self, node: RecordedNode, slot: int, value: Any, outputs: Any, ui: Any) -> None:
+        super().__init__(node, slot)
+        self.value = value
+        self._outputs = outputs  # the cache entry's per-slot lists, to restore an evicted entry
+        self._ui = ui
+        self._versions = versions(outputs)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        from comfy_notebook.display import mimebundle
+
+        return mimebundle(self)
+
+    def _repr_png_(self) -> bytes | None:
+        from comfy_notebook.display import png_bytes
+
+        return png_bytes(self)
+
+    def __repr__(self) -> str:
+        from comfy_notebook.display import summary
+
+        return summary(self)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Per-class call plan, parsed once: argument order, defaults, bool combos, fast keying."""
+
+    spec: Any
+    names: tuple[str, ...]
+    required: tuple[str, ...]
+    defaults: dict[str, Any]
+    bool_maps: dict[str, tuple[Any, Any]]
+    accepts_kwargs: bool
+    fast: bool  # the cache key is computable here (no IS_CHANGED, no id in the key)
+
+
+def _plan(spec: Any) -> _Plan:
+    """Parse a NodeSpec into a call plan."""
+    names, required, defaults, bool_maps = [], [], {}, {}
+    for name, inp in spec.inputs.items():
+        names.append(name)
+        if inp.category == "required":
+            required.append(name)
+        if "default" in inp.options:
+            defaults[name] = inp.options["default"]
+        if inp.is_combo and len(inp.type) == 2:
+            low = tuple(str(v).lower() for v in inp.type)
+            for true_name, false_name in _BOOL_COMBOS:
+                if low == (true_name, false_name):
+                    bool_maps[name] = (inp.type[0], inp.type[1])
+                elif low == (false_name, true_name):
+                    bool_maps[name] = (inp.type[1], inp.type[0])
+    fn = getattr(spec.cls, spec.function)
+    accepts = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    fast = not (spec.has_is_changed or spec.not_idempotent or spec.uses_unique_id)
+    return _Plan(spec, tuple(names), tuple(required), defaults, bool_maps, accepts, fast)
+
+
+def _bind(plan: _Plan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Positional + keyword arguments -> inputs by name, with defaults; clear errors."""
+    spec = plan.spec
+    if len(args) > len(plan.names):
+        raise NodeCallError(
+            f"takes {len(plan.names)} inputs but {len(args)} positional arguments were given",
+            node_type=spec.name, expected=f"inputs {list(plan.names)}", fix="pass fewer arguments",
+        )
+    bound = dict(zip(plan.names, args, strict=False))
+    for name, value in kwargs.items():
+        if name in bound:
+            raise NodeCallError("given twice (positional and keyword)", node_type=spec.name,
+                                input_name=name, fix="pass it once")
+        if name not in spec.inputs and not plan.accepts_kwargs:
+            raise NodeCallError("is not an input of this node", node_type=spec.name, input_name=name,
+                                expected=f"one of {list(plan.names)}", fix="check the spelling")
+        bound[name] = value
+    for name, value in plan.defaults.items():
+        bound.setdefault(name, value)
+    for name in plan.required:
+        if name not in bound:
+            inp = spec.inputs[name]
+            expected = f"one of {list(inp.type)[:20]}" if inp.is_combo else f"a {inp.type} value"
+            raise NodeCallError("required input is missing", node_type=spec.name, input_name=name,
+                                expected=expected, fix=f"pass {name}=...")
+    return bound
+
+
+class _State:
+    """Real-mode bookkeeping of one session: plans, snapshots, cells, live handles."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = weakref.ref(session)
+        self.plans: dict[str, _Plan] = {}
+        self.snapshots: dict[str, tuple[int, ...] | None] = {}
+        self.slow_keys: set[str] = set()  # classes whose key the engine computes differently
+        self.live: dict[str, list[weakref.ref[Handle]]] = {}
+        self.cell: str | None = None
+        self.used_now: set[str] = set()
+        self.used_by_cell: dict[str, set[str]] = {}
+        self.cell_outputs: list[NodeOutput] = []
+        self.last_outputs: list[NodeOutput] = []
+        self.executed = 0  # node functions run by real-mode calls (hits do not count)
+        self.calls = 0
+        self.progress: Any = None
+
+    def plan(self, class_type: str) -> _Plan:
+        """The cached call plan of ``class_type`` (re-parsed if it was re-registered)."""
+        spec = self.session().registry.get(class_type)  # type: ignore[union-attr]
+        found = self.plans.get(class_type)
+        if found is not None and found.spec is spec:
+            return found
+        if spec is None:
+            raise KeyError(class_type)
+        found = self.plans[class_type] = _plan(spec)
+        return found
+
+    def note(self, sig: str, handles: list[Handle]) -> None:
+        """Record that the current cell uses ``sig`` and made ``handles``."""
+        self.used_now.add(sig)
+        if self.cell is not None:
+            self.session().cache.tag(sig, "cell:" + self.cell)  # type: ignore[union-attr]
+        refs = self.live.setdefault(sig, [])
+        if len(refs) > 8:
+            refs[:] = [r for r in refs if r() is not None]
+        refs.extend(weakref.ref(h) for h in handles)
+        self.cell_outputs.extend(handles)
+
+    def held(self, sig: str) -> bool:
+        """Whether a live handle still holds the entry ``sig``."""
+        return any(r() is not None for r in self.live.get(sig, ()))
+
+
+_STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
+
+
+def state(session: Any) -> _State:
+    """The real-mode state of ``session`` (created on first use)."""
+    found = _STATES.get(session)
+    if found is None:
+        found = _STATES[session] = _State(session)
+        from comfy_notebook._progress import attach
+
+        found.progress = attach(session)
+    return found
+
+
+def _current_session(session: Any) -> Any:
+    if session is not None:
+        return session
+    from comfy_notebook.session import session as current
+
+    return current()
+
+
+def _value_of_slot(spec: Any, outputs: Any, slot: int) -> Any:
+    """The value of one output slot from the cache entry's per-slot lists."""
+    values = outputs[slot]
+    if spec is not None and spec.output_is_list[slot]:
+        return values
+    return values[0] if len(values) == 1 else values
+
+
+def _normalise(value: Any, st: _State | None) -> Any:
+    """Enum -> value; mutated handle -> raw value node; tensors -> raw value node."""
+    if isinstance(value, NodeOutput):
+        if isinstance(value, Handle) and value._versions is not None and versions(value._outputs) != value._versions:
+            return _raw_node(value.value, st)  # changed in place by user code: key by content
+        return value.node.refs[value.slot]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if is_raw_value(value):
+        return _raw_node(value, st)
+    return value
+
+
+def _raw_node(value: Any, st: _State | None) -> NodeOutput:
+    """A RAW_VALUE_NODE node carrying ``value`` under its fingerprint."""
+    node = RecordedNode(None, RAW_VALUE_NODE, {"fingerprint": fingerprint(value)}, raw=value)
+    return node.refs[0]
+
+
+def call(class_type: str, args: tuple[Any, ...], kwargs: dict[str, Any], session: Any = None) -> Any:
+    """Call node ``class_type`` in real mode (or record it inside a :class:`Workflow`).
+
+    Returns
+    -------
+    Handle | tuple[Handle, ...] | NodeOutput | ...
+        One handle per output (a single one unwrapped); for a node without outputs, a handle
+        of its ``ui`` result (``.value`` is the ui dict).
+    """
+    session = _current_session(session)
+    st = state(session)
+    plan = st.plan(class_type)
+    spec = plan.spec
+    bound = _bind(plan, args, kwargs)
+    inputs: dict[str, Any] = {}
+    for name, value in bound.items():
+        if name in plan.bool_maps and isinstance(value, bool):
+            value = plan.bool_maps[name][0 if value else 1]
+        inputs[name] = _normalise(value, st)
+    node = RecordedNode(spec, class_type, inputs)
+    wf = _WORKFLOW.get()
+    if wf is not None:
+        wf.nodes.append(node)
+        return node.refs[0] if len(node.refs) == 1 else node.refs
+    st.calls += 1
+    outputs, ui = _run(session, st, plan, node)
+    return _handles(st, node, outputs, ui)
+
+
+def _handles(st: _State, node: RecordedNode, outputs: Any, ui: Any) -> Any:
+    """Wrap a node's outputs into handles and note them for the current cell."""
+    node.ui = ui
+    spec = node.spec
+    if not spec.return_types:
+        handles = [Handle(node, 0, ui, outputs, ui)]
+    else:
+        handles = [Handle(node, i, _value_of_slot(spec, outputs, i), outputs, ui) for i in range(len(spec.return_types))]
+    st.note(node.signature, handles)  # type: ignore[arg-type]
+    return handles[0] if len(handles) == 1 else tuple(handles)
+
+
+def _fast_key(plan: _Plan, node: RecordedNode) -> str | None:
+    """The engine's cache key for ``node``, composed from upstream keys (None: ask the engine)."""
+    from comfy_notebook.engine.cache import node_signature
+
+    constants: dict[str, Any] = {}
+    links: dict[str, tuple[str, int]] = {}
+    for name, value in node.inputs.items():
+        if isinstance(value, NodeOutput):
+            up = value.node
+            if up.signature is None:
+                if up.raw is _NO_RAW:
+                    return None
+                up.signature = node_signature(RAW_VALUE_NODE, None, None, up.inputs, {})
+            links[name] = (up.signature, value.slot)
+        else:
+            constants[name] = value
+    return node_signature(node.class_type, None, None, constants, links)
+
+
+def _run(session: Any, st: _State, plan: _Plan, node: RecordedNode) -> tuple[Any, Any]:
+    """Cache lookup, else one executor run of the call's ancestry."""
+    cache = session.cache
+    if plan.fast and node.class_type not in st.slow_keys:
+        key = _fast_key(plan, node)
+        if key is not None:
+            entry = cache.get(key)
+            if entry is not None:
+                if st.snapshots.get(key, None) == versions(entry.outputs):
+                    node.signature = key
+                    return entry.outputs, entry.ui
+                cache.release(key)  # changed in place since it was stored: recompute
+    return _execute(session, st, node, plan.fast)
+
+
+def _execute(session: Any, st: _State, node: RecordedNode, fast: bool) -> tuple[Any, Any]:
+    """Run the ancestry of ``node`` with ``node`` as the target; returns (outputs, ui)."""
+    order = _collect([node])
+    graph, ids = _graph(order)
+    if any(n.raw is not _NO_RAW for n in order) and RAW_VALUE_NODE not in session.registry:
+        session.register({RAW_VALUE_NODE: RealModeValue})
+    for value in node.inputs.values():  # restore evicted entries that live handles still hold
+        if isinstance(value, NodeOutput) and value.node.signature is not None:
+            _restore(session.cache, st, value.node)
+    target = ids[id(node)]
+    raws = _publish_raw(order)
+    try:
+        result = session.run(graph, targets=[target])
+    except ValidationError as exc:
+        raise _validation_error(node, target, exc) from exc
+    except NodeExecutionError as exc:
+        culprit = _node_by_id(order, ids, exc.node_id)
+        err = NodeCallError(f"failed: {type(exc.original).__name__}: {exc.original}",
+                            node_type=culprit.class_type if culprit else exc.node_type,
+                            fix="fix the inputs or the node; %comfy traceback shows the details")
+        err.traceback_text = exc.traceback_text
+        raise err from exc.original
+    except ExecutionInterrupted as exc:
+        culprit = _node_by_id(order, ids, exc.node_id)
+        raise ExecutionInterrupted(node_id=culprit.class_type if culprit else exc.node_type,
+                                   step=exc.step, total=exc.total) from None
+    finally:
+        _unpublish_raw(raws)
+    st.executed += len(result.executed)
+    by_id = {ids[id(n)]: n for n in order}
+    for node_id, sig in result.signatures.items():
+        n = by_id.get(node_id)
+        if n is not None and n.signature is None:
+            n.signature = sig
+        st.used_now.add(sig)
+        if st.cell is not None:
+            cache_tag = "cell:" + st.cell
+            session.cache.tag(sig, cache_tag)
+    key = result.signatures[target]
+    if fast and node.signature is not None and node.signature != key:
+        st.slow_keys.add(node.class_type)  # the engine keys this class differently: ask it
+    node.signature = key
+    entry = session.cache.peek(key)
+    if entry is not None:
+        st.snapshots[key] = versions(entry.outputs)
+        return entry.outputs, entry.ui
+    values = result.outputs.get(target, ())
+    return tuple([v] for v in values), result.ui.get(target)
+
+
+def _restore(cache: Any, st: _State, node: RecordedNode) -> None:
+    """Put a held handle's outputs back in the cache if its entry was released."""
+    sig = node.signature
+    if sig is None or sig in cache:
+        return
+    for ref in st.live.get(sig, ()):
+        h = ref()
+        if h is not None:
+            cache.put(sig, h._outputs, h._ui)
+            return
+
+
+def _node_by_id(order: list[RecordedNode], ids: dict[int, str], node_id: Any) -> RecordedNode | None:
+    for n in order:
+        if ids[id(n)] == node_id:
+            return n
+    return None
+
+
+def _validation_error(node: RecordedNode, target: str, exc: ValidationError) -> NodeCallError:
+    """One short message naming the node, the input, what was expected and what arrived."""
+    for entry in exc.node_errors.values():
+        for err in entry.get("errors", []):
+            extra = err.get("extra_info", {}) or {}
+            config = extra.get("input_config")
+            expected = None
+            if config:
+                typ = config[0] if isinstance(config, list | tuple) else config
+                expected = f"one of {list(typ)[:20]}" if isinstance(typ, list | tuple) else str(typ)
+            message = err.get("message", "invalid input")
+            if err.get("details"):
+                message += f" ({err['details']})"
+            out = NodeCallError(message, node_type=entry.get("class_type", node.class_type),
+                                input_name=extra.get("input_name"), expected=expected,
+                                received=extra.get("received_value"))
+            out.traceback_text = str(exc)
+            return out
+    out = NodeCallError(str(exc), node_type=node.class_type)
+    out.traceback_text = str(exc)
+    return out
+
+
+def _collect(roots: list[RecordedNode]) -> list[RecordedNode]:
+    """The roots and their ancestors, parents before children (iterative DFS)."""
+    order: list[RecordedNode] = []
+    done: set[int] = set()
+    seen: set[int] = set()
+    stack: list[tuple[RecordedNode, bool]] = [(r, False) for r in reversed(roots)]
+    while stack:
+        node, expanded = stack.pop()
+        key = id(node)
+        if expanded:
+            if key not in done:
+                done.add(key)
+                order.append(node)
+            continue
+        if key in seen:
+            continue
+        seen.add(key)
+        stack.append((node, True))
+        for value in reversed(list(node.inputs.values())):
+            if isinstance(value, NodeOutput) and id(value.node) not in seen:
+                stack.append((value.node, False))
+    return order
+
+
+def _graph(order: list[RecordedNode]) -> tuple[Any, dict[int, str]]:
+    """An engine Graph of ``order`` with ids "1", "2", ... in topological order."""
+    from comfy_notebook.engine.graph import Graph, Link, Node
+
+    ids = {id(n): str(i + 1) for i, n in enumerate(order)}
+    nodes = {}
+    for n in order:
+        inputs = {
+            k: Link(ids[id(v.node)], v.slot) if isinstance(v, NodeOutput) else v
+            for k, v in n.inputs.items()
+        }
+        nodes[ids[id(n)]] = Node(ids[id(n)], n.class_type, inputs, n.class_type)
+    return Graph(nodes), ids
+
+
+def to_api(outputs: list[NodeOutput] | list[RecordedNode]) -> dict[str, Any]:
+    """The API-format prompt behind ``outputs`` (handles, node outputs or recorded nodes)."""
+    roots = [o.node if isinstance(o, NodeOutput) else o for o in outputs]
+    return _graph(_collect(roots))[0].to_api()  # type: ignore[no-any-return]
+
+
+_RAW_VALUES: dict[str, list[Any]] = {}  # fingerprint -> values, only while a run needs them
+
+
+def _publish_raw(order: list[RecordedNode]) -> list[str]:
+    """Make the raw values of ``order`` reachable by RealModeValue nodes during a run."""
+    keys = []
+    for n in order:
+        if n.raw is not _NO_RAW:
+            fp = n.inputs["fingerprint"]
+            _RAW_VALUES.setdefault(fp, []).append(n.raw)
+            keys.append(fp)
+    return keys
+
+
+def _unpublish_raw(keys: list[str]) -> None:
+    for fp in keys:
+        values = _RAW_VALUES.get(fp)
+        if values:
+            values.pop()
+            if not values:
+                del _RAW_VALUES[fp]
+
+
+class _AnyType(str):
+    """A type name that matches every input type (ComfyUI's wildcard convention)."""
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    __hash__ = str.__hash__
+
+
+class RealModeValue:
+    """Internal node: yields a raw value (tensor, array, image) passed to a real-mode call."""
+
+    CATEGORY = "comfy_notebook/internal"
+    RETURN_TYPES = (_AnyType("*"),)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802 - ComfyUI protocol name
+        return {"required": {"fingerprint": ("STRING", {"default": ""})}}
+
+    def run(self, fingerprint: str) -> tuple[Any]:
+        """Return the published value for ``fingerprint``."""
+        values = _RAW_VALUES.get(fingerprint)
+        if not values:
+            raise NodeError("the raw value behind this input is no longer available",
+                            node_type=RAW_VALUE_NODE, input_name="fingerprint",
+                            fix="pass the tensor/array/image again in a real-mode call")
+        return (values[-1],)
+
+
+class Workflow:
+    """Virtual mode: node calls inside ``with Workflow() as wf:`` record a graph, run nothing.
+
+    Examples
+    --------
+    >>> with Workflow() as wf:                      # doctest: +SKIP
+    ...     image = VAEDecode(KSampler(...), vae)
+    ...     SaveImage(image, "out")
+    >>> wf.api_format_json()                        # doctest: +SKIP
+    >>> comfy_notebook.session().run(wf.graph())    # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self.nodes: list[RecordedNode] = []
+        self._token: Any = None
+
+    def __enter__(self) -> Workflow:
+        self._token = _WORKFLOW.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _WORKFLOW.reset(self._token)
+
+    def to_api(self) -> dict[str, Any]:
+        """The recorded graph (and the ancestry of real handles used in it) in API format."""
+        return to_api(self.nodes)
+
+    def api_format_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_api` as JSON text."""
+        return json.dumps(self.to_api(), indent=indent)
+
+    def graph(self) -> Any:
+        """The recorded graph as an engine :class:`~comfy_notebook.engine.Graph`."""
+        return _graph(_collect(self.nodes))[0]
+
+    def run(self, session: Any = None, *, targets: list[str] | None = None) -> Any:
+        """Run the whole workflow once through the session's executor; returns PromptResult."""
+        session = _current_session(session)
+        order = _collect(self.nodes)
+        graph, _ = _graph(order)
+        if any(n.raw is not _NO_RAW for n in order) and RAW_VALUE_NODE not in session.registry:
+            session.register({RAW_VALUE_NODE: RealModeValue})
+        raws = _publish_raw(order)
+        try:
+            return session.run(graph, targets=targets)
+        finally:
+            _unpublish_raw(raws)
+
+
+class NodeFunction:
+    """The real-mode callable of one node class (``CLIPTextEncode("a cat", clip)``)."""
+
+    __slots__ = ("__weakref__", "_session", "name")
+
+    def __init__(self, name: str, session: Any = None) -> None:
+        self.name = name
+        self._session = session
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return call(self.name, args, kwargs, self._session)
+
+    @property
+    def __name__(self) -> str:  # type: ignore[override]
+        return self.name
+
+    @property
+    def spec(self) -> Any:
+        """The node's parsed :class:`~comfy_notebook.engine.NodeSpec`."""
+        return _current_session(self._session).registry[self.name]
+
+    @property
+    def cls(self) -> type:
+        """The node class itself (naked mode: ``KSampler.cls().sample(...)``)."""
+        return self.spec.cls  # type: ignore[no-any-return]
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        plan = state(_current_session(self._session)).plan(self.name)
+        params = []
+        for name in plan.names:
+            default = plan.defaults.get(name, inspect.Parameter.empty)
+            if name not in plan.required and default is inspect.Parameter.empty:
+                default = None
+            params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
+        params.sort(key=lambda p: p.default is not inspect.Parameter.empty)
+        return inspect.Signature(params)
+
+    @property
+    def __doc__(self) -> str:  # type: ignore[override]
+        spec = self.spec
+        lines = [f"{spec.display_name} ({spec.category}): {spec.description}".rstrip(": "), "", "Inputs:"]
+        for name, inp in spec.inputs.items():
+            typ = f"one of {list(inp.type)[:10]}" if inp.is_combo else inp.type
+            lines.append(f"  {name}: {typ} ({inp.category}{', default ' + repr(inp.options['default']) if 'default' in inp.options else ''})")
+        lines.append(f"Returns: {', '.join(spec.return_types) or 'ui result'}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<node {self.name}>"
+
+
+def node_function(name: str, session: Any = None) -> NodeFunction:
+    """The real-mode callable of node ``name``.
+
+    Parameters
+    ----------
+    name:
+        A registered class_type (built-in or added with ``session.register``).
+    session:
+        Bind to this session; ``None`` uses the current session at call time.
+
+    Raises
+    ------
+    KeyError
+        When no node ``name`` is registered.
+    """
+    if name not in _current_session(session).registry:
+        raise KeyError(name)
+    return NodeFunction(name, session)
+
+
+def begin_cell(session: Any, cell_id: str | None) -> None:
+    """Start tracking a notebook cell: cache entries used from now on are tagged with it."""
+    st = state(session)
+    st.cell = cell_id
+    st.used_now = set()
+    st.cell_outputs = []
+
+
+def end_cell(session: Any) -> int:
+    """Finish the cell: release what its previous run produced and it no longer uses.
+
+    Entries still held by a live handle elsewhere stay.  Returns how many were released.
+    """
+    st = state(session)
+    released = 0
+    if st.cell is not None:
+        before = st.used_by_cell.get(st.cell, set())
+        for sig in before - st.used_now:
+            if not st.held(sig) and session.cache.release(sig):
+                released += 1
+                st.snapshots.pop(sig, None)
+        st.used_by_cell[st.cell] = st.used_now
+    if st.cell_outputs:
+        st.last_outputs = st.cell_outputs
+    st.cell = None
+    st.used_now = set()
+    st.cell_outputs = []
+    for sig in [s for s, refs in st.live.items() if not any(r() is not None for r in refs)]:
+        del st.live[sig]
+    return released
