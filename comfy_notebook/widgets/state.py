@@ -1,8 +1,8 @@
 """``RunState``: the evented state of the current run, fed by the session's event stream.
 
 Widgets (``RunView``) are views over this object; nothing else writes it.  It follows
-``comfy_notebook.engine.events`` exactly: per node ``cached`` / ``running`` / ``done`` /
-``failed`` / ``interrupted``, the progress of the running node, a latent->RGB preview every
+``comfy_notebook.engine.events`` exactly: per node ``pending`` / ``cached`` / ``running`` /
+``done`` / ``failed`` / ``interrupted`` / ``skipped`` (not needed: its consumers were cached), the progress of the running node, a latent->RGB preview every
 ``preview_every`` steps, and the elapsed time.
 """
 
@@ -114,6 +114,9 @@ class RunState(traitlets.HasTraits):
                     if self.total else "interrupted"
         elif isinstance(event, ev.RunFinished):
             with self.hold_trait_notifications():
+                # scheduled but never needed (their consumers came from the cache)
+                self.nodes = {n: {**e, "status": "skipped"} if e["status"] == "pending" else e
+                              for n, e in self.nodes.items()}
                 self.status, self.elapsed, self.current_node = "finished", event.seconds, ""
 
     def counts(self) -> dict[str, int]:
