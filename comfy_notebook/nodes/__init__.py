@@ -1,0 +1,81 @@
+"""The built-in node pack, with ComfyUI's names, inputs and data conventions.
+
+Two faces:
+
+- ``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS``: plain ComfyUI V1 node classes, the
+  same shape a ComfyUI custom-node pack exports (``register_builtins(session)`` registers them).
+- ``from comfy_notebook.nodes import *``: every node registered in the *current* session
+  (built-ins and anything added with ``session.register``) as a real-mode callable, plus the
+  ComfyScript-style enums (``Checkpoints``, ``Samplers``, ...).  Names are looked up at access
+  time, so nodes registered later show up on the next import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Node modules of the pack, in the order their nodes are listed.
+_MODULES = (
+    "loaders",
+    "conditioning",
+    "sampling",
+    "vae",
+    "latent",
+    "image",
+    "image_io",
+)
+
+_mappings: dict[str, type] | None = None
+_display: dict[str, str] | None = None
+
+
+def _load() -> tuple[dict[str, type], dict[str, str]]:
+    global _mappings, _display
+    if _mappings is None or _display is None:
+        mappings: dict[str, type] = {}
+        display: dict[str, str] = {}
+        for name in _MODULES:
+            module = importlib.import_module(f"{__name__}.{name}")
+            mappings.update(module.NODE_CLASS_MAPPINGS)
+            display.update(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", {}))
+        _mappings, _display = mappings, display
+    return _mappings, _display
+
+
+def register_builtins(session: Any) -> None:
+    """Register the built-in node pack in ``session``."""
+    mappings, display = _load()
+    session.register(mappings, display_names=display)
+
+
+def _enums() -> dict[str, Any]:
+    from comfy_notebook import enums
+    from comfy_notebook.session import session
+
+    return dict(enums.global_enums(session()))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NODE_CLASS_MAPPINGS":
+        return _load()[0]
+    if name == "NODE_DISPLAY_NAME_MAPPINGS":
+        return _load()[1]
+    if name == "__all__":
+        from comfy_notebook.session import session
+
+        return sorted(session().registry.names()) + sorted(_enums())
+    if name.startswith("_"):
+        raise AttributeError(name)
+    enums = _enums()
+    if name in enums:
+        return enums[name]
+    from comfy_notebook.realmode import node_function
+
+    try:
+        return node_function(name)
+    except KeyError:
+        raise AttributeError(
+            f"no node named {name!r} is registered in the current session; "
+            "register it with comfy_notebook.session().register({...})"
+        ) from None
