@@ -11,7 +11,7 @@ import traitlets
 STATIC = pathlib.Path(__file__).parent / "static"
 
 
-class View(anywidget.AnyWidget):  # type: ignore[misc]
+class View(anywidget.AnyWidget):
     """An anywidget whose MIME bundle carries ``text()`` as text/plain and whose JS sends actions."""
 
     _css = STATIC / "widgets.css"
@@ -46,5 +46,5 @@ class View(anywidget.AnyWidget):  # type: ignore[misc]
             return
         try:
             self.message = handler(**{k: v for k, v in content.items() if k != "action"}) or ""
-        except Exception as exc:  # noqa: BLE001 - shown to the user in the widget, not lost
+        except Exception as exc:  # shown to the user in the widget, not lost
             self.message = f"{content['action']} failed: {type(exc).__name__}: {exc}"

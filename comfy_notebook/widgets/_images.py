@@ -25,8 +25,9 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
     if np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_:
-        return np.clip(np.rint(array.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-    return np.clip(array, 0, 255).astype(np.uint8)
+        array = np.rint(array.astype(np.float32) * 255.0)
+    out: np.ndarray = np.clip(array, 0, 255).astype(np.uint8)
+    return out
 
 
 def _hwc(array: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ class Gallery(View):
     """
 
     _esm = STATIC / "gallery.js"
-    items = traitlets.List().tag(sync=True)
+    items: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
     selected = traitlets.Int(-1).tag(sync=True)
     full = traitlets.Unicode("").tag(sync=True)  # data URL of the selected image at full size
 
@@ -61,13 +61,13 @@ class Gallery(View):
         """Append the images of a ``PromptResult``: the ``images`` input of each output node."""
         sources: list[tuple[Any, dict[str, Any] | None, str | None]] = []
         for node_id, node in prompt.items():
-            link = node.get("inputs", {}).get("images")
+            link: Any = node.get("inputs", {}).get("images")
             if isinstance(link, list) and len(link) == 2 and str(link[0]) in result.outputs:
-                sources.append((result.outputs[str(link[0])][link[1]], prompt, node_id))
+                sources.append((result.outputs[str(link[0])][int(link[1])], prompt, node_id))
         if not sources:  # no output node: every IMAGE-shaped output
             for node_id, values in result.outputs.items():
                 for value in values:
-                    shape = getattr(value, "shape", ())
+                    shape: Any = getattr(value, "shape", ())
                     if len(shape) == 4 and shape[-1] in (3, 4):
                         sources.append((value, prompt, node_id))
         self._add_group(sources, label or f"run {getattr(result, 'prompt_id', '')}".strip())
@@ -137,7 +137,7 @@ class Gallery(View):
 
 def _session_output_dir() -> pathlib.Path:
     """The current session's ``output_dir``, else ``./output``."""
-    import comfy_notebook
+    from comfy_notebook.session import session as current_session
 
-    out = getattr(comfy_notebook.session(), "output_dir", None)
+    out = getattr(current_session(), "output_dir", None)
     return pathlib.Path(out) if out else pathlib.Path("output")

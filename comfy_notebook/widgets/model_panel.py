@@ -47,7 +47,7 @@ class ModelPanel(View):
     """
 
     _esm = STATIC / "model_panel.js"
-    rows = traitlets.List().tag(sync=True)
+    rows: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
     memory = traitlets.Dict().tag(sync=True)
 
     def __init__(self, manager: Any, *, cache: Any = None, **kwargs: Any) -> None:
@@ -61,9 +61,9 @@ class ModelPanel(View):
     def for_session(cls, session: Any = None) -> ModelPanel:
         """The panel of ``session`` (default: the current session)."""
         if session is None:
-            import comfy_notebook
+            from comfy_notebook.session import session as current_session
 
-            session = comfy_notebook.session()
+            session = current_session()
         if "models" not in session.services:
             raise LookupError("no models loaded: this session has no model manager yet "
                               "(load a checkpoint first)")
@@ -93,10 +93,11 @@ class ModelPanel(View):
             for r in rows if r["location"] == "partial")
         device = getattr(self.manager, "device", None)
         budget = getattr(self.manager, "budget_bytes", None)
+        free: int | None
         try:
             free = int(self.manager.memory_free(device))
             free = None if free >= 1 << 60 else free  # "no limit" (CPU without a capacity)
-        except Exception:  # noqa: BLE001 - memory figures are informative only
+        except Exception:  # memory figures are informative only
             free = None
         cache_bytes = 0
         if self.cache is not None:

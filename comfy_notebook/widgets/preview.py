@@ -67,12 +67,14 @@ def latent_to_rgb(
         if bias is not None:
             rgb = rgb + x.new_tensor(bias)
         rgb = ((rgb + 1.0) / 2.0).clamp(0.0, 1.0).mul(255.0).round()
-        return np.asarray(rgb.cpu().numpy()).astype(np.uint8)
+        out: np.ndarray = np.asarray(rgb.cpu().numpy()).astype(np.uint8)
+        return out
     x_np = np.asarray(latent, dtype=np.float32)
     rgb_np = np.transpose(x_np, (0, 2, 3, 1)) @ np.asarray(factors, dtype=np.float32)
     if bias is not None:
         rgb_np = rgb_np + np.asarray(bias, dtype=np.float32)
-    return np.rint(np.clip((rgb_np + 1.0) / 2.0, 0.0, 1.0) * 255.0).astype(np.uint8)
+    pixels: np.ndarray = np.rint(np.clip((rgb_np + 1.0) / 2.0, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return pixels
 
 
 def latent_preview(latent: Any, max_size: int = 256) -> Any:

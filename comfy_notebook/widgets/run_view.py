@@ -49,9 +49,9 @@ class RunView(View):
     def __init__(self, session: Any = None, *, state: RunState | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         if session is None:
-            import comfy_notebook
+            from comfy_notebook.session import session as current_session
 
-            session = comfy_notebook.session()
+            session = current_session()
         self.session = session
         self._unsubscribe: Callable[[], None] | None = None
         if state is None:
@@ -60,6 +60,7 @@ class RunView(View):
         self.state = state
         self._links = [traitlets.dlink((state, name), (self, name)) for name in _MIRRORED]
         self._thread: threading.Thread | None = None
+        self.result: Any = None  # of the last start(): a PromptResult or the exception
 
     def action_interrupt(self) -> str:
         """The interrupt button: ask the session to stop at the next step or node."""
@@ -72,10 +73,10 @@ class RunView(View):
         def target() -> None:
             try:
                 self.result = self.session.run_prompt(prompt, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - state already shows it; kept for the caller
+            except Exception as exc:  # the state already shows it; kept for the caller
                 self.result = exc
 
-        self.result: Any = None
+        self.result = None
         self._thread = threading.Thread(target=target, name="comfy-run", daemon=True)
         self._thread.start()
         return self._thread
