@@ -176,9 +176,12 @@ def _module_aliases(unet_modules: Iterable[str], clip_modules: Iterable[str],
             out["lora_unet_" + diff.replace(".", "_")] = ("unet", ldm)
             out["unet." + diff] = ("unet", ldm)
     for mod in clip_modules:
-        out["lora_te_" + mod.replace(".", "_")] = ("clip", mod)
-        out["text_encoder." + mod] = ("clip", mod)
-        out["cond_stage_model.transformer." + mod] = ("clip", mod)
+        # LoRA files name CLIPTextModel modules with the "text_model." prefix; accept our
+        # names with or without it
+        full = mod if mod.startswith("text_model.") else "text_model." + mod
+        out["lora_te_" + full.replace(".", "_")] = ("clip", mod)
+        out["text_encoder." + full] = ("clip", mod)
+        out["cond_stage_model.transformer." + full] = ("clip", mod)
     return out
 
 
