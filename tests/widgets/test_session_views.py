@@ -72,8 +72,9 @@ def test_run_view_follows_a_real_run_and_cache_hits() -> None:
     assert seen == [1, 2, 3, 4, 0]  # steps of node 1, then reset when node 2 starts
     assert view.preview.startswith("data:image/png")
     s.run_prompt(prompt())
-    # fully cached: the output node is a hit, its input was never needed
-    assert {n: e["status"] for n, e in view.nodes.items()} == {"1": "skipped", "2": "cached"}
+    # fully cached: the output node is a hit; its input is reported cached or was not needed
+    assert view.nodes["2"]["status"] == "cached"
+    assert view.nodes["1"]["status"] in ("cached", "skipped")
     g = Gallery()
     g.add_result(result, prompt())
     assert len(g.items) == 2

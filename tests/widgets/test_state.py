@@ -115,3 +115,11 @@ def test_run_view_start_runs_in_a_thread(fake_session: Any) -> None:
     assert isinstance(thread, threading.Thread)
     thread.join(5)
     assert view.result == "result" and fake_session.prompts == [{"1": {}}]
+
+
+def test_nodes_never_reached_are_skipped() -> None:
+    state = RunState()
+    state.apply(ev.RunStarted("p", ("1", "2")))
+    state.apply(ev.NodeCached("p", "2", "ShowImages"))
+    state.apply(ev.RunFinished("p", frozenset(), frozenset({"2"}), 0.001))
+    assert {n: e["status"] for n, e in state.nodes.items()} == {"1": "skipped", "2": "cached"}
