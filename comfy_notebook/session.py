@@ -50,7 +50,7 @@ class Session:
         self.output_dir = output_dir
         self.registry = Registry()
         self.cache = cache if cache is not None else Cache()
-        self.services: dict[str, Any] = {}
+        self.services: dict[str, Any] = {"session": self}
         self._subscribers: list[Callable[[Event], None]] = []
         self.executor = Executor(self.registry, self.cache, emit=self._emit, services=self.services)
 
@@ -132,7 +132,7 @@ def session() -> Session:
     if _current is None:
         s = Session()
         try:
-            from comfy_notebook.nodes import register_builtins  # type: ignore[attr-defined]
+            from comfy_notebook.nodes import register_builtins
 
             register_builtins(s)
         except Exception:

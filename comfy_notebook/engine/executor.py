@@ -215,6 +215,7 @@ class _Run:
         self.subgraph_results: dict[str, list[tuple[bool, Any]]] = {}
         self.executed: list[str] = []
         self.cached: list[str] = []
+        self.seen_cached: set[str] = set()
         self.current: str | None = None
 
     # -- helpers ---------------------------------------------------------------------
@@ -317,7 +318,25 @@ class _Run:
         self.cached.append(node_id)
         self.emit(NodeCached(self.prompt_id, node_id, self.nodes[node_id].class_type, entry.ui))
         self.complete(node_id, entry.outputs, entry.ui)
+        self._mark_cached_ancestors(node_id)
         return True
+
+    def _mark_cached_ancestors(self, node_id: str) -> None:
+        """Report ancestors of a cache hit that are cached too (ComfyUI's execution_cached)."""
+        stack = [link.node_id for _, link in self.nodes[node_id].links()]
+        while stack:
+            n = stack.pop()
+            if n in self.values or n in self.needed or n in self.seen_cached or n not in self.nodes:
+                continue
+            self.seen_cached.add(n)
+            entry = self.cache.peek(self.sig(n))
+            if entry is None:
+                continue
+            self.cached.append(n)
+            self.emit(NodeCached(self.prompt_id, n, self.nodes[n].class_type, entry.ui))
+            if entry.ui is not None:
+                self.ui[n] = entry.ui
+            stack.extend(link.node_id for _, link in self.nodes[n].links())
 
     def add_dependency(self, node_id: str, src: str) -> None:
         """Make ``node_id`` wait for ``src``."""

@@ -61,6 +61,10 @@ class Registry:
             )
         return spec
 
+    def names(self) -> list[str]:
+        """Registered class names, in registration order."""
+        return list(self._specs)
+
     def __contains__(self, class_type: object) -> bool:
         return class_type in self._specs
 
