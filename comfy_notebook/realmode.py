@@ -74,7 +74,7 @@ class RecordedNode:
         self.raw = raw  # the value itself, for RAW_VALUE_NODE nodes
         self.signature: str | None = None
         self.ui: Any = None
-        n = len(spec.return_types) if spec is not None else 1
+        n = max(1, len(spec.return_types)) if spec is not None else 1
         self.refs = tuple(NodeOutput(self, i) for i in range(n))
 
     def __repr__(self) -> str:
@@ -250,7 +250,7 @@ class _State:
         if len(refs) > 8:
             refs[:] = [r for r in refs if r() is not None]
         refs.extend(weakref.ref(h) for h in handles)
-        self.cell_outputs.extend(handles)
+        self.cell_outputs.extend(h.node.refs[h.slot] for h in handles)  # no values held
 
     def held(self, sig: str) -> bool:
         """Whether a live handle still holds the entry ``sig``."""
@@ -376,7 +376,9 @@ def _run(session: Any, st: _State, plan: _Plan, node: RecordedNode) -> tuple[Any
         if key is not None:
             entry = cache.get(key)
             if entry is not None:
-                if st.snapshots.get(key, None) == versions(entry.outputs):
+                now = versions(entry.outputs)
+                seen = st.snapshots.setdefault(key, now)  # first sight: take it as stored
+                if seen == now:
                     node.signature = key
                     return entry.outputs, entry.ui
                 cache.release(key)  # changed in place since it was stored: recompute

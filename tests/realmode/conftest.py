@@ -167,7 +167,49 @@ class Changing:
         return (x + 1,)
 
 
-PACK = {"Loader": Loader, "Encode": Encode, "Empty": Empty, "Sampler": Sampler,
+class Interrupting:
+    """Reports step 1 and 2 of 5, then gets a KeyboardInterrupt (Jupyter's interrupt)."""
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    ARMED = [True]
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"x": ("INT", {"default": 1})}}
+
+    def run(self, x: int) -> tuple[int]:
+        from comfy_notebook.engine import current_context
+
+        CALLS.append("Interrupting")
+        ctx = current_context()
+        for i in range(5):
+            ctx.progress(i + 1, 5)
+            if i == 1 and Interrupting.ARMED[0]:
+                raise KeyboardInterrupt
+        return (x,)
+
+
+class Summarised:
+    """A value with its own summary() line (like MODEL/CLIP/VAE)."""
+
+    def summary(self) -> str:
+        return "SD1 UNet fp16 on cuda:0, 1.7 GB"
+
+
+class MakeModel:
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {}}
+
+    def run(self) -> tuple[Any]:
+        return (Summarised(),)
+
+
+PACK = {"Interrupting": Interrupting, "MakeModel": MakeModel, "Loader": Loader, "Encode": Encode, "Empty": Empty, "Sampler": Sampler,
         "Decode": Decode, "Save": Save, "Scale": Scale, "Changing": Changing}
 
 
@@ -179,10 +221,8 @@ class Ckpt(enum.Enum):
 @pytest.fixture
 def session():
     """A fresh current session with the test pack; progress bars off."""
-    import comfy_notebook
     from comfy_notebook.session import Session, use_session
 
-    old = comfy_notebook.session.__module__  # noqa: F841 - keep import side effects explicit
     import comfy_notebook.session as session_module
 
     previous = session_module._current
@@ -225,3 +265,8 @@ def text_to_image(n: Any, seed: int = 42, ckpt: Any = "a.safetensors") -> Any:
 @pytest.fixture
 def t2i():
     return text_to_image
+
+
+@pytest.fixture
+def ckpt_enum() -> type[enum.Enum]:
+    return Ckpt
