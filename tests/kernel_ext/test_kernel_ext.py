@@ -1,0 +1,147 @@
+"""The IPython extension: cell events, per-cell release, magics, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from IPython.core.error import UsageError
+
+
+def test_rerun_cell_is_free_and_changed_input_reruns_dependents(ip, run_cell, calls):
+    cell = "x = Number(5)\ny = Add(x, 2)\nShow(y)"
+    assert run_cell(ip, cell).success
+    assert calls == ["Number", "Add", "Show"]
+    calls.clear()
+    run_cell(ip, cell)
+    assert calls == []
+    run_cell(ip, cell.replace("Add(x, 2)", "Add(x, 3)"))
+    assert calls == ["Add", "Show"]
+    assert ip.user_ns["y"].value == 8
+
+
+def test_rerunning_a_cell_releases_what_it_no_longer_uses(ip, run_cell, session):
+    events = ip._comfy_notebook_events
+    run_cell(ip, "y = Add(Number(5), 2)", cell_id="A")
+    old_sig = ip.user_ns["y"].signature
+    assert any("cell:A" in session.cache.peek(k).tags for k in session.cache.keys())
+    run_cell(ip, "y = Add(Number(5), 3)", cell_id="A")
+    assert events.released == 1
+    assert old_sig not in session.cache
+    # an entry that a live handle elsewhere holds stays
+    run_cell(ip, "keep = y", cell_id="B")
+    sig = ip.user_ns["y"].signature
+    run_cell(ip, "y = Add(Number(5), 4)", cell_id="A")
+    assert events.released == 0 and sig in session.cache
+    # other cells' entries are never touched by this cell
+    run_cell(ip, "z = Number(9)", cell_id="C")
+    run_cell(ip, "y = Add(Number(5), 5)", cell_id="A")
+    assert ip.user_ns["z"].signature in session.cache
+
+
+def test_errors_are_one_line_and_kernel_lives_on(ip, run_cell, capsys):
+    result = run_cell(ip, "Add(Number(1), -1)")
+    assert not result.success
+    out = capsys.readouterr()
+    text = out.out + out.err
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1, text
+    assert "NodeCallError: (Add): failed: ValueError: b must not be negative" in lines[0]
+    run_cell(ip, "%comfy traceback")
+    assert "Traceback" in capsys.readouterr().out
+    assert run_cell(ip, "ok = Add(Number(1), 1)").success
+    assert ip.user_ns["ok"].value == 2
+
+
+def test_validation_error_message(ip, run_cell, capsys):
+    run_cell(ip, "Number(5000)")
+    text = capsys.readouterr()
+    line = (text.out + text.err).strip()
+    assert "(Number) input 'value'" in line and "5000" in line and "\n" not in line
+
+
+def test_status_cache_and_clear(ip, run_cell, session, capsys):
+    run_cell(ip, "y = Add(Number(5), 2)")
+    capsys.readouterr()
+    ip.run_line_magic("comfy", "status")
+    out = capsys.readouterr().out
+    assert "cache: 2 entries" in out and "node functions run: 2" in out and "no models loaded" in out
+    ip.run_line_magic("comfy", "cache")
+    assert capsys.readouterr().out.startswith("2 entries")
+    ip.run_line_magic("comfy", "cache clear")
+    assert len(session.cache) == 0
+
+
+def test_export_then_run_with_set(ip, run_cell, session, calls, tmp_path, capsys):
+    run_cell(ip, "y = Add(Number(5), 2)\nShow(y)")
+    path = tmp_path / "wf.json"
+    ip.run_line_magic("comfy", f"export {path}")
+    api = json.loads(path.read_text())
+    assert [api[k]["class_type"] for k in ("1", "2", "3")] == ["Number", "Add", "Show"]
+    assert api["2"]["inputs"] == {"a": ["1", 0], "b": 2}
+    calls.clear()
+    result = ip.run_line_magic("comfy", f"run {path}")
+    assert result.executed == set() and calls == []  # same keys as real mode: all cached
+    result = ip.run_line_magic("comfy", f"run {path} --set Add.b=10")
+    assert calls == ["Add", "Show"] and result.outputs["2"] == (15,)
+    ip.run_line_magic("comfy", f"run {path} --set 1.value=1")
+    assert session.registry["Show"].cls.SEEN[-1] == 3
+
+
+def test_usage_errors(ip, tmp_path):
+    for line, pattern in [
+        ("frobnicate", "unknown command 'frobnicate'"),
+        ("cache purge", "takes no argument or 'clear'"),
+        ("export", "expects one FILE.json"),
+        ("run", "expects FILE.json"),
+        (f"run {tmp_path / 'none.json'}", "cannot read"),
+        ("load", "no models loaded|expects one model NAME"),
+        ("unload all", "no models loaded"),
+    ]:
+        with pytest.raises(UsageError, match=pattern):
+            ip.run_line_magic("comfy", line)
+    (tmp_path / "a.json").write_text('{"1": {"class_type": "Number", "inputs": {}}}')
+    with pytest.raises(UsageError, match="no node named 'Nope'"):
+        ip.run_line_magic("comfy", f"run {tmp_path / 'a.json'} --set Nope.value=1")
+    with pytest.raises(UsageError, match="NODE.INPUT=VALUE"):
+        ip.run_line_magic("comfy", f"run {tmp_path / 'a.json'} --set oops")
+
+
+def test_model_verbs_call_the_manager(ip, session, fake_manager, capsys):
+    session.services["models"] = fake_manager
+    ip.run_line_magic("comfy", "load unet")
+    ip.run_line_magic("comfy", "offload unet")
+    ip.run_line_magic("comfy", "unload unet")
+    ip.run_line_magic("comfy", "unload all")
+    assert fake_manager.log == [("load", "unet"), ("offload", "unet"), ("unload", "unet"), ("unload_all", "")]
+    with pytest.raises(UsageError, match="no model named 'missing'"):
+        ip.run_line_magic("comfy", "unload missing")
+    with pytest.raises(UsageError, match="expects one model NAME"):
+        ip.run_line_magic("comfy", "load a b")
+
+
+def test_help(ip, capsys):
+    ip.run_line_magic("comfy", "")
+    assert "%comfy export FILE.json" in capsys.readouterr().out
+    doc = ip.find_line_magic("comfy").__doc__
+    assert "%comfy unload NAME|all" in doc and "%%comfy" in doc
+
+
+def test_cell_magic_runs_the_cell_as_one_workflow(ip, run_cell, session, calls, capsys):
+    result = ip.run_cell_magic("comfy", "", "s = Add(Number(2), 3)\nShow(s)")
+    assert calls == ["Number", "Add", "Show"]
+    assert result.outputs["2"] == (5,) and "executed 3 nodes" in capsys.readouterr().out
+    calls.clear()
+    run_cell(ip, "r = Add(Number(2), 3)")  # real mode shares the workflow's cache entries
+    assert calls == [] and ip.user_ns["r"].value == 5
+    with pytest.raises(UsageError, match="made no node calls"):
+        ip.run_cell_magic("comfy", "", "x = 1")
+
+
+def test_works_without_extension(session, calls):
+    from comfy_notebook.realmode import node_function
+
+    add, number = node_function("Add"), node_function("Number")
+    assert add(number(1), 1).value == 2
+    assert add(number(1), 1).value == 2
+    assert calls == ["Number", "Add"]
