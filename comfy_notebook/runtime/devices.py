@@ -39,7 +39,7 @@ class DevicePolicy:
     """
 
     device: torch.device
-    offload_device: torch.device = torch.device("cpu")
+    offload_device: torch.device = torch.device("cpu")  # noqa: RUF009 (immutable)
     unet_dtype: torch.dtype = torch.float32
     vae_dtype: torch.dtype = torch.float32
     clip_dtype: torch.dtype = torch.float32

@@ -45,8 +45,10 @@ _RESNET = {
     "conv_shortcut": "skip_connection",
 }
 # leaves of one BasicTransformerBlock (same names in diffusers and LDM)
-_TBLOCK = tuple(f"{a}.{b}" for a in ("attn1", "attn2") for b in ("to_q", "to_k", "to_v", "to_out.0")) + (
-    "ff.net.0.proj", "ff.net.2", "norm1", "norm2", "norm3")
+_TBLOCK = (
+    *(f"{a}.{b}" for a in ("attn1", "attn2") for b in ("to_q", "to_k", "to_v", "to_out.0")),
+    "ff.net.0.proj", "ff.net.2", "norm1", "norm2", "norm3",
+)
 
 # suffix -> role in a LoRA entry
 _SUFFIXES = (

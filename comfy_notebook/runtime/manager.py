@@ -256,7 +256,8 @@ class ModelManager:
         """Forget a model (unloading it first); existing refs then fail on use."""
         with self._lock:
             model = self._resolve(m)
-            self.unload(model) if model.factory is not None else self._offload(model, "unregister")
+            self._check_idle(model, "unregister")
+            self._offload(model, "unregister")
             model._module = None
             self._models.pop(model.name, None)
 

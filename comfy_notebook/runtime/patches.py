@@ -9,7 +9,6 @@ ref, and removed when another clone of the same base takes the device.
 from __future__ import annotations
 
 import itertools
-import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -162,7 +161,3 @@ class ModelRef:
         extra = f", {len(self._patches)} patched weights" if self._patches else ""
         return f"ModelRef({self.base.name!r}{extra})"
 
-
-def live_refs(refs: weakref.WeakSet[ModelRef]) -> list[ModelRef]:
-    """The refs still alive in a weak set (helper for the manager's holder listing)."""
-    return list(refs)
