@@ -92,7 +92,7 @@ class UNetConfig:
         """Tiny UNet with linear projections and uneven transformer depth (SDXL-like options)."""
         return cls(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                    transformer_depth=(0, 1, 2), transformer_depth_output=(0, 2, 1),
-                   transformer_depth_middle=2, context_dim=32, use_linear_in_transformer=True)
+                   context_dim=32, use_linear_in_transformer=True)
 
     @property
     def depth_output(self) -> tuple[int, ...]:

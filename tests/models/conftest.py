@@ -72,3 +72,11 @@ def vae_pair() -> Callable[[VAEConfig, int], tuple[AutoencoderKL, torch.nn.Modul
         return ours, ref
 
     return build
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A random-weight sd1-tiny checkpoint file (shared by the loading tests)."""
+    from comfy_notebook.testing import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "sd1-tiny.safetensors", "sd1-tiny")
