@@ -1,0 +1,307 @@
+"""Image files: LoadImage, LoadImageMask, SaveImage, PreviewImage (ComfyUI names and behaviour).
+
+Files live in the session's folders (``comfy_notebook.folders.folders_service``): images are
+loaded from the input folder, saved to the output folder (``prefix_00001_.png``, never
+overwriting) or, for previews, to the temp folder.  Saved PNGs carry ComfyUI's ``prompt`` and
+``workflow`` text chunks, so ComfyUI's web UI opens them and ``comfy_notebook.read_prompt``
+gives the prompt back.  Reference: ComfyUI ``nodes.py`` (LoadImage, SaveImage, PreviewImage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, ImageSequence
+from PIL.PngImagePlugin import PngInfo
+
+from comfy_notebook.folders import FolderError, Folders, folders_service
+from comfy_notebook.pnginfo import png_text_chunks
+
+__all__ = [
+    "NODE_CLASS_MAPPINGS",
+    "NODE_DISPLAY_NAME_MAPPINGS",
+    "LoadImage",
+    "LoadImageMask",
+    "PreviewImage",
+    "SaveImage",
+    "load_image_file",
+]
+
+_ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
+
+
+def _services() -> Any:
+    """The run's services, else the current session's (as ``nodes._services.services``).
+
+    Written out here because ``comfy_notebook.session`` (the attribute) becomes the submodule
+    once ``comfy_notebook.session`` is imported, so ``comfy_notebook.session()`` is not safe.
+    """
+    from comfy_notebook.engine import current_context
+
+    found = current_context().services
+    if found:
+        return found
+    from comfy_notebook.session import session
+
+    return session().services
+
+
+def _folders() -> Folders:
+    """The session's folders (see ``folders_service``)."""
+    return folders_service(_services())
+
+
+def _listing_folders() -> Folders:
+    """Folders for combo lists: the running session's, else the configured defaults.
+
+    ``INPUT_TYPES`` runs when a session registers the node pack, so it must not create the
+    current session itself (that would register the pack again).
+    """
+    from comfy_notebook.engine import current_context
+
+    found = current_context().services
+    if found:
+        return folders_service(found)
+    return Folders.from_config()
+
+
+def _annotated(name: str) -> tuple[str, str]:
+    """Split ComfyUI's ``"file.png [output]"`` annotation into (name, folder kind)."""
+    for suffix, kind in _ANNOTATIONS.items():
+        if name.endswith(suffix):
+            return name[: -len(suffix)], kind
+    return name, "input"
+
+
+def _image_path(folders: Folders, image: str) -> Path:
+    name, kind = _annotated(image)
+    return folders.resolve(kind, name)
+
+
+def load_image_file(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read an image file as ComfyUI's LoadImage does.
+
+    Returns
+    -------
+    tuple
+        IMAGE ``[F, H, W, 3]`` float 0..1 (one entry per frame of the first frame's size,
+        EXIF orientation applied) and MASK ``[F, H, W]`` = ``1 - alpha``, or ``[F, 64, 64]``
+        zeros for frames without alpha.
+    """
+    images: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
+    size: tuple[int, int] | None = None
+    with Image.open(path) as img:
+        for frame in ImageSequence.Iterator(img):
+            frame = ImageOps.exif_transpose(frame) or frame
+            if frame.mode == "I":  # 16-bit greyscale
+                frame = frame.point(lambda v: v * (1 / 255))
+            rgb = frame.convert("RGB")
+            if size is None:
+                size = rgb.size
+            if rgb.size != size:
+                continue
+            arr = np.array(rgb).astype(np.float32) / 255.0
+            images.append(torch.from_numpy(arr)[None])  # [1, H, W, 3]
+            if "A" in frame.getbands():
+                alpha = np.array(frame.getchannel("A")).astype(np.float32) / 255.0
+                mask = 1.0 - torch.from_numpy(alpha)
+            elif frame.mode == "P" and "transparency" in frame.info:
+                alpha = np.array(frame.convert("RGBA").getchannel("A")).astype(np.float32) / 255.0
+                mask = 1.0 - torch.from_numpy(alpha)
+            else:
+                mask = torch.zeros((64, 64), dtype=torch.float32)
+            masks.append(mask[None])  # [1, H, W]
+    return torch.cat(images, dim=0), torch.cat(masks, dim=0)
+
+
+def _file_hash(folders: Folders, image: str) -> str:
+    digest = hashlib.sha256()
+    with open(_image_path(folders, image), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _validate_image(folders: Folders, image: str) -> bool | str:
+    """True, or ComfyUI's message plus close matches from the input folder."""
+    try:
+        _image_path(folders, image)
+    except FolderError as exc:
+        name, kind = _annotated(image)
+        close = folders.close_matches(kind, name)
+        hint = f"; close matches: {close}" if close else ""
+        reason = "" if "not found" in str(exc) else f" ({exc})"
+        return f"Invalid image file: {image}{reason}{hint}"
+    return True
+
+
+class LoadImage:
+    """Load an image from the input folder as IMAGE and its alpha channel as MASK."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        files = _listing_folders().list("input")
+        return {"required": {"image": (sorted(files), {"image_upload": True})}}
+
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+    CATEGORY = "image"
+
+    def load_image(self, image: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return load_image_file(_image_path(_folders(), image))
+
+    @classmethod
+    def IS_CHANGED(cls, image: str) -> str:
+        return _file_hash(_folders(), image)
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image: str) -> bool | str:
+        return _validate_image(_folders(), image)
+
+
+class LoadImageMask:
+    """Load one channel (alpha, red, green or blue) of an image from the input folder as MASK."""
+
+    _color_channels: ClassVar[list[str]] = ["alpha", "red", "green", "blue"]
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        files = _listing_folders().list("input")
+        return {
+            "required": {
+                "image": (sorted(files), {"image_upload": True}),
+                "channel": (cls._color_channels,),
+            }
+        }
+
+    RETURN_TYPES = ("MASK",)
+    FUNCTION = "load_image"
+    CATEGORY = "mask"
+
+    def load_image(self, image: str, channel: str) -> tuple[torch.Tensor]:
+        with Image.open(_image_path(_folders(), image)) as opened:
+            img = ImageOps.exif_transpose(opened) or opened
+            if img.getbands() != ("R", "G", "B", "A"):
+                if img.mode == "I":
+                    img = img.point(lambda v: v * (1 / 255))
+                img = img.convert("RGBA")
+            c = channel[0].upper()
+            arr = np.array(img.getchannel(c)).astype(np.float32) / 255.0
+        mask = torch.from_numpy(arr)
+        if c == "A":
+            mask = 1.0 - mask
+        return (mask[None],)  # [1, H, W]
+
+    @classmethod
+    def IS_CHANGED(cls, image: str, channel: str) -> str:
+        return _file_hash(_folders(), image)
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image: str) -> bool | str:
+        return _validate_image(_folders(), image)
+
+
+class SaveImage:
+    """Save images as PNG to the output folder, with the prompt and workflow as metadata."""
+
+    def __init__(self) -> None:
+        self.type = "output"
+        self.prefix_append = ""
+        self.compress_level = 4
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The images to save."}),
+                "filename_prefix": (
+                    "STRING",
+                    {
+                        "default": "ComfyUI",
+                        "tooltip": "The prefix for the file to save; may hold a subfolder "
+                        "and %width%, %height%, %year%... variables.",
+                    },
+                ),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    RETURN_TYPES: tuple[str, ...] = ()
+    FUNCTION = "save_images"
+    OUTPUT_NODE = True
+    CATEGORY = "image"
+    DESCRIPTION = "Saves the input images to your output directory."
+
+    def save_images(
+        self,
+        images: torch.Tensor,
+        filename_prefix: str = "ComfyUI",
+        prompt: dict[str, Any] | None = None,
+        extra_pnginfo: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        services = _services()
+        folders = folders_service(services)
+        registry = getattr(services.get("session"), "registry", None)
+        full_dir, filename, counter, subfolder = folders.save_path(
+            filename_prefix + self.prefix_append, images[0].shape[1], images[0].shape[0], self.type
+        )
+        chunks = png_text_chunks(prompt, extra_pnginfo, registry)
+        results = []
+        for batch_number, image in enumerate(images):
+            arr = np.clip(255.0 * image.detach().cpu().float().numpy(), 0, 255).astype(np.uint8)
+            img = Image.fromarray(arr)
+            meta = PngInfo()
+            for key, text in chunks.items():
+                meta.add_text(key, text)
+            stem = filename.replace("%batch_num%", str(batch_number))
+            while True:  # never overwrite, even if another writer raced us to the name
+                file = f"{stem}_{counter:05}_.png"
+                try:
+                    with open(full_dir / file, "xb") as f:
+                        img.save(f, format="PNG", pnginfo=meta, compress_level=self.compress_level)
+                    break
+                except FileExistsError:
+                    counter += 1
+            results.append({"filename": file, "subfolder": subfolder, "type": self.type})
+            counter += 1
+        return {"ui": {"images": results}}
+
+
+class PreviewImage(SaveImage):
+    """Save images to the temp folder (random prefix, fast compression) to show them."""
+
+    def __init__(self) -> None:
+        self.type = "temp"
+        letters = "abcdefghijklmnopqrstupvxyz"
+        self.prefix_append = "_temp_" + "".join(random.choice(letters) for _ in range(5))
+        self.compress_level = 1
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {"images": ("IMAGE",)},
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    DESCRIPTION = "Preview the images without saving them to the output directory."
+
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "LoadImage": LoadImage,
+    "LoadImageMask": LoadImageMask,
+    "SaveImage": SaveImage,
+    "PreviewImage": PreviewImage,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "LoadImage": "Load Image",
+    "LoadImageMask": "Load Image (as Mask)",
+    "SaveImage": "Save Image",
+    "PreviewImage": "Preview Image",
+}
