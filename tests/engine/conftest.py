@@ -134,7 +134,23 @@ class DupExpand:
         return {"result": (["1", 0],), "expand": g.finalize()}
 
 
-NODES = {c.__name__: c for c in [Const, Add, Show, Sink, Random, Anything, Combo, Steps, DupExpand]}
+class Flaky:
+    FAIL = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT",)}}
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    def run(self, value):
+        RUNS.append("Flaky")
+        if Flaky.FAIL:
+            raise ZeroDivisionError("flaky")
+        return (value,)
+
+
+NODES = {c.__name__: c for c in [Flaky, Const, Add, Show, Sink, Random, Anything, Combo, Steps, DupExpand]}
 
 
 @pytest.fixture
@@ -143,12 +159,18 @@ def session() -> Session:
     s.register(NODES)
     RUNS.clear()
     Steps.HOOK = None
+    Flaky.FAIL = True
     return s
 
 
 @pytest.fixture
 def runs() -> list[str]:
     return RUNS
+
+
+@pytest.fixture
+def flaky() -> type:
+    return Flaky
 
 
 @pytest.fixture
