@@ -130,7 +130,7 @@ def png_text_chunks(
     extra = dict(extra_pnginfo or {})
     if "workflow" not in extra and "prompt" in chunks and prompt is not None:
         try:
-            extra["workflow"] = api_to_workflow(prompt, registry)
+            extra = {"workflow": api_to_workflow(prompt, registry), **extra}
         except ComfyNotebookError as exc:  # pragma: no cover - defensive
             log.warning("workflow not stored in the PNG: %s", exc)
     for key, value in extra.items():
