@@ -53,6 +53,7 @@ _NO_RAW = object()
 _BOOL_COMBOS = (
     ("enable", "disable"), ("enabled", "disabled"), ("true", "false"), ("on", "off"), ("yes", "no"),
 )
+_PRIMITIVES: dict[str, type] = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 _WORKFLOW: ContextVar[Workflow | None] = ContextVar("comfy_notebook_workflow", default=None)
 
 
@@ -159,14 +160,17 @@ class _Plan:
     defaults: dict[str, Any]
     bool_maps: dict[str, tuple[Any, Any]]
     accepts_kwargs: bool
+    coerce: dict[str, type]  # the engine's coercion of primitive constants (INT, FLOAT, ...)
     fast: bool  # the cache key is computable here (no IS_CHANGED, no id in the key)
 
 
 def _plan(spec: Any) -> _Plan:
     """Parse a NodeSpec into a call plan."""
-    names, required, defaults, bool_maps = [], [], {}, {}
+    names, required, defaults, bool_maps, coerce = [], [], {}, {}, {}
     for name, inp in spec.inputs.items():
         names.append(name)
+        if isinstance(inp.type, str) and inp.type in _PRIMITIVES:
+            coerce[name] = _PRIMITIVES[inp.type]
         if inp.category == "required":
             required.append(name)
         if "default" in inp.options:
@@ -181,7 +185,7 @@ def _plan(spec: Any) -> _Plan:
     fn = getattr(spec.cls, spec.function)
     accepts = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
     fast = not (spec.has_is_changed or spec.not_idempotent or spec.uses_unique_id)
-    return _Plan(spec, tuple(names), tuple(required), defaults, bool_maps, accepts, fast)
+    return _Plan(spec, tuple(names), tuple(required), defaults, bool_maps, accepts, coerce, fast)
 
 
 def _bind(plan: _Plan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -363,6 +367,11 @@ def _fast_key(plan: _Plan, node: RecordedNode) -> str | None:
                     return None
                 up.signature = node_signature(RAW_VALUE_NODE, None, None, up.inputs, {})
             links[name] = (up.signature, value.slot)
+        elif name in plan.coerce:
+            try:
+                constants[name] = plan.coerce[name](value)
+            except (TypeError, ValueError):
+                return None  # the engine reports it as invalid_input_type
         else:
             constants[name] = value
     return node_signature(node.class_type, None, None, constants, links)
@@ -371,6 +380,7 @@ def _fast_key(plan: _Plan, node: RecordedNode) -> str | None:
 def _run(session: Any, st: _State, plan: _Plan, node: RecordedNode) -> tuple[Any, Any]:
     """Cache lookup, else one executor run of the call's ancestry."""
     cache = session.cache
+    key = None
     if plan.fast and node.class_type not in st.slow_keys:
         key = _fast_key(plan, node)
         if key is not None:
@@ -382,10 +392,10 @@ def _run(session: Any, st: _State, plan: _Plan, node: RecordedNode) -> tuple[Any
                     node.signature = key
                     return entry.outputs, entry.ui
                 cache.release(key)  # changed in place since it was stored: recompute
-    return _execute(session, st, node, plan.fast)
+    return _execute(session, st, node, key)
 
 
-def _execute(session: Any, st: _State, node: RecordedNode, fast: bool) -> tuple[Any, Any]:
+def _execute(session: Any, st: _State, node: RecordedNode, fast_key: str | None) -> tuple[Any, Any]:
     """Run the ancestry of ``node`` with ``node`` as the target; returns (outputs, ui)."""
     order = _collect([node])
     graph, ids = _graph(order)
@@ -423,8 +433,10 @@ def _execute(session: Any, st: _State, node: RecordedNode, fast: bool) -> tuple[
         if st.cell is not None:
             cache_tag = "cell:" + st.cell
             session.cache.tag(sig, cache_tag)
+    from comfy_notebook.engine.cache import is_cacheable
+
     key = result.signatures[target]
-    if fast and node.signature is not None and node.signature != key:
+    if fast_key is not None and fast_key != key and is_cacheable(key):
         st.slow_keys.add(node.class_type)  # the engine keys this class differently: ask it
     node.signature = key
     entry = session.cache.peek(key)

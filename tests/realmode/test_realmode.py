@@ -240,3 +240,13 @@ def test_evicted_upstream_entry_is_restored_from_the_handle(session, nodes, call
     cond = nodes.Encode("x", clip)
     assert calls == ["Encode"]  # Loader is not rerun: the handle still holds its value
     assert cond.value[0][1]["text"] == "x"
+
+
+def test_constants_are_keyed_as_the_engine_coerces_them(session, nodes, calls):
+    img = torch.ones(1, 2, 2, 3)
+    a = nodes.Scale(img, 2)  # an int for a FLOAT input: the engine keys it as 2.0
+    b = nodes.Scale(img, 2.0)
+    assert calls == ["Scale"] and a.signature == b.signature
+    assert state(session).slow_keys == set()
+    # and the fast key is the engine's: the exported prompt is fully cached
+    assert session.run_prompt(a.to_api(), targets=["2"]).executed == set()
