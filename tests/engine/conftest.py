@@ -18,7 +18,7 @@ class Const:
     FUNCTION = "run"
     CATEGORY = "test"
 
-    def run(self, value):
+    def run(self, value, **_):
         RUNS.append("Const")
         return (value,)
 
@@ -31,7 +31,7 @@ class Add:
     RETURN_NAMES = ("sum",)
     FUNCTION = "run"
 
-    def run(self, a, b):
+    def run(self, a, b, **_):
         RUNS.append("Add")
         return (a + b,)
 
@@ -45,7 +45,7 @@ class Show:
     FUNCTION = "run"
     OUTPUT_NODE = True
 
-    def run(self, value, prompt=None, uid=None, png=None, dyn=None):
+    def run(self, value, prompt=None, uid=None, png=None, dyn=None, **_):
         RUNS.append("Show")
         return {"ui": {"value": [value], "uid": [uid], "png": [png], "nodes": [sorted(dyn.all_node_ids())],
                        "prompt_keys": [sorted(prompt)]}}
@@ -59,7 +59,7 @@ class Sink:
     FUNCTION = "run"
     OUTPUT_NODE = True
 
-    def run(self, value):
+    def run(self, value, **_):
         return (value,)
 
 
@@ -72,7 +72,7 @@ class Random:
     RETURN_TYPES = ("INT",)
     FUNCTION = "run"
 
-    def run(self, value):
+    def run(self, value, **_):
         RUNS.append("Random")
         return (value,)
 
@@ -99,7 +99,7 @@ class Combo:
     OUTPUT_NODE = True
     DEPRECATED = True
 
-    def run(self, choice, flag, ratio, text):
+    def run(self, choice, flag, ratio, text, **_):
         return (f"{choice}{flag}{ratio}{text}",)
 
 
@@ -112,7 +112,7 @@ class Steps:
     OUTPUT_NODE = True
     HOOK = None
 
-    def run(self, steps):
+    def run(self, steps, **_):
         ctx = current_context()
         for i in range(steps):
             ctx.progress(i + 1, steps, preview=f"p{i}")
