@@ -20,16 +20,28 @@ from __future__ import annotations
 
 import enum
 import inspect
-import json
 import weakref
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from comfy_notebook._fingerprint import fingerprint, is_raw_value, versions
+from comfy_notebook._fingerprint import is_raw_value, versions
+from comfy_notebook._recording import (
+    NO_RAW,
+    RAW_VALUE_NODE,
+    WORKFLOW,
+    NodeOutput,
+    RealModeValue,
+    RecordedNode,
+    Workflow,
+    build_graph,
+    collect,
+    publish_raw,
+    raw_node,
+    to_api,
+    unpublish_raw,
+)
 from comfy_notebook.errors import (
     ExecutionInterrupted,
-    GraphError,
     NodeError,
     NodeExecutionError,
     ValidationError,
@@ -48,74 +60,16 @@ __all__ = [
     "to_api",
 ]
 
-RAW_VALUE_NODE = "RealModeValue"
-_NO_RAW = object()
 _BOOL_COMBOS = (
     ("enable", "disable"), ("enabled", "disabled"), ("true", "false"), ("on", "off"), ("yes", "no"),
 )
 _PRIMITIVES: dict[str, type] = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
-_WORKFLOW: ContextVar[Workflow | None] = ContextVar("comfy_notebook_workflow", default=None)
 
 
 class NodeCallError(NodeError):
     """A real-mode node call failed validation or raised; ``traceback_text`` has the details."""
 
     traceback_text: str = ""
-
-
-class RecordedNode:
-    """One node call in the graph behind handles: class, inputs (constants or NodeOutput refs)."""
-
-    __slots__ = ("__weakref__", "class_type", "inputs", "raw", "refs", "signature", "spec", "ui")
-
-    def __init__(self, spec: Any, class_type: str, inputs: dict[str, Any], raw: Any = _NO_RAW) -> None:
-        self.spec = spec
-        self.class_type = class_type
-        self.inputs = inputs
-        self.raw = raw  # the value itself, for RAW_VALUE_NODE nodes
-        self.signature: str | None = None
-        self.ui: Any = None
-        n = max(1, len(spec.return_types)) if spec is not None else 1
-        self.refs = tuple(NodeOutput(self, i) for i in range(n))
-
-    def __repr__(self) -> str:
-        return f"<RecordedNode {self.class_type}>"
-
-
-class NodeOutput:
-    """Output ``slot`` of a recorded node (virtual mode returns these; no value)."""
-
-    __slots__ = ("__weakref__", "node", "slot")
-
-    def __init__(self, node: RecordedNode, slot: int) -> None:
-        self.node = node
-        self.slot = slot
-
-    @property
-    def signature(self) -> str | None:
-        """The cache key of the node that makes this output (``None`` until it ran)."""
-        return self.node.signature
-
-    @property
-    def type(self) -> str:
-        """The ComfyUI type name of this output (``IMAGE``, ``LATENT``, ...)."""
-        spec = self.node.spec
-        return spec.return_types[self.slot] if spec is not None else "*"
-
-    def to_api(self) -> dict[str, Any]:
-        """The API-format prompt of this output's ancestry (ids numbered topologically)."""
-        return to_api([self])
-
-    def api_format_json(self, indent: int | None = 2) -> str:
-        """:meth:`to_api` as JSON text."""
-        return json.dumps(to_api([self]), indent=indent)
-
-    def graph(self) -> Any:
-        """The ancestry as an engine :class:`~comfy_notebook.engine.Graph`."""
-        return _graph(_collect([self.node]))[0]
-
-    def __repr__(self) -> str:
-        return f"<NodeOutput {self.node.class_type}[{self.slot}] {self.type}>"
 
 
 class Handle(NodeOutput):
@@ -295,21 +249,15 @@ def _normalise(value: Any, st: _State | None) -> Any:
     """Enum -> value; mutated handle -> raw value node; tensors -> raw value node."""
     if isinstance(value, NodeOutput):
         if isinstance(value, Handle) and value._versions is not None and versions(value._outputs) != value._versions:
-            return _raw_node(value.value, st)  # changed in place by user code: key by content
+            return raw_node(value.value)  # changed in place by user code: key by content
         return value.node.refs[value.slot]
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     if is_raw_value(value):
-        return _raw_node(value, st)
+        return raw_node(value)
     return value
-
-
-def _raw_node(value: Any, st: _State | None) -> NodeOutput:
-    """A RAW_VALUE_NODE node carrying ``value`` under its fingerprint."""
-    node = RecordedNode(None, RAW_VALUE_NODE, {"fingerprint": fingerprint(value)}, raw=value)
-    return node.refs[0]
 
 
 def call(class_type: str, args: tuple[Any, ...], kwargs: dict[str, Any], session: Any = None) -> Any:
@@ -332,7 +280,7 @@ def call(class_type: str, args: tuple[Any, ...], kwargs: dict[str, Any], session
             value = plan.bool_maps[name][0 if value else 1]
         inputs[name] = _normalise(value, st)
     node = RecordedNode(spec, class_type, inputs)
-    wf = _WORKFLOW.get()
+    wf = WORKFLOW.get()
     if wf is not None:
         wf.nodes.append(node)
         return node.refs[0] if len(node.refs) == 1 else node.refs
@@ -363,7 +311,7 @@ def _fast_key(plan: _Plan, node: RecordedNode) -> str | None:
         if isinstance(value, NodeOutput):
             up = value.node
             if up.signature is None:
-                if up.raw is _NO_RAW:
+                if up.raw is NO_RAW:
                     return None
                 up.signature = node_signature(RAW_VALUE_NODE, None, None, up.inputs, {})
             links[name] = (up.signature, value.slot)
@@ -397,15 +345,15 @@ def _run(session: Any, st: _State, plan: _Plan, node: RecordedNode) -> tuple[Any
 
 def _execute(session: Any, st: _State, node: RecordedNode, fast_key: str | None) -> tuple[Any, Any]:
     """Run the ancestry of ``node`` with ``node`` as the target; returns (outputs, ui)."""
-    order = _collect([node])
-    graph, ids = _graph(order)
-    if any(n.raw is not _NO_RAW for n in order) and RAW_VALUE_NODE not in session.registry:
+    order = collect([node])
+    graph, ids = build_graph(order)
+    if any(n.raw is not NO_RAW for n in order) and RAW_VALUE_NODE not in session.registry:
         session.register({RAW_VALUE_NODE: RealModeValue})
     for value in node.inputs.values():  # restore evicted entries that live handles still hold
         if isinstance(value, NodeOutput) and value.node.signature is not None:
             _restore(session.cache, st, value.node)
     target = ids[id(node)]
-    raws = _publish_raw(order)
+    raws = publish_raw(order)
     try:
         result = session.run(graph, targets=[target])
     except ValidationError as exc:
@@ -422,7 +370,7 @@ def _execute(session: Any, st: _State, node: RecordedNode, fast_key: str | None)
         raise ExecutionInterrupted(node_id=culprit.class_type if culprit else exc.node_type,
                                    step=exc.step, total=exc.total) from None
     finally:
-        _unpublish_raw(raws)
+        unpublish_raw(raws)
     st.executed += len(result.executed)
     by_id = {ids[id(n)]: n for n in order}
     for node_id, sig in result.signatures.items():
@@ -487,153 +435,6 @@ def _validation_error(node: RecordedNode, target: str, exc: ValidationError) -> 
     out = NodeCallError(str(exc), node_type=node.class_type)
     out.traceback_text = str(exc)
     return out
-
-
-def _collect(roots: list[RecordedNode]) -> list[RecordedNode]:
-    """The roots and their ancestors, parents before children (iterative DFS)."""
-    order: list[RecordedNode] = []
-    done: set[int] = set()
-    seen: set[int] = set()
-    stack: list[tuple[RecordedNode, bool]] = [(r, False) for r in reversed(roots)]
-    while stack:
-        node, expanded = stack.pop()
-        key = id(node)
-        if expanded:
-            if key not in done:
-                done.add(key)
-                order.append(node)
-            continue
-        if key in seen:
-            continue
-        seen.add(key)
-        stack.append((node, True))
-        for value in reversed(list(node.inputs.values())):
-            if isinstance(value, NodeOutput) and id(value.node) not in seen:
-                stack.append((value.node, False))
-    return order
-
-
-def _graph(order: list[RecordedNode]) -> tuple[Any, dict[int, str]]:
-    """An engine Graph of ``order`` with ids "1", "2", ... in topological order."""
-    from comfy_notebook.engine.graph import Graph, Link, Node
-
-    ids = {id(n): str(i + 1) for i, n in enumerate(order)}
-    nodes = {}
-    for n in order:
-        inputs = {
-            k: Link(ids[id(v.node)], v.slot) if isinstance(v, NodeOutput) else v
-            for k, v in n.inputs.items()
-        }
-        nodes[ids[id(n)]] = Node(ids[id(n)], n.class_type, inputs, n.class_type)
-    return Graph(nodes), ids
-
-
-def to_api(outputs: list[NodeOutput] | list[RecordedNode]) -> dict[str, Any]:
-    """The API-format prompt behind ``outputs`` (handles, node outputs or recorded nodes)."""
-    roots = [o.node if isinstance(o, NodeOutput) else o for o in outputs]
-    return _graph(_collect(roots))[0].to_api()  # type: ignore[no-any-return]
-
-
-_RAW_VALUES: dict[str, list[Any]] = {}  # fingerprint -> values, only while a run needs them
-
-
-def _publish_raw(order: list[RecordedNode]) -> list[str]:
-    """Make the raw values of ``order`` reachable by RealModeValue nodes during a run."""
-    keys = []
-    for n in order:
-        if n.raw is not _NO_RAW:
-            fp = n.inputs["fingerprint"]
-            _RAW_VALUES.setdefault(fp, []).append(n.raw)
-            keys.append(fp)
-    return keys
-
-
-def _unpublish_raw(keys: list[str]) -> None:
-    for fp in keys:
-        values = _RAW_VALUES.get(fp)
-        if values:
-            values.pop()
-            if not values:
-                del _RAW_VALUES[fp]
-
-
-class _AnyType(str):
-    """A type name that matches every input type (ComfyUI's wildcard convention)."""
-
-    def __ne__(self, other: object) -> bool:
-        return False
-
-    __hash__ = str.__hash__
-
-
-class RealModeValue:
-    """Internal node: yields a raw value (tensor, array, image) passed to a real-mode call."""
-
-    CATEGORY = "comfy_notebook/internal"
-    RETURN_TYPES = (_AnyType("*"),)
-    FUNCTION = "run"
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802 - ComfyUI protocol name
-        return {"required": {"fingerprint": ("STRING", {"default": ""})}}
-
-    def run(self, fingerprint: str) -> tuple[Any]:
-        """Return the published value for ``fingerprint``."""
-        values = _RAW_VALUES.get(fingerprint)
-        if not values:
-            raise NodeError("the raw value behind this input is no longer available",
-                            node_type=RAW_VALUE_NODE, input_name="fingerprint",
-                            fix="pass the tensor/array/image again in a real-mode call")
-        return (values[-1],)
-
-
-class Workflow:
-    """Virtual mode: node calls inside ``with Workflow() as wf:`` record a graph, run nothing.
-
-    Examples
-    --------
-    >>> with Workflow() as wf:                      # doctest: +SKIP
-    ...     image = VAEDecode(KSampler(...), vae)
-    ...     SaveImage(image, "out")
-    >>> wf.api_format_json()                        # doctest: +SKIP
-    >>> comfy_notebook.session().run(wf.graph())    # doctest: +SKIP
-    """
-
-    def __init__(self) -> None:
-        self.nodes: list[RecordedNode] = []
-        self._token: Any = None
-
-    def __enter__(self) -> Workflow:
-        self._token = _WORKFLOW.set(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _WORKFLOW.reset(self._token)
-
-    def to_api(self) -> dict[str, Any]:
-        """The recorded graph (and the ancestry of real handles used in it) in API format."""
-        return to_api(self.nodes)
-
-    def api_format_json(self, indent: int | None = 2) -> str:
-        """:meth:`to_api` as JSON text."""
-        return json.dumps(self.to_api(), indent=indent)
-
-    def graph(self) -> Any:
-        """The recorded graph as an engine :class:`~comfy_notebook.engine.Graph`."""
-        return _graph(_collect(self.nodes))[0]
-
-    def run(self, session: Any = None, *, targets: list[str] | None = None) -> Any:
-        """Run the whole workflow once through the session's executor; returns PromptResult."""
-        session = _current_session(session)
-        order = _collect(self.nodes)
-        graph, _ = _graph(order)
-        if any(n.raw is not _NO_RAW for n in order) and RAW_VALUE_NODE not in session.registry:
-            session.register({RAW_VALUE_NODE: RealModeValue})
-        raws = _publish_raw(order)
-        try:
-            return session.run(graph, targets=targets)
-        finally:
-            _unpublish_raw(raws)
 
 
 class NodeFunction:

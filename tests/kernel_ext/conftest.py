@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -41,7 +41,7 @@ class Show:
     RETURN_TYPES = ()
     FUNCTION = "run"
     OUTPUT_NODE = True
-    SEEN: list[Any] = []
+    SEEN: ClassVar[list[Any]] = []
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:

@@ -24,7 +24,7 @@ def test_rerunning_a_cell_releases_what_it_no_longer_uses(ip, run_cell, session)
     events = ip._comfy_notebook_events
     run_cell(ip, "y = Add(Number(5), 2)", cell_id="A")
     old_sig = ip.user_ns["y"].signature
-    assert any("cell:A" in session.cache.peek(k).tags for k in session.cache.keys())
+    assert any("cell:A" in session.cache.peek(k).tags for k in session.cache.keys())  # noqa: SIM118 - Cache is not iterable
     run_cell(ip, "y = Add(Number(5), 3)", cell_id="A")
     assert events.released == 1
     assert old_sig not in session.cache
@@ -103,7 +103,7 @@ def test_usage_errors(ip, tmp_path):
     (tmp_path / "a.json").write_text('{"1": {"class_type": "Number", "inputs": {}}}')
     with pytest.raises(UsageError, match="no node named 'Nope'"):
         ip.run_line_magic("comfy", f"run {tmp_path / 'a.json'} --set Nope.value=1")
-    with pytest.raises(UsageError, match="NODE.INPUT=VALUE"):
+    with pytest.raises(UsageError, match=r"NODE\.INPUT=VALUE"):
         ip.run_line_magic("comfy", f"run {tmp_path / 'a.json'} --set oops")
 
 

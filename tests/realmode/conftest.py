@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -118,7 +118,7 @@ class Save:
     RETURN_TYPES = ()
     FUNCTION = "save"
     OUTPUT_NODE = True
-    SAVED: list[Any] = []
+    SAVED: ClassVar[list[Any]] = []
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -172,7 +172,7 @@ class Interrupting:
 
     RETURN_TYPES = ("INT",)
     FUNCTION = "run"
-    ARMED = [True]
+    ARMED: ClassVar[list[bool]] = [True]
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -221,9 +221,8 @@ class Ckpt(enum.Enum):
 @pytest.fixture
 def session():
     """A fresh current session with the test pack; progress bars off."""
-    from comfy_notebook.session import Session, use_session
-
     import comfy_notebook.session as session_module
+    from comfy_notebook.session import Session, use_session
 
     previous = session_module._current
     s = Session()

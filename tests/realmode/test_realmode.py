@@ -61,7 +61,7 @@ def test_keywords_defaults_enum_and_bool(session, nodes, calls, ckpt_enum):
     assert by_enum.value == {"model": "b.safetensors"}
     latent = nodes.Empty()  # defaults 16x16x1
     assert latent.node.inputs == {"width": 16, "height": 16, "batch_size": 1}
-    model, clip, vae = nodes.Loader(ckpt_name="a.safetensors")
+    model, clip, _vae = nodes.Loader(ckpt_name="a.safetensors")
     pos = nodes.Encode(clip=clip, text="x")
     on = nodes.Sampler(model, 1, 2, pos, pos, latent, True)
     assert on.node.inputs["add_noise"] == "enable"
@@ -234,7 +234,7 @@ def test_cell_scoping_releases_stale_entries_unless_held(session, nodes, calls, 
 
 
 def test_evicted_upstream_entry_is_restored_from_the_handle(session, nodes, calls, t2i):
-    model, clip, vae = nodes.Loader("a.safetensors")
+    _model, clip, _vae = nodes.Loader("a.safetensors")
     session.cache.clear()
     calls.clear()
     cond = nodes.Encode("x", clip)
