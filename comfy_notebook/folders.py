@@ -15,6 +15,7 @@ Reference for the behaviour: ComfyUI ``folder_paths.py`` and ``utils/extra_confi
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import os
 import time
@@ -483,7 +484,20 @@ class Folders:
             return False
         return True
 
-    def close_matches(self, kind: str, name: str, n: int = 5) -> list[str]:
+    def validate(self, kind: str, name: str) -> bool | str:
+        """``True`` when ``name`` resolves, else a message with close matches.
+
+        Shaped for a node's ``VALIDATE_INPUTS``: loaders whose combo lists were read at
+        registration use it so files added later still validate, and missing ones fail with
+        ComfyUI's ``custom_validation_failed`` and a did-you-mean list.
+        """
+        try:
+            self.resolve(kind, name)
+        except FolderError as exc:
+            return str(exc)
+        return True
+
+    def close_matches(self, kind: str, name: str, n: int = 5) -> builtins.list[str]:
         """Names of ``kind`` close to ``name`` (difflib), for error messages."""
         return difflib.get_close_matches(name, self.list(kind), n=n, cutoff=0.4)
 

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, Any, TypeGuard
 
 from comfy_notebook.errors import ComfyNotebookError, GraphError
 
@@ -153,7 +153,7 @@ def _spec(registry: Any, class_type: str) -> Any:
     return getter(class_type) if getter is not None else None
 
 
-def _is_link(value: Any) -> bool:
+def _is_link(value: Any) -> TypeGuard[list[Any] | tuple[Any, ...]]:
     return (
         isinstance(value, list | tuple)
         and len(value) == 2

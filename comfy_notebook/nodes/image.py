@@ -54,7 +54,7 @@ def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     omega = torch.acos(dot)
     so = torch.sin(omega)
     ts = t.squeeze(1)
-    out = (torch.sin((1.0 - ts) * omega) / so).unsqueeze(1) * ua + (
+    out: torch.Tensor = (torch.sin((1.0 - ts) * omega) / so).unsqueeze(1) * ua + (
         torch.sin(ts * omega) / so
     ).unsqueeze(1) * ub
     out = out * (na * (1.0 - t) + nb * t).expand(-1, c)
