@@ -785,7 +785,14 @@ class Executor:
         ------
         ValidationError, NodeExecutionError, ExecutionInterrupted
         """
-        return self.execute(validate(graph, self.registry, targets), extra_data=extra_data, prompt_id=prompt_id, api=api)
+        # Validation runs with the session's services in context: combo lists (INPUT_TYPES)
+        # read the session's folders.
+        token = _CURRENT.set(NodeContext(services=self.services))
+        try:
+            validated = validate(graph, self.registry, targets)
+        finally:
+            _CURRENT.reset(token)
+        return self.execute(validated, extra_data=extra_data, prompt_id=prompt_id, api=api)
 
     def execute(
         self,

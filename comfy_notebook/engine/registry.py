@@ -31,6 +31,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._specs: dict[str, NodeSpec] = {}
+        self._display: dict[str, str | None] = {}
 
     def register(
         self, mappings: Mapping[str, type], display_names: Mapping[str, str] | None = None
@@ -47,6 +48,23 @@ class Registry:
         names = display_names or {}
         parsed = {n: parse_node_class(n, c, names.get(n)) for n, c in mappings.items()}
         self._specs.update(parsed)
+        self._display.update({n: names.get(n) for n in mappings})
+
+    def current(self, class_type: str) -> NodeSpec:
+        """The spec of ``class_type`` with its combo lists as ``INPUT_TYPES()`` gives them now.
+
+        Combo options such as checkpoint files change while a session lives, so (as ComfyUI
+        does at every validation) a class that has combo inputs is asked again; the class is
+        re-parsed only when its answer changed.
+        """
+        spec = self[class_type]
+        if not any(isinstance(i.type, tuple) for i in spec.inputs.values()):
+            return spec
+        if spec.cls.INPUT_TYPES() == spec.raw_input_types:  # type: ignore[attr-defined]
+            return spec
+        spec = parse_node_class(class_type, spec.cls, self._display.get(class_type))
+        self._specs[class_type] = spec
+        return spec
 
     def get(self, class_type: str) -> NodeSpec | None:
         """The spec for ``class_type``, or ``None``."""

@@ -353,7 +353,7 @@ def validate(graph: Graph, registry: Registry, targets: Iterable[str] | None = N
         if node_id in in_cycle:
             continue
         node = nodes[node_id]
-        spec = registry[node.class_type]
+        spec = registry.current(node.class_type)
         try:
             ok, errs, coerced = _validate_node(node, spec, graph, registry, invalid)
         except Exception as exc:
