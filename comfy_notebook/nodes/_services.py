@@ -21,3 +21,35 @@ def services() -> Mapping[str, Any]:
     import comfy_notebook
 
     return comfy_notebook.session().services
+
+
+def model_manager(found: Mapping[str, Any] | None = None) -> Any:
+    """The session's :class:`~comfy_notebook.runtime.manager.ModelManager`, made on first use.
+
+    The one place that creates it: stored under ``services["models"]`` so that every node, the
+    magics and the model panel of a session share one manager.
+    """
+    found = services() if found is None else found
+    manager = found.get("models")
+    if manager is None:
+        from comfy_notebook.runtime.manager import ModelManager
+
+        manager = ModelManager()
+        if isinstance(found, dict):
+            found["models"] = manager
+    return manager
+
+
+def folders(found: Mapping[str, Any] | None = None) -> Any:
+    """The session's :class:`~comfy_notebook.folders.Folders`."""
+    from comfy_notebook.folders import folders_service
+
+    return folders_service(services() if found is None else found)
+
+
+def listing(kind: str) -> list[str]:
+    """File names of ``kind`` for a combo input (empty when no models folder is configured)."""
+    try:
+        return folders().list(kind)
+    except Exception:  # a missing or unreadable folder lists nothing; validation says more
+        return []

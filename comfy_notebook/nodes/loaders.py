@@ -1,0 +1,145 @@
+"""Loader nodes: checkpoints, separate VAEs and LoRAs (ComfyUI's names, inputs and outputs)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from comfy_notebook.nodes._services import folders, listing, model_manager, services
+from comfy_notebook.runtime.values import (
+    ClipValue,
+    ModelValue,
+    load_checkpoint_values,
+    load_vae_value,
+)
+
+
+def _embedding_dirs() -> tuple[str, ...]:
+    try:
+        return tuple(str(p) for p in folders().paths("embeddings"))
+    except Exception:
+        return ()
+
+
+class CheckpointLoaderSimple:
+    """Load a single-file checkpoint (LDM layout) as MODEL, CLIP and VAE."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"ckpt_name": (listing("checkpoints"), {
+            "tooltip": "The checkpoint (model) to load, from models/checkpoints."})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    OUTPUT_TOOLTIPS = (
+        "The model used for denoising latents.",
+        "The CLIP model used for encoding text prompts.",
+        "The VAE model used for encoding and decoding images to and from latent space.",
+    )
+    FUNCTION = "load_checkpoint"
+    CATEGORY = "loaders"
+    DESCRIPTION = "Loads a diffusion model checkpoint; diffusion models denoise latents."
+
+    def load_checkpoint(self, ckpt_name: str) -> tuple[Any, Any, Any]:
+        svc = services()
+        path = folders(svc).resolve("checkpoints", ckpt_name)
+        return load_checkpoint_values(model_manager(svc), path, name=str(ckpt_name).rsplit(".", 1)[0],
+                                      embedding_dirs=_embedding_dirs())
+
+
+class VAELoader:
+    """Load a separate VAE file (e.g. vae-ft-mse-840000-ema-pruned.safetensors)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"vae_name": (listing("vae"),)}}
+
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "load_vae"
+    CATEGORY = "loaders"
+
+    def load_vae(self, vae_name: str) -> tuple[Any]:
+        svc = services()
+        path = folders(svc).resolve("vae", vae_name)
+        return (load_vae_value(model_manager(svc), path, name="vae:" + str(vae_name).rsplit(".", 1)[0]),)
+
+
+def _lora(model: ModelValue | None, clip: ClipValue | None, lora_name: str,
+          strength_model: float, strength_clip: float) -> tuple[Any, Any]:
+    from comfy_notebook.runtime.lora import load_lora_file, lora_patches
+
+    path = folders().resolve("loras", lora_name)
+    lora_sd = load_lora_file(path)
+    unet_keys = model.ref.base.parameter_names() if model is not None else set()
+    clip_keys = clip.ref.base.parameter_names() if clip is not None else set()
+    unet_patches, clip_patches, unknown = lora_patches(lora_sd, unet_keys=unet_keys, clip_keys=clip_keys)
+    if clip is None:  # LoraLoaderModelOnly: text-encoder keys are expected and not "unknown"
+        unknown = [k for k in unknown if not k.startswith(("lora_te", "text_encoder", "te_"))]
+    if unknown:
+        warnings.warn(
+            f"LoRA {lora_name}: {len(unknown)} key(s) matched no weight and were not applied: "
+            f"{unknown[:8]}{' ...' if len(unknown) > 8 else ''}",
+            stacklevel=3,
+        )
+    new_model = model.with_patches(unet_patches, strength_model) if model is not None and strength_model else model
+    new_clip = clip.with_patches(clip_patches, strength_clip) if clip is not None and strength_clip else clip
+    return new_model, new_clip
+
+
+class LoraLoader:
+    """Apply a LoRA to MODEL and CLIP as weight patches (the base weights are shared)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The diffusion model the LoRA will be applied to."}),
+            "clip": ("CLIP", {"tooltip": "The CLIP model the LoRA will be applied to."}),
+            "lora_name": (listing("loras"), {"tooltip": "The name of the LoRA."}),
+            "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
+            "strength_clip": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
+        }}
+
+    RETURN_TYPES = ("MODEL", "CLIP")
+    FUNCTION = "load_lora"
+    CATEGORY = "loaders"
+    DESCRIPTION = "LoRAs modify diffusion and CLIP models, altering how latents are denoised."
+
+    def load_lora(self, model: ModelValue, clip: ClipValue, lora_name: str,
+                  strength_model: float, strength_clip: float) -> tuple[Any, Any]:
+        if strength_model == 0 and strength_clip == 0:
+            return (model, clip)
+        return _lora(model, clip, lora_name, strength_model, strength_clip)
+
+
+class LoraLoaderModelOnly:
+    """Apply a LoRA to MODEL only."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": ("MODEL",),
+            "lora_name": (listing("loras"),),
+            "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
+        }}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load_lora_model_only"
+    CATEGORY = "loaders"
+
+    def load_lora_model_only(self, model: ModelValue, lora_name: str, strength_model: float) -> tuple[Any]:
+        if strength_model == 0:
+            return (model,)
+        return (_lora(model, None, lora_name, strength_model, 0.0)[0],)
+
+
+NODE_CLASS_MAPPINGS = {
+    "CheckpointLoaderSimple": CheckpointLoaderSimple,
+    "VAELoader": VAELoader,
+    "LoraLoader": LoraLoader,
+    "LoraLoaderModelOnly": LoraLoaderModelOnly,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "CheckpointLoaderSimple": "Load Checkpoint",
+    "VAELoader": "Load VAE",
+    "LoraLoader": "Load LoRA",
+    "LoraLoaderModelOnly": "LoraLoaderModelOnly",
+}

@@ -1,0 +1,128 @@
+"""KSampler and KSamplerAdvanced: the model manager puts the UNet on the device and
+:func:`comfy_notebook.sampling.ksample` runs ComfyUI's sampling with ComfyUI's seeds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from comfy_notebook.engine import current_context
+from comfy_notebook.runtime.values import ModelValue
+from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, ksample
+
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+def sampler_names() -> list[str]:
+    """The sampler names KSampler offers: exactly those that run."""
+    return list(SAMPLERS)
+
+
+def scheduler_names() -> list[str]:
+    """The scheduler names KSampler offers."""
+    return list(SCHEDULERS)
+
+
+def common_ksampler(
+    model: ModelValue, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+    positive: list[Any], negative: list[Any], latent: dict[str, Any], *, denoise: float = 1.0,
+    add_noise: bool = True, start_step: int | None = None, last_step: int | None = None,
+    force_full_denoise: bool = False,
+) -> dict[str, Any]:
+    """Sample ``latent`` with ``model``; progress and interrupts go through the node context."""
+    ctx = current_context()
+
+    def callback(info: Any) -> None:
+        # The preview is the first image's denoised latent (model scale); views convert it on
+        # demand, so no host copy happens here.
+        ctx.progress(info.step + 1, info.total, preview=info.denoised[:1])
+
+    def run(unet: Any) -> dict[str, Any]:
+        weight_dtype = model.ref.base.dtype
+
+        def apply_model(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
+            return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
+
+        return ksample(
+            apply_model, prediction=model.family.prediction, schedule=model.schedule,
+            latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,
+            sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
+            start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise,
+            latent_scale=model.family.latent_scale, device=model.manager.device,
+            callback=callback,
+        )
+
+    return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=cfg != 1.0)
+
+
+class KSampler:
+    """Denoise a latent with a model, guided by positive and negative conditioning."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model used for denoising the input latent."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                             "tooltip": "The random seed used for creating the noise."}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 10000,
+                              "tooltip": "The number of steps used in the denoising process."}),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Classifier-free guidance scale."}),
+            "sampler_name": (sampler_names(), {"tooltip": "The sampling algorithm."}),
+            "scheduler": (scheduler_names(), {"tooltip": "How noise levels are spaced over the steps."}),
+            "positive": ("CONDITIONING", {"tooltip": "What to include in the image."}),
+            "negative": ("CONDITIONING", {"tooltip": "What to exclude from the image."}),
+            "latent_image": ("LATENT", {"tooltip": "The latent image to denoise."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                  "tooltip": "How much denoising is applied (below 1: img2img)."}),
+        }}
+
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The denoised latent.",)
+    FUNCTION = "sample"
+    CATEGORY = "sampling"
+    DESCRIPTION = "Uses the provided model, positive and negative conditioning to denoise the latent image."
+
+    def sample(self, model: ModelValue, seed: int, steps: int, cfg: float, sampler_name: str,
+               scheduler: str, positive: list[Any], negative: list[Any], latent_image: dict[str, Any],
+               denoise: float = 1.0) -> tuple[dict[str, Any]]:
+        return (common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                latent_image, denoise=denoise),)
+
+
+class KSamplerAdvanced:
+    """KSampler with control over noise and the window of steps that runs."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": ("MODEL",),
+            "add_noise": (["enable", "disable"],),
+            "noise_seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            "sampler_name": (sampler_names(),),
+            "scheduler": (scheduler_names(),),
+            "positive": ("CONDITIONING",),
+            "negative": ("CONDITIONING",),
+            "latent_image": ("LATENT",),
+            "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000}),
+            "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000}),
+            "return_with_leftover_noise": (["disable", "enable"],),
+        }}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "sample"
+    CATEGORY = "sampling"
+
+    def sample(self, model: ModelValue, add_noise: str, noise_seed: int, steps: int, cfg: float,
+               sampler_name: str, scheduler: str, positive: list[Any], negative: list[Any],
+               latent_image: dict[str, Any], start_at_step: int, end_at_step: int,
+               return_with_leftover_noise: str, denoise: float = 1.0) -> tuple[dict[str, Any]]:
+        return (common_ksampler(
+            model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+            denoise=denoise, add_noise=add_noise != "disable", start_step=start_at_step,
+            last_step=end_at_step, force_full_denoise=return_with_leftover_noise != "enable"),)
+
+
+NODE_CLASS_MAPPINGS = {"KSampler": KSampler, "KSamplerAdvanced": KSamplerAdvanced}
+NODE_DISPLAY_NAME_MAPPINGS = {"KSampler": "KSampler", "KSamplerAdvanced": "KSampler (Advanced)"}
