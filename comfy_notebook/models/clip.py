@@ -178,10 +178,8 @@ class CLIPMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: [B, T, D] -> [B, T, D]."""
         x = self.fc1(x)  # [B, T, I]
-        if self.activation == "quick_gelu":
-            x = x * torch.sigmoid(1.702 * x)
-        else:
-            x = F.gelu(x)
+        quick = self.activation == "quick_gelu"
+        x = x * torch.sigmoid(1.702 * x) if quick else F.gelu(x)
         return self.fc2(x)
 
 

@@ -142,7 +142,7 @@ def _embedding_groups(
         stripped = name.strip(",")
         if len(stripped) < len(name):
             embed = lookup(stripped) if stripped else None
-            leftover = f"{name[len(stripped):]} {leftover}"
+            leftover = f"{name[len(stripped) :]} {leftover}"
     if embed is None:
         missing.append(name)
         return [], leftover
@@ -221,8 +221,9 @@ def _row_inputs(
     width = model.config.width
     ids = [[t if isinstance(t, int) else 0 for t in row] for row in rows]
     tokens = torch.tensor(ids, dtype=torch.long, device=device)  # [B, T]
-    spliced = [(b, j, t) for b, row in enumerate(rows) for j, t in enumerate(row)
-               if not isinstance(t, int)]
+    spliced = [
+        (b, j, t) for b, row in enumerate(rows) for j, t in enumerate(row) if not isinstance(t, int)
+    ]
     if not spliced:
         return tokens, None
     table = model.token_embedding.weight
@@ -386,7 +387,9 @@ def _pick_embedding(data: object, key: str) -> Tensor | None:
     return tensors[0] if tensors else None
 
 
-def make_embedding_lookup(directories: Iterable[str | Path], *, key: str = "clip_l") -> EmbeddingLookup:
+def make_embedding_lookup(
+    directories: Iterable[str | Path], *, key: str = "clip_l"
+) -> EmbeddingLookup:
     """An ``embedding_lookup`` over folders: ``name``, then ``name.safetensors/.pt/.bin``.
 
     Names that escape the folders (``../x``) are not found.  Loaded files are cached in the

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import itertools
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
@@ -216,7 +217,7 @@ class CLIPTokenizer:
         ranks = self._ranks
         while len(word) > 1:
             best_rank, best = len(ranks), None
-            for pair in zip(word, word[1:], strict=False):
+            for pair in itertools.pairwise(word):
                 r = ranks.get(pair)
                 if r is not None and r < best_rank:
                     best_rank, best = r, pair

@@ -16,8 +16,14 @@ CONFIGS = {
     "tiny": CLIPTextConfig.tiny(),
     "two_heads": CLIPTextConfig(width=128, layers=3, heads=2, intermediate=320),
     "gelu_short_vocab": CLIPTextConfig(
-        vocab_size=1000, width=64, layers=2, heads=1, intermediate=96, max_positions=40,
-        activation="gelu", eos_token_id=999,
+        vocab_size=1000,
+        width=64,
+        layers=2,
+        heads=1,
+        intermediate=96,
+        max_positions=40,
+        activation="gelu",
+        eos_token_id=999,
     ),
 }
 
@@ -46,11 +52,18 @@ def _pair(cfg: CLIPTextConfig, seed: int = 0):
     hf_sd = {k.removeprefix("text_model."): v for k, v in converted.items()}
     hf_sd.pop("embeddings.position_ids")
     hc = transformers.CLIPTextConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.width, intermediate_size=cfg.intermediate,
-        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-        max_position_embeddings=cfg.max_positions, hidden_act=cfg.activation,
-        layer_norm_eps=cfg.layer_norm_eps, eos_token_id=cfg.eos_token_id,
-        bos_token_id=cfg.eos_token_id - 1, pad_token_id=1, attn_implementation="eager",
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.width,
+        intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        max_position_embeddings=cfg.max_positions,
+        hidden_act=cfg.activation,
+        layer_norm_eps=cfg.layer_norm_eps,
+        eos_token_id=cfg.eos_token_id,
+        bos_token_id=cfg.eos_token_id - 1,
+        pad_token_id=1,
+        attn_implementation="eager",
     )
     ref = transformers.CLIPTextModel(hc).eval()
     ref.load_state_dict(hf_sd, strict=True)
@@ -89,7 +102,9 @@ def test_weights_matter() -> None:
     cfg = CONFIGS["tiny"]
     ours, ref = _pair(cfg)
     with torch.no_grad():
-        ours.text_model.encoder.layers[1].mlp.fc2.bias[0] += 1e-2  # one channel: not a norm-invariant shift
+        ours.text_model.encoder.layers[1].mlp.fc2.bias[0] += (
+            1e-2  # one channel: not a norm-invariant shift
+        )
         tokens = _tokens(cfg, [5])
         diff = (ours(tokens).hidden - ref(tokens).last_hidden_state).abs().max()
     assert diff > 1e-4
@@ -106,8 +121,11 @@ def test_selected_layer_is_final_normed_hidden_state(layer: int) -> None:
         raw, _, _ = ours(tokens, layer=layer, final_norm_on_hidden=False)
         index = layer if layer < 0 else layer + 1
         expected_raw = out.hidden_states[index]
-        expected = ref.text_model.final_layer_norm(expected_raw) if hasattr(ref, "text_model") \
+        expected = (
+            ref.text_model.final_layer_norm(expected_raw)
+            if hasattr(ref, "text_model")
             else ref.final_layer_norm(expected_raw)
+        )
     torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(raw, expected_raw, atol=1e-5, rtol=0)
     torch.testing.assert_close(pooled, out.pooler_output, atol=1e-5, rtol=0)
@@ -154,8 +172,10 @@ def test_config_presets_and_inference_from_shapes() -> None:
     assert (sd1.width, sd1.layers, sd1.heads, sd1.intermediate) == (768, 12, 12, 3072)
     assert sd1.activation == "quick_gelu" and sd1.eos_token_id == 49407
     for cfg in (CLIPTextConfig.tiny(), CONFIGS["two_heads"]):
-        sd = {"cond_stage_model.transformer." + k: v
-              for k, v in CLIPTextModel(cfg).state_dict().items()}
+        sd = {
+            "cond_stage_model.transformer." + k: v
+            for k, v in CLIPTextModel(cfg).state_dict().items()
+        }
         assert CLIPTextConfig.from_state_dict(sd, "cond_stage_model.transformer.") == cfg
     with pytest.raises(ModelLoadError, match="not a CLIP text encoder"):
         CLIPTextConfig.from_state_dict({}, "cond_stage_model.transformer.")

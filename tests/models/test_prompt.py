@@ -107,7 +107,9 @@ def _lookup(table):
 
 def test_embedding_vectors_are_spliced_in_order() -> None:
     vecs = torch.randn(3, 64)
-    tp = tokenize_prompt(get_tokenizer(), "a embedding:foo cat", embedding_lookup=_lookup({"foo": vecs}))
+    tp = tokenize_prompt(
+        get_tokenizer(), "a embedding:foo cat", embedding_lookup=_lookup({"foo": vecs})
+    )
     row = tp.chunks[0]
     assert _ids(row)[:7] == [BOS, A, "E", "E", "E", CAT, EOS]
     for i in range(3):
@@ -123,7 +125,9 @@ def test_unknown_embedding_is_reported_and_dropped() -> None:
 
 def test_embedding_name_with_trailing_comma() -> None:
     vec = torch.randn(64)
-    tp = tokenize_prompt(get_tokenizer(), "embedding:foo, cat", embedding_lookup=_lookup({"foo": vec}))
+    tp = tokenize_prompt(
+        get_tokenizer(), "embedding:foo, cat", embedding_lookup=_lookup({"foo": vec})
+    )
     row = tp.chunks[0]
     assert _ids(row)[:5] == [BOS, "E", COMMA, CAT, EOS]
     assert torch.equal(row[1][0], vec)
@@ -131,7 +135,9 @@ def test_embedding_name_with_trailing_comma() -> None:
 
 def test_weighted_embedding_and_text_without_lookup() -> None:
     vecs = torch.randn(2, 64)
-    tp = tokenize_prompt(get_tokenizer(), "(embedding:foo:1.3)", embedding_lookup=_lookup({"foo": vecs}))
+    tp = tokenize_prompt(
+        get_tokenizer(), "(embedding:foo:1.3)", embedding_lookup=_lookup({"foo": vecs})
+    )
     assert [w for _, w in tp.chunks[0][1:3]] == [1.3, 1.3]
     tok = get_tokenizer()
     plain = tokenize_prompt(tok, "cat embedding:foo")
@@ -216,11 +222,17 @@ def test_embedding_equals_a_new_vocabulary_row(model: CLIPTextModel) -> None:
 
 def test_wrong_width_embedding_is_a_clear_error(model: CLIPTextModel) -> None:
     with pytest.raises(NodeError, match="vectors of size 64"):
-        encode_prompt(model, get_tokenizer(), "embedding:big", embedding_lookup=_lookup(
-            {"big": torch.randn(1, 768)}))
+        encode_prompt(
+            model,
+            get_tokenizer(),
+            "embedding:big",
+            embedding_lookup=_lookup({"big": torch.randn(1, 768)}),
+        )
 
 
-def test_missing_embeddings_are_logged(model: CLIPTextModel, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_embeddings_are_logged(
+    model: CLIPTextModel, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="comfy_notebook.models.prompt"):
         encode_prompt(model, get_tokenizer(), "a embedding:ghost", embedding_lookup=_lookup({}))
     assert "embedding:ghost does not exist" in caplog.text
@@ -238,11 +250,14 @@ def test_load_embedding_formats(tmp_path: Path) -> None:
     import safetensors.torch
 
     vec = torch.randn(2, 768)
-    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vec}, "name": "x",
-                "step": 10}, tmp_path / "a1111.pt")
+    torch.save(
+        {"string_to_token": {"*": 265}, "string_to_param": {"*": vec}, "name": "x", "step": 10},
+        tmp_path / "a1111.pt",
+    )
     safetensors.torch.save_file({"emb_params": vec}, tmp_path / "a1111.safetensors")
-    safetensors.torch.save_file({"clip_g": torch.randn(2, 1280), "clip_l": vec},
-                                tmp_path / "sdxl.safetensors")
+    safetensors.torch.save_file(
+        {"clip_g": torch.randn(2, 1280), "clip_l": vec}, tmp_path / "sdxl.safetensors"
+    )
     safetensors.torch.save_file({"whatever": vec[0]}, tmp_path / "single.safetensors")
     for name in ("a1111.pt", "a1111.safetensors", "sdxl.safetensors"):
         torch.testing.assert_close(load_embedding(tmp_path / name), vec, atol=0, rtol=0)

@@ -82,7 +82,9 @@ def test_corpus_matches_transformers(hf_tokenizer) -> None:
     assert mismatches == []
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 # Unassigned code points (category Cn) are excluded: Python 3.11's unicodedata is Unicode 14, the
 # tokenizers library knows later versions, so characters assigned since then classify differently.
 @given(st.text(st.characters(exclude_categories=["Cs", "Cn"]), max_size=60))
@@ -91,12 +93,39 @@ def test_random_text_matches_transformers(hf_tokenizer, text: str) -> None:
 
 
 _PIECES = st.sampled_from(
-    ["'s", "'T", "'ll", "'", "<|endoftext|>", "<|STARTOFTEXT|>", "<|", "|>", "Σ", "ς", "İ", "é",
-     "e\u0301", " ", "\n", "\u3000", "\x1c", "1", "½", "a", "B", "!!", "😀", "🏽", "日"]
+    [
+        "'s",
+        "'T",
+        "'ll",
+        "'",
+        "<|endoftext|>",
+        "<|STARTOFTEXT|>",
+        "<|",
+        "|>",
+        "Σ",
+        "ς",
+        "İ",
+        "é",
+        "e\u0301",
+        " ",
+        "\n",
+        "\u3000",
+        "\x1c",
+        "1",
+        "½",
+        "a",
+        "B",
+        "!!",
+        "😀",
+        "🏽",
+        "日",
+    ]
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(_PIECES, max_size=12).map("".join))
 def test_tricky_fragments_match_transformers(hf_tokenizer, text: str) -> None:
     assert get_tokenizer()(text) == hf_tokenizer(text)["input_ids"]
@@ -104,7 +133,9 @@ def test_tricky_fragments_match_transformers(hf_tokenizer, text: str) -> None:
 
 def test_decode_round_trip() -> None:
     tok = get_tokenizer()
-    assert tok.decode(tok("A photo of a café, 😀!")) == "a photo of a café , 😀!"  # 😀! is one punctuation run
+    assert (
+        tok.decode(tok("A photo of a café, 😀!")) == "a photo of a café , 😀!"
+    )  # 😀! is one punctuation run
 
 
 def test_bpe_cache_returns_same_ids() -> None:
@@ -127,4 +158,4 @@ def test_truncated_vocab_file_is_a_clear_error(tmp_path: Path) -> None:
     with gzip.open(bad, "wt", encoding="utf-8") as f:
         f.write("#version: 0.2\ni n\nt h\n")
     with pytest.raises(ModelLoadError, match="expected 48894 merge lines"):
-        CLIPTokenizer(bad).vocab
+        _ = CLIPTokenizer(bad).vocab
