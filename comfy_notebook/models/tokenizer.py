@@ -12,7 +12,7 @@ a corpus in ``tests/models/test_tokenizer.py``.  The pipeline, as transformers b
 5. BPE merges by rank.
 
 The vocabulary follows from ``data/bpe_simple_vocab_16e6.txt.gz`` (MIT, from open_clip; notice in
-``data/LICENSE-open_clip``): the 256 byte characters, the same with ``</w>``, the first 48,894
+``data/LICENSE-open_clip.txt``): the 256 byte characters, the same with ``</w>``, the first 48,894
 merges, then the two special tokens.  It is read lazily on first use and cached per process.
 """
 
