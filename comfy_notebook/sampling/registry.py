@@ -14,6 +14,7 @@ from torch import Tensor
 
 from comfy_notebook.sampling import samplers as s
 from comfy_notebook.sampling import samplers_multistep as m
+from comfy_notebook.sampling import samplers_unipc as u
 
 __all__ = ["SAMPLERS", "SAMPLER_NOISE"]
 
@@ -44,6 +45,8 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "deis": m.sample_deis,
     "gradient_estimation": m.sample_gradient_estimation,
     "ddim": s.sample_euler,
+    "uni_pc": u.sample_uni_pc,
+    "uni_pc_bh2": u.sample_uni_pc_bh2,
 }
 
 SAMPLER_NOISE: dict[str, str] = {
