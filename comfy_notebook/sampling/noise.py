@@ -3,7 +3,8 @@
 - Initial noise: ``torch.manual_seed(seed)`` then CPU ``randn`` (one draw per batch index up to
   the largest when the latent carries ``batch_index``).
 - Ancestral samplers: their own ``torch.Generator`` on the latent's device, seeded with the seed
-  (``seed + 1`` when the latent is on the CPU, so that it does not repeat the initial noise).
+  itself on every device (``default_noise_sampler`` at ComfyUI a125cd8).  On the CPU its first
+  draw therefore repeats the initial noise, as in ComfyUI.
 - SDE samplers: a ``torchsde`` Brownian tree seeded with the seed, built on the CPU (``_gpu``
   variants: on the latent's device).
 
@@ -61,13 +62,13 @@ def default_noise_sampler(x: Tensor, seed: int | None = None, cpu: bool = False)
     """Ancestral noise: ``randn`` of ``x``'s shape from a generator seeded with ``seed``.
 
     The generator lives on ``x``'s device (``cpu=True``: on the CPU, results moved to the
-    device).  On the CPU the seed is offset by one, as ComfyUI does.
+    device) and is seeded with ``seed`` unchanged, as ComfyUI a125cd8 does on every device.
     """
     device = torch.device("cpu") if cpu else x.device
     generator: torch.Generator | None = None
     if seed is not None:
         generator = torch.Generator(device=device)
-        generator.manual_seed(seed + 1 if device.type == "cpu" else seed)
+        generator.manual_seed(seed)
     shape, dtype, target = x.shape, x.dtype, x.device
 
     def sample(sigma: Tensor, sigma_next: Tensor) -> Tensor:
