@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# Imported eagerly (it is torch-free and cheap): this binds ``comfy_notebook.session`` to the
+# *function* after the submodule of the same name has loaded, so ``comfy_notebook.session()``
+# keeps working whatever imports ``comfy_notebook.session`` later.
+from comfy_notebook.session import Session, session, use_session
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -25,9 +30,6 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Session": ("comfy_notebook.session", "Session"),
-    "session": ("comfy_notebook.session", "session"),
-    "use_session": ("comfy_notebook.session", "use_session"),
     "read_prompt": ("comfy_notebook.pnginfo", "read_prompt"),
 }
 

@@ -75,6 +75,18 @@ class Session:
         """Register a ``NODE_CLASS_MAPPINGS`` dict (and ``NODE_DISPLAY_NAME_MAPPINGS``)."""
         self.registry.register(mappings, display_names)
 
+    @property
+    def models(self) -> Any:
+        """The session's :class:`~comfy_notebook.runtime.manager.ModelManager` (made on first use).
+
+        ``session.models`` prints a table of what is loaded where; ``load``, ``offload``,
+        ``unload``, ``unload_all``, ``set_budget`` and ``keep_loaded`` move models by hand.
+        Importing torch happens here, not when the session is created.
+        """
+        from comfy_notebook.nodes._services import model_manager
+
+        return model_manager(self.services)
+
     def interrupt(self) -> None:
         """Stop the running prompt at the next check (between nodes or in ``ctx.progress``)."""
         self.executor.interrupt()

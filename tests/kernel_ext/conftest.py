@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import importlib
 import pytest
 
 CALLS: list[str] = []
@@ -85,7 +86,7 @@ class FakeManager:
 
 @pytest.fixture
 def session():
-    import comfy_notebook.session as session_module
+    session_module = importlib.import_module("comfy_notebook.session")
     from comfy_notebook.session import Session, use_session
 
     previous = session_module._current

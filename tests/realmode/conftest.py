@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import enum
 from typing import Any, ClassVar
 
@@ -221,7 +222,7 @@ class Ckpt(enum.Enum):
 @pytest.fixture
 def session():
     """A fresh current session with the test pack; progress bars off."""
-    import comfy_notebook.session as session_module
+    session_module = importlib.import_module("comfy_notebook.session")
     from comfy_notebook.session import Session, use_session
 
     previous = session_module._current
