@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from comfy_notebook.sampling.schedules import DiscreteSchedule, SamplingConfigError
+from comfy_notebook.sampling.schedules import DiscreteSchedule, SamplingConfigError, nearest_timestep
 
 __all__ = ["CFGDenoiser", "CondEntry", "ModelDenoiser", "resolve_conditioning"]
 
@@ -43,11 +43,15 @@ class ModelDenoiser:
         if prediction not in ("eps", "v"):
             raise SamplingConfigError(f"prediction must be 'eps' or 'v', received {prediction!r}")
         self.apply_model, self.schedule, self.prediction = apply_model, schedule, prediction
+        self._log_sigmas: dict[torch.device, Tensor] = {}  # per device, so no copy per step
 
     def __call__(self, x: Tensor, sigma: Tensor, context: Tensor, **kw: Any) -> Tensor:
         s = sigma.view(-1, *([1] * (x.ndim - 1)))  # [B, 1, 1, 1]
         x_in = x / (s**2 + 1.0) ** 0.5
-        t = self.schedule.timestep(sigma).float()  # [B]
+        log_sigmas = self._log_sigmas.get(sigma.device)
+        if log_sigmas is None:
+            log_sigmas = self._log_sigmas[sigma.device] = self.schedule.log_sigmas.to(sigma.device)
+        t = nearest_timestep(sigma, log_sigmas).float()  # [B]
         out = self.apply_model(x_in.to(x.dtype), t, context, **kw).to(x.dtype)
         if self.prediction == "eps":
             return x - out * s
@@ -157,7 +161,7 @@ def resolve_conditioning(positive: list[Any], negative: list[Any], latent_hw: tu
 
 
 def _mult(e: CondEntry, x: Tensor) -> Tensor:
-    """Weight map of an entry over its area: strength x mask x feathered area edges."""
+    """Weight map of an entry over its (clipped) area of the full latent ``x``: strength x mask x feathered edges."""
     b, c, h, w = x.shape
     ah, aw, ay, ax = e.area if e.area is not None else (h, w, 0, 0)
     ah, aw = min(h - ay, ah), min(w - ax, aw)
@@ -178,54 +182,148 @@ def _mult(e: CondEntry, x: Tensor) -> Tensor:
     return mult
 
 
+def _simple(e: CondEntry) -> bool:
+    """A plain entry: strength 1, no area, no mask, no timestep range."""
+    return (e.strength == 1.0 and e.area is None and e.mask is None
+            and e.sigma_start is None and e.sigma_end is None)
+
+
+def _batched(t: Tensor, b: int) -> Tensor:
+    """Repeat a conditioning tensor ``[Bc, ...]`` to batch ``b`` (as ComfyUI repeats conds)."""
+    if t.shape[0] == b:
+        return t
+    return t.repeat(b // t.shape[0] or 1, *([1] * (t.ndim - 1)))[:b]
+
+
+def _shape_key(e: CondEntry) -> tuple[Any, ...]:
+    """Entries with equal keys can share one batched forward."""
+    return (e.area, tuple(e.cond.shape[1:]), tuple((k, tuple(v.shape[1:])) for k, v in e.model_kwargs.items()))
+
+
+@dataclass
+class _Group:
+    """One batched forward of a plan: entries sharing area and input shapes."""
+
+    region: tuple[int, int, int, int]  # (ah, aw, ay, ax), clipped to the latent
+    ctx: Tensor  # [n*B, T, D]
+    kwargs: dict[str, Tensor]
+    targets: list[tuple[int, Tensor]]  # (list index, weight map [B, C, ah, aw]) per entry, in batch order
+
+
+@dataclass
+class _Plan:
+    """Everything of ``calc_cond_batch`` that depends only on the active entries and the shape."""
+
+    groups: list[_Group]
+    counts: list[Tensor]  # per list: 1e-37 + sum of weight maps, [B, C, H, W]
+
+
 class CFGDenoiser:
     """Classifier-free guidance over conditioning lists: ``uncond + (cond - uncond) * cfg``.
 
-    ``cfg == 1`` skips the negative entries entirely (one forward per step).  Entries whose
-    input shapes match are evaluated in one batched forward.  ``forward_count`` counts model
-    calls (for tests and benchmarks).
+    ``cfg == 1`` skips the negative entries entirely (one forward per step).  Fast path: when
+    each list is one plain entry (strength 1, no area / mask / timestep range) with matching
+    shapes, the step is one batched forward over a context concatenated once, then the CFG
+    formula (pure tensor arithmetic on fixed shapes).  Otherwise the general path follows
+    ComfyUI's ``calc_cond_batch``; its batching, contexts and weight maps are built once per set
+    of active entries (entries with a timestep range cost one host comparison per step) and
+    reused.  ``fast_path=False`` forces the general path (for tests).  ``forward_count`` counts
+    model calls (for tests and benchmarks).
     """
 
-    def __init__(self, model: ModelDenoiser, positive: list[CondEntry], negative: list[CondEntry], cfg: float) -> None:
+    def __init__(self, model: ModelDenoiser, positive: list[CondEntry], negative: list[CondEntry], cfg: float,
+                 fast_path: bool = True) -> None:
         self.model, self.positive, self.negative, self.cfg = model, positive, negative, float(cfg)
         self.skip_uncond = math.isclose(self.cfg, 1.0)
         self.forward_count = 0
+        lists = [positive] if self.skip_uncond else [positive, negative]
+        self.fast = fast_path and all(len(lst) == 1 and _simple(lst[0]) for lst in lists) and (
+            len({_shape_key(lst[0]) for lst in lists}) == 1)
+        self._fast_inputs: dict[tuple[Any, ...], tuple[Tensor, dict[str, Tensor]]] = {}
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
+
+    # fast path ---------------------------------------------------------------------------
+    def _fast_ctx(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Context and model kwargs for the fast path, concatenated once per batch size."""
+        b = x.shape[0]
+        key = (b, x.device)
+        if key not in self._fast_inputs:
+            entries = [self.positive[0]] if self.skip_uncond else [self.positive[0], self.negative[0]]
+            ctx = torch.cat([_batched(e.cond, b) for e in entries])  # [n*B, T, D]
+            kw = {k: torch.cat([e.model_kwargs[k].expand(b, *e.model_kwargs[k].shape[1:]) for e in entries])
+                  for k in entries[0].model_kwargs}
+            self._fast_inputs[key] = (ctx, kw)
+        return self._fast_inputs[key]
+
+    def _fast_call(self, x: Tensor, sigma: Tensor) -> Tensor:
+        ctx, kw = self._fast_ctx(x)
+        self.forward_count += 1
+        if self.skip_uncond:
+            return self.model(x, sigma, ctx, **kw)
+        pred = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), ctx, **kw)  # [2B, C, H, W]
+        cond, uncond = pred.chunk(2)
+        return uncond + (cond - uncond) * self.cfg
+
+    # general path ------------------------------------------------------------------------
+    def _active(self, entries: list[CondEntry], sigma: Tensor) -> tuple[bool, ...]:
+        """Which entries are active at ``sigma`` (host comparisons only for ranged entries)."""
+        flags = []
+        for e in entries:
+            on = True
+            if e.sigma_start is not None or e.sigma_end is not None:
+                s0 = float(sigma[0])
+                on = not ((e.sigma_start is not None and s0 > e.sigma_start)
+                          or (e.sigma_end is not None and s0 < e.sigma_end))
+            flags.append(on)
+        return tuple(flags)
+
+    def _plan(self, entries_per_list: list[list[CondEntry]], active: tuple[tuple[bool, ...], ...], x: Tensor) -> _Plan:
+        """Group active entries into batched forwards; precompute contexts, weights and counts."""
+        jobs: dict[tuple[Any, ...], list[tuple[int, CondEntry]]] = {}
+        for li, (entries, flags) in enumerate(zip(entries_per_list, active, strict=True)):
+            for e, on in zip(entries, flags, strict=True):
+                if on:
+                    jobs.setdefault(_shape_key(e), []).append((li, e))
+        b, _, h, w = x.shape
+        counts = [torch.ones_like(x) * 1e-37 for _ in entries_per_list]
+        groups = []
+        for group in jobs.values():
+            area = group[0][1].area
+            ah, aw, ay, ax = area if area is not None else (h, w, 0, 0)
+            ah, aw = min(h - ay, ah), min(w - ax, aw)
+            ctx = torch.cat([_batched(e.cond, b) for _, e in group])  # [n*B, T, D]
+            kw = {k: torch.cat([e.model_kwargs[k].expand(b, *e.model_kwargs[k].shape[1:]) for _, e in group])
+                  for k in group[0][1].model_kwargs}
+            targets = []
+            for li, e in group:
+                m = _mult(e, x)  # [B, C, ah, aw]
+                counts[li][:, :, ay : ay + ah, ax : ax + aw] += m
+                targets.append((li, m))
+            groups.append(_Group(region=(ah, aw, ay, ax), ctx=ctx, kwargs=kw, targets=targets))
+        return _Plan(groups=groups, counts=counts)
 
     def combine(self, entries_per_list: list[list[CondEntry]], x: Tensor, sigma: Tensor) -> list[Tensor]:
         """ComfyUI's ``calc_cond_batch``: one weighted-average prediction per list."""
-        jobs: dict[tuple[Any, ...], list[tuple[int, CondEntry]]] = {}
-        for li, entries in enumerate(entries_per_list):
-            for e in entries:
-                s0 = sigma[0]
-                if e.sigma_start is not None and bool(s0 > e.sigma_start):
-                    continue
-                if e.sigma_end is not None and bool(s0 < e.sigma_end):
-                    continue
-                key = (e.area, tuple(e.cond.shape), tuple((k, tuple(v.shape)) for k, v in e.model_kwargs.items()))
-                jobs.setdefault(key, []).append((li, e))
+        active = tuple(self._active(entries, sigma) for entries in entries_per_list)
+        key = (tuple(id(lst) for lst in entries_per_list), active, tuple(x.shape), x.dtype, x.device)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._plan(entries_per_list, active, x)
         b = x.shape[0]
         outs = [torch.zeros_like(x) for _ in entries_per_list]
-        counts = [torch.ones_like(x) * 1e-37 for _ in entries_per_list]
-        for group in jobs.values():
-            area = group[0][1].area
-            h, w = x.shape[2:]
-            ah, aw, ay, ax = area if area is not None else (h, w, 0, 0)
-            ah, aw = min(h - ay, ah), min(w - ax, aw)
+        for g in plan.groups:
+            ah, aw, ay, ax = g.region
             xin = x[:, :, ay : ay + ah, ax : ax + aw]  # [B, C, ah, aw]
-            n = len(group)
-            ctx = torch.cat([e.cond.repeat(b // e.cond.shape[0] or 1, 1, 1)[:b] if e.cond.shape[0] != b else e.cond
-                             for _, e in group])  # [n*B, T, D]
-            kw = {k: torch.cat([e.model_kwargs[k].expand(b, *e.model_kwargs[k].shape[1:]) for _, e in group])
-                  for k in group[0][1].model_kwargs}
-            pred = self.model(xin.repeat(n, 1, 1, 1), sigma.repeat(n), ctx, **kw)  # [n*B, C, ah, aw]
+            n = len(g.targets)
+            pred = self.model(xin.repeat(n, 1, 1, 1), sigma.repeat(n), g.ctx, **g.kwargs)  # [n*B, C, ah, aw]
             self.forward_count += 1
-            for j, (li, e) in enumerate(group):
-                m = _mult(e, xin)
+            for j, (li, m) in enumerate(g.targets):
                 outs[li][:, :, ay : ay + ah, ax : ax + aw] += pred[j * b : (j + 1) * b] * m
-                counts[li][:, :, ay : ay + ah, ax : ax + aw] += m
-        return [o / c for o, c in zip(outs, counts, strict=True)]
+        return [o / c for o, c in zip(outs, plan.counts, strict=True)]
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if self.fast:
+            return self._fast_call(x, sigma)
         if self.skip_uncond:
             return self.combine([self.positive], x, sigma)[0]
         cond, uncond = self.combine([self.positive, self.negative], x, sigma)

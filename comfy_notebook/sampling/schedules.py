@@ -79,9 +79,7 @@ class DiscreteSchedule:
 
     def timestep(self, sigma: Tensor) -> Tensor:
         """Nearest training timestep (in log-sigma) of each sigma, same shape, int64."""
-        log_sigmas = self.log_sigmas.to(sigma.device)
-        dists = sigma.log() - log_sigmas[:, None]  # [N, numel]
-        return dists.abs().argmin(dim=0).view(sigma.shape)
+        return nearest_timestep(sigma, self.log_sigmas.to(sigma.device))
 
     def sigma(self, timestep: Tensor) -> Tensor:
         """Sigma of a (fractional) timestep, interpolating log-sigma linearly."""
@@ -97,6 +95,12 @@ class DiscreteSchedule:
         if percent >= 1.0:
             return 0.0
         return float(self.sigma(torch.tensor((1.0 - percent) * 999.0)))
+
+
+def nearest_timestep(sigma: Tensor, log_sigmas: Tensor) -> Tensor:
+    """Index of the nearest ``log_sigmas`` entry [N] to each ``sigma.log()``; same shape, int64."""
+    dists = sigma.log() - log_sigmas[:, None]  # [N, numel]
+    return dists.abs().argmin(dim=0).view(sigma.shape)
 
 
 def _append_zero(x: Tensor) -> Tensor:

@@ -192,3 +192,61 @@ def test_errors_name_what_to_fix():
         run(sampler_name="eulr")
     with pytest.raises(SamplingConfigError, match="LATENT"):
         run(latent={"x": 1})
+
+
+@pytest.mark.parametrize("cfg", [1.0, 7.5])
+def test_cfg_fast_path_equals_general_path(cfg):
+    """Single plain entries take the fast path; it is bit-identical to calc_cond_batch's path."""
+    from comfy_notebook.sampling import CFGDenoiser, ModelDenoiser, resolve_conditioning
+
+    def y_of(opts):
+        return {"y": opts["pooled_output"]}
+
+    md = ModelDenoiser(Stub(), S, "eps")
+    pos, neg = resolve_conditioning([[cond(1.0), {"pooled_output": torch.ones(1, 3)}]],
+                                    [[cond(-2.0), {"pooled_output": torch.zeros(1, 3)}]], (8, 8), S, kwargs_fn=y_of)
+    fast, general = CFGDenoiser(md, pos, neg, cfg), CFGDenoiser(md, pos, neg, cfg, fast_path=False)
+    assert fast.fast and not general.fast
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    for sig in (14.6, 3.0, 0.03):
+        sigma = torch.full((2,), sig)
+        torch.testing.assert_close(fast(x, sigma), general(x, sigma), atol=0, rtol=0)
+    assert fast.forward_count == general.forward_count == 3
+    # anything but one plain entry per list takes the general path
+    for p, n in (([[cond(1.0), {"strength": 0.5}]], [[cond(-1.0), {}]]),
+                 ([[cond(1.0), {}], [cond(2.0), {}]], [[cond(-1.0), {}]]),
+                 ([[cond(1.0), {"start_percent": 0.5}]], [[cond(-1.0), {}]]),
+                 ([[cond(1.0, 77), {}]], [[cond(-1.0, 154), {}]])):
+        pe, ne = resolve_conditioning(p, n, (8, 8), S)
+        assert not CFGDenoiser(md, pe, ne, 7.5).fast
+
+
+def test_general_path_plan_cache_follows_timestep_ranges():
+    """Cached per-active-set plans give the same result as fresh denoisers at every sigma."""
+    from comfy_notebook.sampling import CFGDenoiser, ModelDenoiser, resolve_conditioning
+
+    md = ModelDenoiser(Stub(), S, "eps")
+    conds = [[cond(1.0), {"strength": 0.6}], [cond(4.0), {"end_percent": 0.5}], [cond(2.0), {"area": (4, 4, 2, 2)}]]
+    pos, neg = resolve_conditioning(conds, [[cond(-1.0), {}]], (8, 8), S)
+    cached = CFGDenoiser(md, pos, neg, 5.0)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    mid = S.percent_to_sigma(0.5)
+    for sig in (14.0, mid * 1.5, mid * 0.5, 14.0, mid * 0.5):
+        sigma = torch.tensor([sig])
+        torch.testing.assert_close(cached(x, sigma), CFGDenoiser(md, pos, neg, 5.0)(x, sigma), atol=0, rtol=0)
+    assert len(cached._plans) == 2  # one plan per set of active entries
+
+
+def test_offset_area_feathered_weights_hand_computed():
+    """An area away from the origin: ComfyUI's feathered weights (rr = min(8, size // 4)) by hand."""
+    from comfy_notebook.sampling import CFGDenoiser, ModelDenoiser, resolve_conditioning
+
+    md = ModelDenoiser(Stub(), S, "eps")
+    x, sigma = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5)), torch.tensor([2.0])
+    pos, _ = resolve_conditioning([[cond(1.0), {}], [cond(5.0), {"area": (8, 8, 4, 4)}]], [], (16, 16), S)
+    got = CFGDenoiser(md, pos, [], 1.0)(x, sigma)
+    a, b = md(x, sigma, cond(1.0)), md(x, sigma, cond(5.0))  # the stub is elementwise in x
+    f = torch.tensor([0.5, 1, 1, 1, 1, 1, 1, 0.5])  # rr = 2: edge rows/cols * 1/2, next * 2/2
+    m = torch.zeros(16, 16)
+    m[4:12, 4:12] = f[:, None] * f[None, :]
+    torch.testing.assert_close(got, (a + b * m) / (1 + m), atol=1e-6, rtol=1e-6)
