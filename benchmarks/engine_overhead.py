@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from comfy_notebook.session import Session
+from comfy_notebook._session import Session
 
 N = 1000
 

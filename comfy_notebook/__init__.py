@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-# Imported eagerly (it is torch-free and cheap): this binds ``comfy_notebook.session`` to the
-# *function* after the submodule of the same name has loaded, so ``comfy_notebook.session()``
-# keeps working whatever imports ``comfy_notebook.session`` later.
-from comfy_notebook.session import Session, session, use_session
+# Torch-free and cheap, so imported eagerly.  The module is private (``_session``) so that
+# ``comfy_notebook.session`` is always the function, never a submodule of the same name.
+from comfy_notebook._session import Session, session, use_session
 
 __version__ = "0.1.0"
 

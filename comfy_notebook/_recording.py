@@ -25,7 +25,7 @@ WORKFLOW: ContextVar[Workflow | None] = ContextVar("comfy_notebook_workflow", de
 def _session(session: Any) -> Any:
     if session is not None:
         return session
-    from comfy_notebook.session import session as current
+    from comfy_notebook._session import session as current
 
     return current()
 

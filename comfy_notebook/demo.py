@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from comfy_notebook.nodes import register_builtins
-    from comfy_notebook.session import Session
+    from comfy_notebook._session import Session
 
     models_dir = Path(args.models_dir) if args.models_dir else _demo_models_dir()
     ckpt = args.ckpt or (DEMO_CKPT if not args.models_dir else None)

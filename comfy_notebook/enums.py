@@ -217,7 +217,7 @@ def node_enum(class_type: str, input_name: str, registry: Any = None) -> type[St
         When the node is not registered or the input is not a combo.
     """
     if registry is None:
-        from comfy_notebook.session import session
+        from comfy_notebook._session import session
 
         registry = session().registry
     spec = registry.get(class_type)

@@ -232,7 +232,7 @@ def state(session: Any) -> _State:
 def _current_session(session: Any) -> Any:
     if session is not None:
         return session
-    from comfy_notebook.session import session as current
+    from comfy_notebook._session import session as current
 
     return current()
 

@@ -19,7 +19,7 @@ from comfy_notebook.enums import (
 )
 from comfy_notebook.folders import Folders
 from comfy_notebook.nodes.latent import NODE_CLASS_MAPPINGS as LATENT_NODES
-from comfy_notebook.session import Session
+from comfy_notebook._session import Session
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ __all__ = ["CellEvents"]
 
 
 def _session() -> Any:
-    from comfy_notebook.session import session
+    from comfy_notebook._session import session
 
     return session()
 

@@ -35,7 +35,7 @@ USAGE = """\
 
 
 def _session() -> Any:
-    from comfy_notebook.session import session
+    from comfy_notebook._session import session
 
     return session()
 

@@ -51,7 +51,7 @@ def register_builtins(session: Any) -> None:
 
 def _enums() -> dict[str, Any]:
     from comfy_notebook import enums
-    from comfy_notebook.session import session
+    from comfy_notebook._session import session
 
     return dict(enums.global_enums(session()))
 
@@ -62,7 +62,7 @@ def __getattr__(name: str) -> Any:
     if name == "NODE_DISPLAY_NAME_MAPPINGS":
         return _load()[1]
     if name == "__all__":
-        from comfy_notebook.session import session
+        from comfy_notebook._session import session
 
         return sorted(session().registry.names()) + sorted(_enums())
     if name.startswith("_"):

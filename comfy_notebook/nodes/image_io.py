@@ -36,19 +36,9 @@ _ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
 
 
 def _services() -> Any:
-    """The run's services, else the current session's (as ``nodes._services.services``).
+    from comfy_notebook.nodes._services import services
 
-    Written out here because ``comfy_notebook.session`` (the attribute) becomes the submodule
-    once ``comfy_notebook.session`` is imported, so ``comfy_notebook.session()`` is not safe.
-    """
-    from comfy_notebook.engine import current_context
-
-    found = current_context().services
-    if found:
-        return found
-    from comfy_notebook.session import session
-
-    return session().services
+    return services()
 
 
 def _folders() -> Folders:

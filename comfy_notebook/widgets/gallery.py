@@ -137,7 +137,7 @@ class Gallery(View):
 
 def _session_output_dir() -> pathlib.Path:
     """The current session's ``output_dir``, else ``./output``."""
-    from comfy_notebook.session import session as current_session
+    from comfy_notebook._session import session as current_session
 
     out = getattr(current_session(), "output_dir", None)
     return pathlib.Path(out) if out else pathlib.Path("output")

@@ -61,7 +61,7 @@ class ModelPanel(View):
     def for_session(cls, session: Any = None) -> ModelPanel:
         """The panel of ``session`` (default: the current session)."""
         if session is None:
-            from comfy_notebook.session import session as current_session
+            from comfy_notebook._session import session as current_session
 
             session = current_session()
         if "models" not in session.services:

@@ -49,7 +49,7 @@ class RunView(View):
     def __init__(self, session: Any = None, *, state: RunState | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         if session is None:
-            from comfy_notebook.session import session as current_session
+            from comfy_notebook._session import session as current_session
 
             session = current_session()
         self.session = session

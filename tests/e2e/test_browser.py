@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SETUP = '''\
 import torch
 from comfy_notebook.runtime import DevicePolicy, ModelManager
-from comfy_notebook.session import Session
+from comfy_notebook._session import Session
 from comfy_notebook.widgets import Gallery, ModelPanel
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from comfy_notebook.engine import GraphBuilder, current_context
-from comfy_notebook.session import Session
+from comfy_notebook._session import Session
 
 RUNS: list[str] = []
 

@@ -217,7 +217,7 @@ def test_async_runs_in_helper_thread_when_loop_running(session):
 
 
 def test_import_engine_and_session_without_torch():
-    code = ("import sys, comfy_notebook.engine, comfy_notebook.session as s; s.Session(); "
+    code = ("import sys, comfy_notebook.engine, comfy_notebook._session as s; s.Session(); "
             "from comfy_notebook import Session; Session(); assert 'torch' not in sys.modules, 'torch imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

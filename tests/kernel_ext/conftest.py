@@ -86,8 +86,8 @@ class FakeManager:
 
 @pytest.fixture
 def session():
-    session_module = importlib.import_module("comfy_notebook.session")
-    from comfy_notebook.session import Session, use_session
+    session_module = importlib.import_module("comfy_notebook._session")
+    from comfy_notebook._session import Session, use_session
 
     previous = session_module._current
     s = Session()

@@ -21,7 +21,7 @@ from comfy_notebook.nodes.image_io import (
     SaveImage,
 )
 from comfy_notebook.pnginfo import read_prompt, read_workflow, workflow_to_api
-from comfy_notebook.session import Session, use_session
+from comfy_notebook._session import Session, use_session
 
 
 @pytest.fixture

@@ -222,8 +222,8 @@ class Ckpt(enum.Enum):
 @pytest.fixture
 def session():
     """A fresh current session with the test pack; progress bars off."""
-    session_module = importlib.import_module("comfy_notebook.session")
-    from comfy_notebook.session import Session, use_session
+    session_module = importlib.import_module("comfy_notebook._session")
+    from comfy_notebook._session import Session, use_session
 
     previous = session_module._current
     s = Session()

@@ -204,7 +204,7 @@ def test_naked_mode_classes_are_untouched(session, nodes):
 
 
 def test_current_session_switch(session, nodes):
-    from comfy_notebook.session import Session, use_session
+    from comfy_notebook._session import Session, use_session
 
     other = Session()
     use_session(other)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from comfy_notebook.engine import ExecutionBlocker, GraphBuilder, current_context
-from comfy_notebook.session import Session
+from comfy_notebook._session import Session
 
 
 @dataclass(frozen=True)
