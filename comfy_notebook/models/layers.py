@@ -131,7 +131,7 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         """x: [B, C, H, W], context: [B, S, Dc] -> [B, C, H, W]."""
-        b, c, h, w = x.shape
+        b, _, h, w = x.shape
         residual = x
         x = self.norm(x)
         if not self.use_linear:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,7 +114,7 @@ def test_pickled_file_with_objects_is_refused(tmp_path):
 
 @pytest.mark.parametrize("cut", [4, 100, -1000])
 def test_truncated_or_corrupt_files_name_the_file(tmp_path, tiny_ckpt, cut):
-    data = open(tiny_ckpt, "rb").read()
+    data = Path(tiny_ckpt).read_bytes()
     path = tmp_path / "cut.safetensors"
     path.write_bytes(data[:cut])
     with pytest.raises(ModelLoadError, match=r"cut\.safetensors"):
