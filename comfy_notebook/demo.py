@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", help="a ComfyUI models folder (default: a tiny generated checkpoint)")
     parser.add_argument("--ckpt", default=None, help="checkpoint file name under models/checkpoints")
     parser.add_argument("--output-dir", default="output", help="where PNGs go (default: ./output)")
-    parser.add_argument("--size", type=int, default=512, help="width and height in pixels (default 512)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="width and height in pixels (default: the prompt's 512; 128 on the tiny checkpoint)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=None, help="default: the fixture's seed")
     args = parser.parse_args(argv)
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     prompt = default_prompt()
     prompt["4"]["inputs"]["ckpt_name"] = ckpt
-    prompt["5"]["inputs"].update(width=args.size, height=args.size)
+    size = args.size or (512 if args.models_dir else 128)
+    prompt["5"]["inputs"].update(width=size, height=size)
     prompt["3"]["inputs"]["steps"] = args.steps
     if args.seed is not None:
         prompt["3"]["inputs"]["seed"] = args.seed

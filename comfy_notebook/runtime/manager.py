@@ -160,12 +160,22 @@ class ManagedModel:
 
     @property
     def location(self) -> str:
-        """"gpu", "partial", "cpu" or "unloaded"."""
+        """"gpu" (the compute device), "partial", "cpu" or "unloaded".
+
+        A manager that computes on the CPU says "cpu" (there is no second place for the
+        weights), unless a fake capacity or a budget puts it in accounting mode.
+        """
         if self._module is None:
             return "unloaded"
         if self._streamer is not None:
             return "partial"
-        return "gpu" if self._on_device else "cpu"
+        if not self._on_device:
+            return "cpu"
+        manager = self._manager()
+        if (manager is not None and manager.device.type == "cpu" and manager.capacity_bytes is None
+                and manager.budget_bytes is None):
+            return "cpu"
+        return "gpu"
 
     @property
     def loaded_bytes(self) -> int:
