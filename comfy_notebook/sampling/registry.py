@@ -14,6 +14,7 @@ from torch import Tensor
 
 from comfy_notebook.sampling import samplers as s
 from comfy_notebook.sampling import samplers_multistep as m
+from comfy_notebook.sampling import samplers_res as r
 from comfy_notebook.sampling import samplers_unipc as u
 
 __all__ = ["SAMPLERS", "SAMPLER_NOISE"]
@@ -45,12 +46,15 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "deis": m.sample_deis,
     "gradient_estimation": m.sample_gradient_estimation,
     "ddim": s.sample_euler,
+    "res_multistep": r.sample_res_multistep,
+    "res_multistep_ancestral": r.sample_res_multistep_ancestral,
     "uni_pc": u.sample_uni_pc,
     "uni_pc_bh2": u.sample_uni_pc_bh2,
 }
 
 SAMPLER_NOISE: dict[str, str] = {
-    **{k: "ancestral" for k in ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "ddpm", "lcm", "dpm_fast")},
+    **{k: "ancestral" for k in ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "ddpm", "lcm", "dpm_fast",
+                                 "res_multistep_ancestral")},
     **{k: "sde" for k in ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde")},
     **{k: "sde_gpu" for k in ("dpmpp_sde_gpu", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde_gpu")},
     "ddim": "inpaint_random",
