@@ -26,6 +26,7 @@ USAGE = """\
 %comfy unload NAME|all            free a model's weights (it reloads on next use)
 %comfy cache                      cache statistics
 %comfy cache clear                drop every cached result
+%comfy cache budget RAM [VRAM]    evict least recently used results beyond these sizes (8GB)
 %comfy export FILE.json           the graph behind the last cell's outputs, as API JSON
 %comfy run FILE.json [--set NODE.INPUT=VALUE ...]
                                   run an API-format prompt (NODE: id, title or class)
@@ -94,6 +95,7 @@ class ComfyMagics(Magics):
         %comfy unload NAME|all            free a model's weights (it reloads on next use)
         %comfy cache                      cache statistics
         %comfy cache clear                drop every cached result
+        %comfy cache budget RAM [VRAM]    evict least recently used results beyond these sizes
         %comfy export FILE.json           the graph behind the last cell's outputs, as API JSON
         %comfy run FILE.json [--set NODE.INPUT=VALUE ...]
                                           run an API-format prompt (NODE: id, title or class)
@@ -178,8 +180,22 @@ class ComfyMagics(Magics):
             cache.clear()
             print(f"cache cleared ({n} entries)")
             return
+        if args and args[0] == "budget" and len(args) in (2, 3):
+            from comfy_notebook._budget import MemoryBudget, parse_bytes
+
+            try:
+                sizes = [None if a == "none" else parse_bytes(a) for a in args[1:]]
+            except ValueError as exc:
+                raise UsageError(f"%comfy cache budget: {exc}") from None
+            cache.policy = MemoryBudget(*sizes)
+            from collections import OrderedDict
+
+            entries = OrderedDict((k, cache.peek(k)) for k in cache.keys())  # noqa: SIM118 - least recent first
+            evicted = [k for k in list(cache.policy.victims(entries, 0)) if cache.release(k)]
+            print(f"cache policy: {cache.policy!r}; evicted {len(evicted)} entries now")
+            return
         if args:
-            raise UsageError("%comfy cache takes no argument or 'clear'")
+            raise UsageError("%comfy cache takes no argument, 'clear' or 'budget RAM [VRAM]'")
         s = cache.stats()
         print(f"{s.entries} entries, {s.bytes / 2**20:.1f} MB, {s.hits} hits, {s.misses} misses, "
               f"{s.evictions} evictions, policy {cache.policy!r}")

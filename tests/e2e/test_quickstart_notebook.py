@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "01_quickstart.ipynb"
 
 PROBE_SETUP = """
-from comfy_notebook._session import session as _current
+import comfy_notebook
 _ran = []
-_current().subscribe(
+comfy_notebook.session().subscribe(
     lambda e: _ran.append(e.class_type) if type(e).__name__ == "NodeStarted" else None)
 """
 PROBE_READ = "print('RAN', sorted(_ran)); _ran.clear()"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, ClassVar
 
-import importlib
 import pytest
 
 CALLS: list[str] = []

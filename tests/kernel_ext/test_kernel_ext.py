@@ -91,7 +91,7 @@ def test_export_then_run_with_set(ip, run_cell, session, calls, tmp_path, capsys
 def test_usage_errors(ip, tmp_path):
     for line, pattern in [
         ("frobnicate", "unknown command 'frobnicate'"),
-        ("cache purge", "takes no argument or 'clear'"),
+        ("cache purge", "takes no argument, 'clear' or 'budget"),
         ("export", "expects one FILE.json"),
         ("run", "expects FILE.json"),
         (f"run {tmp_path / 'none.json'}", "cannot read"),
@@ -145,3 +145,15 @@ def test_works_without_extension(session, calls):
     assert add(number(1), 1).value == 2
     assert add(number(1), 1).value == 2
     assert calls == ["Number", "Add"]
+
+
+def test_cache_budget_magic_sets_a_memory_budget(ip, run_cell, session, capsys):
+    from comfy_notebook._budget import MemoryBudget
+
+    run_cell(ip, "a = Number(1)\nb = Number(2)")
+    ip.run_line_magic("comfy", "cache budget 8GB 1.5g")
+    assert isinstance(session.cache.policy, MemoryBudget)
+    assert (session.cache.policy.ram_bytes, session.cache.policy.vram_bytes) == (8 << 30, int(1.5 * 2**30))
+    assert "evicted 0 entries" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="expected a size such as 512MB"):
+        ip.run_line_magic("comfy", "cache budget lots")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import enum
+import importlib
 from typing import Any, ClassVar
 
 import pytest
