@@ -19,6 +19,8 @@ speed of 81 it/s from design/performance.md; pass --step-ms to change).
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import statistics
 import time
 from typing import Any
@@ -40,23 +42,25 @@ def _stub(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, **kw: Any) ->
     return x
 
 
+def _stamp(stamps: list[float], device: torch.device, info: Any) -> None:
+    """Step callback: record when the step's callback fires."""
+    _sync(device)
+    stamps.append(time.perf_counter())
+
+
 def _time(kw: dict[str, Any], steps: int, device: torch.device, repeat: int) -> tuple[float, float]:
     """(median step-to-step interval in us, best whole-call time in ms) of ``ksample``."""
     intervals: list[float] = []
     best = float("inf")
     for _ in range(repeat):
         stamps: list[float] = []
-
-        def tick(info: Any) -> None:
-            _sync(device)
-            stamps.append(time.perf_counter())
-
+        tick = functools.partial(_stamp, stamps, device)
         _sync(device)
         t0 = time.perf_counter()
         ksample(_stub, steps=steps, callback=tick, **kw)
         _sync(device)
         best = min(best, (time.perf_counter() - t0) * 1e3)
-        intervals += [(b - a) * 1e6 for a, b in zip(stamps, stamps[1:])]
+        intervals += [(b - a) * 1e6 for a, b in itertools.pairwise(stamps)]
     return statistics.median(intervals), best
 
 

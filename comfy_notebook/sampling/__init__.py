@@ -1,8 +1,17 @@
 """Schedules, samplers (functions that own their loop) and the KSampler core."""
 
-from comfy_notebook.sampling.denoisers import CFGDenoiser, CondEntry, ModelDenoiser, resolve_conditioning
+from comfy_notebook.sampling.denoisers import (
+    CFGDenoiser,
+    CondEntry,
+    ModelDenoiser,
+    resolve_conditioning,
+)
 from comfy_notebook.sampling.ksampler import ksample, prepare_mask
-from comfy_notebook.sampling.noise import BrownianTreeNoiseSampler, default_noise_sampler, prepare_noise
+from comfy_notebook.sampling.noise import (
+    BrownianTreeNoiseSampler,
+    default_noise_sampler,
+    prepare_noise,
+)
 from comfy_notebook.sampling.registry import SAMPLER_NOISE, SAMPLERS
 from comfy_notebook.sampling.samplers import StepInfo
 from comfy_notebook.sampling.schedules import (

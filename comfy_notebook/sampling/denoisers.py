@@ -19,7 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from comfy_notebook.sampling.schedules import DiscreteSchedule, SamplingConfigError, nearest_timestep
+from comfy_notebook.sampling.schedules import (
+    DiscreteSchedule,
+    SamplingConfigError,
+    nearest_timestep,
+)
 
 __all__ = ["CFGDenoiser", "CondEntry", "ModelDenoiser", "resolve_conditioning"]
 

@@ -14,7 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from comfy_notebook.sampling.denoisers import CFGDenoiser, ModelDenoiser, resolve_conditioning
-from comfy_notebook.sampling.noise import BrownianTreeNoiseSampler, default_noise_sampler, prepare_noise
+from comfy_notebook.sampling.noise import (
+    BrownianTreeNoiseSampler,
+    default_noise_sampler,
+    prepare_noise,
+)
 from comfy_notebook.sampling.registry import SAMPLER_NOISE, SAMPLERS
 from comfy_notebook.sampling.samplers import StepCallback
 from comfy_notebook.sampling.schedules import DiscreteSchedule, SamplingConfigError, ksampler_sigmas

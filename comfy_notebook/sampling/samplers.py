@@ -21,7 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from comfy_notebook.sampling.noise import BrownianTreeNoiseSampler, NoiseSampler, default_noise_sampler
+from comfy_notebook.sampling.noise import (
+    BrownianTreeNoiseSampler,
+    NoiseSampler,
+    default_noise_sampler,
+)
 
 __all__ = ["Denoiser", "StepCallback", "StepInfo", "get_ancestral_step", "to_d"]
 

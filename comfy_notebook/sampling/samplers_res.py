@@ -14,7 +14,14 @@ import torch
 from torch import Tensor
 
 from comfy_notebook.sampling.noise import NoiseSampler, default_noise_sampler
-from comfy_notebook.sampling.samplers import Denoiser, StepCallback, _ones, _report, get_ancestral_step, to_d
+from comfy_notebook.sampling.samplers import (
+    Denoiser,
+    StepCallback,
+    _ones,
+    _report,
+    get_ancestral_step,
+    to_d,
+)
 
 __all__ = ["sample_res_multistep", "sample_res_multistep_ancestral"]
 

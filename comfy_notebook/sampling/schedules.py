@@ -131,14 +131,14 @@ def _normal(s: DiscreteSchedule, steps: int, sgm: bool = False) -> Tensor:
             append_zero = False
         timesteps = torch.linspace(start, end, steps)
     sigs = [float(s.sigma(ts)) for ts in timesteps]
-    return torch.tensor(sigs + [0.0] if append_zero else sigs, dtype=torch.float32)
+    return torch.tensor([*sigs, 0.0] if append_zero else sigs, dtype=torch.float32)
 
 
 def _simple(s: DiscreteSchedule, steps: int) -> Tensor:
     """Every (len/steps)-th training sigma from the top."""
     ss = len(s.sigmas) / steps
     sigs = [float(s.sigmas[-(1 + int(x * ss))]) for x in range(steps)]
-    return torch.tensor(sigs + [0.0], dtype=torch.float32)
+    return torch.tensor([*sigs, 0.0], dtype=torch.float32)
 
 
 def _ddim_uniform(s: DiscreteSchedule, steps: int) -> Tensor:
@@ -170,7 +170,7 @@ def _beta(s: DiscreteSchedule, steps: int, alpha: float = 0.6, beta: float = 0.6
         if t != last_t:
             sigs.append(float(s.sigmas[int(t)]))
         last_t = t
-    return torch.tensor(sigs + [0.0], dtype=torch.float32)
+    return torch.tensor([*sigs, 0.0], dtype=torch.float32)
 
 
 def _linear_quadratic(s: DiscreteSchedule, steps: int, threshold_noise: float = 0.025) -> Tensor:

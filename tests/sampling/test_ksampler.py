@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from comfy_notebook.sampling import (
-    SAMPLERS, DiscreteSchedule, SamplingConfigError, default_noise_sampler, ksample, ksampler_sigmas, prepare_noise,
+    SAMPLERS,
+    DiscreteSchedule,
+    SamplingConfigError,
+    default_noise_sampler,
+    ksample,
+    ksampler_sigmas,
+    prepare_noise,
 )
 
 S = DiscreteSchedule()

@@ -5,7 +5,12 @@ import math
 import pytest
 import torch
 
-from comfy_notebook.sampling import DiscreteSchedule, SamplingConfigError, calculate_sigmas, ksampler_sigmas
+from comfy_notebook.sampling import (
+    DiscreteSchedule,
+    SamplingConfigError,
+    calculate_sigmas,
+    ksampler_sigmas,
+)
 
 S = DiscreteSchedule()
 
@@ -80,5 +85,5 @@ def test_ksampler_denoise_and_discard_penultimate():
 
 
 def test_unknown_scheduler_error():
-    with pytest.raises(SamplingConfigError, match="unknown scheduler 'foo'.*karras"):
+    with pytest.raises(SamplingConfigError, match=r"unknown scheduler 'foo'.*karras"):
         calculate_sigmas(S, "foo", 10)

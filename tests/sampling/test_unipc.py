@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from comfy_notebook.sampling import SAMPLERS, DiscreteSchedule, SamplingConfigError, calculate_sigmas, ksample
+from comfy_notebook.sampling import (
+    SAMPLERS,
+    DiscreteSchedule,
+    SamplingConfigError,
+    calculate_sigmas,
+    ksample,
+)
 from comfy_notebook.sampling.schedules import get_sigmas_exponential
 
 S = DiscreteSchedule()
