@@ -21,9 +21,9 @@ from __future__ import annotations
 import enum
 import inspect
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
+from comfy_notebook._binding import NodeCallError, Plan, bind, make_plan
 from comfy_notebook._fingerprint import is_raw_value, versions
 from comfy_notebook._recording import (
     NO_RAW,
@@ -42,7 +42,6 @@ from comfy_notebook._recording import (
 )
 from comfy_notebook.errors import (
     ExecutionInterrupted,
-    NodeError,
     NodeExecutionError,
     ValidationError,
 )
@@ -60,16 +59,6 @@ __all__ = [
     "to_api",
 ]
 
-_BOOL_COMBOS = (
-    ("enable", "disable"), ("enabled", "disabled"), ("true", "false"), ("on", "off"), ("yes", "no"),
-)
-_PRIMITIVES: dict[str, type] = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
-
-
-class NodeCallError(NodeError):
-    """A real-mode node call failed validation or raised; ``traceback_text`` has the details."""
-
-    traceback_text: str = ""
 
 
 class Handle(NodeOutput):
@@ -104,78 +93,12 @@ class Handle(NodeOutput):
         return summary(self)
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Per-class call plan, parsed once: argument order, defaults, bool combos, fast keying."""
-
-    spec: Any
-    names: tuple[str, ...]
-    required: tuple[str, ...]
-    defaults: dict[str, Any]
-    bool_maps: dict[str, tuple[Any, Any]]
-    accepts_kwargs: bool
-    coerce: dict[str, type]  # the engine's coercion of primitive constants (INT, FLOAT, ...)
-    fast: bool  # the cache key is computable here (no IS_CHANGED, no id in the key)
-
-
-def _plan(spec: Any) -> _Plan:
-    """Parse a NodeSpec into a call plan."""
-    names, required, defaults, bool_maps, coerce = [], [], {}, {}, {}
-    for name, inp in spec.inputs.items():
-        names.append(name)
-        if isinstance(inp.type, str) and inp.type in _PRIMITIVES:
-            coerce[name] = _PRIMITIVES[inp.type]
-        if inp.category == "required":
-            required.append(name)
-        if "default" in inp.options:
-            defaults[name] = inp.options["default"]
-        if inp.is_combo and len(inp.type) == 2:
-            low = tuple(str(v).lower() for v in inp.type)
-            for true_name, false_name in _BOOL_COMBOS:
-                if low == (true_name, false_name):
-                    bool_maps[name] = (inp.type[0], inp.type[1])
-                elif low == (false_name, true_name):
-                    bool_maps[name] = (inp.type[1], inp.type[0])
-    fn = getattr(spec.cls, spec.function)
-    accepts = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
-    fast = not (spec.has_is_changed or spec.not_idempotent or spec.uses_unique_id)
-    return _Plan(spec, tuple(names), tuple(required), defaults, bool_maps, accepts, coerce, fast)
-
-
-def _bind(plan: _Plan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Positional + keyword arguments -> inputs by name, with defaults; clear errors."""
-    spec = plan.spec
-    if len(args) > len(plan.names):
-        raise NodeCallError(
-            f"takes {len(plan.names)} inputs but {len(args)} positional arguments were given",
-            node_type=spec.name, expected=f"inputs {list(plan.names)}", fix="pass fewer arguments",
-        )
-    bound = dict(zip(plan.names, args, strict=False))
-    for name, value in kwargs.items():
-        if name in bound:
-            raise NodeCallError("given twice (positional and keyword)", node_type=spec.name,
-                                input_name=name, fix="pass it once")
-        if name not in spec.inputs and not plan.accepts_kwargs:
-            raise NodeCallError("is not an input of this node", node_type=spec.name, input_name=name,
-                                expected=f"one of {list(plan.names)}", fix="check the spelling")
-        bound[name] = value
-    for name, value in plan.defaults.items():
-        bound.setdefault(name, value)
-    for name in plan.required:
-        if name not in bound:
-            inp = spec.inputs[name]
-            expected = f"one of {list(inp.type)[:20]}" if inp.is_combo else f"a {inp.type} value"
-            raise NodeCallError("required input is missing", node_type=spec.name, input_name=name,
-                                expected=expected, fix=f"pass {name}=...")
-    return bound
-
-
 class _State:
     """Real-mode bookkeeping of one session: plans, snapshots, cells, live handles."""
 
     def __init__(self, session: Any) -> None:
         self.session = weakref.ref(session)
-        self.plans: dict[str, _Plan] = {}
+        self.plans: dict[str, Plan] = {}
         self.snapshots: dict[str, tuple[int, ...] | None] = {}
         self.slow_keys: set[str] = set()  # classes whose key the engine computes differently
         self.live: dict[str, list[weakref.ref[Handle]]] = {}
@@ -188,7 +111,7 @@ class _State:
         self.calls = 0
         self.progress: Any = None
 
-    def plan(self, class_type: str) -> _Plan:
+    def plan(self, class_type: str) -> Plan:
         """The cached call plan of ``class_type`` (re-parsed if it was re-registered)."""
         spec = self.session().registry.get(class_type)  # type: ignore[union-attr]
         found = self.plans.get(class_type)
@@ -196,7 +119,7 @@ class _State:
             return found
         if spec is None:
             raise KeyError(class_type)
-        found = self.plans[class_type] = _plan(spec)
+        found = self.plans[class_type] = make_plan(spec)
         return found
 
     def note(self, sig: str, handles: list[Handle]) -> None:
@@ -273,7 +196,7 @@ def call(class_type: str, args: tuple[Any, ...], kwargs: dict[str, Any], session
     st = state(session)
     plan = st.plan(class_type)
     spec = plan.spec
-    bound = _bind(plan, args, kwargs)
+    bound = bind(plan, args, kwargs)
     inputs: dict[str, Any] = {}
     for name, value in bound.items():
         if name in plan.bool_maps and isinstance(value, bool):
@@ -301,7 +224,7 @@ def _handles(st: _State, node: RecordedNode, outputs: Any, ui: Any) -> Any:
     return handles[0] if len(handles) == 1 else tuple(handles)
 
 
-def _fast_key(plan: _Plan, node: RecordedNode) -> str | None:
+def _fast_key(plan: Plan, node: RecordedNode) -> str | None:
     """The engine's cache key for ``node``, composed from upstream keys (None: ask the engine)."""
     from comfy_notebook.engine.cache import node_signature
 
@@ -325,7 +248,7 @@ def _fast_key(plan: _Plan, node: RecordedNode) -> str | None:
     return node_signature(node.class_type, None, None, constants, links)
 
 
-def _run(session: Any, st: _State, plan: _Plan, node: RecordedNode) -> tuple[Any, Any]:
+def _run(session: Any, st: _State, plan: Plan, node: RecordedNode) -> tuple[Any, Any]:
     """Cache lookup, else one executor run of the call's ancestry."""
     cache = session.cache
     key = None
@@ -465,15 +388,18 @@ class NodeFunction:
 
     @property
     def __signature__(self) -> inspect.Signature:
+        """Inputs in call order; a default is shown only where every later input has one."""
         plan = state(_current_session(self._session)).plan(self.name)
-        params = []
-        for name in plan.names:
+        params: list[inspect.Parameter] = []
+        trailing = True
+        for name in reversed(plan.names):
             default = plan.defaults.get(name, inspect.Parameter.empty)
             if name not in plan.required and default is inspect.Parameter.empty:
-                default = None
-            params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
-        params.sort(key=lambda p: p.default is not inspect.Parameter.empty)
-        return inspect.Signature(params)
+                default = None  # an optional input left out
+            trailing = trailing and default is not inspect.Parameter.empty
+            params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                            default=default if trailing else inspect.Parameter.empty))
+        return inspect.Signature(params[::-1])
 
     @property
     def __doc__(self) -> str:  # type: ignore[override]

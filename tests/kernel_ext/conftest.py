@@ -54,7 +54,28 @@ class Show:
         return {"ui": {"value": [value]}}
 
 
-PACK = {"Number": Number, "Add": Add, "Show": Show}
+class Slow:
+    """Gets Jupyter's interrupt (KeyboardInterrupt) at step 3 of 10."""
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"value": ("INT",)}}
+
+    def run(self, value: int) -> tuple[int]:
+        from comfy_notebook.engine import current_context
+
+        ctx = current_context()
+        for i in range(10):
+            ctx.progress(i + 1, 10)
+            if i == 2 and value == 13:
+                raise KeyboardInterrupt
+        return (value,)
+
+
+PACK = {"Number": Number, "Add": Add, "Show": Show, "Slow": Slow}
 
 
 class FakeManager:

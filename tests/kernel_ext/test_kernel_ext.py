@@ -157,3 +157,15 @@ def test_cache_budget_magic_sets_a_memory_budget(ip, run_cell, session, capsys):
     assert "evicted 0 entries" in capsys.readouterr().out
     with pytest.raises(UsageError, match="expected a size such as 512MB"):
         ip.run_line_magic("comfy", "cache budget lots")
+
+
+def test_interrupt_ends_the_cell_with_one_line_and_next_run_works(ip, run_cell, session, capsys):
+    run_cell(ip, "from comfy_notebook.realmode import node_function as _nf\nSlow = _nf('Slow')")
+    result = run_cell(ip, "x = Slow(Number(13))")
+    assert not result.success
+    out = capsys.readouterr()
+    lines = [ln for ln in (out.out + out.err).splitlines() if ln.strip()]
+    assert lines == ["ExecutionInterrupted: interrupted at step 3/10 of node Slow  (%comfy traceback for details)"]
+    n_entries = len(session.cache)  # Number is cached, the interrupted node stored nothing
+    assert n_entries == 1
+    assert run_cell(ip, "y = Slow(Number(12))").success and ip.user_ns["y"].value == 12

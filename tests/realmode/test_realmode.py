@@ -250,3 +250,17 @@ def test_constants_are_keyed_as_the_engine_coerces_them(session, nodes, calls):
     assert state(session).slow_keys == set()
     # and the fast key is the engine's: the exported prompt is fully cached
     assert session.run_prompt(a.to_api(), targets=["2"]).executed == set()
+
+
+def test_node_function_signature_and_help(session):
+    import inspect
+
+    sampler = node_function("Sampler")
+    params = inspect.signature(sampler).parameters
+    assert list(params) == ["model", "seed", "steps", "positive", "negative", "latent_image",
+                            "add_noise", "sampler_name"]  # the positional order
+    assert params["seed"].default is inspect.Parameter.empty  # a required input follows it
+    assert params["add_noise"].default is None and params["sampler_name"].default == "euler"
+    assert inspect.signature(node_function("Empty")).parameters["width"].default == 16
+    assert "add_noise: one of ['enable', 'disable'] (optional)" in sampler.__doc__
+    assert sampler.__name__ == "Sampler" and sampler.cls is session.registry["Sampler"].cls
