@@ -227,10 +227,16 @@ class Workflow:
         return build_graph(collect(self.nodes))[0]
 
     def run(self, session: Any = None, *, targets: list[str] | None = None) -> Any:
-        """Run the whole workflow once through the session's executor; returns PromptResult."""
+        """Run the whole workflow once through the session's executor; returns PromptResult.
+
+        Without output nodes (and without ``targets``) the recorded nodes nobody consumes run.
+        """
         session = _session(session)
         order = collect(self.nodes)
-        graph, _ = build_graph(order)
+        graph, ids = build_graph(order)
+        if targets is None and not any(n.spec is not None and n.spec.output_node for n in order):
+            used = {id(v.node) for n in order for v in n.inputs.values() if isinstance(v, NodeOutput)}
+            targets = [ids[id(n)] for n in self.nodes if id(n) not in used]  # no output node: the leaves
         if any(n.raw is not NO_RAW for n in order) and RAW_VALUE_NODE not in session.registry:
             session.register({RAW_VALUE_NODE: RealModeValue})
         raws = publish_raw(order)

@@ -246,6 +246,10 @@ class ComfyMagics(Magics):
             self.shell.ex(cell)
         if not wf.nodes:
             raise UsageError("%%comfy: the cell made no node calls")
-        result = wf.run(_session())
+        from comfy_notebook.realmode import state
+
+        session = _session()
+        state(session)  # attaches the progress bars
+        result = wf.run(session)
         print(f"executed {len(result.executed)} nodes, {len(result.cached)} from cache")
         return result

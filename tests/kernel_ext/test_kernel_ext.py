@@ -169,3 +169,8 @@ def test_interrupt_ends_the_cell_with_one_line_and_next_run_works(ip, run_cell, 
     n_entries = len(session.cache)  # Number is cached, the interrupted node stored nothing
     assert n_entries == 1
     assert run_cell(ip, "y = Slow(Number(12))").success and ip.user_ns["y"].value == 12
+
+
+def test_cell_magic_without_output_node_runs_the_leaves(ip, session, calls, capsys):
+    result = ip.run_cell_magic("comfy", "", "t = Add(Number(4), 4)")
+    assert calls == ["Number", "Add"] and result.outputs["2"] == (8,)
