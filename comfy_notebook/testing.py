@@ -19,8 +19,8 @@ from comfy_notebook.models.family import SD1, ModelFamily
 from comfy_notebook.models.unet import UNetConfig, UNetModel
 from comfy_notebook.models.vae import AutoencoderKL, VAEConfig
 
-__all__ = ["PRESETS", "make_checkpoint", "make_text_encoder_file", "make_vae_file",
-           "preset_configs", "random_state_dict", "schedule_buffers"]
+__all__ = ["PRESETS", "make_checkpoint", "make_embedding", "make_lora", "make_text_encoder_file",
+           "make_vae_file", "preset_configs", "random_state_dict", "schedule_buffers"]
 
 PRESETS = ("sd1-tiny", "sd1-tiny-linear", "sd1-full")
 
@@ -185,4 +185,123 @@ def make_text_encoder_file(
 ) -> str:
     """Write a separate CLIP text-encoder file (keys ``text_model.*``).  Returns the path."""
     _save(_clip_tensors(_clip_config(preset), seed, dtype), path)
+    return str(path)
+
+
+# LoRA leaves of a transformer block (attention projections and feed-forward), and of a CLIP layer.
+_LORA_UNET_LEAVES = (".attn1.to_q", ".attn1.to_k", ".attn1.to_v", ".attn1.to_out.0",
+                     ".attn2.to_q", ".attn2.to_k", ".attn2.to_v", ".attn2.to_out.0",
+                     ".ff.net.0.proj", ".ff.net.2", ".proj_in", ".proj_out")
+_LORA_CLIP_LEAVES = (".self_attn.q_proj", ".self_attn.k_proj", ".self_attn.v_proj",
+                     ".self_attn.out_proj", ".mlp.fc1", ".mlp.fc2")
+
+
+def make_lora(
+    path: str | os.PathLike[str],
+    checkpoint_path: str | os.PathLike[str],
+    *,
+    rank: int = 4,
+    style: str = "kohya",
+    seed: int = 0,
+    alpha: float | None = None,
+    include_clip: bool = True,
+) -> str:
+    """Write a random LoRA that fits the checkpoint at ``checkpoint_path``.
+
+    It targets the attention projections, feed-forward layers and ``proj_in``/``proj_out`` of
+    every UNet transformer block, and (``include_clip``) the attention and MLP projections of
+    every CLIP text layer.  1x1 convolutions get conv-shaped factors.
+
+    Parameters
+    ----------
+    path:
+        Output ``.safetensors`` path.
+    checkpoint_path:
+        A single-file SD1 checkpoint (e.g. from :func:`make_checkpoint`); only its key names
+        and shapes are read.
+    rank:
+        LoRA rank (rows of ``lora_down``).
+    style:
+        ``"kohya"``: ``lora_unet_<diffusers module>`` / ``lora_te_<transformers module>``, the
+        names A1111-era trainers write (the UNet names follow the checkpoint's block layout);
+        ``"comfy"``: ``diffusion_model.<LDM module>`` / ``cond_stage_model.transformer.<module>``,
+        the checkpoint's own module names.
+    seed:
+        Same seed, checkpoint and options give the same file.
+    alpha:
+        Written as ``<module>.alpha`` when given (scale ``alpha / rank``); absent means scale 1.
+    include_clip:
+        Also patch the text encoder.
+
+    Returns
+    -------
+    str
+        The path written.
+    """
+    from comfy_notebook.models.detect import detect
+    from comfy_notebook.runtime.loading import open_state_dict
+    from comfy_notebook.runtime.lora import UNetLayout, unet_diffusers_to_ldm
+
+    if style not in ("kohya", "comfy"):
+        raise ValueError(f"unknown LoRA style {style!r}; expected 'kohya' or 'comfy'")
+    sd = open_state_dict(checkpoint_path)
+    info = detect(sd, source=os.fspath(checkpoint_path))
+    unet_p, clip_p = info.prefixes.get("unet", UNET_PREFIX), info.prefixes.get("clip", CLIP_PREFIX)
+    shapes = {k: tuple(sd[k].shape) for k in sd if k.endswith(".weight")}
+    targets: list[tuple[str, tuple[int, ...]]] = []  # (LoRA module name, weight shape)
+    ldm_to_diffusers = {}
+    if style == "kohya" and info.unet is not None:
+        table = unet_diffusers_to_ldm(UNetLayout.from_config(info.unet))
+        ldm_to_diffusers = {ldm: diff for diff, ldm in table.items()}
+    for key, shape in sorted(shapes.items()):
+        module = key[: -len(".weight")]
+        if key.startswith(unet_p) and module.endswith(_LORA_UNET_LEAVES):
+            ldm = module[len(unet_p):]
+            if style == "kohya":
+                if ldm not in ldm_to_diffusers:
+                    continue
+                targets.append(("lora_unet_" + ldm_to_diffusers[ldm].replace(".", "_"), shape))
+            else:
+                targets.append(("diffusion_model." + ldm, shape))
+        elif include_clip and key.startswith(clip_p) and module.endswith(_LORA_CLIP_LEAVES):
+            name = module[len(clip_p):]
+            if style == "kohya":
+                targets.append(("lora_te_" + name.replace(".", "_"), shape))
+            else:
+                targets.append(("cond_stage_model.transformer." + name, shape))
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(style.encode()))
+    tensors: dict[str, Tensor] = {}
+    for name, shape in targets:
+        out_ch, in_ch = shape[0], shape[1]
+        kernel = tuple(shape[2:])  # () for Linear, (1, 1) for 1x1 convs
+        down = torch.randn((rank, in_ch, *kernel), generator=gen) * in_ch**-0.5
+        up = torch.randn((out_ch, rank, *(1 for _ in kernel)), generator=gen) * rank**-0.5
+        tensors[f"{name}.lora_down.weight"] = down
+        tensors[f"{name}.lora_up.weight"] = up
+        if alpha is not None:
+            tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+    _save(tensors, path)
+    return str(path)
+
+
+def make_embedding(
+    path: str | os.PathLike[str], dim: int, n_vectors: int = 2, seed: int = 0,
+    format: str = "safetensors",  # noqa: A002 (the file format, as the brief names it)
+) -> str:
+    """Write a random textual-inversion embedding of ``n_vectors`` vectors of width ``dim``.
+
+    ``format="safetensors"`` writes ``{"emb_params": [n, dim]}`` (A1111's safetensors layout);
+    ``"pt"`` a weights-only torch file ``{"string_to_param": {"*": [n, dim]}, ...}``.  Vectors
+    are N(0, 0.02^2)-sized, like CLIP token embeddings.  Returns the path.
+    """
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 17)
+    vectors = torch.randn((n_vectors, dim), generator=gen) * 0.02  # [n, D]
+    if format == "safetensors":
+        _save({"emb_params": vectors}, path)
+    elif format == "pt":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors},
+                    "name": os.path.splitext(os.path.basename(path))[0], "step": 0}, path)
+    else:
+        raise ValueError(f"unknown embedding format {format!r}; expected 'safetensors' or 'pt'")
     return str(path)
