@@ -13,6 +13,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from comfy_notebook.sampling import samplers as s
+from comfy_notebook.sampling import samplers_exp as e
 from comfy_notebook.sampling import samplers_multistep as m
 from comfy_notebook.sampling import samplers_res as r
 from comfy_notebook.sampling import samplers_unipc as u
@@ -48,13 +49,16 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ddim": s.sample_euler,
     "res_multistep": r.sample_res_multistep,
     "res_multistep_ancestral": r.sample_res_multistep_ancestral,
+    "er_sde": e.sample_er_sde,
+    "seeds_2": e.sample_seeds_2,
+    "seeds_3": e.sample_seeds_3,
     "uni_pc": u.sample_uni_pc,
     "uni_pc_bh2": u.sample_uni_pc_bh2,
 }
 
 SAMPLER_NOISE: dict[str, str] = {
     **{k: "ancestral" for k in ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "ddpm", "lcm", "dpm_fast",
-                                 "res_multistep_ancestral")},
+                                 "res_multistep_ancestral", "er_sde", "seeds_2", "seeds_3")},
     **{k: "sde" for k in ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde")},
     **{k: "sde_gpu" for k in ("dpmpp_sde_gpu", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde_gpu")},
     "ddim": "inpaint_random",
