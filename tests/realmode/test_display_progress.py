@@ -115,3 +115,22 @@ def test_import_does_not_pull_torch():
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "False"
+
+
+def test_default_bars_are_tqdm_auto(session, nodes, capsys):
+    from tqdm.auto import tqdm
+
+    bars = ProgressBars(session)
+    made = []
+    bars._new_bar = lambda total, desc, _orig=bars._new_bar: made.append(_orig(total, desc)) or made[-1]
+    session.options["progress"] = True
+    unsubscribe = session.subscribe(bars)
+    try:
+        model, clip, _ = nodes.Loader("a.safetensors")
+        pos = nodes.Encode("p", clip)
+        nodes.Sampler(model, 3, 5, pos, pos, nodes.Empty())
+    finally:
+        unsubscribe()
+    assert len(made) == 1 and isinstance(made[0], tqdm)
+    assert made[0].n == 5 and made[0].total == 5 and made[0].disable is False
+    assert "Sampler" in capsys.readouterr().err
