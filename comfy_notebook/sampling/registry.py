@@ -20,6 +20,8 @@ from comfy_notebook.sampling import samplers_unipc as u
 
 __all__ = ["SAMPLERS", "SAMPLER_NOISE"]
 
+# In the order of ComfyUI's KSampler.SAMPLERS (a125cd8), leaving out the names not implemented here:
+# the *_cfg_pp variants, sa_solver and sa_solver_pece.
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "euler": s.sample_euler,
     "euler_ancestral": s.sample_euler_ancestral,
@@ -45,13 +47,13 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ipndm": m.sample_ipndm,
     "ipndm_v": m.sample_ipndm_v,
     "deis": m.sample_deis,
-    "gradient_estimation": m.sample_gradient_estimation,
-    "ddim": s.sample_euler,
     "res_multistep": r.sample_res_multistep,
     "res_multistep_ancestral": r.sample_res_multistep_ancestral,
+    "gradient_estimation": m.sample_gradient_estimation,
     "er_sde": e.sample_er_sde,
     "seeds_2": e.sample_seeds_2,
     "seeds_3": e.sample_seeds_3,
+    "ddim": s.sample_euler,
     "uni_pc": u.sample_uni_pc,
     "uni_pc_bh2": u.sample_uni_pc_bh2,
 }

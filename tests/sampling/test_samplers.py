@@ -104,3 +104,18 @@ def test_callback_gets_stepinfo_and_can_interrupt(nonlinear):
     a = SAMPLERS["dpmpp_2m"](nonlinear, x, sigmas)
     b = SAMPLERS["dpmpp_2m"](nonlinear, x, sigmas)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_names_follow_comfyui_order():
+    """Offered names are ComfyUI's KSampler.SAMPLERS (a125cd8) in its order, minus the unimplemented."""
+    comfy = [
+        "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
+        "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
+        "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+        "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm",
+        "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+        "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
+        "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
+    ]
+    missing = {n for n in comfy if n.endswith("_cfg_pp")} | {"sa_solver", "sa_solver_pece"}
+    assert list(SAMPLERS) == [n for n in comfy if n not in missing]
