@@ -51,6 +51,8 @@ class Session:
         self.registry = Registry()
         self.cache = cache if cache is not None else Cache()
         self.services: dict[str, Any] = {"session": self}
+        # User-facing switches read by the layers above: "progress" (tqdm bars in real mode).
+        self.options: dict[str, Any] = {"progress": True}
         self._subscribers: list[Callable[[Event], None]] = []
         self.executor = Executor(self.registry, self.cache, emit=self._emit, services=self.services)
 
@@ -126,12 +128,20 @@ class Session:
 
     def run(
         self,
-        graph: Graph,
+        graph: Graph | Any,
         *,
         targets: Iterable[str] | None = None,
         extra_data: Mapping[str, Any] | None = None,
     ) -> PromptResult:
-        """Run a :class:`Graph` with the same executor and cache as :meth:`run_prompt`."""
+        """Run a :class:`Graph`, or a virtual-mode ``Workflow``, with the same executor and cache
+        as :meth:`run_prompt`."""
+        if not isinstance(graph, Graph):
+            run = getattr(graph, "run", None)
+            if run is None:
+                raise TypeError(
+                    f"Session.run expected a Graph or a Workflow, received {type(graph).__name__}; "
+                    "for an API-format dict use session.run_prompt(api)")
+            return run(self, targets=None if targets is None else list(targets))  # type: ignore[no-any-return]
         return self.executor.run(graph, targets=targets, extra_data=extra_data)
 
 

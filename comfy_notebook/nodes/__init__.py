@@ -62,9 +62,11 @@ def __getattr__(name: str) -> Any:
     if name == "NODE_DISPLAY_NAME_MAPPINGS":
         return _load()[1]
     if name == "__all__":
+        from comfy_notebook._recording import RAW_VALUE_NODE
         from comfy_notebook._session import session
 
-        return sorted(session().registry.names()) + sorted(_enums())
+        names = [n for n in session().registry.names() if n != RAW_VALUE_NODE]
+        return sorted(names) + sorted(_enums())
     if name.startswith("_"):
         raise AttributeError(name)
     enums = _enums()

@@ -34,7 +34,7 @@ def model_manager(found: Mapping[str, Any] | None = None) -> Any:
     if manager is None:
         from comfy_notebook.runtime.manager import ModelManager
 
-        manager = ModelManager()
+        manager = ModelManager(**_simulated_vram())
         if isinstance(found, dict):
             found["models"] = manager
     return manager
@@ -53,3 +53,27 @@ def listing(kind: str) -> list[str]:
         return folders().list(kind)
     except Exception:  # a missing or unreadable folder lists nothing; validation says more
         return []
+
+
+def _simulated_vram() -> dict[str, Any]:
+    """``COMFY_NOTEBOOK_SIMULATED_VRAM=64MB``: on a machine without CUDA, a manager that accounts
+    for a device of that capacity (models "load" and "offload" by bookkeeping), so the memory
+    controls can be tried and tested where there is no GPU."""
+    import os
+
+    text = os.environ.get("COMFY_NOTEBOOK_SIMULATED_VRAM", "").strip()
+    if not text:
+        return {}
+    import torch
+
+    if torch.cuda.is_available():
+        return {}
+    from comfy_notebook.runtime.devices import DevicePolicy
+
+    units = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "B": 1}
+    upper = text.upper()
+    for suffix, factor in units.items():
+        if upper.endswith(suffix):
+            return {"policy": DevicePolicy.cpu(),
+                    "capacity_bytes": int(float(upper[: -len(suffix)]) * factor)}
+    return {"policy": DevicePolicy.cpu(), "capacity_bytes": int(upper)}
