@@ -24,7 +24,8 @@ from comfy_notebook.pnginfo import (
     workflow_to_api,
 )
 
-FIXTURE = Path("/work/shared/fixtures/default_txt2img_api.json")
+# ComfyUI's default prompt (shared/fixtures/default_txt2img_api.json, packaged with the demo).
+FIXTURE = Path(__file__).parents[1] / "comfy_notebook" / "data" / "default_txt2img_api.json"
 
 
 def _node(inputs: dict[str, Any], returns: tuple[str, ...], names: tuple[str, ...] | None = None) -> type:
