@@ -81,10 +81,10 @@ class ComfyMagics(Magics):
     """The ``%comfy`` magics (see :data:`USAGE`)."""
 
     def __init__(self, shell: Any, events: Any = None) -> None:
-        super().__init__(shell)
+        super().__init__(shell)  # type: ignore[no-untyped-call]  # IPython is untyped
         self.events = events
 
-    @line_cell_magic
+    @line_cell_magic  # type: ignore[untyped-decorator]  # IPython is untyped
     def comfy(self, line: str, cell: str | None = None) -> Any:
         """Control comfy_notebook from the notebook.
 
@@ -242,8 +242,11 @@ class ComfyMagics(Magics):
 
         if line.strip():
             raise UsageError("%%comfy takes no arguments")
+        shell = self.shell
+        if shell is None:
+            raise UsageError("%%comfy needs an IPython shell")
         with Workflow() as wf:
-            self.shell.ex(cell)
+            shell.ex(cell)
         if not wf.nodes:
             raise UsageError("%%comfy: the cell made no node calls")
         from comfy_notebook.realmode import state
