@@ -63,6 +63,27 @@ class VAELoader:
         return (load_vae_value(model_manager(svc), path, name="vae:" + str(vae_name).rsplit(".", 1)[0]),)
 
 
+def _unet_layout(model: ModelValue | None) -> Any:
+    """The block layout of ``model``'s UNet (read from its file's shapes), or None for SD1's.
+
+    kohya / diffusers LoRA names count blocks per level, so they map onto LDM names only with
+    the model's real layout (a checkpoint with fewer levels or res blocks would otherwise get
+    patches on the wrong blocks).
+    """
+    source = model.ref.base.source if model is not None else None
+    if not source:
+        return None
+    from comfy_notebook.models.detect import detect
+    from comfy_notebook.runtime.loading import open_state_dict
+    from comfy_notebook.runtime.lora import UNetLayout
+
+    try:
+        info = detect(open_state_dict(source), source=source)
+    except Exception:  # not a file detect() knows: fall back to the SD1 layout
+        return None
+    return UNetLayout.from_config(info.unet) if info.unet is not None else None
+
+
 def _lora(model: ModelValue | None, clip: ClipValue | None, lora_name: str,
           strength_model: float, strength_clip: float) -> tuple[Any, Any]:
     from comfy_notebook.runtime.lora import load_lora_file, lora_patches
@@ -71,7 +92,8 @@ def _lora(model: ModelValue | None, clip: ClipValue | None, lora_name: str,
     lora_sd = load_lora_file(path)
     unet_keys = model.ref.base.parameter_names() if model is not None else set()
     clip_keys = clip.ref.base.parameter_names() if clip is not None else set()
-    unet_patches, clip_patches, unknown = lora_patches(lora_sd, unet_keys=unet_keys, clip_keys=clip_keys)
+    unet_patches, clip_patches, unknown = lora_patches(lora_sd, unet_keys=unet_keys, clip_keys=clip_keys,
+                                                       unet_layout=_unet_layout(model))
     if clip is None:  # LoraLoaderModelOnly: text-encoder keys are expected and not "unknown"
         unknown = [k for k in unknown if not k.startswith(("lora_te", "text_encoder", "te_"))]
     if unknown:
