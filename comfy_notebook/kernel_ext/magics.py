@@ -31,6 +31,8 @@ USAGE = """\
 %comfy run FILE.json [--set NODE.INPUT=VALUE ...]
                                   run an API-format prompt (NODE: id, title or class)
 %comfy traceback                  the full traceback of the last error
+%comfy stubs [FILE.pyi]           write a .pyi stub of the session's nodes for editor completion
+                                  (default: next to comfy_notebook/nodes/__init__.py)
 %%comfy                           record the cell's node calls as one workflow and run it
 """
 
@@ -100,6 +102,7 @@ class ComfyMagics(Magics):
         %comfy run FILE.json [--set NODE.INPUT=VALUE ...]
                                           run an API-format prompt (NODE: id, title or class)
         %comfy traceback                  the full traceback of the last error
+        %comfy stubs [FILE.pyi]           a .pyi stub of the session's nodes for editors
         %%comfy                           record the cell's node calls as one workflow, run it
         """
         if cell is not None:
@@ -115,7 +118,7 @@ class ComfyMagics(Magics):
         handler = getattr(self, "_cmd_" + command, None)
         if handler is None:
             raise UsageError(f"%comfy: unknown command {command!r}; one of status, models, load, "
-                             "offload, unload, cache, export, run, traceback (%comfy? for help)")
+                             "offload, unload, cache, export, run, stubs, traceback (%comfy? for help)")
         try:
             return handler(args)
         except ComfyNotebookError as exc:
@@ -230,6 +233,18 @@ class ComfyMagics(Magics):
         result = _session().run_prompt(apply_overrides(api, overrides))
         print(f"executed {len(result.executed)} nodes, {len(result.cached)} from cache")
         return result
+
+    def _cmd_stubs(self, args: list[str]) -> None:
+        from pathlib import Path
+
+        import comfy_notebook.nodes
+        from comfy_notebook.stubs import write_stub
+
+        if len(args) > 1:
+            raise UsageError("%comfy stubs takes at most one path")
+        default = Path(comfy_notebook.nodes.__file__).with_suffix(".pyi")
+        path = write_stub(_session().registry, args[0] if args else default)
+        print(f"wrote {path}")
 
     def _cmd_traceback(self, args: list[str]) -> None:
         text = self.events.last_traceback if self.events is not None else ""

@@ -56,6 +56,11 @@ def _enums() -> dict[str, Any]:
     return dict(enums.global_enums(session()))
 
 
+def __dir__() -> list[str]:
+    """Module attributes plus every node and enum name (what editors complete)."""
+    return sorted(set(globals()) | set(__getattr__("__all__")))
+
+
 def __getattr__(name: str) -> Any:
     if name == "NODE_CLASS_MAPPINGS":
         return _load()[0]

@@ -174,3 +174,21 @@ def test_interrupt_ends_the_cell_with_one_line_and_next_run_works(ip, run_cell, 
 def test_cell_magic_without_output_node_runs_the_leaves(ip, session, calls, capsys):
     result = ip.run_cell_magic("comfy", "", "t = Add(Number(4), 4)")
     assert calls == ["Number", "Add"] and result.outputs["2"] == (8,)
+
+
+def test_stubs_magic_writes_signatures_of_session_nodes(ip, session, tmp_path, capsys):
+    target = tmp_path / "nodes.pyi"
+    ip.run_line_magic("comfy", f"stubs {target}")
+    text = target.read_text()
+    for name in session.registry.names():
+        assert f"def {name}(" in text
+    assert str(target) in capsys.readouterr().out
+    compile(text, str(target), "exec")  # the stub is valid Python syntax
+
+
+def test_star_import_lists_session_nodes(session):
+    import comfy_notebook.nodes as nodes
+
+    names = dir(nodes)
+    assert set(session.registry.names()) <= set(names)
+    assert "register_builtins" in names
