@@ -227,7 +227,8 @@ def make_lora(
         ``"comfy"``: ``diffusion_model.<LDM module>`` / ``cond_stage_model.transformer.<module>``,
         the checkpoint's own module names.
     seed:
-        Same seed, checkpoint and options give the same file.
+        Same seed, checkpoint and options give the same file; both styles draw the same
+        tensors in the same order, so a kohya and a comfy file of one seed are the same LoRA.
     alpha:
         Written as ``<module>.alpha`` when given (scale ``alpha / rank``); absent means scale 1.
     include_clip:
@@ -269,7 +270,7 @@ def make_lora(
                 targets.append(("lora_te_" + name.replace(".", "_"), shape))
             else:
                 targets.append(("cond_stage_model.transformer." + name, shape))
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(style.encode()))
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(b"lora"))
     tensors: dict[str, Tensor] = {}
     for name, shape in targets:
         out_ch, in_ch = shape[0], shape[1]
