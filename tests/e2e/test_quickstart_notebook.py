@@ -1,9 +1,12 @@
 """Runs notebooks/01_quickstart.ipynb on a real kernel (nbclient) with the tiny checkpoint.
 
 Asserts the promises of real mode end to end: a second run of the generation cell executes no
-node; changing the seed executes exactly KSampler, VAEDecode and SaveImage; after
-``%comfy unload all`` (and after clearing the cache, which forces a reload) the image is
-identical.
+node; changing the seed executes exactly KSampler, VAEDecode and SaveImage; the gallery cell runs
+only KSampler and VAEDecode per seed and shows one image per seed; after ``%comfy unload all``
+(and after clearing the cache, which forces a reload) the image is identical.
+
+Cells are found by their tags (``generate``, ``export``, ``gallery``, ``models``, ``unload``), so
+the notebook's prose can change without breaking the test.
 """
 
 from __future__ import annotations
@@ -55,7 +58,12 @@ def test_quickstart_notebook(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    gen_index = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "KSampler(" in c.source)
+    tagged = {tag: i for i, c in enumerate(nb.cells) for tag in c.metadata.get("tags", [])}
+    assert {"generate", "export", "gallery", "models", "unload"} <= tagged.keys(), tagged
+    gen_index = tagged["generate"]
+    assert "KSampler(" in nb.cells[gen_index].source
+    # the order a reader meets them: the gallery and the model panel come before unloading
+    assert gen_index < tagged["export"] < tagged["gallery"] < tagged["models"] < tagged["unload"]
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
 
@@ -75,20 +83,52 @@ def test_quickstart_notebook(tmp_path, monkeypatch):
 
     with client.setup_kernel():
         original = list(nb.cells)
+        per_cell: dict[int, list[str]] = {}
         for index, cell in enumerate(original):
             if cell.cell_type == "code":
                 if index == gen_index:
                     run(PROBE_SETUP)
                 client.execute_cell(cell, index)
+                if index >= gen_index:
+                    per_cell[index] = ran()
+                if index == gen_index:
+                    first_image = image_fingerprint()
         gen = original[gen_index]
         assert any("image/png" in o.get("data", {}) for o in gen.outputs), "the image is not shown inline"
         assert (tmp_path / "bottle.json").exists()
         exported = json.loads((tmp_path / "bottle.json").read_text())
         assert {n["class_type"] for n in exported.values()} >= {"KSampler", "SaveImage", "VAEDecode"}
-        first_run = ran()
-        assert sorted(first_run) == sorted(["CheckpointLoaderSimple", "CLIPTextEncode", "CLIPTextEncode",
-                                            "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage"])
+        assert sorted(per_cell[gen_index]) == sorted([
+            "CheckpointLoaderSimple", "CLIPTextEncode", "CLIPTextEncode", "EmptyLatentImage",
+            "KSampler", "VAEDecode", "SaveImage"])
+
+        # the gallery: three seeds, each only sampled and decoded (loader and encoders cached)
+        assert per_cell[tagged["gallery"]] == ["KSampler"] * 3 + ["VAEDecode"] * 3
+        gallery_out = original[tagged["gallery"]].outputs
+        assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+                   for o in gallery_out), "the gallery is not shown as a widget"
+        gallery_text = _text(original[tagged["gallery"]])
+        assert "Gallery: 3 image(s) in 3 run(s)" in gallery_text, gallery_text
+        for s in (1, 2, 3):
+            assert re.search(rf"seed {s}: 64x64 seed={s} steps=4 ", gallery_text), gallery_text
+        distinct = run("import numpy as _np; _g = [gallery.image(i) for i in range(3)]; "
+                       "print('GALLERY', [x.shape for x in _g], "
+                       "len({x.tobytes() for x in _g}), gallery.image(0).dtype)")
+        assert "GALLERY [(64, 64, 3), (64, 64, 3), (64, 64, 3)] 3 uint8" in distinct, distinct
+
+        # the model panel: the checkpoint's three models, on the CPU (no CUDA, no simulation)
+        panel = _text(original[tagged["models"]])
+        for part in ("unet", "vae", "clip"):
+            assert re.search(rf"tiny/{part}\s+{part}\s+float32\s+[\d.]+ MB\s+cpu", panel), panel
+        assert per_cell[tagged["models"]] == [] and per_cell[tagged["unload"]] == []
+        locations = run("print('LOC', sorted((i.name, i.location) for i in session.models.list()))")
+        assert ("LOC [('tiny/clip', 'unloaded'), ('tiny/unet', 'unloaded'), ('tiny/vae', 'unloaded')]"
+                in locations), locations
+
+        client.execute_cell(gen, gen_index)  # cached results survive unloading: nothing runs
+        assert ran() == []
         before = image_fingerprint()
+        assert before == first_image
 
         client.execute_cell(gen, gen_index)  # second run: nothing executes
         assert ran() == []
