@@ -63,6 +63,11 @@ class VAELoader:
         return (load_vae_value(model_manager(svc), path, name="vae:" + str(vae_name).rsplit(".", 1)[0]),)
 
 
+# LoRA key prefixes of text-encoder weights (kohya, diffusers/PEFT, LDM checkpoint names, ComfyUI)
+_TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder", "te_", "cond_stage_model.", "text_encoders.",
+                          "clip_l.", "clip_g.")
+
+
 def _unet_layout(model: ModelValue | None) -> Any:
     """The block layout of ``model``'s UNet (read from its file's shapes), or None for SD1's.
 
@@ -95,7 +100,7 @@ def _lora(model: ModelValue | None, clip: ClipValue | None, lora_name: str,
     unet_patches, clip_patches, unknown = lora_patches(lora_sd, unet_keys=unet_keys, clip_keys=clip_keys,
                                                        unet_layout=_unet_layout(model))
     if clip is None:  # LoraLoaderModelOnly: text-encoder keys are expected and not "unknown"
-        unknown = [k for k in unknown if not k.startswith(("lora_te", "text_encoder", "te_"))]
+        unknown = [k for k in unknown if not k.startswith(_TEXT_ENCODER_PREFIXES)]
     if unknown:
         warnings.warn(
             f"LoRA {lora_name}: {len(unknown)} key(s) matched no weight and were not applied: "
