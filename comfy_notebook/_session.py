@@ -51,8 +51,9 @@ class Session:
         self.registry = Registry()
         self.cache = cache if cache is not None else Cache()
         self.services: dict[str, Any] = {"session": self}
-        # User-facing switches read by the layers above: "progress" (tqdm bars in real mode).
-        self.options: dict[str, Any] = {"progress": True}
+        # User-facing switches read by the layers above, e.g. "progress" (tqdm bars in real
+        # mode; unset: the COMFY_NOTEBOOK_PROGRESS environment variable, default on).
+        self.options: dict[str, Any] = {}
         self._subscribers: list[Callable[[Event], None]] = []
         self.executor = Executor(self.registry, self.cache, emit=self._emit, services=self.services)
 

@@ -16,9 +16,7 @@ __all__ = ["grid", "xy_grid"]
 
 def _figure(rows: int, cols: int, cell_inches: float) -> tuple[Any, Any]:
     """A Figure with a rows x cols array of axes (always 2-D)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(cols * cell_inches, rows * cell_inches), layout="constrained")
+    fig = _figure_class()(figsize=(cols * cell_inches, rows * cell_inches), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     return fig, axes
 
@@ -29,6 +27,31 @@ def _blank(ax: Any) -> None:
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)
+
+
+def _figure_class() -> type:
+    """A ``Figure`` that shows itself as a PNG in notebooks without ``%matplotlib inline``.
+
+    Figures made without pyplot have no display hook unless the inline backend registered one;
+    this subclass brings its own ``_repr_png_``, so a returned grid always renders.
+    """
+    global _ReprFigure
+    if _ReprFigure is None:
+        import io
+
+        from matplotlib.figure import Figure
+
+        class ReprFigure(Figure):  # type: ignore[misc]
+            def _repr_png_(self) -> bytes:
+                buf = io.BytesIO()
+                self.savefig(buf, format="png")
+                return buf.getvalue()
+
+        _ReprFigure = ReprFigure
+    return _ReprFigure
+
+
+_ReprFigure: type | None = None
 
 
 def grid(images: Any, *, rows: int | None = None, cols: int | None = None,

@@ -69,3 +69,12 @@ def test_xy_grid_from_pairs_with_explicit_order() -> None:
     assert shown(fig.axes[0])[0, 0, 0] == round(0.1 * 255)  # (seed 1, heun) is result 1
     with pytest.raises(KeyError, match="lack \\['sampler'\\]"):
         plot.xy_grid([({"seed": 1}, np.zeros((2, 2, 3)))], x="sampler", y="seed")
+
+
+def test_figures_render_as_png_without_pyplot() -> None:
+    import numpy as np
+
+    from comfy_notebook.plot import grid
+
+    png = grid([np.zeros((8, 8, 3)), np.ones((8, 8, 3))])._repr_png_()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
