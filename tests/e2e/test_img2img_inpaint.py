@@ -7,7 +7,6 @@ half (latent columns 0..3 of 8).
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 import numpy as np

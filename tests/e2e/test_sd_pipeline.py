@@ -78,7 +78,7 @@ def test_default_prompt_saves_png_with_prompt_chunk(root: pathlib.Path) -> None:
         pixels = torch.tensor(np.array(img), dtype=torch.float32)
     image = result.outputs["8"][0]  # IMAGE [1, 64, 64, 3] in 0..1
     assert image.shape == (1, 64, 64, 3) and image.dtype == torch.float32
-    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
     # SaveImage stores clip(255 * x) truncated to uint8
     expected = (255.0 * image[0]).clamp(0, 255).to(torch.uint8).float()
     assert torch.equal(pixels, expected)
@@ -143,7 +143,7 @@ def test_cached_rerun_and_seed_change_execute_the_right_nodes(root: pathlib.Path
     assert again.cached == set(prompt())
     assert again.ui["9"] == first.ui["9"]
     reseeded = s.run_prompt(prompt(seed=8))
-    assert {reseeded_ids for reseeded_ids in reseeded.executed} == {"3", "8", "9"}
+    assert reseeded.executed == {"3", "8", "9"}
     assert {prompt()[n]["class_type"] for n in reseeded.executed} == {"KSampler", "VAEDecode", "SaveImage"}
     assert not torch.equal(reseeded.outputs["8"][0], first.outputs["8"][0])
 
