@@ -287,7 +287,7 @@ def make_lora(
 
 def make_embedding(
     path: str | os.PathLike[str], dim: int, n_vectors: int = 2, seed: int = 0,
-    format: str = "safetensors",  # noqa: A002 (the file format, as the brief names it)
+    format: str = "safetensors",
 ) -> str:
     """Write a random textual-inversion embedding of ``n_vectors`` vectors of width ``dim``.
 
