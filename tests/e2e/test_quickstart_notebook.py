@@ -1,8 +1,8 @@
 """Runs notebooks/01_quickstart.ipynb on a real kernel (nbclient) with the tiny checkpoint.
 
 Asserts the promises of real mode end to end: a second run of the generation cell executes no
-node; changing the seed executes exactly KSampler, VAEDecode and SaveImage; the gallery cell runs
-only KSampler and VAEDecode per seed and shows one image per seed; after ``%comfy unload all``
+node; changing the seed executes exactly KSampler, VAEDecode and SaveImage; the gallery cell samples a
+batch of four (loader and encoders cached) and shows four different images; after ``%comfy unload all``
 (and after clearing the cache, which forces a reload) the image is identical.
 
 Cells are found by their tags (``generate``, ``export``, ``gallery``, ``models``, ``unload``), so
@@ -102,19 +102,21 @@ def test_quickstart_notebook(tmp_path, monkeypatch):
             "CheckpointLoaderSimple", "CLIPTextEncode", "CLIPTextEncode", "EmptyLatentImage",
             "KSampler", "VAEDecode", "SaveImage"])
 
-        # the gallery: three seeds, each only sampled and decoded (loader and encoders cached)
-        assert per_cell[tagged["gallery"]] == ["KSampler"] * 3 + ["VAEDecode"] * 3
+        # the gallery: a batch of four, sampled and decoded (loader and encoders cached)
+        assert per_cell[tagged["gallery"]] == ["EmptyLatentImage", "KSampler", "VAEDecode"]
         gallery_out = original[tagged["gallery"]].outputs
         assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
                    for o in gallery_out), "the gallery is not shown as a widget"
         gallery_text = _text(original[tagged["gallery"]])
-        assert "Gallery: 3 image(s) in 3 run(s)" in gallery_text, gallery_text
-        for s in (1, 2, 3):
-            assert re.search(rf"seed {s}: 64x64 seed={s} steps=4 ", gallery_text), gallery_text
-        distinct = run("import numpy as _np; _g = [gallery.image(i) for i in range(3)]; "
-                       "print('GALLERY', [x.shape for x in _g], "
-                       "len({x.tobytes() for x in _g}), gallery.image(0).dtype)")
-        assert "GALLERY [(64, 64, 3), (64, 64, 3), (64, 64, 3)] 3 uint8" in distinct, distinct
+        assert "Gallery: 4 image(s) in 1 run(s)" in gallery_text, gallery_text
+        for i in range(4):
+            assert re.search(rf"\[{i}\] seed 42, a batch of 4: 64x64 seed=42 steps=4 cfg=8.0 "
+                             r"sampler=euler scheduler=normal checkpoint=tiny.safetensors",
+                             gallery_text), gallery_text
+        distinct = run("_g = [gallery.image(i) for i in range(4)]; "
+                       "print('GALLERY', {x.shape for x in _g}, len({x.tobytes() for x in _g}), "
+                       "{str(x.dtype) for x in _g})")
+        assert "GALLERY {(64, 64, 3)} 4 {'uint8'}" in distinct, distinct
 
         # the model panel: the checkpoint's three models, on the CPU (no CUDA, no simulation)
         panel = _text(original[tagged["models"]])
