@@ -96,7 +96,7 @@ def find_cycle(graph: Graph, roots: Iterable[str]) -> tuple[list[str], list[str]
 def _run_maybe_async(value: Any) -> Any:
     """Await ``value`` when a hook returned a coroutine (validation is synchronous)."""
     if asyncio.iscoroutine(value):
-        from comfy_notebook.engine.executor import run_coroutine_blocking
+        from comfy_notebook.engine._drive import run_coroutine_blocking
 
         return run_coroutine_blocking(value)
     return value
