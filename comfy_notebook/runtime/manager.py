@@ -5,6 +5,9 @@ so ``unload`` can free the weights while every :class:`ModelRef` stays valid.  H
 master copy (one pinned flat buffer per model on CUDA); the device holds a working copy, so
 offloading copies nothing back and reloading is one large DMA.  Accounting mode
 (``capacity_bytes``) runs the same eviction / partial-load logic on a CPU-only machine.
+
+The tensor copies themselves (flat buffers, views, device copies, patches on the device) are in
+:mod:`._movement`; the per-model state and the records are in :mod:`._managed`.
 """
 
 from __future__ import annotations
@@ -12,19 +15,28 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from comfy_notebook.errors import ComfyNotebookError, ModelLoadError, ModelMemoryError
+from comfy_notebook.runtime import _movement as mv
+from comfy_notebook.runtime._managed import (
+    ManagedModel,
+    ManagerStats,
+    ModelInfo,
+    ModelInUseError,
+    ModelMoved,
+    UnknownModelError,
+    estimate_unet_memory,
+)
 from comfy_notebook.runtime.devices import DevicePolicy
-from comfy_notebook.runtime.patches import ModelRef, apply_patches
-from comfy_notebook.runtime.streaming import Streamer, find_units, set_param
+from comfy_notebook.runtime.patches import ModelRef
+from comfy_notebook.runtime.streaming import Streamer
 
 __all__ = [
     "ManagedModel",
@@ -41,166 +53,6 @@ __all__ = [
 T = TypeVar("T")
 _NO_LIMIT = 1 << 62
 _GIB = 1 << 30
-
-
-class ModelInUseError(ComfyNotebookError, RuntimeError):
-    """The operation needs a model that a running node is using."""
-
-
-class UnknownModelError(ComfyNotebookError, KeyError):
-    """No model of that name is registered."""
-
-
-@dataclass(frozen=True)
-class ModelMoved:
-    """Event: ``name`` moved ``source`` -> ``target`` ("file", "cpu", "gpu", "partial", "unloaded")."""
-
-    name: str
-    source: str
-    target: str
-    nbytes: int
-    seconds: float
-    reason: str
-
-
-@dataclass(frozen=True)
-class ManagerStats:
-    """Counters since the manager was created (a snapshot)."""
-
-    bytes_moved_to_device: int = 0
-    bytes_moved_to_host: int = 0  # bytes released from the device (the host master is kept)
-    bytes_streamed: int = 0
-    seconds_moving: float = 0.0
-    loads: int = 0
-    partial_loads: int = 0
-    offloads: int = 0
-    unloads: int = 0
-    reloads: int = 0
-    evictions: int = 0
-    oom_retries: int = 0
-    weights_patched: int = 0
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """One row of ``manager.list()``."""
-
-    name: str
-    kind: str
-    source: str | None
-    bytes: int
-    dtype: torch.dtype | None
-    location: str  # "gpu" (compute device) | "cpu" | "partial" | "unloaded"
-    loaded_bytes: int
-    last_used: float | None  # time.time() of the last use
-    pinned: bool
-    keep_loaded: bool
-    in_use: bool
-    holders: tuple[str, ...]
-
-
-def estimate_unet_memory(
-    latent_shape: tuple[int, ...], dtype: torch.dtype, *, cfg: bool = True, factor: float = 2.0
-) -> int:
-    """Heuristic activation memory of a UNet forward on ``latent_shape`` [B, C, H, W].
-
-    Proportional to batch x latent area x element size (CFG doubles the batch); ``factor``
-    2.0 covers SD1 at 512 px with plain attention (~0.35 GB at fp16, batch 2).
-    """
-    batch = latent_shape[0] * (2 if cfg else 1)
-    area = batch * int(torch.tensor(latent_shape[2:]).prod())
-    elem = torch.empty((), dtype=dtype).element_size()
-    return round(area * elem * (1 << 20) * factor / 100)
-
-
-class ManagedModel:
-    """A registered model: its weights (or a factory to rebuild them) and where they live now."""
-
-    def __init__(self, manager: ModelManager, name: str, factory: Callable[[], nn.Module] | None,
-                 kind: str, source: str | None, dtype: torch.dtype | None) -> None:
-        self.name, self.kind, self.source, self.factory = name, kind, source, factory
-        self.dtype = dtype
-        self.keep_loaded = False
-        self.last_used: float | None = None
-        self._seq = 0  # LRU order
-        self._manager = weakref.ref(manager)
-        self._module: nn.Module | None = None
-        self._master: dict[str, torch.Tensor] = {}  # canonical key -> host tensor
-        self._host_buffers: dict[tuple[int, str], torch.Tensor] = {}
-        self._flat_host: torch.Tensor | None = None
-        self._flat_device: torch.Tensor | None = None
-        self._units: list = []
-        self._resident: set[str] = set()  # prefixes of units on the device
-        self._on_device = False
-        self._streamer: Streamer | None = None
-        self._applied: tuple = ()
-        self._applied_patches: dict = {}
-        self._in_use = 0
-        self._transient = False
-        self._refs: weakref.WeakSet[ModelRef] = weakref.WeakSet()
-        self.nbytes = 0
-        self.buffer_bytes = 0
-
-    # -- handle -------------------------------------------------------------------------------
-    def ref(self, holder: str | None = None) -> ModelRef:
-        """A new unpatched handle onto this model."""
-        return ModelRef(self, holder=holder)
-
-    def _track(self, ref: ModelRef) -> None:
-        self._refs.add(ref)
-
-    def parameter_names(self) -> set[str]:
-        """Canonical parameter names (builds the model from its factory if never built)."""
-        if not self._master:
-            mgr = self._manager()
-            if mgr is None:
-                raise ModelLoadError(f"model {self.name!r} outlived its manager")
-            mgr._ensure_built(self)
-        return set(self._master)
-
-    @property
-    def location(self) -> str:
-        """"gpu" (the compute device), "partial", "cpu" or "unloaded".
-
-        A manager that computes on the CPU says "cpu" (there is no second place for the
-        weights), unless a fake capacity or a budget puts it in accounting mode.
-        """
-        if self._module is None:
-            return "unloaded"
-        if self._streamer is not None:
-            return "partial"
-        if not self._on_device:
-            return "cpu"
-        manager = self._manager()
-        if (manager is not None and manager.device.type == "cpu" and manager.capacity_bytes is None
-                and manager.budget_bytes is None):
-            return "cpu"
-        return "gpu"
-
-    @property
-    def loaded_bytes(self) -> int:
-        """Bytes this model holds on the compute device."""
-        if not self._on_device:
-            return 0
-        return self.buffer_bytes + sum(u.nbytes for u in self._units if u.prefix in self._resident)
-
-    @property
-    def pinned(self) -> bool:
-        """Whether the host copy lives in one pinned buffer."""
-        return self._flat_host is not None and self._flat_host.is_pinned()
-
-    @property
-    def in_use(self) -> bool:
-        """Whether a node is running with this model now (not evictable)."""
-        return self._in_use > 0
-
-    @property
-    def streamer(self) -> Streamer | None:
-        """The streaming hooks when partially loaded."""
-        return self._streamer
-
-    def __repr__(self) -> str:
-        return f"ManagedModel({self.name!r}, kind={self.kind!r}, location={self.location!r})"
 
 
 class ModelManager:
@@ -400,10 +252,6 @@ class ModelManager:
         for fn in list(self._subscribers):
             fn(event)
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def _same_memory(self) -> bool:
         """True when the compute device is the host: moves are bookkeeping, patches out-of-place."""
         return self.device == self.host or (self.device.type == "cpu" and self.host.type == "cpu")
@@ -439,23 +287,8 @@ class ModelManager:
         if any(p.device != self.host for p in module.parameters()):
             module.to(self.host)
         m._module = module
-        m._units = find_units(module)
-        params = {key: unit.module._parameters[local] for unit in m._units
-                  for local, key in unit.params}
-        m.nbytes = sum(u.nbytes for u in m._units)
-        if m.dtype is None and params:
-            m.dtype = next(iter(params.values())).dtype
-        m._host_buffers = {(id(mod), k): b for mod in module.modules()
-                           for k, b in mod._buffers.items() if b is not None}
-        m.buffer_bytes = sum(b.numel() * b.element_size() for b in m._host_buffers.values())
         pin = self.policy.pin_memory and self.device.type == "cuda" and torch.cuda.is_available()
-        if pin and params:
-            m._master, m._flat_host = _flatten(params, pin=True)
-        else:
-            m._master, m._flat_host = {k: p.detach() for k, p in params.items()}, None
-        for unit in m._units:
-            for local, key in unit.params:
-                set_param(unit.module, local, m._master[key])
+        mv.adopt_weights(m, module, pin=pin)
         self._emit(m, "file", "cpu", m.nbytes, time.perf_counter() - t0, reason)
 
     # -- explicit verbs -----------------------------------------------------------------------
@@ -629,17 +462,9 @@ class ModelManager:
         t0 = time.perf_counter()
         source = m.location
         if not self._same_memory():
-            if m._flat_host is not None:
-                m._flat_device = torch.empty_like(m._flat_host, device=self.device)
-                m._flat_device.copy_(m._flat_host, non_blocking=True)  # one big DMA
-                views = _views(m._flat_device, m._master)
-            else:
-                views = {k: t.to(self.device, non_blocking=True) for k, t in m._master.items()}
-            for unit in m._units:
-                for local, key in unit.params:
-                    set_param(unit.module, local, views[key])
-            self._move_buffers(m, self.device)
-            self._sync()
+            mv.place_full(m, self.device)
+            mv.move_buffers(m, self.device, self.host)
+            mv.sync(self.device)
         m._resident = {u.prefix for u in m._units}
         m._on_device = True
         m._applied, m._applied_patches = (), {}
@@ -649,19 +474,11 @@ class ModelManager:
     def _load_partial(self, m: ManagedModel, budget: int) -> None:
         t0 = time.perf_counter()
         source = m.location
-        resident, streamed, left = [], [], budget
-        for unit in sorted(m._units, key=lambda u: -u.nbytes):  # largest first
-            if unit.nbytes <= left:
-                resident.append(unit)
-                left -= unit.nbytes
-            else:
-                streamed.append(unit)
+        resident, streamed = mv.split_units(m._units, budget)
         if not self._same_memory():
-            for unit in resident:
-                for local, key in unit.params:
-                    set_param(unit.module, local, m._master[key].to(self.device, non_blocking=True))
-            self._move_buffers(m, self.device)
-            self._sync()
+            mv.place_partial(m, resident, self.device)
+            mv.move_buffers(m, self.device, self.host)
+            mv.sync(self.device)
         m._resident = {u.prefix for u in resident}
         m._on_device = True
         m._streamer = Streamer(streamed, m._master, self.device, m.dtype, self._streamed)
@@ -671,27 +488,12 @@ class ModelManager:
         self._stats["loads"] += 1
         self._stats["partial_loads"] += 1
 
-    def _move_buffers(self, m: ManagedModel, device: torch.device) -> None:
-        assert m._module is not None
-        for mod in m._module.modules():
-            for k in list(mod._buffers):
-                host = m._host_buffers.get((id(mod), k))
-                if host is not None:
-                    mod._buffers[k] = host if device == self.host else host.to(device)
-
     def _offload(self, m: ManagedModel, reason: str) -> None:
         if m._module is None or m.location == "cpu":
             return
         t0 = time.perf_counter()
         source, nbytes = m.location, m.loaded_bytes
-        if m._streamer is not None:
-            m._streamer.remove()
-            m._streamer = None
-        for unit in m._units:
-            for local, key in unit.params:
-                set_param(unit.module, local, m._master[key])
-        self._move_buffers(m, self.host)
-        m._flat_device = None
+        mv.restore_host(m, self.host)
         m._resident = set()
         m._on_device = False
         m._applied, m._applied_patches = (), {}
@@ -718,55 +520,12 @@ class ModelManager:
         if m._applied == want:
             return
         new = dict(ref.patches) if ref is not None else {}
-        keys = set(m._applied_patches) | set(new)
-        owners = {key: (unit, local) for unit in m._units for local, key in unit.params}
-        same = self._same_memory()
-        for key in sorted(keys):
-            unit, local = owners[key]
-            if unit.prefix not in m._resident:
-                continue  # streamed: the hook patches on the fly
-            base = m._master[key]
-            if same:
-                w = apply_patches(base, new[key]) if key in new else base
-                set_param(unit.module, local, w)
-            else:
-                w = unit.module._parameters[local]
-                w.copy_(base, non_blocking=True)
-                self._stats["bytes_moved_to_device"] += base.numel() * base.element_size()
-                if key in new:
-                    w.copy_(apply_patches(w, new[key]))
-            self._stats["weights_patched"] += 1
+        touched, copied = mv.patch_resident(m, new, same_memory=self._same_memory())
+        self._stats["weights_patched"] += touched
+        self._stats["bytes_moved_to_device"] += copied
         if m._streamer is not None:
             m._streamer.patches = new
         m._applied, m._applied_patches = want, new
-
-
-def _flatten(params: dict[str, torch.Tensor], *, pin: bool
-             ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Copy ``params`` into one (pinned) uint8 buffer; returns the views and the buffer."""
-    offsets, total = {}, 0
-    for key, p in params.items():
-        total = -(-total // 64) * 64  # 64-byte alignment for every view
-        offsets[key] = total
-        total += p.numel() * p.element_size()
-    flat = torch.empty(total, dtype=torch.uint8, pin_memory=pin)
-    views = _views(flat, params, offsets)
-    for key, p in params.items():
-        views[key].copy_(p.detach())
-    return views, flat
-
-
-def _views(flat: torch.Tensor, like: dict[str, torch.Tensor],
-           offsets: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
-    """Typed views into ``flat`` with the shapes of ``like`` (offsets taken from ``like``'s)."""
-    if offsets is None:
-        base = next(iter(like.values())).untyped_storage().data_ptr() if like else 0
-        offsets = {k: t.data_ptr() - base for k, t in like.items()}
-    out = {}
-    for key, t in like.items():
-        n = t.numel() * t.element_size()
-        out[key] = flat[offsets[key]:offsets[key] + n].view(t.dtype).view(t.shape)
-    return out
 
 
 def _fmt(n: int) -> str:
@@ -775,4 +534,3 @@ def _fmt(n: int) -> str:
     if n >= 1 << 20:
         return f"{n / (1 << 20):.1f} MB"
     return f"{n / 1024:.1f} KB" if n >= 1024 else f"{n} B"
-
