@@ -75,14 +75,39 @@ def _ones(x: Tensor) -> Tensor:
     return x.new_ones([x.shape[0]])  # [B]
 
 
+class _Loop:
+    """What every sampler loop shares: ``s_in`` [B] ones, the step count, sigmas on the host.
+
+    ``denoise(x, i)`` is the first model evaluation of step ``i``, reported to the callback;
+    ``model_at(x, sigma)`` any further evaluation within the step.
+    """
+
+    __slots__ = ("callback", "model", "n", "s_in", "sigmas", "sv")
+
+    def __init__(self, model: Denoiser, x: Tensor, sigmas: Tensor, callback: StepCallback | None) -> None:
+        self.model, self.sigmas, self.callback = model, sigmas, callback
+        self.s_in = _ones(x)  # [B]
+        self.n = len(sigmas) - 1
+        self.sv: list[float] = sigmas.tolist()  # one host copy, for branching without a sync
+
+    def denoise(self, x: Tensor, i: int) -> Tensor:
+        """model(x, sigmas[i]) for step ``i``, reported to the callback."""
+        denoised = self.model(x, self.sigmas[i] * self.s_in)
+        _report(self.callback, i, self.n, self.sigmas[i], self.sigmas[i], x, denoised)
+        return denoised
+
+    def model_at(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """model(x, sigma) broadcast over the batch (not reported)."""
+        return self.model(x, sigma * self.s_in)
+
+
 @torch.no_grad()
 def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                  noise_sampler: NoiseSampler | None = None) -> Tensor:
     """Euler steps, Algorithm 2 of Karras et al. (2022) without churn."""
-    s_in, n = _ones(x), len(sigmas) - 1
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
+    loop = _Loop(model, x, sigmas, callback)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
     return x
 
@@ -92,12 +117,11 @@ def sample_euler_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *, callba
                            noise_sampler: NoiseSampler | None = None, eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
     """Ancestral sampling with Euler steps."""
     noise_sampler = noise_sampler or default_noise_sampler(x)
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
+    loop = _Loop(model, x, sigmas, callback)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
-        if sv[i + 1] == 0:
+        if loop.sv[i + 1] == 0:
             x = denoised
         else:
             d = to_d(x, sigmas[i], denoised)
@@ -109,17 +133,16 @@ def sample_euler_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *, callba
 def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                 noise_sampler: NoiseSampler | None = None) -> Tensor:
     """Heun steps, Algorithm 2 of Karras et al. (2022); Euler for the last step to 0."""
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
+    loop = _Loop(model, x, sigmas, callback)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         d = to_d(x, sigmas[i], denoised)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
         dt = sigmas[i + 1] - sigmas[i]
-        if sv[i + 1] == 0:
+        if loop.sv[i + 1] == 0:
             x = x + d * dt
         else:
             x_2 = x + d * dt
-            d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigmas[i + 1] * s_in))
+            d_2 = to_d(x_2, sigmas[i + 1], loop.model_at(x_2, sigmas[i + 1]))
             x = x + (d + d_2) / 2 * dt
     return x
 
@@ -128,25 +151,24 @@ def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCal
 def sample_heunpp2(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                    noise_sampler: NoiseSampler | None = None) -> Tensor:
     """Heun++ (3 evaluations, weights by sigma / (3 sigma_0)), as ComfyUI's ``sample_heunpp2``."""
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
-    s_end = sv[-1]
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
+    loop = _Loop(model, x, sigmas, callback)
+    s_end = loop.sv[-1]
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         d = to_d(x, sigmas[i], denoised)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
         dt = sigmas[i + 1] - sigmas[i]
-        if sv[i + 1] == s_end:
+        if loop.sv[i + 1] == s_end:
             x = x + d * dt
-        elif sv[i + 2] == s_end:
+        elif loop.sv[i + 2] == s_end:
             x_2 = x + d * dt
-            d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigmas[i + 1] * s_in))
+            d_2 = to_d(x_2, sigmas[i + 1], loop.model_at(x_2, sigmas[i + 1]))
             w2 = sigmas[i + 1] / (2 * sigmas[0])
             x = x + (d * (1 - w2) + d_2 * w2) * dt
         else:
             x_2 = x + d * dt
-            d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigmas[i + 1] * s_in))
+            d_2 = to_d(x_2, sigmas[i + 1], loop.model_at(x_2, sigmas[i + 1]))
             x_3 = x_2 + d_2 * (sigmas[i + 2] - sigmas[i + 1])
-            d_3 = to_d(x_3, sigmas[i + 2], model(x_3, sigmas[i + 2] * s_in))
+            d_3 = to_d(x_3, sigmas[i + 2], loop.model_at(x_3, sigmas[i + 2]))
             w = 3 * sigmas[0]
             w2, w3 = sigmas[i + 1] / w, sigmas[i + 2] / w
             x = x + ((1 - w2 - w3) * d + w2 * d_2 + w3 * d_3) * dt
@@ -157,17 +179,16 @@ def sample_heunpp2(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Step
 def sample_dpm_2(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                  noise_sampler: NoiseSampler | None = None) -> Tensor:
     """DPM-Solver-2 inspired midpoint steps (k-diffusion ``sample_dpm_2``)."""
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
+    loop = _Loop(model, x, sigmas, callback)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         d = to_d(x, sigmas[i], denoised)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
-        if sv[i + 1] == 0:
+        if loop.sv[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigmas[i])
         else:
             sigma_mid = sigmas[i].log().lerp(sigmas[i + 1].log(), 0.5).exp()
             x_2 = x + d * (sigma_mid - sigmas[i])
-            d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid * s_in))
+            d_2 = to_d(x_2, sigma_mid, loop.model_at(x_2, sigma_mid))
             x = x + d_2 * (sigmas[i + 1] - sigmas[i])
     return x
 
@@ -177,18 +198,17 @@ def sample_dpm_2_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *, callba
                            noise_sampler: NoiseSampler | None = None, eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
     """Ancestral sampling with DPM-Solver-2 steps."""
     noise_sampler = noise_sampler or default_noise_sampler(x)
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
+    loop = _Loop(model, x, sigmas, callback)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
         d = to_d(x, sigmas[i], denoised)
-        if sv[i + 1] == 0:
+        if loop.sv[i + 1] == 0:
             x = x + d * (sigma_down - sigmas[i])
         else:
             sigma_mid = sigmas[i].log().lerp(sigma_down.log(), 0.5).exp()
             x_2 = x + d * (sigma_mid - sigmas[i])
-            d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid * s_in))
+            d_2 = to_d(x_2, sigma_mid, loop.model_at(x_2, sigma_mid))
             x = x + d_2 * (sigma_down - sigmas[i])
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
@@ -199,21 +219,20 @@ def sample_dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *, cal
                               noise_sampler: NoiseSampler | None = None, eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
     """Ancestral sampling with DPM-Solver++(2S) steps (Lu et al. 2022)."""
     noise_sampler = noise_sampler or default_noise_sampler(x)
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
+    loop = _Loop(model, x, sigmas, callback)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
-        if sv[i + 1] == 0:
+        if loop.sv[i + 1] == 0:
             x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         else:
             t, t_next = -sigmas[i].log(), -sigma_down.log()  # t = -log(sigma)
             h = t_next - t
             s = t + 0.5 * h
             x_2 = ((-s).exp() / (-t).exp()) * x - (-h * 0.5).expm1() * denoised
-            denoised_2 = model(x_2, (-s).exp() * s_in)
+            denoised_2 = loop.model_at(x_2, (-s).exp())
             x = ((-t_next).exp() / (-t).exp()) * x - (-h).expm1() * denoised_2
-        if sv[i + 1] > 0:
+        if loop.sv[i + 1] > 0:
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
@@ -232,11 +251,10 @@ def sample_dpmpp_sde(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: St
     if len(sigmas) <= 1:
         return x
     noise_sampler = _brownian(x, sigmas, noise_sampler)
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
-        if sv[i + 1] == 0:
+    loop = _Loop(model, x, sigmas, callback)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
+        if loop.sv[i + 1] == 0:
             x = denoised
             continue
         t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
@@ -249,7 +267,7 @@ def sample_dpmpp_sde(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: St
         s_ = -sd.log()
         x_2 = (sd / sigmas[i]) * x - (t - s_).expm1() * denoised
         x_2 = x_2 + noise_sampler(sigmas[i], sigma_s) * s_noise * su
-        denoised_2 = model(x_2, sigma_s * s_in)
+        denoised_2 = loop.model_at(x_2, sigma_s)
         # step 2
         sd, su = get_ancestral_step((-t).exp(), (-t_next).exp(), eta)
         t_next_ = -sd.log()
@@ -263,14 +281,13 @@ def sample_dpmpp_sde(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: St
 def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                     noise_sampler: NoiseSampler | None = None) -> Tensor:
     """DPM-Solver++(2M), multistep, one evaluation per step."""
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
+    loop = _Loop(model, x, sigmas, callback)
     old_denoised: Tensor | None = None
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
         h = t_next - t
-        if old_denoised is None or sv[i + 1] == 0:
+        if old_denoised is None or loop.sv[i + 1] == 0:
             x = ((-t_next).exp() / (-t).exp()) * x - (-h).expm1() * denoised
         else:
             r = (t + sigmas[i - 1].log()) / h  # h_last / h
@@ -290,14 +307,13 @@ def sample_dpmpp_2m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback:
     if len(sigmas) <= 1:
         return x
     noise_sampler = _brownian(x, sigmas, noise_sampler)
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
+    loop = _Loop(model, x, sigmas, callback)
     old_denoised: Tensor | None = None
     h_last: Tensor | None = None
     h: Tensor | None = None
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
-        if sv[i + 1] == 0:
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
+        if loop.sv[i + 1] == 0:
             x = denoised
         else:
             t, s = -sigmas[i].log(), -sigmas[i + 1].log()
@@ -324,16 +340,15 @@ def sample_dpmpp_3m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback:
     if len(sigmas) <= 1:
         return x
     noise_sampler = _brownian(x, sigmas, noise_sampler)
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
+    loop = _Loop(model, x, sigmas, callback)
     denoised_1: Tensor | None = None
     denoised_2: Tensor | None = None
     h: Tensor | None = None
     h_1: Tensor | None = None
     h_2: Tensor | None = None
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
-        if sv[i + 1] == 0:
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
+        if loop.sv[i + 1] == 0:
             x = denoised
         else:
             t, s = -sigmas[i].log(), -sigmas[i + 1].log()

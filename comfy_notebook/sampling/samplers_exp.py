@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from comfy_notebook.sampling.noise import NoiseSampler, default_noise_sampler
-from comfy_notebook.sampling.samplers import Denoiser, StepCallback, _ones, _report
+from comfy_notebook.sampling.samplers import Denoiser, StepCallback, _Loop
 
 __all__ = ["sample_er_sde", "sample_seeds_2", "sample_seeds_3"]
 
@@ -39,12 +39,11 @@ def sample_seeds_2(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Step
                    r: float = 0.5) -> Tensor:
     """SEEDS-2: two evaluations per step (stage at lambda_s + r h)."""
     noise_sampler = noise_sampler or default_noise_sampler(x)
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
+    loop = _Loop(model, x, sigmas, callback)
     inject = eta > 0 and s_noise > 0
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
-        if sv[i + 1] == 0:
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
+        if loop.sv[i + 1] == 0:
             x = denoised
             continue
         lam_s, lam_t = -sigmas[i].log(), -sigmas[i + 1].log()
@@ -58,7 +57,7 @@ def sample_seeds_2(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Step
         if inject:
             noise = (-2 * r * h * eta).expm1().neg().sqrt() * noise_sampler(sigmas[i], sigma_1)
             x_2 = x_2 + noise * sigma_1 * s_noise
-        denoised_2 = model(x_2, sigma_1 * s_in)
+        denoised_2 = loop.model_at(x_2, sigma_1)
         denoised_d = torch.lerp(denoised, denoised_2, 1 / (2 * r))
         x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * torch.expm1(-h_eta) * denoised_d
         if inject:
@@ -73,12 +72,11 @@ def sample_seeds_3(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Step
                    r_1: float = 1.0 / 3, r_2: float = 2.0 / 3) -> Tensor:
     """SEEDS-3: three evaluations per step (stages at lambda_s + r_1 h and lambda_s + r_2 h)."""
     noise_sampler = noise_sampler or default_noise_sampler(x)
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
+    loop = _Loop(model, x, sigmas, callback)
     inject = eta > 0 and s_noise > 0
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
-        if sv[i + 1] == 0:
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
+        if loop.sv[i + 1] == 0:
             x = denoised
             continue
         lam_s, lam_t = -sigmas[i].log(), -sigmas[i + 1].log()
@@ -94,7 +92,7 @@ def sample_seeds_3(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Step
         if inject:
             noise = (-2 * r_1 * h * eta).expm1().neg().sqrt() * noise_sampler(sigmas[i], sigma_1)
             x_2 = x_2 + noise * sigma_1 * s_noise
-        denoised_2 = model(x_2, sigma_1 * s_in)
+        denoised_2 = loop.model_at(x_2, sigma_1)
         # stage 2
         a3_2 = r_2 / r_1 * _h_phi_2(-r_2 * h_eta)
         a3_1 = torch.expm1(-r_2 * h_eta) - a3_2
@@ -102,7 +100,7 @@ def sample_seeds_3(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Step
         if inject:
             noise = _carry(noise, (r_1 - r_2) * h * eta, noise_sampler(sigma_1, sigma_2))
             x_3 = x_3 + noise * sigma_2 * s_noise
-        denoised_3 = model(x_3, sigma_2 * s_in)
+        denoised_3 = loop.model_at(x_3, sigma_2)
         # final stage
         b3 = _h_phi_2(-h_eta) / r_2
         b1 = torch.expm1(-h_eta) - b3
@@ -123,17 +121,16 @@ def sample_er_sde(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepC
                   noise_sampler: NoiseSampler | None = None, s_noise: float = 1.0, max_stage: int = 3) -> Tensor:
     """ER-SDE-Solver-3 (up to ``max_stage`` history terms), one evaluation per step."""
     noise_sampler = noise_sampler or default_noise_sampler(x)
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
+    loop = _Loop(model, x, sigmas, callback)
     points = 200.0
     idx = torch.arange(0, points, dtype=torch.float32, device=x.device)  # [200]
     er = sigmas.log().exp()  # er_lambda = sigma / alpha = e^(-half-log-SNR)
     old_denoised: Tensor | None = None
     old_denoised_d: Tensor | None = None
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         stage = min(max_stage, i + 1)
-        if sv[i + 1] == 0:
+        if loop.sv[i + 1] == 0:
             x = denoised
         else:
             er_s, er_t = er[i], er[i + 1]

@@ -15,6 +15,7 @@ from comfy_notebook.sampling.noise import NoiseSampler, default_noise_sampler
 from comfy_notebook.sampling.samplers import (
     Denoiser,
     StepCallback,
+    _Loop,
     _ones,
     _report,
     get_ancestral_step,
@@ -42,17 +43,16 @@ def _lms_coeff(order: int, t: list[float], i: int, j: int) -> float:
 def sample_lms(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                noise_sampler: NoiseSampler | None = None, order: int = 4) -> Tensor:
     """Linear multistep (Adams-Bashforth in sigma) of up to ``order``."""
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
+    loop = _Loop(model, x, sigmas, callback)
     ds: list[Tensor] = []
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         ds = [*ds, to_d(x, sigmas[i], denoised)][-order:]
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
-        if sv[i + 1] == 0:
+        if loop.sv[i + 1] == 0:
             x = denoised
         else:
             cur = min(i + 1, order)
-            coeffs = [_lms_coeff(cur, sv, i, j) for j in range(cur)]
+            coeffs = [_lms_coeff(cur, loop.sv, i, j) for j in range(cur)]
             x = x + sum(c * d for c, d in zip(coeffs, reversed(ds), strict=False))
     return x
 
@@ -187,15 +187,14 @@ def _history_step(buffer: list[Tensor], d: Tensor, max_order: int) -> list[Tenso
 def sample_ipndm(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                  noise_sampler: NoiseSampler | None = None, max_order: int = 4) -> Tensor:
     """Improved PNDM: Adams-Bashforth in sigma with fixed coefficients, up to order 4."""
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
+    loop = _Loop(model, x, sigmas, callback)
     buf: list[Tensor] = []
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         d = (x - denoised) / sigmas[i]
         order, dt = min(max_order, i + 1), sigmas[i + 1] - sigmas[i]
         x_next = x
-        if sv[i + 1] == 0:
+        if loop.sv[i + 1] == 0:
             x_next = denoised
         elif order == 1:
             x_next = x + dt * d
@@ -214,15 +213,14 @@ def sample_ipndm(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCa
 def sample_ipndm_v(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                    noise_sampler: NoiseSampler | None = None, max_order: int = 4) -> Tensor:
     """iPNDM with variable-step coefficients."""
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
+    loop = _Loop(model, x, sigmas, callback)
     t = sigmas
     buf: list[Tensor] = []
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         d = (x - denoised) / sigmas[i]
         order, hn = min(max_order, i + 1), t[i + 1] - t[i]
-        if sv[i + 1] == 0:
+        if loop.sv[i + 1] == 0:
             x_next = denoised
         elif order == 1:
             x_next = x + hn * d
@@ -290,13 +288,12 @@ def sample_deis(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCal
                 noise_sampler: NoiseSampler | None = None, max_order: int = 3) -> Tensor:
     """DEIS ('tab' mode), exponential-integrator multistep of up to ``max_order``."""
     coeffs = _deis_coeffs(sigmas, max_order)
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
+    loop = _Loop(model, x, sigmas, callback)
     buf: list[Tensor] = []
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         d = (x - denoised) / sigmas[i]
-        order = 1 if sv[i + 1] <= 0 else min(max_order, i + 1)
+        order = 1 if loop.sv[i + 1] <= 0 else min(max_order, i + 1)
         if order == 1:
             x_next = x + (sigmas[i + 1] - sigmas[i]) * d
         else:
@@ -309,13 +306,12 @@ def sample_deis(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCal
 
 def _generic_vp_step(model: Denoiser, x: Tensor, sigmas: Tensor, callback: StepCallback | None,
                      noise_sampler: NoiseSampler, lcm: bool) -> Tensor:
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
+    loop = _Loop(model, x, sigmas, callback)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         if lcm:  # jump to the prediction, re-noise to the next sigma
             x = denoised
-            if sv[i + 1] > 0:
+            if loop.sv[i + 1] > 0:
                 x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
             continue
         sigma, sigma_prev = sigmas[i], sigmas[i + 1]
@@ -324,7 +320,7 @@ def _generic_vp_step(model: Denoiser, x: Tensor, sigmas: Tensor, callback: StepC
         a_cum, a_cum_prev = 1 / (sigma * sigma + 1), 1 / (sigma_prev * sigma_prev + 1)
         alpha = a_cum / a_cum_prev
         mu = (1.0 / alpha).sqrt() * (xv - (1 - alpha) * eps / (1 - a_cum).sqrt())
-        if sv[i + 1] > 0:
+        if loop.sv[i + 1] > 0:
             mu = mu + ((1 - alpha) * (1.0 - a_cum_prev) / (1.0 - a_cum)).sqrt() * noise_sampler(sigma, sigma_prev)
             mu = mu * torch.sqrt(1.0 + sigma_prev**2)
         x = mu
@@ -349,14 +345,13 @@ def sample_lcm(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCall
 def sample_gradient_estimation(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                                noise_sampler: NoiseSampler | None = None, ge_gamma: float = 2.0) -> Tensor:
     """Euler with gradient estimation (Permenter & Yuan, https://openreview.net/pdf?id=o2ND9v0CeK)."""
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
+    loop = _Loop(model, x, sigmas, callback)
     old_d: Tensor | None = None
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         d = to_d(x, sigmas[i], denoised)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
         dt = sigmas[i + 1] - sigmas[i]
-        if sv[i + 1] == 0:
+        if loop.sv[i + 1] == 0:
             x = denoised
         else:
             x = x + d * dt

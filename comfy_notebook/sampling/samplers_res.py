@@ -17,8 +17,7 @@ from comfy_notebook.sampling.noise import NoiseSampler, default_noise_sampler
 from comfy_notebook.sampling.samplers import (
     Denoiser,
     StepCallback,
-    _ones,
-    _report,
+    _Loop,
     get_ancestral_step,
     to_d,
 )
@@ -37,17 +36,16 @@ def _phi2(t: Tensor) -> Tensor:
 def _res_multistep(model: Denoiser, x: Tensor, sigmas: Tensor, callback: StepCallback | None,
                    noise_sampler: NoiseSampler | None, eta: float, s_noise: float) -> Tensor:
     """Shared loop of the RES multistep samplers."""
-    s_in, n, sv = _ones(x), len(sigmas) - 1, sigmas.tolist()
+    loop = _Loop(model, x, sigmas, callback)
     if eta:
         noise_sampler = noise_sampler or default_noise_sampler(x)
     old_denoised: Tensor | None = None
     old_sigma_down: Tensor | None = None
-    for i in range(n):
-        denoised = model(x, sigmas[i] * s_in)
+    for i in range(loop.n):
+        denoised = loop.denoise(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        _report(callback, i, n, sigmas[i], sigmas[i], x, denoised)
         # sigma_down is 0 exactly when sigma_next is (eta <= 1); otherwise ask the tensor
-        down_zero = sv[i + 1] == 0 or (eta > 1 and bool(sigma_down == 0))
+        down_zero = loop.sv[i + 1] == 0 or (eta > 1 and bool(sigma_down == 0))
         if down_zero or old_denoised is None or old_sigma_down is None:
             x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])  # Euler
         else:
@@ -58,7 +56,7 @@ def _res_multistep(model: Denoiser, x: Tensor, sigmas: Tensor, callback: StepCal
             b1 = torch.nan_to_num(phi1 - phi2 / c2, nan=0.0)
             b2 = torch.nan_to_num(phi2 / c2, nan=0.0)
             x = (-h).exp() * x + h * (b1 * denoised + b2 * old_denoised)
-        if sv[i + 1] > 0 and eta and noise_sampler is not None:
+        if loop.sv[i + 1] > 0 and eta and noise_sampler is not None:
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
         old_denoised, old_sigma_down = denoised, sigma_down
     return x
