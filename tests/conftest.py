@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
 import pytest
 
 
@@ -20,3 +24,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def make_current_session() -> Iterator[Callable[[Mapping[str, type]], Any]]:
+    """``make(pack)`` -> a fresh current Session with ``pack`` registered and progress bars off.
+
+    The session that was current before is restored when the test ends (shared by the
+    kernel_ext and realmode ``session`` fixtures).
+    """
+    session_module = importlib.import_module("comfy_notebook._session")
+    from comfy_notebook._session import Session, use_session
+
+    previous = session_module._current
+
+    def make(pack: Mapping[str, type]) -> Any:
+        s = Session()
+        s.options = {"progress": False}
+        s.register(pack)
+        use_session(s)
+        return s
+
+    yield make
+    session_module._current = previous

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, ClassVar
 
 import pytest
@@ -106,19 +105,12 @@ class FakeManager:
 
 
 @pytest.fixture
-def session():
-    session_module = importlib.import_module("comfy_notebook._session")
-    from comfy_notebook._session import Session, use_session
-
-    previous = session_module._current
-    s = Session()
-    s.options = {"progress": False}
-    s.register(PACK)
-    use_session(s)
+def session(make_current_session):
+    """A fresh current session with the test pack; progress bars off."""
+    s = make_current_session(PACK)
     CALLS.clear()
     Show.SEEN.clear()
-    yield s
-    session_module._current = previous
+    return s
 
 
 @pytest.fixture

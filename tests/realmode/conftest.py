@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import importlib
 from typing import Any, ClassVar
 
 import pytest
@@ -220,20 +219,12 @@ class Ckpt(enum.Enum):
 
 
 @pytest.fixture
-def session():
+def session(make_current_session):
     """A fresh current session with the test pack; progress bars off."""
-    session_module = importlib.import_module("comfy_notebook._session")
-    from comfy_notebook._session import Session, use_session
-
-    previous = session_module._current
-    s = Session()
-    s.options = {"progress": False}
-    s.register(PACK)
-    use_session(s)
+    s = make_current_session(PACK)
     CALLS.clear()
     Save.SAVED.clear()
-    yield s
-    session_module._current = previous
+    return s
 
 
 @pytest.fixture
