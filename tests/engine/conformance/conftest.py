@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from comfy_notebook.engine import ExecutionBlocker, GraphBuilder, current_context
+from comfy_notebook.engine import ExecutionBlocker, GraphBuilder
 from comfy_notebook._session import Session
 
 
@@ -431,21 +431,6 @@ class PreviewImage(SaveImage):
     pass
 
 
-class ProgressNode:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"steps": ("INT", {"default": 3})}}
-    RETURN_TYPES = ("INT",)
-    FUNCTION = "run"
-    OUTPUT_NODE = True
-
-    def run(self, steps):
-        ctx = current_context()
-        for i in range(steps):
-            ctx.progress(i + 1, steps, preview=f"p{i}")
-        return (ctx.services.get("answer", steps),)
-
-
 class Failing:
     FAIL = True
 
@@ -501,7 +486,7 @@ NODES = {c.__name__: c for c in [
     TestCustomValidation3, TestCustomValidation5, VariantSupport, TestDynamicDependencyCycle, ImageConst,
     TestMakeListNode, TestMixedExpansionReturns, TestSleep, TestParallelSleep, TestOutputNodeWithSocketOutput,
     TestIntConditions, TestExecutionBlocker, TestForLoopOpen, TestForLoopClose, SaveImage, PreviewImage,
-    ProgressNode, Failing, AsyncFailing, AsyncValidate, AsyncLazy,
+    Failing, AsyncFailing, AsyncValidate, AsyncLazy,
 ]}
 
 
@@ -512,12 +497,14 @@ def cache_mode(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def session(cache_mode: str) -> Session:
+def session(cache_mode: str, steps_node: type) -> Session:
+    """A session with this pack plus ``ProgressNode`` (the engine pack's ``Steps`` node)."""
     from comfy_notebook.engine import LRU, Cache, KeepAll
 
     policy = {"keep_all": KeepAll(), "lru_100": LRU(100), "lru_0": LRU(0)}[cache_mode]
     s = Session(cache=Cache(policy))
-    s.register(NODES)
+    s.register({**NODES, "ProgressNode": steps_node})
+    steps_node.HOOK = None
     CALLS.clear()
     TestIsChangedWithConstants.SEEN.clear()
     Failing.FAIL = True
