@@ -48,7 +48,7 @@ def common_ksampler(
             sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
             start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise,
             latent_scale=model.family.latent_scale, device=model.manager.device,
-            callback=callback,
+            callback=callback, in_channels=model.in_channels,
         )
 
     return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=cfg != 1.0)

@@ -54,6 +54,24 @@ class ModelValue:
     ref: ModelRef
     manager: ModelManager = field(repr=False)
     family: ModelFamily = SD1
+    unet_config: Any = field(default=None, repr=False)  # models.unet.UNetConfig read from the file
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the UNet: 4 for SD1, 9 for an inpainting UNet (latent + mask + masked latent)."""
+        if self.unet_config is None:
+            return self.family.latent_channels
+        return int(self.unet_config.in_channels)
+
+    @property
+    def concat_channels(self) -> int:
+        """Channels the UNet takes beyond the latent (ComfyUI's ``c_concat``): 0, or 5 for inpainting."""
+        return max(0, self.in_channels - self.family.latent_channels)
+
+    @property
+    def is_inpaint(self) -> bool:
+        """Whether this is an inpainting model (ComfyUI's ``inpaint_model()``: in_channels > latent channels)."""
+        return self.concat_channels > 0
 
     @cached_property
     def schedule(self) -> Any:
@@ -75,8 +93,9 @@ class ModelValue:
         return self.manager.run(self.ref, fn, memory_required=need)
 
     def summary(self) -> str:
-        """One line: family, name, dtype, where it lives, bytes."""
-        return _summary("MODEL", self.ref, self.family)
+        """One line: family, name, dtype, where it lives, bytes (and the inpainting input)."""
+        extra = f", inpainting UNet ({self.in_channels} input channels)" if self.is_inpaint else ""
+        return _summary("MODEL", self.ref, self.family, extra)
 
     def __repr__(self) -> str:
         return f"<{self.summary()}>"
@@ -229,12 +248,13 @@ def load_checkpoint_values(
         missing = tuple(kind for kind in dtypes if keys[kind] not in manager)
         loaded = load_checkpoint(source, parts=missing, dtype=dtypes) if missing else None
         if loaded is not None:
-            family = loaded.info.family
+            info = loaded.info
         else:  # every part is managed already: the keys' shapes still say the family
             from comfy_notebook.models.detect import detect
             from comfy_notebook.runtime.loading import open_state_dict
 
-            family = detect(open_state_dict(source), source=source).family
+            info = detect(open_state_dict(source), source=source)
+        family = info.family
         refs = {}
         for kind in dtypes:
             module = getattr(loaded, kind) if loaded is not None and kind in missing else None
@@ -242,7 +262,7 @@ def load_checkpoint_values(
                                    module, dtypes[kind])
     tokenizer = get_tokenizer()
     return (
-        ModelValue(refs["unet"], manager, family),
+        ModelValue(refs["unet"], manager, family, info.unet),
         ClipValue(refs["clip"], manager, tokenizer, family, None, tuple(embedding_dirs)),
         VAEValue(refs["vae"], manager, family),
     )

@@ -25,7 +25,7 @@ from comfy_notebook.sampling.schedules import (
     nearest_timestep,
 )
 
-__all__ = ["CFGDenoiser", "CondEntry", "ModelDenoiser", "resolve_conditioning"]
+__all__ = ["NOISE_SHAPED", "CFGDenoiser", "CondEntry", "ModelDenoiser", "resolve_conditioning"]
 
 ApplyModel = Callable[..., Tensor]
 
@@ -49,14 +49,19 @@ class ModelDenoiser:
         self.apply_model, self.schedule, self.prediction = apply_model, schedule, prediction
         self._log_sigmas: dict[torch.device, Tensor] = {}  # per device, so no copy per step
 
-    def __call__(self, x: Tensor, sigma: Tensor, context: Tensor, **kw: Any) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, context: Tensor, c_concat: Tensor | None = None,
+                 **kw: Any) -> Tensor:
+        """``c_concat`` [B, Cc, H, W] (inpainting: mask and masked latent) is appended to the
+        scaled input along channels, unscaled, as ComfyUI's ``BaseModel._apply_model`` does."""
         s = sigma.view(-1, *([1] * (x.ndim - 1)))  # [B, 1, 1, 1]
-        x_in = x / (s**2 + 1.0) ** 0.5
+        x_in = (x / (s**2 + 1.0) ** 0.5).to(x.dtype)
+        if c_concat is not None:
+            x_in = torch.cat([x_in, c_concat.to(x.dtype)], dim=1)  # [B, C + Cc, H, W]
         log_sigmas = self._log_sigmas.get(sigma.device)
         if log_sigmas is None:
             log_sigmas = self._log_sigmas[sigma.device] = self.schedule.log_sigmas.to(sigma.device)
         t = nearest_timestep(sigma, log_sigmas).float()  # [B]
-        out = self.apply_model(x_in.to(x.dtype), t, context, **kw).to(x.dtype)
+        out = self.apply_model(x_in, t, context, **kw).to(x.dtype)
         if self.prediction == "eps":
             return x - out * s
         return x / (s**2 + 1.0) - out * s / (s**2 + 1.0) ** 0.5
@@ -67,7 +72,9 @@ class CondEntry:
     """One resolved conditioning entry: ``[cond, {strength, area, mask, ...}]`` of ComfyUI.
 
     ``area`` is (h, w, y, x) in latent pixels; ``mask`` is ``[Bm, H, W]`` at latent size;
-    ``sigma_start`` / ``sigma_end`` bound the sigmas where it is active.
+    ``sigma_start`` / ``sigma_end`` bound the sigmas where it is active.  ``model_kwargs`` are
+    extra model inputs with a batch dimension; those named in ``NOISE_SHAPED`` (``c_concat``)
+    cover the whole latent [B, Cc, H, W] and are cropped to the entry's area.
     """
 
     cond: Tensor
@@ -199,6 +206,24 @@ def _batched(t: Tensor, b: int) -> Tensor:
     return t.repeat(b // t.shape[0] or 1, *([1] * (t.ndim - 1)))[:b]
 
 
+NOISE_SHAPED = frozenset({"c_concat"})  # model kwargs laid out like the latent (ComfyUI CONDNoiseShape)
+
+
+def _region_kwargs(entries: list[CondEntry], b: int, region: tuple[int, int, int, int]) -> dict[str, Tensor]:
+    """Model kwargs of ``entries`` batched in order ([n*B, ...]); noise-shaped ones cropped to ``region``."""
+    ah, aw, ay, ax = region
+    out = {}
+    for k in entries[0].model_kwargs:
+        parts = []
+        for e in entries:
+            v = e.model_kwargs[k]
+            if k in NOISE_SHAPED:
+                v = v[:, :, ay : ay + ah, ax : ax + aw]  # [B, Cc, ah, aw]
+            parts.append(v.expand(b, *v.shape[1:]) if v.shape[0] == 1 else _batched(v, b))
+        out[k] = torch.cat(parts)
+    return out
+
+
 def _shape_key(e: CondEntry) -> tuple[Any, ...]:
     """Entries with equal keys can share one batched forward."""
     return (e.area, tuple(e.cond.shape[1:]), tuple((k, tuple(v.shape[1:])) for k, v in e.model_kwargs.items()))
@@ -254,8 +279,7 @@ class CFGDenoiser:
         if key not in self._fast_inputs:
             entries = [self.positive[0]] if self.skip_uncond else [self.positive[0], self.negative[0]]
             ctx = torch.cat([_batched(e.cond, b) for e in entries])  # [n*B, T, D]
-            kw = {k: torch.cat([e.model_kwargs[k].expand(b, *e.model_kwargs[k].shape[1:]) for e in entries])
-                  for k in entries[0].model_kwargs}
+            kw = _region_kwargs(entries, b, (x.shape[2], x.shape[3], 0, 0))
             self._fast_inputs[key] = (ctx, kw)
         return self._fast_inputs[key]
 
@@ -296,8 +320,7 @@ class CFGDenoiser:
             ah, aw, ay, ax = area if area is not None else (h, w, 0, 0)
             ah, aw = min(h - ay, ah), min(w - ax, aw)
             ctx = torch.cat([_batched(e.cond, b) for _, e in group])  # [n*B, T, D]
-            kw = {k: torch.cat([e.model_kwargs[k].expand(b, *e.model_kwargs[k].shape[1:]) for _, e in group])
-                  for k in group[0][1].model_kwargs}
+            kw = _region_kwargs([e for _, e in group], b, (ah, aw, ay, ax))
             targets = []
             for li, e in group:
                 m = _mult(e, x)  # [B, C, ah, aw]

@@ -23,7 +23,11 @@ from comfy_notebook.sampling.registry import SAMPLER_NOISE, SAMPLERS
 from comfy_notebook.sampling.samplers import StepCallback
 from comfy_notebook.sampling.schedules import DiscreteSchedule, SamplingConfigError, ksampler_sigmas
 
-__all__ = ["ksample", "prepare_mask"]
+__all__ = ["INPAINT_BLANK_LATENT", "inpaint_concat", "ksample", "prepare_mask"]
+
+# The SD1 latent of an all-zero image ("black" in 0..1 pixels), already times 0.18215: the
+# masked-image input an inpainting UNet gets when no mask is given (ComfyUI ``set_inpaint``).
+INPAINT_BLANK_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
 
 
 def prepare_mask(mask: Tensor, shape: tuple[int, ...], device: Any) -> Tensor:
@@ -36,6 +40,103 @@ def prepare_mask(mask: Tensor, shape: tuple[int, ...], device: Any) -> Tensor:
     if m.shape[0] < b:
         m = m.repeat(math.ceil(b / m.shape[0]), 1, 1, 1)
     return m[:b].to(device)
+
+
+def _upscale_center(t: Tensor, h: int, w: int) -> Tensor:
+    """ComfyUI ``common_upscale(..., "bilinear", "center")``: crop to the target aspect, then resize."""
+    oh, ow = t.shape[-2:]
+    y = x = 0
+    if ow / oh > w / h:
+        x = round((ow - ow * ((w / h) / (ow / oh))) / 2)
+    elif ow / oh < w / h:
+        y = round((oh - oh * ((ow / oh) / (w / h))) / 2)
+    return F.interpolate(t[:, :, y : oh - y, x : ow - x], size=(h, w), mode="bilinear")
+
+
+def _resize_batch(t: Tensor, b: int) -> Tensor:
+    """ComfyUI ``resize_to_batch_size``: pick evenly spaced batch items to make ``b`` of them."""
+    n = t.shape[0]
+    if n == b:
+        return t
+    if b <= 1:
+        return t[:b]
+    if b < n:
+        idx = [min(round(i * (n - 1) / (b - 1)), n - 1) for i in range(b)]
+    else:
+        idx = [min(math.floor((i + 0.5) * n / b), n - 1) for i in range(b)]
+    return t[idx]
+
+
+def inpaint_concat(options: dict[str, Any], *, noise_shape: tuple[int, ...], latent_image: Tensor,
+                   denoise_mask: Tensor | None, latent_scale: float, device: Any = None) -> Tensor:
+    """The extra UNet input of an inpainting model for one conditioning entry: [B, 1 + C, h, w].
+
+    ComfyUI's ``BaseModel.concat_cond`` with ``concat_keys = ("mask", "masked_image")``: the
+    channels are the mask (1 where to paint), then the masked-image latent.
+
+    Parameters
+    ----------
+    options:
+        The entry's options; ``concat_mask`` (any [..., H, W] mask, e.g. pixel size from
+        ``InpaintModelConditioning``) and ``concat_latent_image`` (a VAE latent, unscaled) are used
+        when present.
+    noise_shape:
+        ``[B, C, h, w]`` of the sampled latent.
+    latent_image:
+        The input latent in model scale (times ``latent_scale`` unless all zero), [B, C, h, w]:
+        the masked image when ``concat_latent_image`` is absent.
+    denoise_mask:
+        The latent's ``noise_mask`` prepared by :func:`prepare_mask` ([B, C, h, w]), or None.
+    latent_scale:
+        Multiplies ``concat_latent_image`` (ComfyUI ``process_latent_in``).
+    device:
+        Where the result lives.
+
+    Returns
+    -------
+    Tensor
+        ``cat([mask.round(), masked_latent], dim=1)``; with no mask at all (neither
+        ``concat_mask`` nor a ``noise_mask``): a mask of ones and :data:`INPAINT_BLANK_LATENT`.
+    """
+    b, c, h, w = noise_shape
+    mask = options.get("concat_mask", denoise_mask)
+    if mask is None:
+        blank = torch.tensor(INPAINT_BLANK_LATENT, dtype=torch.float32, device=device)
+        if c != len(INPAINT_BLANK_LATENT):
+            raise SamplingConfigError(
+                f"the blank inpainting latent has {len(INPAINT_BLANK_LATENT)} channels, the latent "
+                f"has {c}. Fix: give the inpainting model a mask (InpaintModelConditioning).")
+        return torch.cat([torch.ones((b, 1, h, w), device=device),
+                          blank.view(1, c, 1, 1).expand(b, c, h, w)], dim=1)  # [B, 1 + C, h, w]
+    image = options.get("concat_latent_image")
+    if image is None:
+        image = latent_image
+    else:
+        image = image.to(device=device, dtype=torch.float32) * latent_scale
+    image = image.to(device=device, dtype=torch.float32)
+    if tuple(image.shape[1:]) != (c, h, w):
+        image = _upscale_center(image, h, w)
+    image = _resize_batch(image, b)  # [B, C, h, w]
+    mask = mask.to(device=device, dtype=torch.float32)
+    if mask.ndim == 4:
+        mask = mask[:, :1]
+    mask = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1])
+    if tuple(mask.shape[-2:]) != (h, w):
+        mask = _upscale_center(mask, h, w)
+    mask = _resize_batch(mask.round(), b)  # [B, 1, h, w]
+    return torch.cat([mask, image], dim=1)
+
+
+def _concat_channels(in_channels: int | None, latent_channels: int) -> int:
+    """Extra input channels of the UNet; only ComfyUI's inpainting layout (mask + latent) is known."""
+    extra = 0 if in_channels is None else in_channels - latent_channels
+    if extra not in (0, latent_channels + 1):
+        raise SamplingConfigError(
+            f"the UNet takes {in_channels} input channels and the latent has {latent_channels}; "
+            f"expected {latent_channels} (a regular model) or {2 * latent_channels + 1} (an "
+            "inpainting model: latent, mask, masked-image latent). Fix: use a regular or an "
+            "inpainting checkpoint, with a latent of the model's family.")
+    return extra
 
 
 class _Inpaint:
@@ -58,6 +159,7 @@ def ksample(
     end_step: int | None = None, force_full_denoise: bool = False, latent_scale: float = 0.18215,
     device: Any = None, dtype: Any = None, callback: StepCallback | None = None, cpu_noise: bool = False,
     model_kwargs: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
+    in_channels: int | None = None,
 ) -> dict[str, Any]:
     """Sample a LATENT as ComfyUI's KSampler / KSamplerAdvanced do.
 
@@ -92,6 +194,10 @@ def ksample(
         device.  Off by default, as ComfyUI.
     model_kwargs:
         ``options -> {name: tensor}`` extra model inputs per conditioning entry (e.g. SDXL ``y``).
+    in_channels:
+        The UNet's input channels (``None``: as the latent).  ``2C + 1`` marks an inpainting
+        model: each entry gets ``c_concat`` = :func:`inpaint_concat` (built once per run), which
+        the denoiser appends to the UNet input.
 
     Returns
     -------
@@ -137,18 +243,26 @@ def ksample(
     x0 = samples.to(device=device, dtype=torch.float32)
     if torch.count_nonzero(x0) > 0:
         x0 = x0 * latent_scale
-    pos, neg = resolve_conditioning(positive, negative, tuple(samples.shape[2:]), schedule, device, dtype, model_kwargs)
+    mask = latent.get("noise_mask")
+    denoise_mask = prepare_mask(mask, tuple(noise.shape), device) if mask is not None else None
+    kwargs_fn = model_kwargs
+    if _concat_channels(in_channels, samples.shape[1]):
+        def kwargs_fn(options: dict[str, Any]) -> dict[str, Tensor]:
+            extra = model_kwargs(options) if model_kwargs is not None else {}
+            return {**extra, "c_concat": inpaint_concat(
+                options, noise_shape=tuple(noise.shape), latent_image=x0, denoise_mask=denoise_mask,
+                latent_scale=latent_scale, device=device)}
+    pos, neg = resolve_conditioning(positive, negative, tuple(samples.shape[2:]), schedule, device, dtype, kwargs_fn)
     model: Callable[[Tensor, Tensor], Tensor] = CFGDenoiser(ModelDenoiser(apply_model, schedule, prediction), pos, neg, cfg)
 
     sampler = SAMPLERS[sampler_name]
     kind = SAMPLER_NOISE.get(sampler_name)
-    mask = latent.get("noise_mask")
     inpaint_noise = noise
     if kind == "inpaint_random" and mask is not None:  # ComfyUI's ddim: fresh noise for the kept area
         gen = torch.manual_seed(seed + 1)
         inpaint_noise = torch.randn(noise.shape, generator=gen, device="cpu").to(device)
-    if mask is not None:
-        model = _Inpaint(model, prepare_mask(mask, tuple(noise.shape), device), x0, inpaint_noise)
+    if denoise_mask is not None:
+        model = _Inpaint(model, denoise_mask, x0, inpaint_noise)
 
     sigma_max = float(schedule.sigma_max)
     first = float(sigmas[0])
