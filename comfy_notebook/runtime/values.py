@@ -122,7 +122,11 @@ class ClipValue:
 
     def encode(self, text: str) -> tuple[Tensor, Tensor, list[str]]:
         """Encode a ComfyUI prompt: ``(cond [1, 77k, D], pooled [1, D], missing_embeddings)``."""
-        from comfy_notebook.models.prompt import encode_tokens, make_embedding_lookup, tokenize_prompt
+        from comfy_notebook.models.prompt import (
+            encode_tokens,
+            make_embedding_lookup,
+            tokenize_prompt,
+        )
 
         lookup = make_embedding_lookup(self.embedding_dirs) if self.embedding_dirs else None
         tokenized = tokenize_prompt(self.tokenizer, text, embedding_lookup=lookup)
