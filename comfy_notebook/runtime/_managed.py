@@ -151,22 +151,30 @@ class ManagedModel:
 
     @property
     def location(self) -> str:
-        """"gpu" (the compute device), "partial", "cpu" or "unloaded".
+        """"gpu" (on the compute device), "partial", "cpu" or "unloaded" — the manager's state.
 
-        A manager that computes on the CPU says "cpu" (there is no second place for the
-        weights), unless a fake capacity or a budget puts it in accounting mode.
+        What people are shown is :attr:`where`, which differs on a CPU-only manager.
         """
         if self._module is None:
             return "unloaded"
         if self._streamer is not None:
             return "partial"
-        if not self._on_device:
-            return "cpu"
+        return "gpu" if self._on_device else "cpu"
+
+    @property
+    def where(self) -> str:
+        """:attr:`location` as shown in tables, panels and summaries.
+
+        A manager that computes on the CPU shows "cpu" for a model on its compute device (there
+        is no second place for the weights), unless a fake capacity or a budget puts it in
+        accounting mode, where "gpu" stands for the simulated device.
+        """
+        location = self.location
         manager = self._manager()
-        if (manager is not None and manager.device.type == "cpu" and manager.capacity_bytes is None
-                and manager.budget_bytes is None):
+        if (location == "gpu" and manager is not None and manager.device.type == "cpu"
+                and manager.capacity_bytes is None and manager.budget_bytes is None):
             return "cpu"
-        return "gpu"
+        return location
 
     @property
     def loaded_bytes(self) -> int:

@@ -168,7 +168,7 @@ class ModelManager:
 
     def _info(self, m: ManagedModel) -> ModelInfo:
         holders = tuple(sorted(r.holder or "<ref>" for r in list(m._refs)))
-        return ModelInfo(m.name, m.kind, m.source, m.nbytes, m.dtype, m.location, m.loaded_bytes,
+        return ModelInfo(m.name, m.kind, m.source, m.nbytes, m.dtype, m.where, m.loaded_bytes,
                          m.last_used, m.pinned, m.keep_loaded, m.in_use, holders)
 
     def __repr__(self) -> str:

@@ -43,7 +43,7 @@ def _summary(kind: str, ref: ModelRef, family: ModelFamily, extra: str = "") -> 
     base = ref.base
     dtype = str(base.dtype).replace("torch.", "") if base.dtype is not None else "?"
     patches = f", {len(ref.patches)} patched weights" if ref.patches else ""
-    return (f"{kind} {family.name} '{base.name}' {dtype} on {base.location} "
+    return (f"{kind} {family.name} '{base.name}' {dtype} on {base.where} "
             f"({_fmt_bytes(base.nbytes)}{patches}){extra}")
 
 

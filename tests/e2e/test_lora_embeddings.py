@@ -42,7 +42,7 @@ def new_session(root: pathlib.Path) -> Session:
 
 @pytest.fixture(scope="module")
 def shared(root: pathlib.Path) -> Any:
-    """Runs each prompt in a fresh session (see the xfail test below for why)."""
+    """Runs each prompt in a fresh session, so images do not depend on one another."""
 
     class Fresh:
         def run_prompt(self, api: dict[str, Any], **kw: Any) -> Any:
@@ -131,10 +131,6 @@ def test_lora_loader_model_only_does_not_call_text_encoder_keys_unknown(shared: 
         image(shared, lora_prompt("kohya.safetensors", 1.0, model_only=True))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/manager.py bug: on a plain CPU manager a loaded model reports location 'cpu', so "
-    "_place() calls _load_full() again, which resets _applied to () without restoring the "
-    "master weights; the unpatched ref then runs with the LoRA clone's patched weights"))
 def test_unpatched_model_after_a_lora_clone_in_one_cpu_session(root: pathlib.Path) -> None:
     s = new_session(root)
     patched = image(s, lora_prompt("kohya.safetensors", 1.0, 0.0))
