@@ -88,6 +88,7 @@ class ModelInfo:
     keep_loaded: bool
     in_use: bool
     holders: tuple[str, ...]
+    family: str | None = None  # e.g. "sd1": what the registrant said the weights are
 
 
 def estimate_unet_memory(
@@ -108,8 +109,10 @@ class ManagedModel:
     """A registered model: its weights (or a factory to rebuild them) and where they live now."""
 
     def __init__(self, manager: ModelManager, name: str, factory: Callable[[], nn.Module] | None,
-                 kind: str, source: str | None, dtype: torch.dtype | None) -> None:
+                 kind: str, source: str | None, dtype: torch.dtype | None,
+                 family: str | None = None) -> None:
         self.name, self.kind, self.source, self.factory = name, kind, source, factory
+        self.family = family
         self.dtype = dtype
         self.keep_loaded = False
         self.last_used: float | None = None

@@ -93,7 +93,7 @@ class ModelManager:
     # -- registry -----------------------------------------------------------------------------
     def register(self, name: str, factory: Callable[[], nn.Module] | None = None, *, kind: str,
                  source: str | None = None, dtype: torch.dtype | None = None,
-                 module: nn.Module | None = None) -> ManagedModel:
+                 module: nn.Module | None = None, family: str | None = None) -> ManagedModel:
         """Register a model; returns its :class:`ManagedModel` (``.ref()`` gives a handle).
 
         ``factory`` rebuilds the module from ``source`` after an unload; ``module`` is an
@@ -108,7 +108,7 @@ class ModelManager:
                 raise ModelLoadError(
                     f"model {name!r}: expected a factory or a built module, received neither. "
                     "Fix: pass factory=lambda: ... that builds the nn.Module.")
-            m = ManagedModel(self, name, factory, kind, source, dtype)
+            m = ManagedModel(self, name, factory, kind, source, dtype, family)
             self._models[name] = m
             if module is not None:
                 self._adopt(m, module, reason="registered")
@@ -169,7 +169,7 @@ class ModelManager:
     def _info(self, m: ManagedModel) -> ModelInfo:
         holders = tuple(sorted(r.holder or "<ref>" for r in list(m._refs)))
         return ModelInfo(m.name, m.kind, m.source, m.nbytes, m.dtype, m.where, m.loaded_bytes,
-                         m.last_used, m.pinned, m.keep_loaded, m.in_use, holders)
+                         m.last_used, m.pinned, m.keep_loaded, m.in_use, holders, m.family)
 
     def __repr__(self) -> str:
         head = f"ModelManager(device={self.device}, used={_fmt(self._resident_bytes())}"

@@ -216,12 +216,13 @@ class VAEValue:
 
 
 def _register(manager: ModelManager, name: str, kind: str, source: str,
-              factory: Callable[[], Any], module: Any | None, dtype: torch.dtype) -> ModelRef:
+              factory: Callable[[], Any], module: Any | None, dtype: torch.dtype,
+              family: ModelFamily) -> ModelRef:
     """Reuse the managed model of ``name`` if this file part is known, else register it."""
     if name in manager:
         return manager[name].ref(holder=name)
     return manager.register(name, factory, kind=kind, source=source, dtype=dtype,
-                            module=module).ref(holder=name)
+                            module=module, family=family.name).ref(holder=name)
 
 
 def load_checkpoint_values(
@@ -263,7 +264,7 @@ def load_checkpoint_values(
         for kind in dtypes:
             module = getattr(loaded, kind) if loaded is not None and kind in missing else None
             refs[kind] = _register(manager, keys[kind], kind, source, part_factory(kind),
-                                   module, dtypes[kind])
+                                   module, dtypes[kind], family)
     tokenizer = get_tokenizer()
     return (
         ModelValue(refs["unet"], manager, family, info.unet),
@@ -285,5 +286,6 @@ def load_vae_value(manager: ModelManager, path: str | os.PathLike[str], *,
         return load_vae(source, dtype=dtype)
 
     with _load_lock:
-        ref = _register(manager, key, "vae", source, factory, None if key in manager else factory(), dtype)
+        ref = _register(manager, key, "vae", source, factory, None if key in manager else factory(),
+                        dtype, SD1)
     return VAEValue(ref, manager, SD1)

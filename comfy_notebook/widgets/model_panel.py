@@ -106,7 +106,7 @@ class ModelPanel(View):
                               else getattr(stats, "bytes", 0))
         total, available = host_memory()
         return {
-            "device": {"name": str(device or "device"), "models": on_device, "free": free,
+            "device": {"name": _device_label(self.manager, device), "models": on_device, "free": free,
                        "budget": budget},
             "host": {"models": on_host, "cache": cache_bytes, "free": available, "total": total},
         }
@@ -169,3 +169,11 @@ class ModelPanel(View):
         lines.append(f"RAM: models {_fmt_bytes(host['models'])}, cache {_fmt_bytes(host['cache'])}"
                      f", free {_fmt_bytes(host['free'])} of {_fmt_bytes(host['total'])}")
         return "\n".join(lines)
+
+
+def _device_label(manager: Any, device: Any) -> str:
+    """The device bar's title; a CPU manager with a fake capacity simulates a GPU."""
+    capacity = getattr(manager, "capacity_bytes", None)
+    if getattr(device, "type", None) == "cpu" and capacity is not None:
+        return "simulated gpu"
+    return str(device or "device")

@@ -58,3 +58,17 @@ def test_session_run_accepts_a_workflow() -> None:
     assert [v for (v,) in result.outputs.values()] == [42]
     with pytest.raises(TypeError, match="run_prompt"):
         s.run({"1": {}})
+
+
+def test_panel_rows_show_the_checkpoint_family(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from comfy_notebook.runtime.values import load_checkpoint_values
+    from comfy_notebook.testing import make_checkpoint
+    from comfy_notebook.widgets import ModelPanel
+
+    monkeypatch.setenv("COMFY_NOTEBOOK_SIMULATED_VRAM", "256MB")
+    session = comfy_notebook.Session()
+    load_checkpoint_values(session.models, make_checkpoint(tmp_path / "t.safetensors"), name="t")
+    panel = ModelPanel.for_session(session)
+    assert {r["name"]: r["family"] for r in panel.rows} == {"t/unet": "sd1", "t/vae": "sd1", "t/clip": "sd1"}
+    if not torch.cuda.is_available():
+        assert panel.memory["device"]["name"] == "simulated gpu"
