@@ -154,7 +154,13 @@ class VAEEncodeForInpaint:
 
 
 class InpaintModelConditioning:
-    """Conditioning for inpainting models (masked image latent + mask) and the LATENT to sample."""
+    """Conditioning for inpainting models (masked image latent + mask) and the LATENT to sample.
+
+    Every entry gets ``concat_latent_image`` (the VAE latent of the image with the masked pixels
+    greyed) and ``concat_mask`` (the pixel mask); an inpainting UNet receives them as its extra
+    input channels (``comfy_notebook.sampling.ksampler.inpaint_concat``), a regular UNet ignores
+    them.
+    """
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:

@@ -41,10 +41,10 @@ def cond(value: float, **opts):
 
 
 def run(rec: Recorder, latent: dict, positive, negative, *, cfg: float = 7.0, in_channels: int | None = 9,
-        steps: int = 2):
+        steps: int = 2, device: str | None = None):
     return ksample(rec, prediction="eps", schedule=DiscreteSchedule(), latent=latent, positive=positive,
                    negative=negative, seed=3, steps=steps, cfg=cfg, sampler_name="euler",
-                   scheduler="normal", in_channels=in_channels)
+                   scheduler="normal", in_channels=in_channels, device=device)
 
 
 def first_sigma(steps: int = 2) -> float:
@@ -205,3 +205,18 @@ def test_general_path_equals_fast_path_with_concat():
 def test_unknown_extra_channel_count_is_refused():
     with pytest.raises(SamplingConfigError, match=r"takes 8 input channels.*expected 4 .* or 9"):
         run(Recorder(), {"samples": torch.zeros(1, 4, H, W)}, [cond(0.5)], [cond(-0.5)], in_channels=8)
+
+
+@pytest.mark.gpu
+def test_concat_on_cuda_equals_cpu():
+    torch.manual_seed(6)
+    samples = torch.randn(2, 4, H, W)
+    opts = {"concat_latent_image": torch.randn(1, 4, H, W), "concat_mask": pixel_mask()}
+    inputs = {}
+    for device in ("cpu", "cuda"):
+        rec = Recorder()
+        run(rec, {"samples": samples, "noise_mask": pixel_mask()}, [cond(0.5, **opts)], [cond(-0.5)], device=device)
+        assert rec.inputs[0].device.type == device
+        inputs[device] = rec.inputs[0].cpu()
+    assert torch.equal(inputs["cuda"][:, 4:], inputs["cpu"][:, 4:])
+    torch.testing.assert_close(inputs["cuda"], inputs["cpu"], rtol=1e-5, atol=1e-5)
