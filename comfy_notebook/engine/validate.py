@@ -9,6 +9,7 @@ iterative so a 10,000-node chain validates.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -174,11 +175,13 @@ def _check_constant(
         if not ok:
             long = len(typ) > 20
             listing = f"(list of length {len(typ)})" if long else str(list(typ))
+            close = difflib.get_close_matches(str(value), [str(o) for o in typ], n=5, cutoff=0.5)
+            hint = f"; close matches: {close}" if close else ""
             errors.append(
                 _err(
                     "value_not_in_list",
                     "Value not in list",
-                    f"{name}: '{value}' not in {listing}",
+                    f"{name}: '{value}' not in {listing}{hint}",
                     input_name=name,
                     input_config=None if long else info,
                     received_value=value,

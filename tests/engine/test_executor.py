@@ -221,3 +221,28 @@ def test_import_engine_and_session_without_torch():
             "from comfy_notebook import Session; Session(); assert 'torch' not in sys.modules, 'torch imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_value_not_in_list_names_close_matches():
+    class Pick:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"name": ([f"model_{i:02d}.safetensors" for i in range(30)]
+                                          + ["v1-5-pruned-emaonly.safetensors"],)}}
+
+        RETURN_TYPES = ()
+        FUNCTION = "f"
+        OUTPUT_NODE = True
+
+        def f(self, name):
+            return ()
+
+    from comfy_notebook import Session
+
+    s = Session()
+    s.register({"Pick": Pick})
+    with pytest.raises(ValidationError) as info:
+        s.run_prompt({"1": {"inputs": {"name": "v1-5-pruned-emaonly.safetensor"}, "class_type": "Pick"}})
+    details = info.value.node_errors["1"]["errors"][0]["details"]
+    assert "(list of length 31)" in details
+    assert "close matches: ['v1-5-pruned-emaonly.safetensors']" in details
