@@ -175,7 +175,7 @@ def _check_constant(
         if not ok:
             long = len(typ) > 20
             listing = f"(list of length {len(typ)})" if long else str(list(typ))
-            close = difflib.get_close_matches(str(value), [str(o) for o in typ], n=5, cutoff=0.5)
+            close = difflib.get_close_matches(str(value), [str(o) for o in typ], n=3, cutoff=0.75)
             hint = f"; close matches: {close}" if close else ""
             errors.append(
                 _err(
