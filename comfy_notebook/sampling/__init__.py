@@ -12,8 +12,14 @@ from comfy_notebook.sampling.noise import (
     default_noise_sampler,
     prepare_noise,
 )
-from comfy_notebook.sampling.registry import SAMPLER_NOISE, SAMPLERS
+from comfy_notebook.sampling.registry import (
+    SAMPLER_NEEDS_SCHEDULE,
+    SAMPLER_NEEDS_UNCOND,
+    SAMPLER_NOISE,
+    SAMPLERS,
+)
 from comfy_notebook.sampling.samplers import StepInfo
+from comfy_notebook.sampling.samplers_cfg_pp import GuidedDenoiser, unguided
 from comfy_notebook.sampling.schedules import (
     DISCARD_PENULTIMATE_SIGMA_SAMPLERS,
     SCHEDULERS,
@@ -26,12 +32,15 @@ from comfy_notebook.sampling.schedules import (
 __all__ = [
     "DISCARD_PENULTIMATE_SIGMA_SAMPLERS",
     "SAMPLERS",
+    "SAMPLER_NEEDS_SCHEDULE",
+    "SAMPLER_NEEDS_UNCOND",
     "SAMPLER_NOISE",
     "SCHEDULERS",
     "BrownianTreeNoiseSampler",
     "CFGDenoiser",
     "CondEntry",
     "DiscreteSchedule",
+    "GuidedDenoiser",
     "ModelDenoiser",
     "SamplingConfigError",
     "StepInfo",
@@ -42,4 +51,5 @@ __all__ = [
     "prepare_mask",
     "prepare_noise",
     "resolve_conditioning",
+    "unguided",
 ]

@@ -258,12 +258,17 @@ class CFGDenoiser:
     of active entries (entries with a timestep range cost one host comparison per step) and
     reused.  ``fast_path=False`` forces the general path (for tests).  ``forward_count`` counts
     model calls (for tests and benchmarks).
+
+    ``keep_uncond=True`` is for samplers that also need the unconditional prediction (CFG++):
+    :meth:`guided` returns ``(denoised, uncond_denoised)``, and ``cfg == 1`` then evaluates the
+    negative entries too (ComfyUI's ``disable_cfg1_optimization``).  ``__call__`` is unchanged.
     """
 
     def __init__(self, model: ModelDenoiser, positive: list[CondEntry], negative: list[CondEntry], cfg: float,
-                 fast_path: bool = True) -> None:
+                 fast_path: bool = True, keep_uncond: bool = False) -> None:
         self.model, self.positive, self.negative, self.cfg = model, positive, negative, float(cfg)
-        self.skip_uncond = math.isclose(self.cfg, 1.0)
+        self.keep_uncond = keep_uncond
+        self.skip_uncond = math.isclose(self.cfg, 1.0) and not keep_uncond
         self.forward_count = 0
         lists = [positive] if self.skip_uncond else [positive, negative]
         self.fast = fast_path and all(len(lst) == 1 and _simple(lst[0]) for lst in lists) and (
@@ -355,3 +360,33 @@ class CFGDenoiser:
             return self.combine([self.positive], x, sigma)[0]
         cond, uncond = self.combine([self.positive, self.negative], x, sigma)
         return uncond + (cond - uncond) * self.cfg
+
+    def guided(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """``(denoised, uncond_denoised)``: the CFG result and the negative list's prediction.
+
+        Parameters
+        ----------
+        x:
+            Noised latent [B, C, H, W].
+        sigma:
+            Noise level per sample [B].
+
+        Returns
+        -------
+        tuple of Tensor
+            Both [B, C, H, W]; what ComfyUI's ``sampler_post_cfg_function`` receives as
+            ``denoised`` and ``uncond_denoised``.
+        """
+        if self.skip_uncond:
+            raise SamplingConfigError(
+                "CFGDenoiser.guided needs the unconditional prediction, but this denoiser was built "
+                "with cfg == 1 and keep_uncond=False, so it never evaluates the negative entries. "
+                "Fix: build it with CFGDenoiser(..., keep_uncond=True).")
+        if self.fast:
+            ctx, kw = self._fast_ctx(x)
+            self.forward_count += 1
+            pred = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), ctx, **kw)  # [2B, C, H, W]
+            cond, uncond = pred.chunk(2)
+        else:
+            cond, uncond = self.combine([self.positive, self.negative], x, sigma)
+        return uncond + (cond - uncond) * self.cfg, uncond

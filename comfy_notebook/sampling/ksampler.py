@@ -19,7 +19,12 @@ from comfy_notebook.sampling.noise import (
     default_noise_sampler,
     prepare_noise,
 )
-from comfy_notebook.sampling.registry import SAMPLER_NOISE, SAMPLERS
+from comfy_notebook.sampling.registry import (
+    SAMPLER_NEEDS_SCHEDULE,
+    SAMPLER_NEEDS_UNCOND,
+    SAMPLER_NOISE,
+    SAMPLERS,
+)
 from comfy_notebook.sampling.samplers import StepCallback
 from comfy_notebook.sampling.schedules import DiscreteSchedule, SamplingConfigError, ksampler_sigmas
 
@@ -152,6 +157,16 @@ class _Inpaint:
         return self.inner(x, sigma) * self.mask + self.latent * self.keep
 
 
+class _InpaintGuided(_Inpaint):
+    """``_Inpaint`` over a guided denoiser: blends ``denoised``; ``uncond_denoised`` passes as is (as ComfyUI)."""
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        s = sigma.view(-1, 1, 1, 1)
+        x = x * self.mask + (self.noise * s + self.latent) * self.keep
+        denoised, uncond = self.inner(x, sigma)
+        return denoised * self.mask + self.latent * self.keep, uncond
+
+
 def ksample(
     apply_model: Callable[..., Tensor], *, prediction: str, schedule: DiscreteSchedule, latent: dict[str, Any],
     positive: list[Any], negative: list[Any], seed: int, steps: int, cfg: float, sampler_name: str,
@@ -177,7 +192,9 @@ def ksample(
     positive, negative:
         ComfyUI CONDITIONING lists ``[[cond [1, T, D], {options}], ...]``.
     seed, steps, cfg, sampler_name, scheduler, denoise:
-        As the KSampler node.  ``denoise < 1`` keeps the last ``steps + 1`` sigmas of a
+        As the KSampler node.  CFG++ samplers (``registry.SAMPLER_NEEDS_UNCOND``) get a guided
+        denoiser that also returns the unconditional prediction (even at cfg 1); SA-Solver
+        (``SAMPLER_NEEDS_SCHEDULE``) also gets ``schedule=``.  ``denoise < 1`` keeps the last ``steps + 1`` sigmas of a
         ``int(steps / denoise)``-step schedule.
     add_noise, start_step, end_step, force_full_denoise:
         KSamplerAdvanced: ``add_noise=False`` samples from zero noise; the step window slices
@@ -253,7 +270,9 @@ def ksample(
                 options, noise_shape=tuple(noise.shape), latent_image=x0, denoise_mask=denoise_mask,
                 latent_scale=latent_scale, device=device)}
     pos, neg = resolve_conditioning(positive, negative, tuple(samples.shape[2:]), schedule, device, dtype, kwargs_fn)
-    model: Callable[[Tensor, Tensor], Tensor] = CFGDenoiser(ModelDenoiser(apply_model, schedule, prediction), pos, neg, cfg)
+    guided = sampler_name in SAMPLER_NEEDS_UNCOND  # CFG++: the sampler also gets uncond_denoised
+    cfg_model = CFGDenoiser(ModelDenoiser(apply_model, schedule, prediction), pos, neg, cfg, keep_uncond=guided)
+    model: Callable[[Tensor, Tensor], Any] = cfg_model.guided if guided else cfg_model
 
     sampler = SAMPLERS[sampler_name]
     kind = SAMPLER_NOISE.get(sampler_name)
@@ -262,7 +281,7 @@ def ksample(
         gen = torch.manual_seed(seed + 1)
         inpaint_noise = torch.randn(noise.shape, generator=gen, device="cpu").to(device)
     if denoise_mask is not None:
-        model = _Inpaint(model, denoise_mask, x0, inpaint_noise)
+        model = (_InpaintGuided if guided else _Inpaint)(model, denoise_mask, x0, inpaint_noise)
 
     sigma_max = float(schedule.sigma_max)
     first = float(sigmas[0])
@@ -275,7 +294,8 @@ def ksample(
     elif kind in ("sde", "sde_gpu") and len(sigmas) > 1:
         noise_sampler = BrownianTreeNoiseSampler(
             x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seed, cpu=cpu_noise or kind == "sde")
+    options = {"schedule": schedule} if sampler_name in SAMPLER_NEEDS_SCHEDULE else {}
     with torch.no_grad():
-        result = sampler(model, x, sigmas, callback=callback, noise_sampler=noise_sampler)
+        result = sampler(model, x, sigmas, callback=callback, noise_sampler=noise_sampler, **options)
     out["samples"] = (result.float() / latent_scale).cpu()
     return out

@@ -3,7 +3,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_notebook.sampling import SAMPLERS, DiscreteSchedule, StepInfo, calculate_sigmas
+from comfy_notebook.sampling import (
+    SAMPLER_NEEDS_SCHEDULE,
+    SAMPLER_NEEDS_UNCOND,
+    SAMPLERS,
+    CFGDenoiser,
+    CondEntry,
+    DiscreteSchedule,
+    StepInfo,
+    calculate_sigmas,
+)
 from comfy_notebook.sampling.noise import BrownianTreeNoiseSampler
 
 S = DiscreteSchedule()
@@ -57,11 +66,21 @@ def test_dpm_fast_adaptive_equal_kdiffusion(kdiff, nonlinear, name):
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_gaussian_data_mean_and_variance(gaussian, name):
-    """Data ~ N(0.5, 0.7^2): every sampler must land on that distribution."""
+    """Data ~ N(0.5, 0.7^2): every sampler must land on that distribution.
+
+    CFG++ samplers run on a real ``CFGDenoiser(..., keep_uncond=True).guided`` at cfg 3 whose
+    positive and negative contexts differ but whose model is the exact denoiser of the same
+    Gaussian for both, so guidance is the identity and the answer is still N(0.5, 0.7^2).
+    """
     mu, sd = 0.5, 0.7
     model = gaussian(mu, sd)
+    if name in SAMPLER_NEEDS_UNCOND:
+        exact = model
+        ctx_model = lambda x, sigma, context: exact(x, sigma)  # noqa: E731
+        pos, neg = [CondEntry(cond=torch.ones(1, 2, 3))], [CondEntry(cond=-torch.ones(1, 2, 3))]
+        model = CFGDenoiser(ctx_model, pos, neg, 3.0, keep_uncond=True).guided
     # first-order stochastic samplers need more steps for the same accuracy
-    steps = 100 if name in ("ddpm", "euler_ancestral") else 30
+    steps = 100 if name in ("ddpm", "euler_ancestral", "euler_ancestral_cfg_pp") else 30
     sigmas = calculate_sigmas(S, "karras", steps)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4000, 1, 1, 1, generator=g) * (sigmas[0] ** 2 + sd**2) ** 0.5 + mu
@@ -71,6 +90,10 @@ def test_gaussian_data_mean_and_variance(gaussian, name):
         kw["noise_sampler"] = BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=1)
     else:
         kw["noise_sampler"] = _noise_sampler(x, sigmas)
+    if name in SAMPLER_NEEDS_SCHEDULE:
+        kw["schedule"] = S
+    if name == "dpmpp_2s_ancestral_cfg_pp":  # ComfyUI's default widens the result (test_cfg_pp.py)
+        kw["midpoint_uncond"] = False
     out = SAMPLERS[name](model, x, sigmas, **kw)
     if name == "lcm":  # x0-jump + re-noise: variance follows V' = c^2 V + sigma_next^2, c = s^2/(s^2+sigma^2)
         var = sigmas[0] ** 2 + sd**2
@@ -107,7 +130,7 @@ def test_callback_gets_stepinfo_and_can_interrupt(nonlinear):
 
 
 def test_names_follow_comfyui_order():
-    """Offered names are ComfyUI's KSampler.SAMPLERS (a125cd8) in its order, minus the unimplemented."""
+    """Offered names are exactly ComfyUI's KSampler.SAMPLERS (a125cd8), in its order."""
     comfy = [
         "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
         "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
@@ -117,5 +140,4 @@ def test_names_follow_comfyui_order():
         "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
         "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
     ]
-    missing = {n for n in comfy if n.endswith("_cfg_pp")} | {"sa_solver", "sa_solver_pece"}
-    assert list(SAMPLERS) == [n for n in comfy if n not in missing]
+    assert list(SAMPLERS) == comfy
