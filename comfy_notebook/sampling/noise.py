@@ -15,7 +15,6 @@ do not depend on the device (they equal the CPU results).
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Callable, Sequence
 
 import torch

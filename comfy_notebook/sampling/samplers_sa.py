@@ -127,7 +127,12 @@ def sample_sa_solver(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: St
                      noise_sampler: NoiseSampler | None = None, schedule: DiscreteSchedule | None = None,
                      tau_func: TauFunc | None = None, s_noise: float = 1.0, predictor_order: int = 3,
                      corrector_order: int = 4, use_pece: bool = False, simple_order_2: bool = False) -> Tensor:
-    """Stochastic Adams predictor-corrector (one evaluation per step; ``use_pece``: two)."""
+    """Stochastic Adams predictor-corrector (one evaluation per step; ``use_pece``: two).
+
+    As ComfyUI a125cd8, the result is the last *corrected* state: when ``sigmas`` end in 0 that
+    is the final denoised prediction; when they end above 0 (a step window with leftover noise)
+    it is the state at ``sigmas[-2]``, the final predictor step being left uncorrected and unused.
+    """
     if len(sigmas) <= 1:
         return x
     if predictor_order < 1 or corrector_order < 0:
