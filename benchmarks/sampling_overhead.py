@@ -10,6 +10,8 @@ tiny 8x8 latent that isolates Python / dispatch cost (what bounds a GPU step).  
 - ``fast``: one plain positive and negative entry (the CFG fast path);
 - ``general``: two positive entries with strengths 0.7 / 0.3 (ComfyUI's ``calc_cond_batch`` path).
 
+Samplers the installed package does not offer are skipped (so the script also times older code).
+
 The ratio is against a reference SD1.5 step on the GPU (default 12.3 ms, the CUDA-graph replay
 speed of 81 it/s from design/performance.md; pass --step-ms to change).
 
@@ -27,9 +29,11 @@ from typing import Any
 
 import torch
 
+from comfy_notebook.sampling import SAMPLERS as OFFERED
 from comfy_notebook.sampling import DiscreteSchedule, ksample
 
-SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde_gpu", "heun", "uni_pc")
+SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde_gpu", "heun", "uni_pc", "euler_cfg_pp",
+            "dpmpp_2m_cfg_pp", "sa_solver")
 
 
 def _sync(device: torch.device) -> None:
@@ -85,7 +89,7 @@ def main() -> None:
              "general": ([[c1, {"strength": 0.7}], [c2, {"strength": 0.3}]], [[u, {}]])}
     for hw in (64, 8):
         for case, (pos, neg) in cases.items():
-            for sampler in SAMPLERS if case == "fast" else ("euler",):
+            for sampler in [n for n in SAMPLERS if n in OFFERED] if case == "fast" else ("euler",):
                 kw = dict(prediction="eps", schedule=DiscreteSchedule(), latent={"samples": torch.zeros(1, 4, hw, hw)},
                           positive=pos, negative=neg, seed=1, cfg=8.0, sampler_name=sampler, scheduler="karras",
                           device=device)

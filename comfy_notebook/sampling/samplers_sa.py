@@ -18,7 +18,7 @@ Behaviour as ComfyUI (comfy/k_diffusion/sa_solver.py and sampling.py at a125cd8)
 1 for sigmas within the schedule's [percent 0.2, percent 0.8] window and 0 outside (an ODE
 step), so the sampler needs the model's schedule (``registry.SAMPLER_NEEDS_SCHEDULE``: ``ksample``
 passes ``schedule=``) or an explicit ``tau_func``.  The b coefficients are host scalars computed
-in float64 (ComfyUI: in the sigmas' dtype); the per-step tensor work is the weighted sums.
+in double precision (ComfyUI: in the sigmas' dtype); the per-step tensor work is the weighted sums.
 """
 
 from __future__ import annotations
@@ -94,12 +94,27 @@ def adams_coeffs(sigma_t: float, lambdas: Sequence[float], lambda_s: float, lamb
             return [alpha_t * (whole - newer), alpha_t * newer]
         older = 0.5 * k * h * h / (lambdas[-2] - lambda_s)
         return [alpha_t * older, alpha_t * (whole - older)]
-    # Solve V^T b = m: sum_j b_j u_j^p must equal the p-th weighted moment (u = lambda - lambda_t)
-    n = len(lambdas)
-    nodes = torch.tensor([lam - lambda_t for lam in lambdas], dtype=torch.float64)  # [n]
-    vt = nodes.unsqueeze(0) ** torch.arange(n, dtype=torch.float64).unsqueeze(1)  # [p, j] = u_j^p
-    moments = torch.tensor(_weighted_moments(h, n, k), dtype=torch.float64)  # [n]
-    return (alpha_t * torch.linalg.solve(vt, moments)).tolist()
+    # b_j = alpha_t sum_p c_jp m_p with L_j(u) = sum_p c_jp u^p in u = lambda - lambda_t (host floats:
+    # at most 4 points, so plain Python is cheaper per step than building tensors)
+    nodes = [lam - lambda_t for lam in lambdas]
+    moments = _weighted_moments(h, len(nodes), k)
+    return [alpha_t * sum(c * m for c, m in zip(_lagrange_poly(nodes, j), moments, strict=True))
+            for j in range(len(nodes))]
+
+
+def _lagrange_poly(nodes: Sequence[float], j: int) -> list[float]:
+    """Monomial coefficients (increasing powers) of the Lagrange basis polynomial of ``nodes[j]``."""
+    poly = [1.0]
+    for m, u_m in enumerate(nodes):
+        if m == j:
+            continue
+        den = nodes[j] - u_m
+        nxt = [0.0] * (len(poly) + 1)
+        for p, c in enumerate(poly):  # poly * (u - u_m) / den
+            nxt[p + 1] += c / den
+            nxt[p] -= c * u_m / den
+        poly = nxt
+    return poly
 
 
 def _combine(coeffs: list[float], preds: list[Tensor]) -> Tensor:
