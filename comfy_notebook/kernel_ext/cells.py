@@ -23,6 +23,29 @@ def _session() -> Any:
     return session()
 
 
+def _release_frames(error: BaseException, tb: Any) -> None:
+    """Clear the locals of the finished frames behind ``error``, its causes and contexts.
+
+    An interrupted or failed node leaves its frames (UNet forward, sampler loop) in the
+    traceback chain, and the error stays referenced after the cell (``last_error``, IPython's
+    last result).  Their locals would keep the model module and activations alive, so
+    ``%comfy unload all`` could not free the weights (nor a GPU its memory).  The text for
+    ``%comfy traceback`` is formatted before this runs; executing frames are left alone.
+    """
+    if tb is not None:
+        traceback.clear_frames(tb)
+    seen: set[int] = set()
+    stack: list[Any] = [error]
+    while stack:
+        exc = stack.pop()
+        if not isinstance(exc, BaseException) or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if exc.__traceback__ is not None:
+            traceback.clear_frames(exc.__traceback__)
+        stack += [exc.__cause__, exc.__context__, getattr(exc, "original", None)]
+
+
 class CellEvents:
     """The IPython hooks of the extension (one per shell)."""
 
@@ -71,6 +94,7 @@ class CellEvents:
         self.last_traceback = "".join(traceback.format_exception(etype, value, tb)) + (
             "\n" + detail if detail else ""
         )
+        _release_frames(value, tb)
         line = f"{etype.__name__}: {value}  (%comfy traceback for details)"
         show = getattr(shell, "_showtraceback", None)  # the kernel's hook: marks the cell failed
         if show is not None:
