@@ -95,6 +95,20 @@ print("STATE" + json.dumps({
 _ran.clear()
 """
 
+# After an interrupt, unloading must free the UNet's weights: nothing (the error kept for
+# ``%comfy traceback``, IPython's last result) may keep the interrupted frames, and with them the
+# module and the sampler's tensors, alive.
+FREED = """
+import gc, weakref
+_unet = [r.name for r in _session.models.list() if r.kind == "unet"][0]
+with _session.models.use(_unet) as _module:
+    _weights = weakref.ref(_module)
+del _module
+%comfy unload all
+gc.collect()
+print("FREED", _weights() is None, [r.location for r in _session.models.list()])
+"""
+
 SLOW_NODE = """
 import time as _time
 
@@ -302,6 +316,8 @@ def test_interrupt_on_a_real_kernel(kernel: Kernel, tmp_path: Path) -> None:
         "print(json.dumps([h.node.signature for h in (model, pos, neg, empty)]))"))
     assert after_interrupt == set(upstream), (after_interrupt, upstream)  # no KSampler entry
     assert kernel.run("print([k for k in ('latent', 'image') if k in dir()])").strip() == "[]"
+    freed = kernel.run(FREED)
+    assert "FREED True ['unloaded', 'unloaded', 'unloaded']" in freed, freed
 
     # -- 2. the same cell with fewer steps: only KSampler and VAEDecode run ----------------
     kernel.run(GENERATE.format(size=SIZE, seed=seed, steps=FEW_STEPS), cell_id="generate")
