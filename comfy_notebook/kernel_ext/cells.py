@@ -24,13 +24,14 @@ def _session() -> Any:
 
 
 def _release_frames(error: BaseException, tb: Any) -> None:
-    """Clear the locals of the finished frames behind ``error``, its causes and contexts.
+    """Free the finished frames behind ``error``, its causes and contexts.
 
     An interrupted or failed node leaves its frames (UNet forward, sampler loop) in the
     traceback chain, and the error stays referenced after the cell (``last_error``, IPython's
-    last result).  Their locals would keep the model module and activations alive, so
-    ``%comfy unload all`` could not free the weights (nor a GPU its memory).  The text for
-    ``%comfy traceback`` is formatted before this runs; executing frames are left alone.
+    last result).  Their locals, and the closures of the functions they ran, would keep the
+    model module and activations alive, so ``%comfy unload all`` could not free the weights
+    (nor a GPU its memory).  Locals are cleared (executing frames are left alone) and the
+    chain lets go of its tracebacks; ``%comfy traceback`` keeps the text, formatted before.
     """
     if tb is not None:
         traceback.clear_frames(tb)
@@ -43,6 +44,7 @@ def _release_frames(error: BaseException, tb: Any) -> None:
         seen.add(id(exc))
         if exc.__traceback__ is not None:
             traceback.clear_frames(exc.__traceback__)
+            exc.__traceback__ = None
         stack += [exc.__cause__, exc.__context__, getattr(exc, "original", None)]
 
 
