@@ -152,11 +152,11 @@ class ExecutionInterrupted(ComfyNotebookError):
         self.prompt_id = prompt_id
         self.step = step
         self.total = total
-        where = ""
-        if step is not None and total is not None:
-            where = f" at step {step}/{total}"
+        stepped = step is not None and total is not None
+        where = f" at step {step}/{total}" if stepped else ""
         if node_id is not None:
-            where += f" of node {node_id}" + (f" ({node_type})" if node_type else "")
+            where += (" of" if stepped else " in") + f" node {node_id}"
+            where += f" ({node_type})" if node_type else ""
         super().__init__(f"interrupted{where}")
 
 

@@ -246,3 +246,11 @@ def test_value_not_in_list_names_close_matches():
     details = info.value.node_errors["1"]["errors"][0]["details"]
     assert "(list of length 31)" in details
     assert "close matches: ['v1-5-pruned-emaonly.safetensors']" in details
+
+
+def test_interrupted_message_wording():
+    from comfy_notebook.errors import ExecutionInterrupted
+
+    assert str(ExecutionInterrupted("3", "KSampler", 3, 20)) == "interrupted at step 3/20 of node 3 (KSampler)"
+    assert str(ExecutionInterrupted("8", "VAEDecode")) == "interrupted in node 8 (VAEDecode)"
+    assert str(ExecutionInterrupted()) == "interrupted"
