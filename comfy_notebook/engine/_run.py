@@ -64,6 +64,9 @@ class PromptRun:
         self.cached: list[str] = []
         self.seen_cached: set[str] = set()
         self.current: str | None = None
+        # The context of each node that started, so an interrupt that bypasses the node's own
+        # handler (asyncio cancelling an async node) still reports the node's last step.
+        self.contexts: dict[str, NodeContext] = {}
 
     # -- helpers ---------------------------------------------------------------------
     def prompt_api(self) -> dict[str, Any]:
@@ -215,6 +218,7 @@ class PromptRun:
                 raise GraphError(f"unknown node class {node.class_type!r}")
             t0 = time.perf_counter()
             ctx = NodeContext(node_id, spec.name, self.prompt_id, self.ex.services, self.emit, self.flag)
+            self.contexts[node_id] = ctx
             inputs = gather_inputs(self, node_id, node, spec)
             pending = self.subgraph_results.pop(node_id, None)
             if pending is not None:

@@ -129,7 +129,11 @@ class Executor:
             node = run.current
             cls = run.nodes[node].class_type if node in run.nodes else None
             self.emit(RunInterrupted(pid, node, cls, frozenset(run.executed)))
-            raise ExecutionInterrupted(node, cls) from None
+            ctx = run.contexts.get(node) if node is not None else None
+            step, total = ctx.last_step if ctx is not None and ctx.last_step else (None, None)
+            raise ExecutionInterrupted(
+                node, cls, None if step is None else int(step), None if total is None else int(total)
+            ) from None
         finally:
             self.interrupt_flag.clear()
         return self._result(run, validated, time.perf_counter() - t0)

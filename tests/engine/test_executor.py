@@ -254,3 +254,49 @@ def test_interrupted_message_wording():
     assert str(ExecutionInterrupted("3", "KSampler", 3, 20)) == "interrupted at step 3/20 of node 3 (KSampler)"
     assert str(ExecutionInterrupted("8", "VAEDecode")) == "interrupted in node 8 (VAEDecode)"
     assert str(ExecutionInterrupted()) == "interrupted"
+
+
+def test_sigint_during_async_node_reports_its_last_step():
+    """Jupyter's interrupt is SIGINT: asyncio cancels the running task, so the node's own
+    KeyboardInterrupt handler never runs; the executor still reports the node's last step."""
+    import asyncio
+    import os
+    import signal
+    import threading
+
+    from comfy_notebook import Session
+    from comfy_notebook.engine import current_context
+    from comfy_notebook.errors import ExecutionInterrupted
+
+    started = threading.Event()
+
+    class AsyncSteps:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {}}
+
+        RETURN_TYPES = ("INT",)
+        FUNCTION = "run"
+        OUTPUT_NODE = True
+
+        async def run(self):
+            ctx = current_context()
+            for i in range(1, 200):
+                ctx.progress(i, 200)
+                if i == 3:
+                    started.set()
+                await asyncio.sleep(0.01)
+            return (1,)
+
+    s = Session()
+    s.register({"AsyncSteps": AsyncSteps})
+
+    def interrupt() -> None:
+        if started.wait(10):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(ExecutionInterrupted) as info:
+        s.run_prompt({"1": {"inputs": {}, "class_type": "AsyncSteps"}})
+    assert info.value.node_id == "1" and info.value.total == 200
+    assert info.value.step is not None and 3 <= info.value.step < 200
