@@ -74,8 +74,8 @@ def cell(n: dict[str, Any], seed: int = 42) -> Any:
 
 
 def _fresh() -> tuple[Any, dict[str, Any]]:
-    from comfy_notebook.realmode import node_function
     from comfy_notebook._session import Session, use_session
+    from comfy_notebook.realmode import node_function
 
     s = Session()
     s.options = {"progress": False}

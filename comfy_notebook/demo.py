@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="default: the fixture's seed")
     args = parser.parse_args(argv)
 
-    from comfy_notebook.nodes import register_builtins
     from comfy_notebook._session import Session
+    from comfy_notebook.nodes import register_builtins
 
     models_dir = Path(args.models_dir) if args.models_dir else _demo_models_dir()
     ckpt = args.ckpt or (DEMO_CKPT if not args.models_dir else None)

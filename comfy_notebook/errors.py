@@ -10,14 +10,14 @@ from typing import Any
 
 __all__ = [
     "ComfyNotebookError",
-    "GraphError",
-    "ValidationError",
-    "NodeError",
-    "NodeExecutionError",
     "ExecutionInterrupted",
+    "GraphError",
     "ModelLoadError",
     "ModelMemoryError",
+    "NodeError",
+    "NodeExecutionError",
     "UnsupportedModelError",
+    "ValidationError",
 ]
 
 

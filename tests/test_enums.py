@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from comfy_notebook._session import Session
 from comfy_notebook.engine import Registry
 from comfy_notebook.enums import (
     SAMPLER_NAMES,
@@ -19,7 +20,6 @@ from comfy_notebook.enums import (
 )
 from comfy_notebook.folders import Folders
 from comfy_notebook.nodes.latent import NODE_CLASS_MAPPINGS as LATENT_NODES
-from comfy_notebook._session import Session
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from comfy_notebook.engine import GraphBuilder, current_context
 from comfy_notebook._session import Session
+from comfy_notebook.engine import GraphBuilder, current_context
 
 RUNS: list[str] = []
 

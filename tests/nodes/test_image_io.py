@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageOps
 
 import comfy_notebook
+from comfy_notebook._session import Session, use_session
 from comfy_notebook.folders import Folders
 from comfy_notebook.nodes.image import NODE_CLASS_MAPPINGS as IMAGE_NODES
 from comfy_notebook.nodes.image_io import (
@@ -21,7 +22,6 @@ from comfy_notebook.nodes.image_io import (
     SaveImage,
 )
 from comfy_notebook.pnginfo import read_prompt, read_workflow, workflow_to_api
-from comfy_notebook._session import Session, use_session
 
 
 @pytest.fixture

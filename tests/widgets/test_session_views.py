@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
+from comfy_notebook._session import Session
 from comfy_notebook.engine import current_context
 from comfy_notebook.errors import ExecutionInterrupted
-from comfy_notebook._session import Session
 from comfy_notebook.widgets.gallery import Gallery
 from comfy_notebook.widgets.run_view import RunView
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
-from comfy_notebook.engine import ExecutionBlocker, GraphBuilder
 from comfy_notebook._session import Session
+from comfy_notebook.engine import ExecutionBlocker, GraphBuilder
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ class TestCustomIsChanged:
 
 
 class TestIsChangedWithConstants:
-    SEEN: list[Any] = []
+    SEEN: ClassVar[list[Any]] = []
 
     @classmethod
     def INPUT_TYPES(cls):
