@@ -12,29 +12,9 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from comfy_notebook._units import parse_bytes
+
 __all__ = ["MemoryBudget", "parse_bytes", "split_bytes"]
-
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
-
-
-def parse_bytes(text: str) -> int:
-    """``"512MB"``, ``"8GB"``, ``"1.5g"`` or ``"1024"`` -> bytes.
-
-    Raises
-    ------
-    ValueError
-        When the text is not a number with an optional unit (B, KB, MB, GB).
-    """
-    t = text.strip().lower()
-    digits = t.rstrip("kmgb")
-    unit = t[len(digits):]
-    try:
-        number = float(digits)
-    except ValueError:
-        number = -1.0
-    if unit not in _UNITS or number < 0:
-        raise ValueError(f"expected a size such as 512MB or 8GB, received {text!r}")
-    return int(number * _UNITS[unit])
 
 
 def split_bytes(value: Any) -> tuple[int, int]:

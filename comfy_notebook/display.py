@@ -12,18 +12,11 @@ import math
 import sys
 from typing import Any
 
+from comfy_notebook._units import human_bytes
+
 __all__ = ["grid", "mimebundle", "png_bytes", "summary"]
 
 _PREVIEW_SIDE = 256  # long side of a latent preview, pixels
-
-
-def _human(nbytes: int) -> str:
-    size = float(nbytes)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
 
 
 def _is_tensor(value: Any) -> bool:
@@ -41,7 +34,7 @@ def _describe(value: Any) -> str:
             return f"{type(value).__name__} (summary failed: {exc})"
     if _is_tensor(value):
         nbytes = value.element_size() * value.numel()
-        return f"tensor {list(value.shape)} {str(value.dtype).replace('torch.', '')} on {value.device}, {_human(nbytes)}"
+        return f"tensor {list(value.shape)} {str(value.dtype).replace('torch.', '')} on {value.device}, {human_bytes(nbytes)}"
     if isinstance(value, dict):
         inner = ", ".join(f"{k}: {_describe(v)}" for k, v in list(value.items())[:4])
         return "{" + inner + "}"

@@ -68,12 +68,7 @@ def _simulated_vram() -> dict[str, Any]:
 
     if torch.cuda.is_available():
         return {}
+    from comfy_notebook._units import parse_bytes
     from comfy_notebook.runtime.devices import DevicePolicy
 
-    units = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "B": 1}
-    upper = text.upper()
-    for suffix, factor in units.items():
-        if upper.endswith(suffix):
-            return {"policy": DevicePolicy.cpu(),
-                    "capacity_bytes": int(float(upper[: -len(suffix)]) * factor)}
-    return {"policy": DevicePolicy.cpu(), "capacity_bytes": int(upper)}
+    return {"policy": DevicePolicy.cpu(), "capacity_bytes": parse_bytes(text)}

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from comfy_notebook._units import human_bytes
 from comfy_notebook.errors import ComfyNotebookError, ModelLoadError, ModelMemoryError
 from comfy_notebook.runtime import _movement as mv
 from comfy_notebook.runtime._managed import (
@@ -52,7 +53,6 @@ __all__ = [
 
 T = TypeVar("T")
 _NO_LIMIT = 1 << 62
-_GIB = 1 << 30
 
 
 class ModelManager:
@@ -172,18 +172,18 @@ class ModelManager:
                          m.last_used, m.pinned, m.keep_loaded, m.in_use, holders, m.family)
 
     def __repr__(self) -> str:
-        head = f"ModelManager(device={self.device}, used={_fmt(self._resident_bytes())}"
+        head = f"ModelManager(device={self.device}, used={human_bytes(self._resident_bytes())}"
         if self.budget_bytes is not None:
-            head += f", budget={_fmt(self.budget_bytes)}"
+            head += f", budget={human_bytes(self.budget_bytes)}"
         if self.capacity_bytes is not None:
-            head += f", capacity={_fmt(self.capacity_bytes)}"
-        lines = [head + f", reserve={_fmt(self.reserve_bytes)})"]
+            head += f", capacity={human_bytes(self.capacity_bytes)}"
+        lines = [head + f", reserve={human_bytes(self.reserve_bytes)})"]
         rows = [("name", "kind", "where", "loaded/size", "dtype", "last used", "flags")]
         for i in self.list():
             flags = ",".join(f for f, on in (("in use", i.in_use), ("keep", i.keep_loaded),
                                                ("pinned", i.pinned)) if on)
             used = time.strftime("%H:%M:%S", time.localtime(i.last_used)) if i.last_used else "-"
-            rows.append((i.name, i.kind, i.location, f"{_fmt(i.loaded_bytes)}/{_fmt(i.bytes)}",
+            rows.append((i.name, i.kind, i.location, f"{human_bytes(i.loaded_bytes)}/{human_bytes(i.bytes)}",
                          str(i.dtype).replace("torch.", ""), used, flags or "-"))
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
@@ -427,12 +427,12 @@ class ModelManager:
             with self.use(ref, memory_required=memory_required, weight_budget=budget) as module:
                 return fn(module)
         except torch.OutOfMemoryError as exc:
-            loaded = ", ".join(f"{i.name} ({i.location}, {_fmt(i.loaded_bytes)})"
+            loaded = ", ".join(f"{i.name} ({i.location}, {human_bytes(i.loaded_bytes)})"
                                for i in self.list() if i.loaded_bytes) or "nothing"
             raise ModelMemoryError(
                 f"out of memory running model {model.name!r} even after offloading every other "
-                f"model and retrying with {_fmt(budget)} of its {_fmt(model.nbytes)} weights on "
-                f"{self.device}; needed {_fmt(memory_required)} of inference memory on top. "
+                f"model and retrying with {human_bytes(budget)} of its {human_bytes(model.nbytes)} weights on "
+                f"{self.device}; needed {human_bytes(memory_required)} of inference memory on top. "
                 f"Loaded now: {loaded}. Fix: lower the batch size or resolution, or free "
                 "memory held outside the manager.") from exc
 
@@ -526,11 +526,3 @@ class ModelManager:
         if m._streamer is not None:
             m._streamer.patches = new
         m._applied, m._applied_patches = want, new
-
-
-def _fmt(n: int) -> str:
-    if n >= _GIB:
-        return f"{n / _GIB:.2f} GB"
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):.1f} MB"
-    return f"{n / 1024:.1f} KB" if n >= 1024 else f"{n} B"

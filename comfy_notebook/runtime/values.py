@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from comfy_notebook._units import human_bytes
 from comfy_notebook.models.family import SD1, ModelFamily
 from comfy_notebook.runtime.manager import ModelManager, estimate_unet_memory
 from comfy_notebook.runtime.patches import ModelRef
@@ -31,20 +32,12 @@ __all__ = ["ClipValue", "ModelValue", "VAEValue", "load_checkpoint_values", "loa
 _load_lock = threading.Lock()
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
-
-
 def _summary(kind: str, ref: ModelRef, family: ModelFamily, extra: str = "") -> str:
     base = ref.base
     dtype = str(base.dtype).replace("torch.", "") if base.dtype is not None else "?"
     patches = f", {len(ref.patches)} patched weights" if ref.patches else ""
     return (f"{kind} {family.name} '{base.name}' {dtype} on {base.where} "
-            f"({_fmt_bytes(base.nbytes)}{patches}){extra}")
+            f"({human_bytes(base.nbytes)}{patches}){extra}")
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,6 +8,7 @@ from typing import Any
 
 import traitlets
 
+from comfy_notebook._units import human_bytes
 from comfy_notebook.widgets._base import STATIC, View
 
 __all__ = ["ModelPanel", "host_memory"]
@@ -23,16 +24,6 @@ def host_memory() -> tuple[int, int]:
         return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
     except (ValueError, OSError, AttributeError):
         return 0, 0
-
-
-def _fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 class ModelPanel(View):
@@ -160,14 +151,14 @@ class ModelPanel(View):
         lines = [header, "-" * len(header)]
         for r in self.rows:
             lines.append(f"{r['name']:<28} {r['family'] or '':<8} {r['dtype']:<9} "
-                         f"{_fmt_bytes(r['bytes']):>9} {r['location']:<9}")
+                         f"{human_bytes(r['bytes']):>9} {r['location']:<9}")
         if not self.rows:
             lines.append("(no models)")
         dev, host = self.memory["device"], self.memory["host"]
-        lines.append(f"{dev['name']}: models {_fmt_bytes(dev['models'])}, free "
-                     f"{_fmt_bytes(dev['free'])}, budget {_fmt_bytes(dev['budget'])}")
-        lines.append(f"RAM: models {_fmt_bytes(host['models'])}, cache {_fmt_bytes(host['cache'])}"
-                     f", free {_fmt_bytes(host['free'])} of {_fmt_bytes(host['total'])}")
+        lines.append(f"{dev['name']}: models {human_bytes(dev['models'])}, free "
+                     f"{human_bytes(dev['free'])}, budget {human_bytes(dev['budget'])}")
+        lines.append(f"RAM: models {human_bytes(host['models'])}, cache {human_bytes(host['cache'])}"
+                     f", free {human_bytes(host['free'])} of {human_bytes(host['total'])}")
         return "\n".join(lines)
 
 
