@@ -11,11 +11,12 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from comfy_notebook.engine._value_kinds import tensor_problem
 from comfy_notebook.engine.context import _CURRENT, NodeContext
 from comfy_notebook.engine.events import NodeBlocked
 from comfy_notebook.engine.graph import ExecutionBlocker, Graph, Link, Node
 from comfy_notebook.engine.protocol import NodeSpec
-from comfy_notebook.errors import ExecutionInterrupted
+from comfy_notebook.errors import ExecutionInterrupted, NodeError
 
 if TYPE_CHECKING:
     from comfy_notebook.engine._run import PromptRun
@@ -104,11 +105,25 @@ def gather_inputs(run: PromptRun, node_id: str, node: Node, spec: NodeSpec) -> d
                 inputs[name] = [None]
             else:
                 inputs[name] = out[value.output]
+                if ispec is not None:
+                    _check_tensor_kinds(node_id, spec.name, name, ispec.type, inputs[name])
         elif ispec is not None:
             inputs[name] = [value]
     for name, kind in spec.hidden.items():
         inputs[name] = [hidden_value(run, node_id, kind)]
     return inputs
+
+
+def _check_tensor_kinds(node_id: str, node_type: str, name: str, typ: Any, values: list[Any]) -> None:
+    """Refuse an IMAGE / MASK / LATENT of the wrong shape before the node sees it."""
+    if typ not in ("IMAGE", "MASK", "LATENT"):
+        return
+    for value in values:
+        problem = tensor_problem(typ, value, tensors_only=True)
+        if problem is not None:
+            expected, received, fix = problem
+            raise NodeError(f"wrong {typ} value: {received}", node_id=node_id, node_type=node_type,
+                            input_name=name, expected=expected, fix=fix)
 
 
 def instance(objects: dict[tuple[str, str], Any], node_id: str, spec: NodeSpec) -> Any:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from comfy_notebook.engine._value_kinds import value_kind_problem
 from comfy_notebook.engine.graph import BadLink, Graph, Link, Node
 from comfy_notebook.engine.protocol import InputSpec, NodeSpec
 from comfy_notebook.engine.registry import Registry
@@ -249,6 +250,11 @@ def _validate_node(
                 continue
             if value.node_id in invalid:
                 valid = False
+            continue
+        problem = value_kind_problem(ispec.type, value) if check_types else None
+        if problem is not None:
+            errors.append(_err("invalid_input_type", "Wrong kind of value", f"{name}: {problem}",
+                               input_name=name, input_config=list(ispec.raw), received_value=value))
             continue
         skip = spec.validate_has_kwargs or name in v_args
         new = _check_constant(name, ispec, value, skip, errors)
