@@ -30,7 +30,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 @pytest.fixture
 def session(models: pathlib.Path, tmp_path: pathlib.Path) -> Session:
-    s = Session(models_dir=models, output_dir=tmp_path / "out")
+    s = Session(models_dir=models.parent, output_dir=tmp_path / "out")  # temp/ beside models/
     s.options["progress"] = False
     register_builtins(s)
     return s
