@@ -106,6 +106,7 @@ class _State:
         self.used_now: set[str] = set()
         self.used_by_cell: dict[str, set[str]] = {}
         self.cell_outputs: list[NodeOutput] = []
+        self.cell_images: list[Handle] = []  # IMAGE handles of the running cell, until end_cell
         self.last_outputs: list[NodeOutput] = []
         self.executed = 0  # node functions run by real-mode calls (hits do not count)
         self.calls = 0
@@ -132,6 +133,9 @@ class _State:
             refs[:] = [r for r in refs if r() is not None]
         refs.extend(weakref.ref(h) for h in handles)
         self.cell_outputs.extend(h.node.refs[h.slot] for h in handles)  # no values held
+        if self.cell is not None:  # for the cell's image history (kernel_ext.cells.CellImages)
+            types = handles[0].node.spec.return_types if handles else ()
+            self.cell_images.extend(h for h in handles if h.slot < len(types) and types[h.slot] == "IMAGE")
 
     def held(self, sig: str) -> bool:
         """Whether a live handle still holds the entry ``sig``."""
@@ -441,6 +445,7 @@ def begin_cell(session: Any, cell_id: str | None) -> None:
     st.cell = cell_id
     st.used_now = set()
     st.cell_outputs = []
+    st.cell_images = []
 
 
 def end_cell(session: Any) -> int:
@@ -462,6 +467,7 @@ def end_cell(session: Any) -> int:
     st.cell = None
     st.used_now = set()
     st.cell_outputs = []
+    st.cell_images = []
     for sig in [s for s, refs in st.live.items() if not any(r() is not None for r in refs)]:
         del st.live[sig]
     return released

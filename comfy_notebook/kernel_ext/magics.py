@@ -31,6 +31,8 @@ USAGE = """\
 %comfy run FILE.json [--set NODE.INPUT=VALUE ...]
                                   run an API-format prompt (NODE: id, title or class)
 %comfy traceback                  the full traceback of the last error
+%comfy gallery                    this cell's images, one group per distinct run (last 16 runs)
+%comfy gallery clear              forget this cell's image history (frees the images it holds)
 %comfy stubs [FILE.pyi]           write a .pyi stub of the session's nodes for editor completion
                                   (default: next to comfy_notebook/nodes/__init__.py)
 %%comfy                           record the cell's node calls as one workflow and run it
@@ -102,6 +104,7 @@ class ComfyMagics(Magics):
         %comfy run FILE.json [--set NODE.INPUT=VALUE ...]
                                           run an API-format prompt (NODE: id, title or class)
         %comfy traceback                  the full traceback of the last error
+        %comfy gallery [clear]            this cell's images per distinct run (clear: forget them)
         %comfy stubs [FILE.pyi]           a .pyi stub of the session's nodes for editors
         %%comfy                           record the cell's node calls as one workflow, run it
         """
@@ -118,7 +121,8 @@ class ComfyMagics(Magics):
         handler = getattr(self, "_cmd_" + command, None)
         if handler is None:
             raise UsageError(f"%comfy: unknown command {command!r}; one of status, models, load, "
-                             "offload, unload, cache, export, run, stubs, traceback (%comfy? for help)")
+                             "offload, unload, cache, export, run, stubs, traceback, gallery "
+                             "(%comfy? for help)")
         try:
             return handler(args)
         except ComfyNotebookError as exc:
@@ -245,6 +249,26 @@ class ComfyMagics(Magics):
         default = Path(comfy_notebook.nodes.__file__).with_suffix(".pyi")
         path = write_stub(_session().registry, args[0] if args else default)
         print(f"wrote {path}")
+
+    def _cmd_gallery(self, args: list[str]) -> Any:
+        from comfy_notebook.kernel_ext.cells import cell_runs
+
+        if args not in ([], ["clear"]):
+            raise UsageError("%comfy gallery takes no argument or 'clear'")
+        events = self.events
+        if events is None or events.cell_id is None:
+            raise UsageError("%comfy gallery shows the images of the cell it runs in; no cell is running")
+        if args == ["clear"]:
+            n = len(events.images.runs(events.cell_id))
+            events.images.forget(events.cell_id)
+            print(f"forgot {n} run(s) of this cell")
+            return None
+        if not cell_runs(None):
+            print("no images from this cell yet: none of its runs made an IMAGE with a node call")
+            return None
+        from comfy_notebook.widgets import Gallery
+
+        return Gallery.for_cell(None)
 
     def _cmd_traceback(self, args: list[str]) -> None:
         text = self.events.last_traceback if self.events is not None else ""

@@ -57,6 +57,37 @@ class Gallery(View):
             prompt = images.to_api()
         self._add_group([(images, prompt, node_id)], label)
 
+    @classmethod
+    def for_cell(cls, cell_id: str | None = None, **kwargs: Any) -> Gallery:
+        """A gallery of a notebook cell's runs: the IMAGE handles each distinct run produced.
+
+        Runs come oldest first (as :meth:`add` appends them), labelled ``run N`` with the cell's
+        run number; the parameters of each image come from its handle's ``to_api()``.  The
+        history keeps the last 16 distinct runs per cell (see :mod:`comfy_notebook.kernel_ext.cells`).
+
+        Parameters
+        ----------
+        cell_id:
+            The notebook cell id; ``None`` is the running cell, its current run included.
+        **kwargs:
+            Passed to :class:`Gallery` (``thumb_size``, ``output_dir``).
+
+        Raises
+        ------
+        NoCellError
+            When the IPython extension is not loaded, or ``cell_id`` is None outside a cell.
+        """
+        from comfy_notebook.kernel_ext.cells import cell_runs
+
+        gallery = cls(**kwargs)
+        for run in cell_runs(cell_id):
+            sources: list[tuple[Any, Any, str | None]] = []
+            for h in run.handles:
+                api = h.to_api()  # ids in topological order: the handle's own node is the last
+                sources.append((h, api, str(len(api))))
+            gallery._add_group(sources, f"run {run.number}", run=run.number)
+        return gallery
+
     def add_result(self, result: Any, prompt: dict[str, Any], *, label: str | None = None) -> None:
         """Append the images of a ``PromptResult``: the ``images`` input of each output node."""
         sources: list[tuple[Any, dict[str, Any] | None, str | None]] = []
@@ -72,9 +103,11 @@ class Gallery(View):
                         sources.append((value, prompt, node_id))
         self._add_group(sources, label or f"run {getattr(result, 'prompt_id', '')}".strip())
 
-    def _add_group(self, sources: list[tuple[Any, Any, str | None]], label: str | None) -> None:
-        """Convert, thumbnail and publish one run's images."""
+    def _add_group(self, sources: list[tuple[Any, Any, str | None]], label: str | None,
+                   run: int | None = None) -> None:
+        """Convert, thumbnail and publish one run's images (``run``: its number, else the next)."""
         self._runs += 1
+        number = self._runs if run is None else run
         items = list(self.items)
         for value, prompt, node_id in sources:
             meta = prompt_metadata(prompt, node_id)
@@ -83,7 +116,7 @@ class Gallery(View):
                 self._images.append(image)
                 self._prompts.append(prompt)
                 items.append({
-                    "index": index, "run": self._runs, "label": label or f"run {self._runs}",
+                    "index": index, "run": number, "label": label or f"run {number}",
                     "thumb": data_url(image, self.thumb_size), "width": int(image.shape[1]),
                     "height": int(image.shape[0]), "meta": meta,
                     "prompt": json.dumps(prompt, indent=2) if prompt else "",
