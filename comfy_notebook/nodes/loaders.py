@@ -89,6 +89,24 @@ def _unet_layout(model: ModelValue | None) -> Any:
     return UNetLayout.from_config(info.unet) if info.unet is not None else None
 
 
+def _check_fit(lora_name: str, part: str, shapes: dict[str, Any], patches: dict[str, Any]) -> None:
+    """Refuse, at load time, a LoRA whose weights do not fit the model (no compute: meta device)."""
+    import torch
+
+    from comfy_notebook.errors import NodeError
+    from comfy_notebook.runtime.patches import PatchShapeError
+
+    for key, patch in patches.items():
+        try:
+            patch.delta(shapes[key], torch.device("meta"))
+        except PatchShapeError as exc:
+            raise NodeError(
+                f"LoRA {lora_name} does not fit this {part} at weight '{key}' ({exc.args[0].split('. Fix')[0]})",
+                input_name="lora_name", expected="a LoRA made for this checkpoint's model family",
+                received=lora_name, fix="use a LoRA trained for this model (an SD1 LoRA for an SD1 checkpoint)",
+            ) from None
+
+
 def _lora(model: ModelValue | None, clip: ClipValue | None, lora_name: str,
           strength_model: float, strength_clip: float) -> tuple[Any, Any]:
     from comfy_notebook.runtime.lora import load_lora_file, lora_patches
@@ -107,6 +125,10 @@ def _lora(model: ModelValue | None, clip: ClipValue | None, lora_name: str,
             f"{unknown[:8]}{' ...' if len(unknown) > 8 else ''}",
             stacklevel=3,
         )
+    if model is not None:
+        _check_fit(lora_name, "MODEL", model.ref.base.parameter_shapes(), unet_patches)
+    if clip is not None:
+        _check_fit(lora_name, "CLIP", clip.ref.base.parameter_shapes(), clip_patches)
     new_model = model.with_patches(unet_patches, strength_model) if model is not None and strength_model else model
     new_clip = clip.with_patches(clip_patches, strength_clip) if clip is not None and strength_clip else clip
     return new_model, new_clip

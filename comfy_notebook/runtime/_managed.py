@@ -152,6 +152,11 @@ class ManagedModel:
             mgr._ensure_built(self)
         return set(self._master)
 
+    def parameter_shapes(self) -> dict[str, torch.Size]:
+        """Canonical parameter name -> shape (builds the model like :meth:`parameter_names`)."""
+        self.parameter_names()
+        return {k: t.shape for k, t in self._master.items()}
+
     @property
     def location(self) -> str:
         """"gpu" (on the compute device), "partial", "cpu" or "unloaded" — the manager's state.

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from comfy_notebook._binding import NodeCallError
 from comfy_notebook._session import Session
@@ -16,7 +17,7 @@ from comfy_notebook.errors import NodeExecutionError, ValidationError
 from comfy_notebook.models.unet import UNetModel
 from comfy_notebook.nodes import register_builtins
 from comfy_notebook.realmode import node_function
-from comfy_notebook.testing import make_checkpoint
+from comfy_notebook.testing import make_checkpoint, make_lora
 
 CKPT = "tiny.safetensors"
 
@@ -144,3 +145,32 @@ def test_out_of_memory_always_then_rerun_hits_the_cache(session: Session,
     result = session.run_prompt(api(seed=2))
     assert result.executed == {"3", "8", "9"} and result.cached == {"4", "5", "6", "7"}
     assert result.outputs["8"][0].shape == (1, 64, 64, 3)
+
+
+def test_lora_that_does_not_fit_fails_at_the_loader_and_leaves_the_base_intact(
+        session: Session, models: pathlib.Path) -> None:
+    loras = models / "loras"
+    path = make_lora(loras / "fits.safetensors", models / "checkpoints" / CKPT, style="kohya", rank=4, seed=1)
+    sd = load_file(str(path))
+    key = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"] = torch.zeros(4, 999), torch.zeros(999, 4)
+    save_file(sd, str(loras / "misfit.safetensors"))
+    before = session.run_prompt(api(seed=5)).outputs["8"][0]
+    prompt = api(seed=5)
+    prompt["20"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1],
+                    "lora_name": "misfit.safetensors", "strength_model": 1.0, "strength_clip": 1.0}}
+    prompt["3"]["inputs"]["model"] = ["20", 0]
+    with pytest.raises(NodeExecutionError) as info:
+        session.run_prompt(prompt)
+    msg = str(info.value)
+    assert info.value.node_id == "20"  # the loader, not the sampler three nodes later
+    assert "misfit.safetensors does not fit this MODEL" in msg and "input_blocks.1.1.proj_in.weight" in msg
+    assert "(999, 999)" in msg and "Fix:" in msg
+    prompt["20"]["inputs"]["lora_name"] = "fits.safetensors"
+    assert session.run_prompt(prompt).outputs["8"][0].shape == (1, 64, 64, 3)
+    after = session.run_prompt(api(seed=6)).outputs["8"][0]  # base model sampled afresh
+    fresh = Session(models_dir=models.parent)
+    register_builtins(fresh)
+    fresh.options["progress"] = False
+    assert torch.equal(after, fresh.run_prompt(api(seed=6)).outputs["8"][0])
+    assert before.shape == after.shape
