@@ -42,6 +42,7 @@ from comfy_notebook._recording import (
 )
 from comfy_notebook.errors import (
     ExecutionInterrupted,
+    NodeError,
     NodeExecutionError,
     ValidationError,
 )
@@ -287,11 +288,17 @@ def _execute(session: Any, st: _State, node: RecordedNode, fast_key: str | None)
         raise _validation_error(node, target, exc) from exc
     except NodeExecutionError as exc:
         culprit = _node_by_id(order, ids, exc.node_id)
-        err = NodeCallError(f"failed: {type(exc.original).__name__}: {exc.original}",
-                            node_type=culprit.class_type if culprit else exc.node_type,
-                            fix="fix the inputs or the node; %comfy traceback shows the details")
+        node_type = culprit.class_type if culprit else exc.node_type
+        original = exc.original
+        if isinstance(original, NodeError):  # already says input / expected / received / fix
+            err = NodeCallError(original.message, node_type=node_type, input_name=original.input_name,
+                                expected=original.expected, received=original.received,
+                                fix=original.fix or "%comfy traceback shows the details")
+        else:
+            err = NodeCallError(f"failed: {type(original).__name__}: {original}", node_type=node_type,
+                                fix="fix the inputs or the node; %comfy traceback shows the details")
         err.traceback_text = exc.traceback_text
-        raise err from exc.original
+        raise err from original
     except ExecutionInterrupted as exc:
         culprit = _node_by_id(order, ids, exc.node_id)
         raise ExecutionInterrupted(node_id=culprit.class_type if culprit else exc.node_type,

@@ -264,3 +264,27 @@ def test_node_function_signature_and_help(session):
     assert inspect.signature(node_function("Empty")).parameters["width"].default == 16
     assert "add_noise: one of ['enable', 'disable'] (optional)" in sampler.__doc__
     assert sampler.__name__ == "Sampler" and sampler.cls is session.registry["Sampler"].cls
+
+
+def test_node_error_from_a_node_keeps_its_own_input_and_fix(session):
+    from comfy_notebook.errors import NodeError
+    from comfy_notebook.realmode import NodeCallError, node_function
+
+    class Picky:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"size": ("INT", {"default": 8})}}
+
+        RETURN_TYPES = ("INT",)
+        FUNCTION = "run"
+
+        def run(self, size):
+            raise NodeError("size must be even", input_name="size", expected="an even INT",
+                            received=size, fix="pass size + 1")
+
+    session.register({"Picky": Picky})
+    with pytest.raises(NodeCallError) as info:
+        node_function("Picky")(7)
+    text = str(info.value)
+    assert "(Picky) input 'size': size must be even; expected an even INT, received 7 (int)" in text
+    assert text.count("Fix:") == 1 and "pass size + 1" in text and "\n" not in text
