@@ -6,17 +6,43 @@ checkpoint keys ``transformer_blocks.N.attn1.to_q`` etc. come from there).
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
     "BasicTransformerBlock",
+    "Conv1x1",
     "CrossAttention",
     "FeedForward",
     "SpatialTransformer",
     "attention",
     "group_norm",
 ]
+
+
+class Conv1x1(nn.Conv2d):
+    """A 1x1 convolution computed as a matrix product over channels.
+
+    Same parameters as ``nn.Conv2d(in_channels, out_channels, 1)`` (so the checkpoint keys and
+    shapes are unchanged), but CPU results do not depend on the number of threads: oneDNN's 1x1
+    convolution splits its reduction by thread count, a matmul does not.  That makes a prompt's
+    image bit-identical whatever ``torch.set_num_threads`` says.  Channels-last inputs stay
+    channels-last.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.view(self.out_channels, self.in_channels)  # [O, C]
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return F.linear(x.movedim(1, -1), w, self.bias).movedim(-1, 1)  # stays channels-last
+        b, _, h, wd = x.shape
+        y = torch.matmul(w, x.reshape(b, self.in_channels, h * wd))  # [B, O, H*W]
+        if self.bias is not None:
+            y = y + self.bias[:, None]
+        return y.view(b, self.out_channels, h, wd)
 
 
 def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
@@ -123,8 +149,8 @@ class SpatialTransformer(nn.Module):
             self.proj_in: nn.Module = nn.Linear(channels, inner)
             self.proj_out: nn.Module = nn.Linear(inner, channels)
         else:
-            self.proj_in = nn.Conv2d(channels, inner, 1)
-            self.proj_out = nn.Conv2d(inner, channels, 1)
+            self.proj_in = Conv1x1(channels, inner)
+            self.proj_out = Conv1x1(inner, channels)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth)
         )

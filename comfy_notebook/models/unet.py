@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from comfy_notebook.models.layers import SpatialTransformer, group_norm
+from comfy_notebook.models.layers import Conv1x1, SpatialTransformer, group_norm
 
 __all__ = ["UNetConfig", "UNetModel", "timestep_embedding"]
 
@@ -139,7 +139,7 @@ class ResBlock(nn.Module):
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
         self.skip_connection: nn.Module = (
-            nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+            nn.Identity() if channels == out_channels else Conv1x1(channels, out_channels)
         )
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:

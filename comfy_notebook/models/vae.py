@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from comfy_notebook.models.layers import group_norm
+from comfy_notebook.models.layers import Conv1x1, group_norm
 
 __all__ = ["AutoencoderKL", "VAEConfig", "tiled_apply"]
 
@@ -70,7 +70,7 @@ class ResnetBlock(nn.Module):
         self.dropout = nn.Dropout(0.0)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+            self.nin_shortcut = Conv1x1(in_channels, out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, Cin, H, W] -> [B, Cout, H, W]."""
@@ -87,10 +87,10 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.norm = group_norm(channels, eps=1e-6)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.q = Conv1x1(channels, channels)
+        self.k = Conv1x1(channels, channels)
+        self.v = Conv1x1(channels, channels)
+        self.proj_out = Conv1x1(channels, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, C, H, W] -> [B, C, H, W]."""
@@ -276,8 +276,8 @@ class AutoencoderKL(nn.Module):
         z = config.z_channels
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.quant_conv = nn.Conv2d(2 * z, 2 * z, 1)
-        self.post_quant_conv = nn.Conv2d(z, z, 1)
+        self.quant_conv = Conv1x1(2 * z, 2 * z)
+        self.post_quant_conv = Conv1x1(z, z)
 
     def _dtype(self) -> torch.dtype:
         return self.post_quant_conv.weight.dtype
