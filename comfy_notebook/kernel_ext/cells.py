@@ -105,7 +105,7 @@ def _events() -> Any:
         from IPython.core.getipython import get_ipython
     except ImportError:
         return None
-    shell = get_ipython()  # type: ignore[no-untyped-call]  # IPython is untyped
+    shell = get_ipython()  # type: ignore[no-untyped-call,unused-ignore]  # untyped before IPython 9
     return getattr(shell, "_comfy_notebook_events", None) if shell is not None else None
 
 

@@ -85,10 +85,10 @@ class ComfyMagics(Magics):
     """The ``%comfy`` magics (see :data:`USAGE`)."""
 
     def __init__(self, shell: Any, events: Any = None) -> None:
-        super().__init__(shell)  # type: ignore[no-untyped-call]  # IPython is untyped
+        super().__init__(shell)  # type: ignore[no-untyped-call,unused-ignore]  # untyped before IPython 9
         self.events = events
 
-    @line_cell_magic  # type: ignore[untyped-decorator]  # IPython is untyped
+    @line_cell_magic  # type: ignore[untyped-decorator,unused-ignore]  # untyped before IPython 9
     def comfy(self, line: str, cell: str | None = None) -> Any:
         """Control comfy_notebook from the notebook.
 
@@ -285,7 +285,7 @@ class ComfyMagics(Magics):
         if shell is None:
             raise UsageError("%%comfy needs an IPython shell")
         with Workflow() as wf:
-            shell.ex(cell)
+            shell.ex(cell)  # type: ignore[no-untyped-call,unused-ignore]  # untyped in IPython 9
         if not wf.nodes:
             raise UsageError("%%comfy: the cell made no node calls")
         from comfy_notebook.realmode import state

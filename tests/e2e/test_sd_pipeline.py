@@ -203,8 +203,9 @@ def test_two_stage_advanced_equals_one_ksampler_for_euler(shared: Session) -> No
     result = shared.run_prompt(api, targets=["3", "21"])
     one, two = latent_of(result, "3"), latent_of(result, "21")
     # same sigmas, same initial noise, same euler steps: the split only adds a /0.18215 and
-    # *0.18215 round trip of the intermediate latent
-    torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-5)
+    # *0.18215 round trip of the intermediate latent (an ulp), which three more steps of a
+    # random-weight UNet amplify to a few 1e-5 in rare elements (measured 2.7e-5, 1 of 256)
+    torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-4)
     # the first stage really stopped half way: it still holds noise
     first = latent_of(result, "20")
     assert (first - one).abs().max() > 0.1
