@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from comfy_notebook._session import Session
 from comfy_notebook.nodes import register_builtins
-from comfy_notebook.testing import make_checkpoint
+from comfy_notebook.testing import make_checkpoint, make_masked_image
 
 CKPT = "tiny.safetensors"
 
@@ -25,12 +23,7 @@ CKPT = "tiny.safetensors"
 def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
     root = tmp_path_factory.mktemp("comfy")
     make_checkpoint(root / "models" / "checkpoints" / CKPT, preset="sd1-tiny", seed=0)
-    rng = np.random.default_rng(0)
-    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
-    rgba[..., :3] = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
-    rgba[:, 32:, 3] = 255  # opaque right half; the transparent left half is the mask
-    (root / "input").mkdir()
-    Image.fromarray(rgba, "RGBA").save(root / "input" / "photo.png")
+    make_masked_image(root / "input" / "photo.png")  # the transparent left half is the mask
     s = Session(models_dir=root, output_dir=root / "output")  # a ComfyUI root: input/ is used
     register_builtins(s)
     return s

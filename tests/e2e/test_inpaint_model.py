@@ -11,16 +11,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from comfy_notebook._session import Session
 from comfy_notebook.models.detect import detect
 from comfy_notebook.nodes import register_builtins
 from comfy_notebook.runtime.loading import open_state_dict
-from comfy_notebook.testing import make_checkpoint, preset_configs
+from comfy_notebook.testing import make_checkpoint, make_masked_image, preset_configs
 
 INPAINT, REGULAR = "tiny-inpainting.safetensors", "tiny.safetensors"
 
@@ -35,12 +33,7 @@ def session(root: Any) -> Session:
     unet = dataclasses.replace(preset_configs("sd1-tiny")[0], in_channels=9)
     make_checkpoint(root / "models" / "checkpoints" / INPAINT, preset="sd1-tiny", seed=0, unet=unet)
     make_checkpoint(root / "models" / "checkpoints" / REGULAR, preset="sd1-tiny", seed=0)
-    rng = np.random.default_rng(0)
-    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
-    rgba[..., :3] = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
-    rgba[:, 32:, 3] = 255  # opaque right half; the transparent left half is the mask
-    (root / "input").mkdir()
-    Image.fromarray(rgba, "RGBA").save(root / "input" / "photo.png")
+    make_masked_image(root / "input" / "photo.png")  # the transparent left half is the mask
     s = Session(models_dir=root, output_dir=root / "output")
     register_builtins(s)
     return s
