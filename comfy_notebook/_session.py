@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from comfy_notebook.engine.cache import Cache
+from comfy_notebook.engine.context import services_context
 from comfy_notebook.engine.events import Event
 from comfy_notebook.engine.executor import Executor, PromptResult
 from comfy_notebook.engine.graph import Graph
@@ -76,7 +77,8 @@ class Session:
 
     def register(self, mappings: Mapping[str, type], display_names: Mapping[str, str] | None = None) -> None:
         """Register a ``NODE_CLASS_MAPPINGS`` dict (and ``NODE_DISPLAY_NAME_MAPPINGS``)."""
-        self.registry.register(mappings, display_names)
+        with services_context(self.services):  # INPUT_TYPES reads this session's folders
+            self.registry.register(mappings, display_names)
 
     @property
     def models(self) -> Any:

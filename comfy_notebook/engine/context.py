@@ -7,7 +7,8 @@ follows asyncio tasks); node code reads it with :func:`current_context`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -101,3 +102,15 @@ _CURRENT: ContextVar[NodeContext] = ContextVar("comfy_notebook_node_context", de
 def current_context() -> NodeContext:
     """The context of the running node; outside a run a detached default (never ``None``)."""
     return _CURRENT.get()
+
+
+@contextmanager
+def services_context(services: Mapping[str, Any]) -> Iterator[None]:
+    """Code that asks a node class about itself (``INPUT_TYPES`` while registering or
+    validating) sees ``services`` as ``current_context().services``: combo lists then come from
+    that session's folders, and never make a session of their own."""
+    token = _CURRENT.set(NodeContext(services=services))
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)

@@ -21,7 +21,7 @@ from comfy_notebook.engine._node_call import DynamicPrompt
 from comfy_notebook.engine._results import PromptResult, unwrap_outputs
 from comfy_notebook.engine._run import PromptRun
 from comfy_notebook.engine.cache import Cache
-from comfy_notebook.engine.context import _CURRENT, NodeContext
+from comfy_notebook.engine.context import services_context
 from comfy_notebook.engine.events import Event, RunFinished, RunInterrupted, RunStarted
 from comfy_notebook.engine.graph import Graph
 from comfy_notebook.engine.registry import Registry
@@ -93,13 +93,8 @@ class Executor:
         ------
         ValidationError, NodeExecutionError, ExecutionInterrupted
         """
-        # Validation runs with the session's services in context: combo lists (INPUT_TYPES)
-        # read the session's folders.
-        token = _CURRENT.set(NodeContext(services=self.services))
-        try:
+        with services_context(self.services):  # INPUT_TYPES reads this session's folders
             validated = validate(graph, self.registry, targets)
-        finally:
-            _CURRENT.reset(token)
         return self.execute(validated, extra_data=extra_data, prompt_id=prompt_id, api=api)
 
     def execute(

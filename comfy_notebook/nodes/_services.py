@@ -48,10 +48,19 @@ def folders(found: Mapping[str, Any] | None = None) -> Any:
 
 
 def listing(kind: str) -> list[str]:
-    """File names of ``kind`` for a combo input (empty when no models folder is configured)."""
+    """File names of ``kind`` for a combo input (empty when no models folder is configured).
+
+    ``INPUT_TYPES`` runs while a session registers or validates nodes, with that session's
+    services in context; outside that (a class asked directly) the configured folders are
+    listed.  It never makes a session itself: registering the pack would then recurse.
+    """
+    from comfy_notebook.engine import current_context
+    from comfy_notebook.folders import Folders, folders_service
+
+    found = current_context().services
     try:
-        return folders().list(kind)
-    except Exception:  # a missing or unreadable folder lists nothing; validation says more
+        return (folders_service(found) if found else Folders.from_config()).list(kind)
+    except OSError:  # an unreadable folder lists nothing; validation says more
         return []
 
 

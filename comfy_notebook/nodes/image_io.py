@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from comfy_notebook.folders import FolderError, Folders, folders_service
+from comfy_notebook.nodes._services import listing, services
 from comfy_notebook.pnginfo import png_text_chunks
 
 __all__ = [
@@ -36,28 +37,12 @@ _ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
 
 
 def _services() -> Any:
-    from comfy_notebook.nodes._services import services
-
     return services()
 
 
 def _folders() -> Folders:
     """The session's folders (see ``folders_service``)."""
     return folders_service(_services())
-
-
-def _listing_folders() -> Folders:
-    """Folders for combo lists: the running session's, else the configured defaults.
-
-    ``INPUT_TYPES`` runs when a session registers the node pack, so it must not create the
-    current session itself (that would register the pack again).
-    """
-    from comfy_notebook.engine import current_context
-
-    found = current_context().services
-    if found:
-        return folders_service(found)
-    return Folders.from_config()
 
 
 def _annotated(name: str) -> tuple[str, str]:
@@ -136,7 +121,7 @@ class LoadImage:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        files = _listing_folders().list("input")
+        files = listing("input")
         return {"required": {"image": (sorted(files), {"image_upload": True})}}
 
     RETURN_TYPES = ("IMAGE", "MASK")
@@ -162,7 +147,7 @@ class LoadImageMask:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        files = _listing_folders().list("input")
+        files = listing("input")
         return {
             "required": {
                 "image": (sorted(files), {"image_upload": True}),

@@ -72,3 +72,32 @@ def test_panel_rows_show_the_checkpoint_family(tmp_path, monkeypatch: pytest.Mon
     assert {r["name"]: r["family"] for r in panel.rows} == {"t/unet": "sd1", "t/vae": "sd1", "t/clip": "sd1"}
     if not torch.cuda.is_available():
         assert panel.memory["device"]["name"] == "simulated gpu"
+
+
+def test_the_current_session_is_made_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registering the pack asks INPUT_TYPES for combo lists; that must not make sessions."""
+    import comfy_notebook._session as session_module
+
+    made = []
+    real_init = session_module.Session.__init__
+
+    def counting_init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        made.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(session_module.Session, "__init__", counting_init)
+    monkeypatch.setattr(session_module, "_current", None)
+    session = comfy_notebook.session()
+    assert made == [session]
+    assert "CheckpointLoaderSimple" in session.registry
+
+
+def test_combo_lists_at_registration_come_from_that_session(tmp_path) -> None:
+    from comfy_notebook.nodes import NODE_CLASS_MAPPINGS
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "mine.safetensors").write_bytes(b"")
+    session = comfy_notebook.Session(models_dir=tmp_path)
+    session.register({"CheckpointLoaderSimple": NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]})
+    spec = session.registry["CheckpointLoaderSimple"]
+    assert list(spec.inputs["ckpt_name"].type) == ["mine.safetensors"]
