@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from comfy_notebook._units import human_bytes
+from comfy_notebook.errors import ModelMemoryError
 from comfy_notebook.models.family import SD1, ModelFamily
 from comfy_notebook.runtime.manager import ModelManager, estimate_unet_memory
 from comfy_notebook.runtime.patches import ModelRef
@@ -158,20 +159,16 @@ class VAEValue:
         b, _, h, w = samples.shape
 
         def run(vae: Any) -> Tensor:
-            p = next(vae.parameters())
-            z = samples.to(device=p.device if p.device.type != "meta" else self.manager.device,
-                           dtype=p.dtype)
-            out = vae.decode_tiled(z, tile=tile, overlap=overlap) if tiled else vae.decode(z)
-            return out
+            # the compute device, not a parameter's: a partially loaded VAE has some on the host
+            z = samples.to(self.manager.device)  # the VAE casts to its own dtype
+            return vae.decode_tiled(z, tile=tile, overlap=overlap) if tiled else vae.decode(z)
 
         need = self._memory(b * h * w * 64, encode=False) if not tiled else self._memory(
             tile * tile * 64, encode=False)
         try:
             pixels = self.manager.run(self.ref, run, memory_required=need)
-        except Exception as exc:  # ComfyUI falls back to tiled decoding on out-of-memory
-            from comfy_notebook.errors import ModelMemoryError
-
-            if tiled or not isinstance(exc, ModelMemoryError):
+        except ModelMemoryError:  # ComfyUI falls back to tiled decoding on out-of-memory
+            if tiled:
                 raise
             return self.decode(samples, tiled=True, tile=tile, overlap=overlap)
         image = ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0)
@@ -191,10 +188,7 @@ class VAEValue:
             image = image[:, y:y + h8, x:x + w8, :]
 
         def run(vae: Any) -> Tensor:
-            p = next(vae.parameters())
-            pix = image.permute(0, 3, 1, 2).to(device=p.device if p.device.type != "meta"
-                                                else self.manager.device, dtype=p.dtype)
-            pix = pix * 2.0 - 1.0
+            pix = image.permute(0, 3, 1, 2).to(self.manager.device) * 2.0 - 1.0  # the VAE casts
             return vae.encode_tiled(pix, tile=tile, overlap=overlap) if tiled else vae.encode(pix)
 
         need = self._memory(b * h8 * w8, encode=True)
