@@ -88,9 +88,9 @@ class Session:
         ``unload``, ``unload_all``, ``set_budget`` and ``keep_loaded`` move models by hand.
         Importing torch happens here, not when the session is created.
         """
-        from comfy_notebook.nodes._services import model_manager
+        from comfy_notebook.runtime.service import manager_service
 
-        return model_manager(self.services)
+        return manager_service(self.services)
 
     def interrupt(self) -> None:
         """Stop the running prompt at the next check (between nodes or in ``ctx.progress``)."""

@@ -24,20 +24,10 @@ def services() -> Mapping[str, Any]:
 
 
 def model_manager(found: Mapping[str, Any] | None = None) -> Any:
-    """The session's :class:`~comfy_notebook.runtime.manager.ModelManager`, made on first use.
+    """The session's model manager (see :func:`comfy_notebook.runtime.service.manager_service`)."""
+    from comfy_notebook.runtime.service import manager_service
 
-    The one place that creates it: stored under ``services["models"]`` so that every node, the
-    magics and the model panel of a session share one manager.
-    """
-    found = services() if found is None else found
-    manager = found.get("models")
-    if manager is None:
-        from comfy_notebook.runtime.manager import ModelManager
-
-        manager = ModelManager(**_simulated_vram())
-        if isinstance(found, dict):
-            found["models"] = manager
-    return manager
+    return manager_service(services() if found is None else found)
 
 
 def folders(found: Mapping[str, Any] | None = None) -> Any:
@@ -62,22 +52,3 @@ def listing(kind: str) -> list[str]:
         return (folders_service(found) if found else Folders.from_config()).list(kind)
     except OSError:  # an unreadable folder lists nothing; validation says more
         return []
-
-
-def _simulated_vram() -> dict[str, Any]:
-    """``COMFY_NOTEBOOK_SIMULATED_VRAM=64MB``: on a machine without CUDA, a manager that accounts
-    for a device of that capacity (models "load" and "offload" by bookkeeping), so the memory
-    controls can be tried and tested where there is no GPU."""
-    import os
-
-    text = os.environ.get("COMFY_NOTEBOOK_SIMULATED_VRAM", "").strip()
-    if not text:
-        return {}
-    import torch
-
-    if torch.cuda.is_available():
-        return {}
-    from comfy_notebook._units import parse_bytes
-    from comfy_notebook.runtime.devices import DevicePolicy
-
-    return {"policy": DevicePolicy.cpu(), "capacity_bytes": parse_bytes(text)}
