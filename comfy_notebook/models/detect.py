@@ -8,7 +8,6 @@ the SD1 UNet has 8 attention heads, the SD2/SDXL UNets 64-wide heads, the CLIP t
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -168,21 +167,13 @@ def _clip_config(sd: Mapping[str, Any], keys: list[str], p: str) -> CLIPTextConf
     """Read a CLIP text encoder's sizes from its shapes; heads are 64 wide."""
     from comfy_notebook.models.clip import CLIPTextConfig
 
-    vocab, width = _shape(sd, p + "text_model.embeddings.token_embedding.weight")
+    _, width = _shape(sd, p + "text_model.embeddings.token_embedding.weight")
     if width % 64:
         raise ModelLoadError(
             f"CLIP text width {width} is not a multiple of 64; the CLIP rule is 64-wide heads. "
             "Fix: build test checkpoints with a width that is a multiple of 64"
         )
-    return dataclasses.replace(
-        CLIPTextConfig.sd1(),
-        vocab_size=vocab,
-        width=width,
-        layers=len(_indices(keys, p + "text_model.encoder.layers.")),
-        heads=width // 64,
-        intermediate=_shape(sd, p + "text_model.encoder.layers.0.mlp.fc1.weight")[0],
-        max_positions=_shape(sd, p + "text_model.embeddings.position_embedding.weight")[0],
-    )
+    return CLIPTextConfig.from_state_dict(sd, p)
 
 
 def _describe(keys: list[str]) -> str:
