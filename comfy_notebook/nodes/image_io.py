@@ -36,13 +36,9 @@ __all__ = [
 _ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
 
 
-def _services() -> Any:
-    return services()
-
-
 def _folders() -> Folders:
     """The session's folders (see ``folders_service``)."""
-    return folders_service(_services())
+    return folders_service(services())
 
 
 def _annotated(name: str) -> tuple[str, str]:
@@ -220,9 +216,9 @@ class SaveImage:
         prompt: dict[str, Any] | None = None,
         extra_pnginfo: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        services = _services()
-        folders = folders_service(services)
-        registry = getattr(services.get("session"), "registry", None)
+        found = services()
+        folders = folders_service(found)
+        registry = getattr(found.get("session"), "registry", None)
         full_dir, filename, counter, subfolder = folders.save_path(
             filename_prefix + self.prefix_append, images[0].shape[1], images[0].shape[0], self.type
         )
