@@ -69,7 +69,7 @@ def random_state_dict(
         t = torch.randn(shape, generator=gen)
         if len(shape) >= 2:
             t *= (like[0].numel()) ** -0.5
-        elif key in norm_params:
+        elif key in norm_params or key.endswith((".scale", "layer_norm.weight")):  # incl. RMS norms
             t = 1.0 + 0.1 * t
         else:
             t *= 0.1
