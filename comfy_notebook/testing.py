@@ -324,3 +324,9 @@ def make_masked_image(path: str | os.PathLike[str], size: int = 64, seed: int = 
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     Image.fromarray(rgba, "RGBA").save(path)
     return os.fspath(path)
+
+
+# Flux.1 files (diffusion_models/, text_encoders/, vae/ layouts) live in their own module.
+from comfy_notebook._testing_flux import FLUX_PRESETS, make_flux_file, make_t5_file  # noqa: E402
+
+__all__ += ["FLUX_PRESETS", "make_flux_file", "make_t5_file"]
