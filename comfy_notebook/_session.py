@@ -32,6 +32,8 @@ class Session:
         Kept as attributes for the model and output layers.
     cache:
         Defaults to ``Cache(KeepAll())``.
+    comfyui:
+        A ComfyUI installation to attach (:meth:`attach_comfyui`); its nodes join the registry.
 
     Examples
     --------
@@ -46,6 +48,7 @@ class Session:
         models_dir: str | os.PathLike[str] | None = None,
         output_dir: str | os.PathLike[str] | None = None,
         cache: Cache | None = None,
+        comfyui: str | os.PathLike[str] | None = None,
     ) -> None:
         self.models_dir = models_dir
         self.output_dir = output_dir
@@ -57,6 +60,8 @@ class Session:
         self.options: dict[str, Any] = {}
         self._subscribers: list[Callable[[Event], None]] = []
         self.executor = Executor(self.registry, self.cache, emit=self._emit, services=self.services)
+        if comfyui is not None:  # imports torch and ComfyUI (see attach_comfyui)
+            self.attach_comfyui(comfyui)
 
     def _emit(self, event: Event) -> None:
         for fn in tuple(self._subscribers):
@@ -87,6 +92,15 @@ class Session:
         from comfy_notebook.interop import load_custom_nodes
 
         return load_custom_nodes(self, path)
+
+    def attach_comfyui(self, path: str | os.PathLike[str], *, prefer: str = "comfyui",
+                       models: str = "session") -> Any:
+        """Import the ComfyUI installation at ``path`` and register all its nodes (ComfyUI's
+        classes win shared names unless ``prefer="builtin"``); see
+        :func:`comfy_notebook.interop.attach.attach_comfyui`."""
+        from comfy_notebook.interop.attach import attach_comfyui
+
+        return attach_comfyui(self, path, prefer=prefer, models=models)
 
     @property
     def models(self) -> Any:
