@@ -14,6 +14,7 @@ __all__ = [
     "GraphError",
     "ModelLoadError",
     "ModelMemoryError",
+    "NodeCallError",
     "NodeError",
     "NodeExecutionError",
     "UnsupportedModelError",
@@ -80,6 +81,12 @@ class NodeError(ComfyNotebookError):
         if self.fix:
             text += f". Fix: {self.fix}"
         return text
+
+
+class NodeCallError(NodeError):
+    """A real-mode node call failed validation or raised; ``traceback_text`` has the details."""
+
+    traceback_text: str = ""
 
 
 class ValidationError(ComfyNotebookError):

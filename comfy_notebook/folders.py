@@ -33,6 +33,7 @@ __all__ = [
     "FolderError",
     "Folders",
     "PathEscapeError",
+    "configured_models_dir",
     "folders_service",
     "parse_extra_model_paths",
 ]
@@ -614,13 +615,28 @@ def _read_config(config_path: str | os.PathLike[str] | None, env: Mapping[str, s
     return dict(table) if isinstance(table, Mapping) else {}
 
 
-def folders_service(services: Mapping[str, Any]) -> Folders:
-    """The session's :class:`Folders`: ``services["folders"]``, built lazily on first use.
+def configured_models_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """The models folder named by ``$COMFY_NOTEBOOK_MODELS`` or the config file, else ``None``."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_MODELS):
+        return env[ENV_MODELS]
+    try:
+        found = _read_config(None, env).get("models_dir")
+    except FolderError:
+        return None
+    return str(found) if found else None
 
-    This is the one place that creates it: from the session found in ``services["session"]``
-    (its ``models_dir`` and ``output_dir``), through :meth:`Folders.from_config`, and stores it
-    back under ``"folders"`` so every node of the session shares it.
+
+def folders_service(services: Any) -> Folders:
+    """The session's :class:`Folders` from its services.
+
+    ``services`` is a :class:`comfy_notebook.services.Services` (what sessions hand to nodes:
+    its ``folders``), or a plain mapping as older code passes (``{"session": s}``): then the
+    folders are built from the session's ``models_dir`` / ``output_dir`` and stored back under
+    ``"folders"``.
     """
+    if not isinstance(services, Mapping):
+        return services.folders  # type: ignore[no-any-return]
     found = services.get("folders")
     if isinstance(found, Folders):
         return found
@@ -632,4 +648,3 @@ def folders_service(services: Mapping[str, Any]) -> Folders:
     if isinstance(services, MutableMapping):
         services["folders"] = folders
     return folders
-

@@ -15,6 +15,7 @@ from comfy_notebook.engine.cache import (
     CachePolicy,
     CacheStats,
     KeepAll,
+    MemoryBudget,
     node_signature,
     sizeof,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "InputSpec",
     "KeepAll",
     "Link",
+    "MemoryBudget",
     "Node",
     "NodeBlocked",
     "NodeCached",

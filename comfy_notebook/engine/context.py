@@ -7,7 +7,7 @@ follows asyncio tasks); node code reads it with :func:`current_context`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 from comfy_notebook.engine.events import Event, NodeProgress
 from comfy_notebook.errors import ExecutionInterrupted
 
-__all__ = ["NodeContext", "current_context"]
+__all__ = ["NodeContext", "current_context", "current_services", "services_context", "set_services_fallback"]
 
 
 def _drop(event: Event) -> None:
@@ -30,7 +30,9 @@ class NodeContext:
     node_id, class_type, prompt_id:
         The running node (``None`` outside a run).
     services:
-        Read-only mapping supplied by whoever runs the executor (``Session.services``).
+        Whatever the executor's owner passes (a session passes its typed
+        :class:`comfy_notebook.services.Services`); ``None`` outside a run.  The engine never
+        looks inside it.
     """
 
     __slots__ = (
@@ -50,14 +52,14 @@ class NodeContext:
         node_id: str | None = None,
         class_type: str | None = None,
         prompt_id: str | None = None,
-        services: Mapping[str, Any] | None = None,
+        services: Any = None,
         emit: Callable[[Event], None] = _drop,
         interrupt_flag: threading.Event | None = None,
     ) -> None:
         self.node_id = node_id
         self.class_type = class_type
         self.prompt_id = prompt_id
-        self.services: Mapping[str, Any] = services if services is not None else {}
+        self.services: Any = services
         self._emit = emit
         self._flag = interrupt_flag
         self.last_step: tuple[float, float] | None = None
@@ -104,8 +106,26 @@ def current_context() -> NodeContext:
     return _CURRENT.get()
 
 
+_fallback: Callable[[], Any] | None = None
+
+
+def set_services_fallback(provider: Callable[[], Any] | None) -> None:
+    """Who answers :func:`current_services` outside a run (the session layer installs the
+    current session's services here, so naked node calls share its model manager)."""
+    global _fallback
+    _fallback = provider
+
+
+def current_services() -> Any:
+    """The running node's services; outside a run the fallback's (``None`` without one)."""
+    found = _CURRENT.get().services
+    if found is None and _fallback is not None:
+        found = _fallback()
+    return found
+
+
 @contextmanager
-def services_context(services: Mapping[str, Any]) -> Iterator[None]:
+def services_context(services: Any) -> Iterator[None]:
     """Code that asks a node class about itself (``INPUT_TYPES`` while registering or
     validating) sees ``services`` as ``current_context().services``: combo lists then come from
     that session's folders, and never make a session of their own."""

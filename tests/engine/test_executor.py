@@ -54,7 +54,7 @@ def test_unhashable_constant_fails_closed(session, runs):
 
 
 def test_progress_context_and_services(session):
-    session.services["answer"] = 42
+    session.executor.services = {"answer": 42}  # the engine passes any object through
     events = []
     unsubscribe = session.subscribe(events.append)
     r = session.run_prompt({"1": {"inputs": {"steps": 3}, "class_type": "Steps"}})
@@ -67,7 +67,7 @@ def test_progress_context_and_services(session):
     session.run_prompt({"1": {"inputs": {"steps": 3}, "class_type": "Steps"}})
     assert len([e for e in events if isinstance(e, RunFinished)]) == 1
     ctx = current_context()  # detached outside a run
-    assert ctx.node_id is None and ctx.services == {} and not ctx.interrupted
+    assert ctx.node_id is None and ctx.services is None and not ctx.interrupted
     ctx.progress(1, 2)
 
 
@@ -239,7 +239,7 @@ def test_value_not_in_list_names_close_matches():
 
     from comfy_notebook import Session
 
-    s = Session()
+    s = Session(builtins=False)
     s.register({"Pick": Pick})
     with pytest.raises(ValidationError) as info:
         s.run_prompt({"1": {"inputs": {"name": "v1-5-pruned-emaonly.safetensor"}, "class_type": "Pick"}})
@@ -288,7 +288,7 @@ def test_sigint_during_async_node_reports_its_last_step():
                 await asyncio.sleep(0.01)
             return (1,)
 
-    s = Session()
+    s = Session(builtins=False)
     s.register({"AsyncSteps": AsyncSteps})
 
     def interrupt() -> None:

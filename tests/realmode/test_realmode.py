@@ -117,7 +117,7 @@ def test_raw_tensors_are_fingerprinted_by_content(session, nodes, calls):
 
 
 def test_large_tensors_use_identity_and_version_counter(session, nodes, calls, monkeypatch):
-    from comfy_notebook import _fingerprint
+    from comfy_notebook.realmode import fingerprint as _fingerprint
 
     monkeypatch.setattr(_fingerprint, "CONTENT_LIMIT", 16)
     a = torch.rand(1, 4, 4, 3)
@@ -206,7 +206,7 @@ def test_naked_mode_classes_are_untouched(session, nodes):
 def test_current_session_switch(session, nodes):
     from comfy_notebook._session import Session, use_session
 
-    other = Session()
+    other = Session(builtins=False)
     use_session(other)
     with pytest.raises(KeyError):
         node_function("Loader")

@@ -12,8 +12,8 @@ import json
 from contextvars import ContextVar
 from typing import Any
 
-from comfy_notebook._fingerprint import fingerprint
 from comfy_notebook.errors import NodeError
+from comfy_notebook.realmode.fingerprint import fingerprint
 
 __all__ = ["RAW_VALUE_NODE", "NodeOutput", "RealModeValue", "RecordedNode", "Workflow", "to_api"]
 
