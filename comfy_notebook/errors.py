@@ -142,8 +142,13 @@ class NodeExecutionError(ComfyNotebookError):
         )
 
 
-class ExecutionInterrupted(ComfyNotebookError):
-    """A run was interrupted (Jupyter interrupt, ``session.interrupt()``, widget button)."""
+class ExecutionInterrupted(KeyboardInterrupt):
+    """A run was interrupted (Jupyter interrupt, ``session.interrupt()``, widget button).
+
+    A :class:`KeyboardInterrupt`, not an :class:`Exception`: an interrupt is the user stopping
+    their code, not a node failing, so ``except Exception`` in a sweep loop does not swallow
+    it and the loop stops.  (So it is not a :class:`ComfyNotebookError` either.)
+    """
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ import hashlib
 import traceback
 from typing import Any
 
-from comfy_notebook.errors import ComfyNotebookError
+from comfy_notebook.errors import ComfyNotebookError, ExecutionInterrupted
 
 # The image history lives in real mode; re-exported here for the extension's users.
 from comfy_notebook.realmode.history import MAX_RUNS, CellImages, CellRun, NoCellError
@@ -83,7 +83,7 @@ class CellEvents:
         """Connect to the shell's cell events and exception display."""
         self.ipython.events.register("pre_run_cell", self.pre_run_cell)
         self.ipython.events.register("post_run_cell", self.post_run_cell)
-        self.ipython.set_custom_exc((ComfyNotebookError,), self._show_error)
+        self.ipython.set_custom_exc((ComfyNotebookError, ExecutionInterrupted), self._show_error)
 
     def unregister(self) -> None:
         """Disconnect from the shell (cells are no longer followed)."""

@@ -57,14 +57,16 @@ class Handle(NodeOutput):
     preview, models as a one-line summary).
     """
 
-    __slots__ = ("_outputs", "_ui", "_versions", "value")
+    __slots__ = ("_outputs", "_ui", "_versions", "files", "value")
 
-    def __init__(self, node: RecordedNode, slot: int, value: Any, outputs: Any, ui: Any) -> None:
+    def __init__(self, node: RecordedNode, slot: int, value: Any, outputs: Any, ui: Any,
+                 files: tuple[Any, ...] = ()) -> None:
         super().__init__(node, slot)
         self.value = value
         self._outputs = outputs  # the cache entry's per-slot lists, to restore an evicted entry
         self._ui = ui
         self._versions = versions(outputs)
+        self.files = files  # for an output node's ui handle: the image files it wrote / showed
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         from comfy_notebook.realmode.display import mimebundle
@@ -139,15 +141,29 @@ def call(class_type: str, args: tuple[Any, ...], kwargs: dict[str, Any], session
         return node.refs[0] if len(node.refs) == 1 else node.refs
     st.calls += 1
     outputs, ui = _run(session, st, plan, node)
-    return _handles(st, node, outputs, ui)
+    return _handles(session, st, node, outputs, ui)
 
 
-def _handles(st: State, node: RecordedNode, outputs: Any, ui: Any) -> Any:
+def _ui_files(session: Any, ui: Any) -> tuple[Any, ...]:
+    """The image files an output node's ``ui`` names (``{"images": [{filename, subfolder, type}]}``)."""
+    images = ui.get("images") if isinstance(ui, dict) else None
+    if not images:
+        return ()
+    folders = session.services.folders
+    roots = {"output": folders.output_dir, "temp": folders.temp_dir, "input": folders.input_dir}
+    files = []
+    for item in images:
+        if isinstance(item, dict) and item.get("filename") and item.get("type", "output") in roots:
+            files.append(roots[item.get("type", "output")] / (item.get("subfolder") or "") / item["filename"])
+    return tuple(files)
+
+
+def _handles(session: Any, st: State, node: RecordedNode, outputs: Any, ui: Any) -> Any:
     """Wrap a node's outputs into handles and note them for the current cell."""
     node.ui = ui
     spec = node.spec
     if not spec.return_types:
-        handles = [Handle(node, 0, ui, outputs, ui)]
+        handles = [Handle(node, 0, ui, outputs, ui, files=_ui_files(session, ui))]
     else:
         handles = [Handle(node, i, _value_of_slot(spec, outputs, i), outputs, ui) for i in range(len(spec.return_types))]
     st.note(node.signature, handles)  # type: ignore[arg-type]

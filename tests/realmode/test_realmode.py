@@ -288,3 +288,20 @@ def test_node_error_from_a_node_keeps_its_own_input_and_fix(session):
     text = str(info.value)
     assert "(Picky) input 'size': size must be even; expected an even INT, received 7 (int)" in text
     assert text.count("Fix:") == 1 and "pass size + 1" in text and "\n" not in text
+
+
+def test_interrupt_stops_a_sweep_loop_that_catches_exception(session, nodes, calls):
+    """Defect 3: Ctrl-C (or session.interrupt) inside ``try/except Exception`` stops the loop."""
+    from comfy_notebook.errors import ExecutionInterrupted
+
+    tried = []
+    with pytest.raises(ExecutionInterrupted) as info:
+        for seed in range(4):
+            tried.append(seed)
+            try:
+                nodes.Interrupting(seed)
+            except Exception:  # a sweep that skips failing seeds
+                continue
+    assert tried == [0]
+    assert str(info.value) == "interrupted at step 2/5 of node Interrupting"
+    assert isinstance(info.value, KeyboardInterrupt) and not isinstance(info.value, Exception)
