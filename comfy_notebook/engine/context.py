@@ -6,16 +6,20 @@ follows asyncio tasks); node code reads it with :func:`current_context`.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from comfy_notebook.engine.events import Event, NodeMessage, NodeProgress
+from comfy_notebook.engine.events import Event, NodeMessage, NodeProgress, NodeWarning
 from comfy_notebook.errors import ExecutionInterrupted
 
 __all__ = ["NodeContext", "current_context", "current_services", "services_context", "set_services_fallback"]
+
+
+_log = logging.getLogger("comfy_notebook")
 
 
 def _drop(event: Event) -> None:
@@ -93,6 +97,13 @@ class NodeContext:
         """Send ``(event, data)`` to the session's subscribers as a :class:`NodeMessage`."""
         if self.prompt_id is not None and self.node_id is not None:
             self._emit(NodeMessage(self.prompt_id, self.node_id, event, data))
+
+    def warn(self, message: str) -> None:
+        """A warning-level note: a :class:`NodeWarning` event, and a ``logging`` warning (so a
+        script or notebook without subscribers sees it too)."""
+        _log.warning("%s", message)
+        if self.prompt_id is not None and self.node_id is not None:
+            self._emit(NodeWarning(self.prompt_id, self.node_id, self.class_type or "", message))
 
     def alloc_prefix(self) -> str:
         """Id prefix for a ``GraphBuilder`` created by this node (``id.call.graph.``)."""

@@ -24,12 +24,11 @@ from typing import Any
 
 from comfy_notebook.errors import (
     ExecutionInterrupted,
-    NodeCallError,
-    NodeError,
     NodeExecutionError,
     ValidationError,
 )
 from comfy_notebook.realmode.binding import Plan, bind
+from comfy_notebook.realmode.failures import execution_error, validation_error
 from comfy_notebook.realmode.fingerprint import is_raw_value, versions
 from comfy_notebook.realmode.recording import (
     NO_RAW,
@@ -226,20 +225,10 @@ def _execute(session: Any, st: State, node: RecordedNode, fast_key: str | None) 
     try:
         result = session.run(graph, targets=[target])
     except ValidationError as exc:
-        raise _validation_error(node, target, exc) from exc
+        raise validation_error(node.class_type, exc, session) from exc
     except NodeExecutionError as exc:
         culprit = _node_by_id(order, ids, exc.node_id)
-        node_type = culprit.class_type if culprit else exc.node_type
-        original = exc.original
-        if isinstance(original, NodeError):  # already says input / expected / received / fix
-            err = NodeCallError(original.message, node_type=node_type, input_name=original.input_name,
-                                expected=original.expected, received=original.received,
-                                fix=original.fix or "%comfy traceback shows the details")
-        else:
-            err = NodeCallError(f"failed: {type(original).__name__}: {original}", node_type=node_type,
-                                fix="fix the inputs or the node; %comfy traceback shows the details")
-        err.traceback_text = exc.traceback_text
-        raise err from original
+        raise execution_error(exc, culprit.class_type if culprit else exc.node_type) from exc.original
     except ExecutionInterrupted as exc:
         culprit = _node_by_id(order, ids, exc.node_id)
         raise ExecutionInterrupted(node_id=culprit.class_type if culprit else exc.node_type,
@@ -287,29 +276,6 @@ def _node_by_id(order: list[RecordedNode], ids: dict[int, str], node_id: Any) ->
         if ids[id(n)] == node_id:
             return n
     return None
-
-
-def _validation_error(node: RecordedNode, target: str, exc: ValidationError) -> NodeCallError:
-    """One short message naming the node, the input, what was expected and what arrived."""
-    for entry in exc.node_errors.values():
-        for err in entry.get("errors", []):
-            extra = err.get("extra_info", {}) or {}
-            config = extra.get("input_config")
-            expected = None
-            if config:
-                typ = config[0] if isinstance(config, list | tuple) else config
-                expected = f"one of {list(typ)[:20]}" if isinstance(typ, list | tuple) else str(typ)
-            message = err.get("message", "invalid input")
-            if err.get("details"):
-                message += f" ({err['details']})"
-            out = NodeCallError(message, node_type=entry.get("class_type", node.class_type),
-                                input_name=extra.get("input_name"), expected=expected,
-                                received=extra.get("received_value"))
-            out.traceback_text = str(exc)
-            return out
-    out = NodeCallError(str(exc), node_type=node.class_type)
-    out.traceback_text = str(exc)
-    return out
 
 
 class NodeFunction:

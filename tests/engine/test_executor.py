@@ -300,3 +300,24 @@ def test_sigint_during_async_node_reports_its_last_step():
         s.run_prompt({"1": {"inputs": {}, "class_type": "AsyncSteps"}})
     assert info.value.node_id == "1" and info.value.total == 200
     assert info.value.step is not None and 3 <= info.value.step < 200
+
+
+def test_identical_subgraphs_under_different_ids_run_once(session):
+    """Defect 13: two identical chains in one prompt (ComfyUI's structural signature) run once."""
+    from tests.engine.conftest import RUNS
+
+    prompt = {
+        "1": {"class_type": "Const", "inputs": {"value": 2}},
+        "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 3}},
+        "11": {"class_type": "Const", "inputs": {"value": 2}},
+        "12": {"class_type": "Add", "inputs": {"a": ["11", 0], "b": 3}},
+        "20": {"class_type": "Add", "inputs": {"a": ["2", 0], "b": ["12", 0]}},
+        "30": {"class_type": "Show", "inputs": {"value": ["20", 0]}},
+    }
+    RUNS.clear()
+    result = session.run_prompt(prompt)
+    assert RUNS == ["Const", "Add", "Add", "Show"]  # one Const, one 2+3, then 5+5, then Show
+    assert result.outputs["20"] == (10,)
+    assert len(result.executed) == 4 and len(result.cached) == 2
+    assert result.signatures["2"] == result.signatures["12"]
+    assert result.outputs["2"] == result.outputs["12"] == (5,)
