@@ -171,3 +171,36 @@ def test_loading_never_holds_two_copies(tmp_path, file_dtype, weight_dtype):
     # measured 340 MB for a 227 MB file; never a full-precision copy next to the file.
     converted = model_bytes if file_dtype != torch.float8_e4m3fn and weight_dtype != "default" else 0
     assert peak < size + converted + model_bytes * 0.3 + 20e6, (peak / 1e6, size / 1e6, model_bytes / 1e6)
+
+
+@pytest.mark.gpu
+def test_fp8_matmul_on_a_gpu_with_fp8_units():
+    from comfy_notebook.runtime.fp8 import fp8_matmul_supported
+
+    dev = torch.device("cuda")
+    if not fp8_matmul_supported(dev):
+        pytest.skip("this GPU has no fp8 matmul (compute capability < 8.9)")
+    assert linear_factory(torch.float8_e4m3fn, torch.bfloat16, fast=True, device=dev) is FP8MatmulLinear
+    gen = torch.Generator(device=dev).manual_seed(0)
+    cast, fast = CastLinear(3072, 3072, device=dev), FP8MatmulLinear(3072, 3072, device=dev)
+    w = (torch.randn(3072, 3072, generator=gen, device=dev) / 55).to(torch.float8_e4m3fn)
+    b = torch.randn(3072, generator=gen, device=dev).to(torch.bfloat16)
+    for m in (cast, fast):
+        m.weight, m.bias = nn.Parameter(w, requires_grad=False), nn.Parameter(b, requires_grad=False)
+    x = torch.randn(1, 4096, 3072, generator=gen, device=dev, dtype=torch.bfloat16)
+    with torch.no_grad():
+        y_cast, y_fast = cast(x), fast(x)
+    assert y_fast.dtype == torch.bfloat16 and _rel(y_fast.float(), y_cast.float()) < 0.06
+
+
+@pytest.mark.gpu
+def test_fp8_flux_on_gpu_matches_emulation(tmp_path):
+    src = make_flux_file(tmp_path / "bf16.safetensors", config=_CFG)
+    for wd in ("fp8_e4m3fn", "fp8_e4m3fn_fast"):
+        m = load_module_file(src, Flux, FluxConfig.from_state_dict, weight_dtype=wd, device="cuda")
+        assert m.compute_dtype == torch.bfloat16 and {p.dtype for p in m.parameters()} == {torch.float8_e4m3fn}
+        ref = load_module_file(src, Flux, FluxConfig.from_state_dict, device="cuda")
+        inputs = [t.cuda().to(torch.bfloat16) if t.is_floating_point() else t.cuda() for t in _inputs(_CFG)]
+        with torch.no_grad():
+            rel = _rel(m(*inputs).float(), ref(*inputs).float())
+        assert rel < 0.15, (wd, rel)
