@@ -124,7 +124,15 @@ def run(device: torch.device, steps: int = 20) -> None:
         b = step_ref(0).float().view(1, h // 2, w // 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, h, w)
         t_ours, t_ref = _time(step_ours(ours), steps, device), _time(step_ref, steps, device)
         print(f"flux   {str(dtype)[6:]} ours {t_ours:8.4f} s/step  diffusers {t_ref:8.4f} s/step  ratio {t_ref / t_ours:.3f}  "
-              f"max|d|={(a - b).abs().max().item():.2e} (|out| mean {a.abs().mean().item():.2e})")
+              f"max|d|={(a - b).abs().max().item():.2e} rel L2 {((a - b).norm() / b.norm()).item():.2e} "
+              f"(|out| mean {a.abs().mean().item():.2e})")
+        if gpu:  # which side is nearer the float32 result of the same weights?
+            f32 = _build(cfg, {k: v.float() for k, v in sd.items()})
+            exact = f32(x.float(), ts[:1], ctx.float(), y.float(), g).float()
+            del f32
+            torch.cuda.empty_cache()
+            print(f"flux   rel L2 vs float32: ours {((a - exact).norm() / exact.norm()).item():.2e}  "
+                  f"diffusers {((b - exact).norm() / exact.norm()).item():.2e}")
         ref = None  # drop diffusers (its tensors mostly alias ours)
         if gpu:
             torch.cuda.empty_cache()
