@@ -70,8 +70,9 @@ class FluxConfig:
 
     @classmethod
     def tiny(cls, guidance_embed: bool = True) -> FluxConfig:
-        """A tiny Flux for tests: hidden 64, two 32-dim heads, one block of each kind."""
-        return cls(vec_in_dim=32, context_in_dim=48, hidden_size=64, num_heads=2, depth=1,
+        """A tiny Flux for tests: hidden 64, two 32-dim heads, one block of each kind; takes the
+        tiny T5 (32 wide) and tiny CLIP-L (64 wide) of ``comfy_notebook.testing``."""
+        return cls(vec_in_dim=64, context_in_dim=32, hidden_size=64, num_heads=2, depth=1,
                    depth_single_blocks=1, axes_dim=rope_axes(32), guidance_embed=guidance_embed)
 
     @classmethod
