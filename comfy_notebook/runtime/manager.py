@@ -35,7 +35,7 @@ from comfy_notebook.runtime._managed import (
     UnknownModelError,
     estimate_unet_memory,
 )
-from comfy_notebook.runtime.devices import DevicePolicy
+from comfy_notebook.runtime.devices import KINDS, DevicePolicy
 from comfy_notebook.runtime.patches import ModelRef
 from comfy_notebook.runtime.streaming import Streamer
 
@@ -97,7 +97,9 @@ class ModelManager:
         """Register a model; returns its :class:`ManagedModel` (``.ref()`` gives a handle).
 
         ``factory`` rebuilds the module from ``source`` after an unload; ``module`` is an
-        already built instance (e.g. one part of a checkpoint that was loaded once).
+        already built instance (e.g. one part of a checkpoint that was loaded once).  Without
+        ``dtype`` a known kind ("unet", "vae", "clip") gets the policy's dtype for it, so the
+        weights always have the dtype the callers cast their inputs to (fp16 UNet on CUDA).
         """
         with self._lock:
             if name in self._models:
@@ -108,6 +110,8 @@ class ModelManager:
                 raise ModelLoadError(
                     f"model {name!r}: expected a factory or a built module, received neither. "
                     "Fix: pass factory=lambda: ... that builds the nn.Module.")
+            if dtype is None and kind in KINDS:
+                dtype = self.policy.dtype_for(kind)
             m = ManagedModel(self, name, factory, kind, source, dtype, family)
             self._models[name] = m
             if module is not None:
