@@ -288,10 +288,12 @@ class ModelManager:
         if m.dtype is not None:
             module.to(dtype=m.dtype)
         module.eval().requires_grad_(False)
-        if any(p.device != self.host for p in module.parameters()):
+        pin = self.policy.pin_memory and self.device.type == "cuda" and torch.cuda.is_available()
+        if pin:  # weights read straight onto the device (fastread) are copied into the pinned master
+            mv.buffers_to(module, self.host)
+        elif any(p.device != self.host for p in module.parameters()):
             module.to(self.host)
         m._module = module
-        pin = self.policy.pin_memory and self.device.type == "cuda" and torch.cuda.is_available()
         mv.adopt_weights(m, module, pin=pin)
         self._emit(m, "file", "cpu", m.nbytes, time.perf_counter() - t0, reason)
 

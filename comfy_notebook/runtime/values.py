@@ -230,15 +230,19 @@ def load_checkpoint_values(
     policy = manager.policy
     dtypes = {kind: policy.dtype_for(kind) for kind in ("unet", "vae", "clip")}
     keys = {kind: f"{name}/{kind}" for kind in dtypes}
+    # CUDA: read straight onto the device (pinned, pipelined reads); the manager keeps the master
+    read_to = manager.device if manager.device.type == "cuda" else torch.device("cpu")
 
     def part_factory(kind: str) -> Callable[[], Any]:
         def factory() -> Any:
-            return getattr(load_checkpoint(source, parts=(kind,), dtype=dtypes[kind]), kind)
+            return getattr(load_checkpoint(source, parts=(kind,), dtype=dtypes[kind],
+                                           device=read_to), kind)
         return factory
 
     with _load_lock:
         missing = tuple(kind for kind in dtypes if keys[kind] not in manager)
-        loaded = load_checkpoint(source, parts=missing, dtype=dtypes) if missing else None
+        loaded = (load_checkpoint(source, parts=missing, dtype=dtypes, device=read_to)
+                  if missing else None)
         if loaded is not None:
             info = loaded.info
         else:  # every part is managed already: the keys' shapes still say the family
