@@ -36,6 +36,7 @@ from comfy_notebook.runtime._managed import (
     estimate_unet_memory,
 )
 from comfy_notebook.runtime.devices import KINDS, DevicePolicy
+from comfy_notebook.runtime.graphs import StepGraphs
 from comfy_notebook.runtime.patches import ModelRef
 from comfy_notebook.runtime.streaming import Streamer
 
@@ -89,6 +90,8 @@ class ModelManager:
         self._reserved = 0
         self._subscribers: list[Callable[[ModelMoved], None]] = []
         self._stats: dict[str, Any] = {f.name: f.default for f in fields(ManagerStats)}
+        # captured sampling steps; they listen to this manager's moves (runtime.graphs)
+        self.graphs = StepGraphs(self)
 
     # -- registry -----------------------------------------------------------------------------
     def register(self, name: str, factory: Callable[[], nn.Module] | None = None, *, kind: str,
@@ -172,8 +175,10 @@ class ModelManager:
 
     def _info(self, m: ManagedModel) -> ModelInfo:
         holders = tuple(sorted(r.holder or "<ref>" for r in list(m._refs)))
+        held = self.graphs.held(m.name)
         return ModelInfo(m.name, m.kind, m.source, m.nbytes, m.dtype, m.where, m.loaded_bytes,
-                         m.last_used, m.pinned, m.keep_loaded, m.in_use, holders, m.family)
+                         m.last_used, m.pinned, m.keep_loaded, m.in_use, holders, m.family,
+                         len(held), sum(g.nbytes for g in held))
 
     def __repr__(self) -> str:
         head = f"ModelManager(device={self.device}, used={human_bytes(self._resident_bytes())}"
