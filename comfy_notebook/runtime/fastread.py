@@ -27,7 +27,6 @@ from torch import Tensor
 __all__ = ["Copier", "CudaCopier", "Span", "SyncCopier", "plan_chunks", "read_spans"]
 
 ALIGN = 64  # bytes: every staging slot and output view starts on a multiple of this
-_READ_PIECE = 8 << 20  # largest single preadv, so several threads share one big tensor
 
 
 @dataclass(frozen=True)
@@ -150,29 +149,105 @@ class CudaCopier(Copier):
         torch.cuda.current_stream(self.device).wait_stream(self._stream)
 
 
-def _read_into(fd: int, buf: memoryview, offset: int) -> None:
-    """``preadv`` until ``buf`` is full (short reads happen on large requests)."""
-    done, n = 0, len(buf)
-    while done < n:
-        got = os.preadv(fd, [buf[done:]], offset + done)
+def _read_job(fd: int, offset: int, bufs: list[memoryview]) -> None:
+    """One ``preadv`` of a contiguous file range into ``bufs`` (scatter), until all are full."""
+    while bufs:
+        got = os.preadv(fd, bufs, offset)
         if got <= 0:
-            raise OSError(f"unexpected end of file at byte {offset + done} (wanted {n - done} more)")
-        done += got
+            raise OSError(f"unexpected end of file at byte {offset} (wanted {sum(map(len, bufs))} more)")
+        offset += got
+        while bufs and got >= len(bufs[0]):
+            got -= len(bufs[0])
+            bufs = bufs[1:]
+        if bufs and got:
+            bufs = [bufs[0][got:], *bufs[1:]]
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One staging chunk: file reads into it, then either one copy to ``out[out_lo:]`` or casts."""
+
+    reads: tuple[tuple[int, int, int], ...]  # (file offset, staging offset, bytes), file order
+    used: int  # staging bytes to move
+    out_lo: int | None  # direct: staging[:used] -> out[out_lo:out_lo + used]; None: ``pieces``
+    pieces: tuple[_Piece, ...] = ()
+
+
+def _direct_windows(spans: Sequence[Span], offsets: Sequence[int], chunk_bytes: int) -> list[_Window]:
+    """Windows over the output layout for spans stored in their final dtype (no cast).
+
+    The staging chunk is an image of ``out[lo:lo + used]`` (alignment padding included), so
+    each window is one host-to-device copy straight into the output buffer.
+    """
+    windows: list[_Window] = []
+    reads: list[tuple[int, int, int]] = []
+    lo: int | None = None
+    end = 0
+
+    def flush() -> None:
+        nonlocal reads, lo
+        if reads and lo is not None:
+            windows.append(_Window(tuple(reads), end - lo, lo))
+        reads, lo = [], None
+
+    for s, o in zip(spans, offsets, strict=True):
+        item, done = s.src.itemsize, 0
+        while done < s.nbytes:
+            if lo is None:
+                lo = o + done
+            take = min(s.nbytes - done, ((lo + chunk_bytes - (o + done)) // item) * item)
+            if take <= 0:
+                flush()
+                continue
+            reads.append((s.offset + done, o + done - lo, take))
+            done += take
+            end = o + done
+            if end - lo > chunk_bytes - ALIGN:
+                flush()
+    flush()
+    return windows
+
+
+def _jobs(reads: Sequence[tuple[int, int, int]], target: int) -> list[tuple[int, list[tuple[int, int]]]]:
+    """Group reads into jobs of about ``target`` bytes: (file offset, [(staging offset, bytes)])."""
+    jobs: list[tuple[int, list[tuple[int, int]]]] = []
+    cur: list[tuple[int, int]] = []
+    start = nxt = size = 0
+    for f, so, n in reads:
+        at = 0
+        while at < n:
+            take = min(n - at, target)
+            if cur and (f + at != nxt or size >= target or len(cur) >= 512):
+                jobs.append((start, cur))
+                cur, size = [], 0
+            if not cur:
+                start = f + at
+            cur.append((so + at, take))
+            size += take
+            nxt = f + at + take
+            at += take
+    if cur:
+        jobs.append((start, cur))
+    return jobs
 
 
 def read_spans(
     path: str | os.PathLike[str], spans: Sequence[Span], device: torch.device | str, *,
-    copier: Copier | None = None, chunk_bytes: int = 64 << 20, threads: int = 4, depth: int = 2,
+    copier: Copier | None = None, chunk_bytes: int = 64 << 20, threads: int | None = None,
+    depth: int = 2,
 ) -> dict[str, Tensor]:
     """Read ``spans`` of the file at ``path`` onto ``device``; returns key -> tensor (``dst`` dtype).
 
-    The tensors are ALIGN-aligned views of one flat device buffer.  ``copier`` defaults to
-    :class:`CudaCopier` for CUDA devices and :class:`SyncCopier` otherwise; ``depth`` staging
-    chunks of ``chunk_bytes`` circulate between the reader threads and the copier.
+    The tensors are ALIGN-aligned views of one flat device buffer.  Spans already in their final
+    dtype travel as images of the output buffer (one copy per chunk); the others are cast per
+    piece on the device.  ``copier`` defaults to :class:`CudaCopier` for CUDA devices and
+    :class:`SyncCopier` otherwise; ``depth`` staging chunks of ``chunk_bytes`` circulate between
+    ``threads`` reader threads (default: up to 8) and the copier.
     """
     device = torch.device(device)
     if copier is None:
         copier = CudaCopier(device) if device.type == "cuda" else SyncCopier(device)
+    threads = threads or min(8, os.cpu_count() or 1)
     offsets, total = [], 0
     for s in spans:
         offsets.append(total)
@@ -182,41 +257,48 @@ def read_spans(
     for s, off in zip(spans, offsets, strict=True):
         n = s.numel * s.dst.itemsize
         views[s.key] = out[off:off + n].view(s.dst).view(s.shape)
-    chunks = plan_chunks(spans, chunk_bytes)
-    if not chunks:
+    same = [(s, o) for s, o in zip(spans, offsets, strict=True) if s.src == s.dst]
+    cast = [s for s in spans if s.src != s.dst]
+    windows = _direct_windows([s for s, _ in same], [o for _, o in same], chunk_bytes)
+    for chunk in plan_chunks(cast, chunk_bytes):
+        reads = tuple((p.file_offset, p.slot, p.nbytes) for p in chunk)
+        windows.append(_Window(reads, _up(chunk[-1].slot + chunk[-1].nbytes), None, tuple(chunk)))
+    if not windows:
         return views
-    size = max(_up(p.slot + p.nbytes) for c in chunks for p in c)
+    size = max(w.used for w in windows)
     host = [torch.empty(size, dtype=torch.uint8, pin_memory=copier.pinned)
-            for _ in range(min(depth, len(chunks)))]
-    host_np = [memoryview(h.numpy()) for h in host]
-    staged = [torch.empty(size, dtype=torch.uint8, device=device) if device.type != "cpu" else h
-              for h in host]
+            for _ in range(min(depth, len(windows)))]
+    host_mv = [memoryview(h.numpy()) for h in host]
+    staged: list[Tensor | None] = [None] * len(host)  # device staging, for casting chunks only
     markers: list[Any] = [None] * len(host)
-    flat_out = {s.key: views[s.key].view(-1) for s in spans}
+    flat_out = {s.key: views[s.key].view(-1) for s in cast}
     fd = os.open(os.fspath(path), os.O_RDONLY)
     copier.begin()
     try:
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="fastread") as pool:
-            for i, chunk in enumerate(chunks):
+            for i, w in enumerate(windows):
                 b = i % len(host)
                 copier.wait(markers[b])  # staging b is free once its last copy has finished
-                jobs = []
-                for p in chunk:
-                    for at in range(0, p.nbytes, _READ_PIECE):
-                        n = min(_READ_PIECE, p.nbytes - at)
-                        jobs.append(pool.submit(_read_into, fd, host_np[b][p.slot + at:p.slot + at + n],
-                                                p.file_offset + at))
-                for job in jobs:
-                    job.result()
-                used = _up(chunk[-1].slot + chunk[-1].nbytes)
+                mv = host_mv[b]
+                futures = [pool.submit(_read_job, fd, f, [mv[so:so + n] for so, n in bufs])
+                           for f, bufs in _jobs(w.reads, max(1 << 20, w.used // threads))]
+                for fut in futures:
+                    fut.result()
                 with copier.stream():
-                    if staged[b] is not host[b]:
-                        staged[b][:used].copy_(host[b][:used], non_blocking=True)  # one DMA
-                    for p in chunk:
-                        s = spans[p.span]
-                        count = p.nbytes // s.src.itemsize
-                        src = staged[b][p.slot:p.slot + p.nbytes].view(s.src)
-                        flat_out[s.key][p.first:p.first + count].copy_(src)  # cast on the device
+                    if w.out_lo is not None:  # one DMA straight into the output buffer
+                        out[w.out_lo:w.out_lo + w.used].copy_(host[b][:w.used], non_blocking=True)
+                    else:
+                        src_buf = host[b]
+                        if device.type != "cpu":
+                            if staged[b] is None:
+                                staged[b] = torch.empty(size, dtype=torch.uint8, device=device)
+                            src_buf = staged[b]
+                            src_buf[:w.used].copy_(host[b][:w.used], non_blocking=True)
+                        for p in w.pieces:
+                            sp = cast[p.span]
+                            count = p.nbytes // sp.src.itemsize
+                            src = src_buf[p.slot:p.slot + p.nbytes].view(sp.src)
+                            flat_out[sp.key][p.first:p.first + count].copy_(src)  # cast on the device
                     markers[b] = copier.record()
             for marker in markers:
                 copier.wait(marker)

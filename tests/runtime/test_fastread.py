@@ -137,3 +137,29 @@ def test_load_checkpoint_on_cuda_uses_fast_reads_and_matches(tmp_path: pathlib.P
     gpu = load_checkpoint(path, parts=("unet",), dtype=torch.float16, device="cuda").unet
     for (k, a), (_, b) in zip(cpu.state_dict().items(), gpu.state_dict().items(), strict=True):
         assert b.is_cuda and torch.equal(a, b.cpu()), k
+
+
+def test_short_reads_and_scatter_jobs(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = fastread.os.preadv
+
+    def stingy(fd: int, bufs: list[memoryview], offset: int) -> int:
+        return real(fd, [bufs[0][:7]], offset)  # at most 7 bytes per call
+
+    sf = SafetensorsFile(mixed(tmp_path))
+    wanted = {k: (k, torch.float16, sf.entry(k)[1]) for k in sf}
+    monkeypatch.setattr(fastread.os, "preadv", stingy)
+    got = fastread.read_spans(sf.path, fastread.spans_for(sf, wanted), "cpu", chunk_bytes=512, threads=2)
+    for k, t in expected(sf, torch.float16).items():
+        assert torch.equal(got[k].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)), k
+    reads = [(0, 0, 10), (10, 64, 5), (100, 128, 3), (103, 192, 40)]
+    jobs = fastread._jobs(reads, target=16)
+    assert jobs[0] == (0, [(0, 10), (64, 5)])  # file-contiguous reads share one scatter preadv
+    covered = {}
+    for start, bufs in jobs:
+        assert sum(n for _, n in bufs) <= 2 * 16
+        for so, n in bufs:
+            for j in range(n):
+                covered[start + j] = so + j
+            start += n
+    want = {f + j: so + j for f, so, n in reads for j in range(n)}
+    assert covered == want
