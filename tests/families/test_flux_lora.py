@@ -58,7 +58,7 @@ def test_diffusers_style_matches_diffusers_converter():
     convert = _converter()
     ref_before = convert({"model.diffusion_model." + k: v.clone() for k, v in sd.items()})
     lora, deltas = {}, {}
-    for name, (module, _, rows) in diffusers_to_flux(_CFG).items():
+    for name in diffusers_to_flux(_CFG):
         w = ref_before[name + ".weight"]
         up, down = torch.randn(w.shape[0], 2, generator=gen) * 0.1, torch.randn(2, w.shape[1], generator=gen) * 0.1
         lora[f"transformer.{name}.lora_B.weight"], lora[f"transformer.{name}.lora_A.weight"] = up, down
