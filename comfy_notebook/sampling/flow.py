@@ -64,12 +64,13 @@ def _view(sigma: Tensor, ndim: int) -> Tensor:
 class _Const:
     """Rectified-flow (``CONST``) parameterisation shared by the flow model samplings."""
 
-    prediction = "flow"
+    prediction = "const"
 
     def calculate_input(self, sigma: Tensor, noise: Tensor) -> Tensor:
         return noise
 
-    def calculate_denoised(self, sigma: Tensor, model_output: Tensor, model_input: Tensor) -> Tensor:
+    def calculate_denoised(self, sigma: Tensor, model_output: Tensor, model_input: Tensor,
+                           schedule: Any = None) -> Tensor:
         return model_input - model_output * _view(sigma, model_output.ndim)
 
     def noise_scaling(self, sigma: Tensor, noise: Tensor, latent_image: Tensor, max_denoise: bool = False) -> Tensor:
@@ -80,6 +81,31 @@ class _Const:
         return latent / (1.0 - _view(sigma, latent.ndim))
 
     sigmas: Tensor
+
+    # The rest of ``sampling.model_sampling.ModelSampling``'s surface, so a flow model sampling
+    # is usable wherever one is (it is its own schedule and parameterisation).
+    @property
+    def name(self) -> str:
+        return "const"
+
+    @property
+    def schedule(self) -> _Const:
+        return self
+
+    @property
+    def parameterization(self) -> _Const:
+        return self
+
+    @property
+    def log_sigmas(self) -> Tensor:
+        return self.sigmas.log()
+
+    def model_timestep(self, sigma: Tensor) -> Tensor:
+        """``timestep(sigma)`` as float32 (the value the network is conditioned on)."""
+        return self.timestep(sigma).float()
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
 
     @property
     def sigma_min(self) -> Tensor:
