@@ -130,7 +130,7 @@ def load_t5(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
             f"{path} is a 'scaled fp8' T5 file (per-tensor scale_weight keys), not supported yet. "
             "Fix: use t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors")
     model = load_module(T5Encoder, config, sd, device=device, compute_dtype=compute_dtype,
-                        ignore=lambda k: k == "encoder.embed_tokens.weight", what=f"T5 encoder in {path}")
+                        ignore=T5Encoder.ignored_keys, what=f"T5 encoder in {path}")
     return model  # type: ignore[return-value]
 
 

@@ -293,6 +293,8 @@ class Flux(nn.Module):
         Factory for the linear layers (``nn.Linear`` signature); the loader picks it.
     """
 
+    takes_linear = True  # the loader may pass a cast-on-forward linear layer (fp8 weights)
+
     def __init__(self, config: FluxConfig, linear: LinearFactory = nn.Linear) -> None:
         super().__init__()
         c = config

@@ -202,6 +202,13 @@ class T5Encoder(nn.Module):
         Factory for the linear layers (``nn.Linear`` signature); the loader picks it.
     """
 
+    takes_linear = True  # the loader may pass a cast-on-forward linear layer (fp8 weights)
+
+    @staticmethod
+    def ignored_keys(key: str) -> bool:
+        """File keys that are not parameters: transformers' tied copy of the embedding."""
+        return key == "encoder.embed_tokens.weight"
+
     def __init__(self, config: T5Config, linear: LinearFactory = nn.Linear) -> None:
         super().__init__()
         self.config = config

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import re
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = [
     "EOS_ID",
     "PAD_ID",
     "T5Tokenizer",
+    "T5Tokens",
     "encode_t5_tokens",
     "get_t5_tokenizer",
     "tokenize_t5_prompt",
@@ -89,6 +91,14 @@ class T5Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))
+
+
+@dataclass(frozen=True)
+class T5Tokens:
+    """A tokenized T5 prompt: one row of ``(id, weight)`` (``chunks[0]``); T5 has no embeddings."""
+
+    chunks: list[list[tuple[int, float]]]
+    missing_embeddings: list[str] = field(default_factory=list)
 
 
 @lru_cache(maxsize=1)
