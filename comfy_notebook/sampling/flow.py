@@ -57,8 +57,11 @@ def flux_shift(width: int, height: int, base_shift: float = 0.5, max_shift: floa
     return (width * height / (8 * 8 * 2 * 2)) * mm + b
 
 
-def _view(sigma: Tensor, ndim: int) -> Tensor:
-    return sigma.reshape(sigma.shape[:1] + (1,) * (ndim - 1)) if sigma.ndim else sigma
+def _view(sigma: Tensor | float, ndim: int) -> Tensor | float:
+    """A per-sample sigma [B] as [B, 1, ..., 1]; scalars (0-d, one element, float) as they are."""
+    if not isinstance(sigma, Tensor) or sigma.numel() == 1:
+        return sigma if not isinstance(sigma, Tensor) else sigma.reshape(())
+    return sigma.reshape(sigma.shape[:1] + (1,) * (ndim - 1))
 
 
 class _Const:
