@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 import comfy_notebook
 from comfy_notebook import NodeCallError, Session
@@ -103,7 +102,7 @@ def test_defect_2_no_models_folder_says_where_and_how(no_config: Path, comfy_roo
     assert "none configured" in control.status(s)
     # set after the first node call: the same session sees it
     monkeypatch.setenv("COMFY_NOTEBOOK_MODELS", str(comfy_root))
-    model, clip, vae = loader(CKPT)
+    model = loader(CKPT)[0]
     assert model.type == "MODEL"
     assert f"models folder: {comfy_root / 'models'}" in control.status(s)
     # and by hand, for this session only
