@@ -186,8 +186,9 @@ class ModelPanel(View):
         header = f"{'name':<28} {'family':<8} {'dtype':<9} {'size':>9} {'on device':>9} {'location':<9}"
         lines = [header, "-" * len(header)]
         for r in self.rows:
+            on_device = human_bytes(r["device_bytes"]) if self.memory.get("mode") != "cpu" else "-"
             lines.append(f"{r['name']:<28} {r['family'] or '':<8} {r['dtype']:<9} "
-                         f"{human_bytes(r['bytes']):>9} {human_bytes(r['device_bytes']):>9} {r['location']:<9}")
+                         f"{human_bytes(r['bytes']):>9} {on_device:>9} {r['location']:<9}")
         if not self.rows:
             lines.append("(no models)")
         dev, host = self.memory["device"], self.memory["host"]
