@@ -49,6 +49,8 @@ class Session:
     builtins:
         Register the built-in node pack (ComfyUI's core nodes), lazily on the first node
         lookup (default).  ``False``: an empty session for your own nodes.
+    comfyui:
+        A ComfyUI installation to attach (:meth:`attach_comfyui`); its nodes join the registry.
 
     Examples
     --------
@@ -64,6 +66,7 @@ class Session:
         output_dir: str | os.PathLike[str] | None = None,
         cache: Cache | None = None,
         builtins: bool = True,
+        comfyui: str | os.PathLike[str] | None = None,
     ) -> None:
         self.models_dir = models_dir
         self.output_dir = output_dir
@@ -77,6 +80,8 @@ class Session:
         self.options: dict[str, Any] = {}
         self._subscribers: list[Callable[[Event], None]] = []
         self.executor = Executor(self.registry, self.cache, emit=self._emit, services=self.services)
+        if comfyui is not None:  # imports torch and ComfyUI (see attach_comfyui)
+            self.attach_comfyui(comfyui)
 
     def _emit(self, event: Event) -> None:
         for fn in tuple(self._subscribers):
@@ -107,6 +112,15 @@ class Session:
         from comfy_notebook.interop import load_custom_nodes
 
         return load_custom_nodes(self, path)
+
+    def attach_comfyui(self, path: str | os.PathLike[str], *, prefer: str = "comfyui",
+                       models: str = "session") -> Any:
+        """Import the ComfyUI installation at ``path`` and register all its nodes (ComfyUI's
+        classes win shared names unless ``prefer="builtin"``); see
+        :func:`comfy_notebook.interop.attach.attach_comfyui`."""
+        from comfy_notebook.interop.attach import attach_comfyui
+
+        return attach_comfyui(self, path, prefer=prefer, models=models)
 
     @property
     def models(self) -> Any:

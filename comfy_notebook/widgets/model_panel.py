@@ -84,13 +84,16 @@ class ModelPanel(View):
         mode = self.mode()
         rows = []
         for info in self.manager.list():
-            row = {f: getattr(info, f, None) for f in _ROW_FIELDS}
+            row: dict[str, Any] = {f: getattr(info, f, None) for f in _ROW_FIELDS}
             row["family"] = row["family"] or row["kind"]
             row["dtype"] = str(row["dtype"]).replace("torch.", "") if row["dtype"] else ""
-            row["bytes"] = int(row["bytes"] or 0)
-            row["device_bytes"] = int(row["loaded_bytes"] or 0) if mode != "cpu" else 0
-            row["host_bytes"] = max(0, row["bytes"] - row["device_bytes"]) if row["location"] != "unloaded" else 0
-            row["actions"] = self._actions(mode, row["location"])
+            size = int(row["bytes"] or 0)
+            on_device = int(row["loaded_bytes"] or 0) if mode != "cpu" else 0
+            location = str(row["location"])
+            row["bytes"] = size
+            row["device_bytes"] = on_device
+            row["host_bytes"] = max(0, size - on_device) if location != "unloaded" else 0
+            row["actions"] = self._actions(mode, location)
             rows.append(row)
         self.rows = rows
         self.memory = self._memory(rows, mode)

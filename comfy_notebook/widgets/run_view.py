@@ -74,7 +74,8 @@ class RunView(View):
         def target() -> None:
             try:
                 self.result = self.session.run_prompt(prompt, **kwargs)
-            except (Exception, ExecutionInterrupted) as exc:  # the state shows it; kept for the caller
+            except (Exception, ExecutionInterrupted) as exc:  # an interrupt is no Exception
+                # the state already shows it; kept for the caller
                 self.result = exc
 
         self.result = None
