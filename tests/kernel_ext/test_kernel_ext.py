@@ -47,8 +47,11 @@ def test_errors_are_one_line_and_kernel_lives_on(ip, run_cell, capsys):
     lines = [ln for ln in text.splitlines() if ln.strip()]
     assert len(lines) == 1, text
     assert "NodeCallError: (Add): failed: ValueError: b must not be negative" in lines[0]
+    assert lines[0].count("Fix:") == 1 and lines[0].count("%comfy traceback") == 1  # defect 5
     run_cell(ip, "%comfy traceback")
-    assert "Traceback" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "Traceback" in text
+    assert text.count('raise ValueError("b must not be negative")') == 1  # the chain, once
     assert run_cell(ip, "ok = Add(Number(1), 1)").success
     assert ip.user_ns["ok"].value == 2
 
