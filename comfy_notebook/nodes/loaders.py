@@ -5,13 +5,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from comfy_notebook.families import load_checkpoint_values, load_vae_value
 from comfy_notebook.nodes._services import folders, listing, model_manager, services
-from comfy_notebook.runtime.values import (
-    ClipValue,
-    ModelValue,
-    load_checkpoint_values,
-    load_vae_value,
-)
+from comfy_notebook.runtime.values import ClipValue, ModelValue
 
 
 def _embedding_dirs() -> tuple[str, ...]:
@@ -69,7 +65,7 @@ _TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder", "te_", "cond_stage_model.",
 
 
 def _unet_layout(model: ModelValue | None) -> Any:
-    """The block layout of ``model``'s UNet (read from its file's shapes), or None for SD1's.
+    """The block layout of ``model``'s UNet (read from its file's shapes), or None.
 
     kohya / diffusers LoRA names count blocks per level, so they map onto LDM names only with
     the model's real layout (a checkpoint with fewer levels or res blocks would otherwise get
@@ -78,15 +74,9 @@ def _unet_layout(model: ModelValue | None) -> Any:
     source = model.ref.base.source if model is not None else None
     if not source:
         return None
-    from comfy_notebook.models.detect import detect
-    from comfy_notebook.runtime.loading import open_state_dict
     from comfy_notebook.runtime.lora import UNetLayout
 
-    try:
-        info = detect(open_state_dict(source), source=source)
-    except Exception:  # not a file detect() knows: fall back to the SD1 layout
-        return None
-    return UNetLayout.from_config(info.unet) if info.unet is not None else None
+    return UNetLayout.from_config(model.unet_config) if model.unet_config is not None else None
 
 
 def _check_fit(lora_name: str, part: str, shapes: dict[str, Any], patches: dict[str, Any]) -> None:

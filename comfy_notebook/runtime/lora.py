@@ -1,6 +1,7 @@
-"""LoRA files: reading them and mapping their keys onto our (LDM-named) SD1 parameters.
+"""LoRA files: reading them and mapping their keys onto our (LDM-named) parameters.
 
-Supported key styles, for the UNet and the CLIP text encoder of SD1.x:
+Supported key styles, for the UNet and the CLIP text encoders (which kohya prefix names which
+encoder is the family's: ``Family.lora_te_prefixes``):
 
 - kohya: ``lora_unet_<diffusers module, dots as _>`` / ``lora_te_<transformers module>`` with
   ``.lora_down.weight``, ``.lora_up.weight``, ``.alpha`` (conv LoRA included); kohya names built
@@ -70,11 +71,6 @@ class UNetLayout:
     depth_middle: int = 1
 
     @classmethod
-    def sd1(cls) -> UNetLayout:
-        """Stable Diffusion 1.x."""
-        return cls()
-
-    @classmethod
     def from_config(cls, config: Any) -> UNetLayout:
         """From a :class:`comfy_notebook.models.unet.UNetConfig` (duck-typed)."""
         return cls(len(config.channel_mult), config.num_res_blocks,
@@ -100,7 +96,7 @@ def unet_diffusers_to_ldm(layout: UNetLayout | None = None) -> dict[str, str]:
     ``conv_shortcut`` appears for every ResBlock; it exists only where channels change, so
     filter by the model's real keys.
     """
-    lay = layout or UNetLayout.sd1()
+    lay = layout or UNetLayout()
     nrb = lay.num_res_blocks
     table = {
         "time_embedding.linear_1": "time_embed.0",
@@ -205,7 +201,7 @@ def lora_patches(
         Parameter names of our UNet (LDM names, relative to the UNet module) and CLIP text
         model (``text_model.encoder.layers.0.self_attn.q_proj.weight`` ...).
     unet_layout:
-        Block structure for diffusers/kohya UNet names (default SD1).
+        Block structure for diffusers/kohya UNet names (default: the dataclass defaults, four levels of two res blocks).
 
     Returns
     -------

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_notebook.widgets.preview import SD15_LATENT_RGB_FACTORS, latent_preview, latent_to_rgb
+from comfy_notebook.families.sd1 import SD15_LATENT
+from comfy_notebook.widgets.preview import latent_preview, latent_to_rgb
+
+SD15_LATENT_RGB_FACTORS = SD15_LATENT.rgb_factors
 
 # ComfyUI comfy/latent_formats.py SD15.latent_rgb_factors (rows: channels; columns: R, G, B)
 COMFY_SD15 = [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
