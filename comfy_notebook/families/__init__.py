@@ -63,6 +63,8 @@ __all__ = [
     "load_unet_value",
     "load_vae",
     "load_vae_value",
+    "lora_family",
+    "lora_mismatch",
 ]
 
 #: Detection order: most specific first.
@@ -162,3 +164,30 @@ def latent_format_for(channels: int, family: str | None = None) -> LatentFormat 
         if f.latent_format.channels == channels:
             return f.latent_format
     return None
+
+
+def lora_family(lora_sd: Mapping[str, Any]) -> Family | None:
+    """The family a LoRA was trained for, when its keys or shapes say so (else None).
+
+    Marker prefixes (kohya's ``lora_te1_``/``lora_te2_``, diffusers' ``text_encoder_2.``) name
+    SDXL; otherwise the width of a cross-attention key projection's input (``attn2.to_k``
+    down-projection) is compared with each family's released context width.
+    """
+    for f in FAMILIES:
+        if f.lora_markers and any(k.startswith(f.lora_markers) for k in lora_sd):
+            return f
+    for key, t in lora_sd.items():
+        if "attn2" in key and "to_k" in key and key.endswith(("lora_down.weight", "lora_A.weight")):
+            width = int(t.shape[-1])
+            return next((f for f in FAMILIES if f.context_dim == width), None)
+    return None
+
+
+def lora_mismatch(lora_sd: Mapping[str, Any], family: Family | None) -> Family | None:
+    """The LoRA's family when it is known and is not ``family`` (SDXL LoRAs also fit the refiner's
+    text-encoder prefixes, so base and refiner count as one), else None."""
+    found = lora_family(lora_sd)
+    if found is None or family is None or found is family:
+        return None
+    kin = {f.name for f in FAMILIES if isinstance(f, type(found)) or isinstance(found, type(f))}
+    return None if family.name in kin else found

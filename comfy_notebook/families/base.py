@@ -214,6 +214,10 @@ class Family:
     clip_types: Mapping[str, tuple[str, ...]] = {}
     lora_te_prefixes: Mapping[str, str] = {}
     memory_factor: float = 2.0
+    #: cross-attention width of the released models (tells a LoRA's family from its shapes)
+    context_dim: int | None = None
+    #: LoRA key prefixes only this family's LoRAs use (kohya's two text encoders ...)
+    lora_markers: tuple[str, ...] = ()
 
     # detection ---------------------------------------------------------------------------
     def matches(self, survey: Survey) -> bool:
@@ -257,6 +261,13 @@ class Family:
         ``noise``, ``latent_image``, ``denoise_mask`` and ``device`` (see ``ksample``).
         """
         return {}
+
+    def lora_text_encoders(self, keys: Mapping[str, Any]) -> dict[str, tuple[Any, tuple[str, ...]]]:
+        """``lora_patches(text_encoders=...)``: encoder -> (its parameter names, LoRA prefixes)."""
+        out: dict[str, tuple[Any, tuple[str, ...]]] = {}
+        for enc, params in keys.items():
+            out[enc] = (params, tuple(p for p, e in self.lora_te_prefixes.items() if e == enc))
+        return out
 
     def unet_memory(self, latent_shape: tuple[int, ...], dtype: torch.dtype, cfg: bool = True) -> int:
         """Activation memory of one sampling step (bytes)."""

@@ -31,8 +31,10 @@ class SD1Family(Family):
     latent_format = SD15_LATENT
     text_encoders = (TextEncoderSpec("clip_l", layer=None, final_norm=True, pad_token=49407),)
     clip_types = MappingProxyType({"stable_diffusion": ("clip_l",)})
-    lora_te_prefixes = MappingProxyType({"lora_te_": "clip_l", "lora_te1_": "clip_l"})
+    lora_te_prefixes = MappingProxyType({"lora_te_": "clip_l", "text_encoder.": "clip_l",
+                                         "cond_stage_model.transformer.": "clip_l"})
     memory_factor = 2.0
+    context_dim = 768
 
     def matches(self, survey: Survey) -> bool:
         if survey.has_prefix(CLIP_PREFIX):

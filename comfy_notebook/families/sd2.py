@@ -32,8 +32,9 @@ class SD2Family(Family):
     latent_format = SD15_LATENT
     text_encoders = (TextEncoderSpec("clip_h", layer=-2, final_norm=True, pad_token=0),)
     clip_types = MappingProxyType({"stable_diffusion": ("clip_h",)})
-    lora_te_prefixes = MappingProxyType({"lora_te_": "clip_h", "lora_te1_": "clip_h"})
+    lora_te_prefixes = MappingProxyType({"lora_te_": "clip_h", "text_encoder.": "clip_h"})
     memory_factor = 2.0
+    context_dim = 1024
 
     def _clip_prefix(self, survey: Survey) -> str | None:
         if survey.has_prefix(CLIP_PREFIX):

@@ -90,8 +90,11 @@ class SDXLFamily(Family):
     latent_format = SDXL_LATENT
     text_encoders = (_CLIP_L, _CLIP_G)
     clip_types = MappingProxyType({"sdxl": ("clip_l", "clip_g")})
-    lora_te_prefixes = MappingProxyType({"lora_te1_": "clip_l", "lora_te2_": "clip_g"})
+    lora_te_prefixes = MappingProxyType({"lora_te1_": "clip_l", "lora_te2_": "clip_g", "text_encoder.": "clip_l",
+                                         "text_encoder_2.": "clip_g", CLIP_L_PREFIX: "clip_l"})
     memory_factor = 1.6  # ComfyUI: 0.8 x SD1's
+    context_dim = 2048
+    lora_markers = ("lora_te1_", "lora_te2_", "text_encoder_2.")
 
     def matches(self, survey: Survey) -> bool:
         if survey.has_prefix("conditioner.embedders.1."):
@@ -132,8 +135,9 @@ class SDXLRefinerFamily(SDXLFamily):
     name = "sdxl_refiner"
     title = "SDXL refiner"
     text_encoders = (_CLIP_G,)
+    context_dim = 1280
     clip_types = MappingProxyType({"stable_diffusion": ("clip_g",)})
-    lora_te_prefixes = MappingProxyType({"lora_te_": "clip_g", "lora_te1_": "clip_g", "lora_te2_": "clip_g"})
+    lora_te_prefixes = MappingProxyType({"lora_te_": "clip_g", "lora_te2_": "clip_g", "text_encoder_2.": "clip_g"})
 
     def matches(self, survey: Survey) -> bool:
         if survey.has_prefix("conditioner.embedders.1."):

@@ -161,8 +161,10 @@ def load_lora_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 
 def _module_aliases(unet_modules: Iterable[str], clip_modules: Iterable[str],
-                    layout: UNetLayout | None) -> dict[str, tuple[str, str]]:
-    """Every accepted LoRA module name -> ("unet" | "clip", our module name)."""
+                    layout: UNetLayout | None,
+                    encoders: Mapping[str, tuple[Iterable[str], Iterable[str]]] | None = None,
+                    ) -> dict[str, tuple[str, str]]:
+    """Every accepted LoRA module name -> ("unet" | "clip" | encoder name, our module name)."""
     out: dict[str, tuple[str, str]] = {}
     unet_set = set(unet_modules)
     for ldm in unet_set:
@@ -180,6 +182,13 @@ def _module_aliases(unet_modules: Iterable[str], clip_modules: Iterable[str],
         out["lora_te_" + full.replace(".", "_")] = ("clip", mod)
         out["text_encoder." + full] = ("clip", mod)
         out["cond_stage_model.transformer." + full] = ("clip", mod)
+    for enc, (modules, prefixes) in (encoders or {}).items():
+        names = list(prefixes) + [f"text_encoders.{enc}.transformer.", f"{enc}.transformer."]
+        for mod in modules:
+            full = mod if mod.startswith("text_model.") else "text_model." + mod
+            for prefix in names:
+                # kohya prefixes end in "_" and join the module path with "_"
+                out[prefix + (full.replace(".", "_") if prefix.endswith("_") else full)] = (enc, mod)
     return out
 
 
@@ -188,9 +197,10 @@ def _modules(keys: Iterable[str]) -> set[str]:
 
 
 def lora_patches(
-    lora_sd: Mapping[str, Tensor], *, unet_keys: Iterable[str], clip_keys: Iterable[str],
+    lora_sd: Mapping[str, Tensor], *, unet_keys: Iterable[str], clip_keys: Iterable[str] = (),
     unet_layout: UNetLayout | None = None,
-) -> tuple[dict[str, Patch], dict[str, Patch], list[str]]:
+    text_encoders: Mapping[str, tuple[Iterable[str], Iterable[str]]] | None = None,
+) -> tuple[dict[str, Patch], Any, list[str]]:
     """Map a LoRA state dict onto our parameter names.
 
     Parameters
@@ -202,15 +212,22 @@ def lora_patches(
         model (``text_model.encoder.layers.0.self_attn.q_proj.weight`` ...).
     unet_layout:
         Block structure for diffusers/kohya UNet names (default: the dataclass defaults, four levels of two res blocks).
+    text_encoders:
+        For models with several text encoders: encoder name -> (its parameter names, the LoRA
+        name prefixes that address it, e.g. ``("lora_te1_", "text_encoder.")``; the family's
+        ``lora_te_prefixes``).  ``text_encoders.<name>.transformer.`` is always accepted.
 
     Returns
     -------
     (unet_patches, clip_patches, unknown_keys):
-        Parameter name -> patch for each model, and every LoRA key that matched nothing
-        (reported, never silently dropped).
+        Parameter name -> patch for each model (``clip_patches`` is ``{encoder: {name: patch}}``
+        when ``text_encoders`` is given), and every LoRA key that matched nothing (reported,
+        never silently dropped).
     """
     unet_keys, clip_keys = set(unet_keys), set(clip_keys)
-    aliases = _module_aliases(_modules(unet_keys), _modules(clip_keys), unet_layout)
+    enc_keys = {e: set(k) for e, (k, _) in (text_encoders or {}).items()}
+    aliases = _module_aliases(_modules(unet_keys), _modules(clip_keys), unet_layout,
+                              {e: (_modules(enc_keys[e]), p) for e, (_, p) in (text_encoders or {}).items()})
     groups: dict[str, dict[str, tuple[str, Tensor]]] = {}
     unknown: list[str] = []
     for key, tensor in lora_sd.items():
@@ -220,7 +237,7 @@ def lora_patches(
                 break
         else:
             unknown.append(key)
-    out: dict[str, dict[str, Patch]] = {"unet": {}, "clip": {}}
+    out: dict[str, dict[str, Patch]] = {"unet": {}, "clip": {}, **{e: {} for e in enc_keys}}
     for name, parts in groups.items():
         target = aliases.get(name)
         roles = {r: t for r, (_, t) in parts.items()}
@@ -228,7 +245,7 @@ def lora_patches(
             unknown.extend(k for k, _ in parts.values())
             continue
         which, module = target
-        keys = unet_keys if which == "unet" else clip_keys
+        keys = unet_keys if which == "unet" else clip_keys if which == "clip" else enc_keys[which]
         if "up" in roles and "down" in roles and f"{module}.weight" in keys:
             alpha = roles.get("alpha")
             out[which][f"{module}.weight"] = LoraPatch(
@@ -241,4 +258,5 @@ def lora_patches(
             unknown.append(parts["diff_b"][0])
         if not any(k.startswith(module + ".") for k in out[which]):
             unknown.extend(k for k, _ in parts.values())
-    return out["unet"], out["clip"], sorted(set(unknown))
+    clip_out: Any = {e: out[e] for e in enc_keys} if text_encoders is not None else out["clip"]
+    return out["unet"], clip_out, sorted(set(unknown))
