@@ -23,12 +23,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from comfy_notebook.errors import ModelLoadError
+from comfy_notebook.families._survey import Survey
+from comfy_notebook.families.base import Component, Detected, Family, LatentFormat, TextEncoderSpec
 from comfy_notebook.models.flux import Flux, FluxConfig
 from comfy_notebook.models.t5 import T5Config, T5Encoder
 from comfy_notebook.runtime.loading import open_state_dict
@@ -37,9 +40,12 @@ from comfy_notebook.sampling.flow import ModelSamplingDiscreteFlow, ModelSamplin
 
 __all__ = [
     "DEFAULT_GUIDANCE",
+    "FLUX",
+    "FLUX_LATENT",
     "LATENT_CHANNELS",
     "LATENT_SCALE",
     "LATENT_SHIFT",
+    "FluxFamily",
     "FluxTextEncoders",
     "apply_flux",
     "detect_flux",
@@ -50,6 +56,7 @@ __all__ = [
     "model_sampling_for",
     "process_in",
     "process_out",
+    "t5_component",
     "text_encoder_kind",
 ]
 
@@ -180,3 +187,56 @@ def apply_flux(model: Flux, x: Tensor, timestep: Tensor, context: Tensor, y: Ten
     out = model(x.to(dtype), timestep.to(dev).float(), context.to(dev, dtype),
                 None if y is None else y.to(dev, dtype), None if guidance is None else guidance.to(dev).float())
     return out.to(x.dtype)
+
+
+# -- the family (the families seam) ---------------------------------------------------------------
+FLUX_LATENT = LatentFormat(
+    name="Flux", scale_factor=LATENT_SCALE, shift_factor=LATENT_SHIFT, channels=LATENT_CHANNELS,
+)
+_CLIP_L = TextEncoderSpec("clip_l", layer=None, final_norm=True, pad_token=49407)
+_T5XXL = TextEncoderSpec("t5xxl", pad_token=0, tokenizer="t5", min_length=256)
+
+
+def t5_component(sd: Mapping[str, Any], prefix: str = "") -> Component:
+    """A T5 v1.1 text-encoder component (``text_encoders/t5xxl_*``; fp8 files stay fp8)."""
+    return Component("t5xxl", "clip", prefix, T5Config.from_state_dict(sd, prefix), "t5",
+                     architecture=T5Encoder)
+
+
+class FluxFamily(Family):
+    """Flux.1 dev and schnell: the transformer from diffusion_models/, CLIP-L + T5-XXL, 16-channel latents."""
+
+    name = "flux"
+    title = "Flux.1"
+    latent_format = FLUX_LATENT
+    text_encoders = (_CLIP_L, _T5XXL)
+    clip_types = MappingProxyType({"flux": ("clip_l", "t5xxl")})
+    memory_factor = 3.1 * 2  # ComfyUI's Flux memory_usage_factor 3.1 (SD1's is 1.0; ours 2.0)
+    takes_model_inputs = True
+
+    def matches(self, survey: Survey) -> bool:
+        return detect_flux(survey.sd) is not None
+
+    def detect(self, survey: Survey) -> Detected:
+        found = detect_flux(survey.sd)
+        assert found is not None
+        config, prefix = found
+        comps = {"unet": Component("unet", "unet", prefix, config, "bfl", architecture=Flux,
+                                   dtypes=(torch.bfloat16, torch.float16, torch.float32))}
+        if survey.vae_prefix is not None:
+            comps["vae"] = survey.vae()
+        return Detected(self, comps, {"guidance_embed": config.guidance_embed})
+
+    def model_sampling(self, prediction: str | None = None, zsnr: bool = False,
+                       guidance_embed: bool = True) -> Any:
+        """dev: ``ModelSamplingFlux(1.15)``; schnell (no guidance input): discrete flow, shift 1, multiplier 1."""
+        return model_sampling_for(FluxConfig(guidance_embed=guidance_embed))
+
+    def combine(self, outputs: Mapping[str, tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor | None]:
+        return outputs["t5xxl"][0], outputs["clip_l"][1]
+
+    def model_inputs(self, unet_config: Any, params: Mapping[str, Any]) -> dict[str, Tensor]:
+        return flux_model_kwargs(params, batch=1)
+
+
+FLUX = FluxFamily()

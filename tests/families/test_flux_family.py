@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from comfy_notebook.errors import ModelLoadError
+from comfy_notebook.families import load_text_encoder
 from comfy_notebook.families.flux import (
     DEFAULT_GUIDANCE,
     FluxTextEncoders,
@@ -21,7 +22,7 @@ from comfy_notebook.families.flux import (
     text_encoder_kind,
 )
 from comfy_notebook.models.flux import FluxConfig
-from comfy_notebook.runtime.loading import load_text_encoder, open_state_dict
+from comfy_notebook.runtime.loading import open_state_dict
 from comfy_notebook.sampling.flow import FlowDenoiser, ModelSamplingDiscreteFlow, ModelSamplingFlux
 from comfy_notebook.sampling.samplers import sample_euler
 from comfy_notebook.sampling.schedules import calculate_sigmas

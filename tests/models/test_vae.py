@@ -87,7 +87,7 @@ def test_flux_vae_without_quant_convs_matches_diffusers(vae_pair):
 
 
 def test_flux_vae_parameter_count_and_detection():
-    from comfy_notebook.models.detect import _vae_config
+    from comfy_notebook.models.detect import read_vae_config as _vae_config
 
     with torch.device("meta"):
         m = AutoencoderKL(VAEConfig.flux())
