@@ -118,7 +118,7 @@ def member_names(values: Iterable[str]) -> dict[str, str]:
 def _cached_enum(cls_name: str, values: tuple[str, ...]) -> type[StrEnum]:
     members = list(member_names(values).items())
     enum = StrEnum(cls_name, members)  # type: ignore[misc]
-    enum.__module__ = "comfy_notebook.enums"
+    enum.__module__ = "comfy_notebook.realmode.enums"
     return enum
 
 
