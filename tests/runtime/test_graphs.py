@@ -248,3 +248,14 @@ def test_cuda_replay_is_bit_identical_to_eager() -> None:
     assert mgr.graphs.captures == 1 and mgr.graphs.replays == 3 and mgr.graphs.nbytes("mlp") >= 0
     mgr.offload(m)
     assert mgr.graphs.held() == []
+
+
+def test_an_unchanged_input_is_not_copied_again_but_an_in_place_change_is() -> None:
+    mgr, m, _ = _setup()
+    x, t, c = _inputs()
+    with torch.no_grad(), mgr.use(m) as module:
+        f = mgr.graphs.wrap(m.ref(), module, module, enabled=True)
+        for _ in range(3):
+            f(x, t, c)
+        c.mul_(2.0)  # same tensor, new contents: its version counter moved
+        assert torch.equal(f(x, t, c), module(x, t, c))
