@@ -147,7 +147,7 @@ def _on(root: pathlib.Path, device: str, capacity: int | None = None) -> Session
 
     s = new_session(root)
     policy = DevicePolicy.cpu() if device == "cpu" else DevicePolicy.cuda(0)
-    s.services["models"] = ModelManager(policy, capacity_bytes=capacity)
+    s.services.models = ModelManager(policy, capacity_bytes=capacity)
     return s
 
 

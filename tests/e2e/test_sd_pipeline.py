@@ -323,12 +323,12 @@ def test_tight_cpu_budget_partial_loading_gives_the_same_image(root: pathlib.Pat
 
     policy = DevicePolicy.cpu() if device == "cpu" else DevicePolicy.cuda(0)
     free = new_session(root, "out_free")
-    free.services["models"] = ModelManager(policy)
+    free.services.models = ModelManager(policy)
     reference = free.run_prompt(prompt()).outputs["8"][0]
     unet_bytes = next(i.bytes for i in free.models.list() if i.kind == "unet")
 
     s = new_session(root, "out_tight")
-    s.services["models"] = ModelManager(policy, capacity_bytes=unet_bytes + (64 << 10))
+    s.services.models = ModelManager(policy, capacity_bytes=unet_bytes + (64 << 10))
     result = s.run_prompt(prompt())
     if device == "cpu":
         assert torch.equal(result.outputs["8"][0], reference)
