@@ -197,7 +197,7 @@ class ModelManager:
         held = self.graphs.held(m.name)
         return ModelInfo(m.name, m.kind, m.source, m.nbytes, m.dtype, m.where, m.loaded_bytes,
                          m.last_used, m.pinned, m.keep_loaded, m.in_use, holders, m.family,
-                         len(held), sum(g.nbytes for g in held))
+                         graphs=len(held), graph_bytes=sum(g.nbytes for g in held))
 
     def __repr__(self) -> str:
         head = f"ModelManager(device={self.device}, used={human_bytes(self._resident_bytes())}"
