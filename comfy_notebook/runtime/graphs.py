@@ -64,11 +64,14 @@ class CudaCapturer(Capturer):
         return device.type == "cuda" and torch.cuda.is_available()
 
     def warmup_and_capture(self, fn: Callable[[], Tensor], device: torch.device) -> tuple[Tensor, Captured]:
+        current = torch.cuda.current_stream(device)
         side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
+        side.wait_stream(current)
         with torch.cuda.stream(side):
-            warm = fn().clone()
-        torch.cuda.current_stream(device).wait_stream(side)
+            out = fn()
+        current.wait_stream(side)
+        out.record_stream(current)  # allocated on the side stream, read on the caller's
+        warm = out.clone()
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_reserved(device)
         graph = torch.cuda.CUDAGraph()

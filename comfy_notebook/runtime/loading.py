@@ -222,6 +222,8 @@ def _read_fast(sd: Mapping[str, Tensor], found: Mapping[str, str], expected: Map
     from comfy_notebook.runtime import fastread
 
     wanted = {k: (found[k], dtype, tuple(expected[k].shape)) for k in expected}
+    if any(sd.entry(f)[3] != expected[k].numel() for k, (f, _, _) in wanted.items()):
+        return None  # a shape mismatch: the mmap path names it (ModelLoadError)
     try:
         return fastread.read_spans(sd.path, fastread.spans_for(sd, wanted), device)
     except torch.OutOfMemoryError:
