@@ -164,11 +164,20 @@ def part_e2e(s: Suite) -> None:
         rates[graphs] = s.steps / best
     session.options.pop("cuda_graphs", None)
     s.fig["e2e_its"] = rates[True]
+    extra = []  # samplers with per-step noise, graphs on: the noise's cost per step in the run
+    for name in ("euler_ancestral", "dpmpp_2m_sde_gpu"):
+        api = s.prompt(seed=50)
+        api["3"]["inputs"]["sampler_name"] = name
+        _, ks = _ksampler_seconds(session, api)
+        its = s.steps / ks
+        extra.append(f"{name} {its:.1f} it/s ({100 * (1 / its - 1 / rates[True]) * rates[True]:+.1f} % per step "
+                     "vs euler)")
     g = session.models.graphs
     held = ", ".join(f"{h.model} [{h.shapes}] {h.nbytes / 2**20:.0f} MiB" for h in g.held()) or "none"
     s.out(f"e2e run_prompt  KSampler {s.px}px cfg 8, {s.steps} euler steps: {rates[True]:.1f} it/s with "
           f"graphs, {rates[False]:.1f} it/s eager (x{rates[True] / rates[False]:.2f}); graphs held: {held}; "
           f"fallbacks {g.fallbacks}")
+    s.out("e2e samplers    " + ", ".join(extra) + "  goal: noise <= 5 % of a step")
 
 
 def _unet_inputs(s: Suite, ctx_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

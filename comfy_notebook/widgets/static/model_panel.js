@@ -53,7 +53,10 @@ function render({ model, el }) {
       h("td", { text: r.family || "" }),
       h("td", { text: r.dtype }),
       h("td", { text: fmt(r.bytes) }),
-      h("td", { class: `cn-loc cn-loc-${r.location}`, text: r.location }),
+      h("td", {
+        class: `cn-loc cn-loc-${r.location}`, text: r.location,
+        title: r.graphs ? `${r.graphs} captured sampling step(s), ${fmt(r.graph_bytes)}` : "",
+      }),
       h("td", {}, ["load", "offload", "unload"].map((a) => h("button", {
         class: `cn-${a}`, text: a, onclick: () => send(a, r.name),
       }))),
