@@ -108,13 +108,19 @@ class Suite:
         return api
 
 
-def _ksampler_seconds(session: Session, api: dict[str, Any]) -> tuple[float, float]:
-    """(seconds of the whole run_prompt, seconds of the KSampler node) for one prompt."""
+def _ksampler_seconds(session: Session, api: dict[str, Any],
+                      nodes: dict[str, float] | None = None) -> tuple[float, float]:
+    """(seconds of the whole run_prompt, seconds of the KSampler node) for one prompt.
+
+    ``nodes`` receives every node's seconds ("<id> <class>").
+    """
     seconds: dict[str, float] = {}
 
     def on(event: Any) -> None:
         if isinstance(event, NodeFinished):
             seconds[event.node_id] = event.seconds
+            if nodes is not None:
+                nodes[f"{event.node_id} {event.class_type}"] = event.seconds
 
     unsubscribe = session.subscribe(on)
     t0 = time.perf_counter()
@@ -144,8 +150,14 @@ def part_checkpoint(s: Suite) -> None:
 
 def part_cold(s: Suite) -> None:
     session = s.new_session("out_cold")
-    wall, ks = _ksampler_seconds(session, s.prompt(seed=1))
+    moves: list[str] = []
+    session.models.subscribe(lambda e: moves.append(
+        f"{e.name} {e.source}->{e.target} {e.nbytes / 1e9:.2f} GB {e.seconds * 1e3:.0f} ms ({e.reason})"))
+    nodes: dict[str, float] = {}
+    wall, ks = _ksampler_seconds(session, s.prompt(seed=1), nodes)
     s.session = session
+    s.out("  cold nodes: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in nodes.items()))
+    s.out("  cold moves: " + "; ".join(moves))
     s.fig["cold_s"] = wall
     s.out(f"cold start      new session, file in page cache -> first image: {wall:.2f} s (KSampler {ks:.2f} s incl. "
           f"capture)  goal <= {GOALS['cold_s']} s")
