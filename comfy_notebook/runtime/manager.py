@@ -189,7 +189,8 @@ class ModelManager:
         for provider in self._external:
             for r in provider.rows():
                 rows.append(ModelInfo(r["name"], r["kind"], None, r["bytes"], None, r["where"],
-                                      r["bytes"], None, False, False, False, (), None, r["world"]))
+                                      r["bytes"], None, False, False, False, (), None,
+                                      world=r["world"]))
         return rows
 
     def _info(self, m: ManagedModel) -> ModelInfo:
