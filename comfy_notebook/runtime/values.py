@@ -276,8 +276,10 @@ def load_vae_value(manager: ModelManager, path: str | os.PathLike[str], *,
     key = (name or os.path.splitext(os.path.basename(source))[0]) + "/vae"
     dtype = manager.policy.dtype_for("vae")
 
+    read_to = manager.device if manager.device.type == "cuda" else torch.device("cpu")  # fast reads
+
     def factory() -> Any:
-        return load_vae(source, dtype=dtype)
+        return load_vae(source, dtype=dtype, device=read_to)
 
     with _load_lock:
         ref = _register(manager, key, "vae", source, factory, None if key in manager else factory(),
