@@ -201,7 +201,11 @@ def _load_part(
         )
     tensors = _read_fast(sd, found, expected, dtype, device)
     if tensors is None:
-        tensors = {k: _fit(sd[found[k]], expected[k], dtype, device) for k in expected}
+        try:
+            tensors = {k: _fit(sd[found[k]], expected[k], dtype, device) for k in expected}
+        except torch.OutOfMemoryError:  # no room on the device: the host (the manager places it)
+            device = torch.device("cpu")
+            tensors = {k: _fit(sd[found[k]], expected[k], dtype, device) for k in expected}
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as exc:

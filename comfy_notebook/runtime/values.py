@@ -205,6 +205,14 @@ class VAEValue:
         return f"<{self.summary()}>"
 
 
+def _read_device(manager: ModelManager) -> torch.device:
+    """Where files are read to: straight onto a CUDA device (pinned, pipelined reads; the manager
+    then keeps the host master), unless a budget or a simulated capacity limits the device."""
+    if manager.device.type == "cuda" and manager.budget_bytes is None and manager.capacity_bytes is None:
+        return manager.device
+    return torch.device("cpu")
+
+
 def _register(manager: ModelManager, name: str, kind: str, source: str,
               factory: Callable[[], Any], module: Any | None, dtype: torch.dtype,
               family: ModelFamily) -> ModelRef:
@@ -233,8 +241,7 @@ def load_checkpoint_values(
     policy = manager.policy
     dtypes = {kind: policy.dtype_for(kind) for kind in ("unet", "vae", "clip")}
     keys = {kind: f"{name}/{kind}" for kind in dtypes}
-    # CUDA: read straight onto the device (pinned, pipelined reads); the manager keeps the master
-    read_to = manager.device if manager.device.type == "cuda" else torch.device("cpu")
+    read_to = _read_device(manager)
 
     def part_factory(kind: str) -> Callable[[], Any]:
         def factory() -> Any:
@@ -276,7 +283,7 @@ def load_vae_value(manager: ModelManager, path: str | os.PathLike[str], *,
     key = (name or os.path.splitext(os.path.basename(source))[0]) + "/vae"
     dtype = manager.policy.dtype_for("vae")
 
-    read_to = manager.device if manager.device.type == "cuda" else torch.device("cpu")  # fast reads
+    read_to = _read_device(manager)
 
     def factory() -> Any:
         return load_vae(source, dtype=dtype, device=read_to)

@@ -203,3 +203,25 @@ def test_double_buffering_waits_before_refilling_a_staging_chunk(tmp_path: pathl
         for k, t in expected(sf, dst).items():
             assert torch.equal(got[k].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)), k
         assert copier.max_in_flight > 1  # copies really were deferred across chunks
+
+
+def test_a_part_that_does_not_fit_the_device_loads_on_the_host(tmp_path: pathlib.Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from comfy_notebook.runtime import loading
+    from comfy_notebook.testing import make_checkpoint
+
+    path = make_checkpoint(tmp_path / "tiny.safetensors")
+    ref = loading.load_checkpoint(path, parts=("vae",)).vae
+
+    def fit(t: torch.Tensor, like: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        if device.type != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_fit(t, like, dtype, device)
+
+    real_fit = loading._fit
+    monkeypatch.setattr(loading, "_fit", fit)  # the "device" (meta here) has no room at all
+    vae = loading._load_part(type(ref), ref.config, loading.open_state_dict(path), "first_stage_model.",
+                             torch.float32, torch.device("meta"), "VAE")
+    assert all(p.device.type == "cpu" for p in vae.parameters())
+    for (k, a), (_, b) in zip(ref.state_dict().items(), vae.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
