@@ -299,10 +299,19 @@ def part_file_to_gpu(s: Suite) -> None:
     t_plain = s.timeit(plain, budget=20, repeat=3)
     t_load = s.timeit(lambda: load_checkpoint(s.ckpt, parts=("unet",), dtype=s.dtype, device=s.device),
                       budget=15, repeat=3)
+    sweep = []  # reader threads x chunk size, to tune the defaults from one run
+    for threads, chunk in ((2, 64), (4, 64), (16, 64), (8, 16), (8, 256)):
+        if s.left() < 30:
+            break
+        t = s.timeit(lambda th=threads, ch=chunk: fastread.read_spans(
+            s.ckpt, fastread.spans_for(sf, wanted), s.device, threads=th, chunk_bytes=ch << 20),
+            budget=4, repeat=2)
+        sweep.append(f"{threads}t/{chunk}MB {nbytes / t / 1e9:.1f}")
     s.fig["file_gbs"] = nbytes / t_fast / 1e9
     s.out(f"file -> {s.device.type:4s}    UNet {nbytes / 1e9:.2f} GB: fastread {s.fig['file_gbs']:.1f} GB/s, "
           f"plain mmap .to() {nbytes / t_plain / 1e9:.1f} GB/s (x{t_plain / t_fast:.1f}); load_checkpoint(unet) "
           f"{t_load * 1e3:.0f} ms  goal >= {GOALS['file_gbs']} GB/s")
+    s.out(f"  fastread GB/s by threads/chunk (default {min(8, os.cpu_count() or 1)}t/64MB): {', '.join(sweep)}")
 
 
 def part_offload(s: Suite) -> None:
