@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import os
 import platform
@@ -176,7 +177,11 @@ def part_e2e(s: Suite) -> None:
         rates[graphs] = s.steps / best
     session.options.pop("cuda_graphs", None)
     s.fig["e2e_its"] = rates[True]
-    extra = []  # samplers with per-step noise, graphs on: the noise's cost per step in the run
+    one = s.prompt(seed=40)
+    one["3"]["inputs"]["steps"] = 1  # same shapes: a replayed step plus the node's fixed cost
+    _, ks1 = _ksampler_seconds(session, one)
+    extra = [f"1-step KSampler {ks1 * 1e3:.1f} ms (fixed cost ~{(ks1 - 1 / rates[True]) * 1e3:.1f} ms a run)"]
+    # samplers with per-step noise, graphs on: the noise's cost per step in the run
     for name in ("euler_ancestral", "dpmpp_2m_sde_gpu"):
         api = s.prompt(seed=50)
         api["3"]["inputs"]["sampler_name"] = name
@@ -351,14 +356,25 @@ def part_vae_clip(s: Suite) -> None:
             peer = f", diffusers {t_peer * 1e3:.1f} ms (x{t_peer / t_vae:.2f})"
         except ImportError:
             peer = ", diffusers not importable"
+        # variants for the next step (not the product path yet): channels-last input, and a
+        # channels-last copy of the weights as well
+        z_cl = z.to(memory_format=torch.channels_last)
+        t_in_cl = s.timeit(lambda: vae.decode(z_cl), budget=5)
+        vae_cl = copy.deepcopy(vae).to(memory_format=torch.channels_last)
+        t_all_cl = s.timeit(lambda: vae_cl.decode(z_cl), budget=5)
     s.fig["vae_ms"] = t_vae * 1e3
     s.out(f"VAE decode      {s.px}px {str(dtype).removeprefix('torch.')}: {s.fig['vae_ms']:.1f} ms{peer}  "
           f"goal <= {GOALS['vae_ms']} ms")
+    s.out(f"  VAE variants: channels-last input {t_in_cl * 1e3:.1f} ms, channels-last input and weights "
+          f"{t_all_cl * 1e3:.1f} ms")
     tokens = torch.randint(0, 49406, (2, 77), device=s.device)
     with torch.no_grad(), mgr.use(clip_ref) as clip:
         t_clip = s.timeit(lambda: clip(tokens), budget=10, repeat=11)
+        graphed = mgr.graphs.wrap(clip_ref, clip, lambda tok: clip(tok)[0], enabled=True)
+        t_graph = s.timeit(lambda: graphed(tokens), budget=10, repeat=11)
     s.fig["clip_ms"] = t_clip * 1e3
-    s.out(f"CLIP encode     batch 2 x 77 tokens: {s.fig['clip_ms']:.2f} ms  goal <= {GOALS['clip_ms']} ms")
+    s.out(f"CLIP encode     batch 2 x 77 tokens: {s.fig['clip_ms']:.2f} ms eager, {t_graph * 1e3:.2f} ms "
+          f"captured (runtime.graphs; not wired into CLIPTextEncode yet)  goal <= {GOALS['clip_ms']} ms")
 
 
 def part_sampler_overhead(s: Suite) -> None:
