@@ -235,6 +235,42 @@ def part_captured_step(s: Suite) -> None:
           f"(captures {mgr.graphs.captures}, fallbacks {mgr.graphs.fallbacks})")
 
 
+def part_first_call(s: Suite) -> None:
+    """First-call latency of a UNet forward at a new shape, per SDPA backend order.
+
+    A cold start pays for every kernel's first use (cuDNN attention builds a plan per shape);
+    fresh latent sizes per backend order show what that costs, and the steady state after.
+    """
+    if not s.cuda:
+        s.out("first call      skipped: CUDA only (SDPA backend order)")
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    session = s.session or s.new_session("out_first")
+    s.session = session
+    mgr = session.models
+    ref = _unet_ref(session)
+    orders = {"default": None,
+              "flash first": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                              SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]}
+    parts = []
+    with torch.no_grad(), mgr.use(ref) as unet:
+        for (label, order), hw in zip(orders.items(), (72, 80), strict=True):
+            x = torch.randn(2, 4, hw, hw, device=s.device, dtype=s.dtype)
+            ctx = torch.randn(2, 77, unet.config.context_dim, device=s.device, dtype=s.dtype)
+            t = torch.full((2,), 500.0, device=s.device)
+            scope = contextlib.nullcontext() if order is None else sdpa_kernel(order, set_priority=True)
+            with scope:
+                s.sync()
+                t0 = time.perf_counter()
+                unet(x, t, ctx)
+                s.sync()
+                first = time.perf_counter() - t0
+                steady = s.timeit(lambda x=x, ctx=ctx, t=t: unet(x, t, ctx), budget=3)
+            parts.append(f"{label} ({hw * 8}px): first {first * 1e3:.0f} ms, then {steady * 1e3:.1f} ms")
+    s.out("first call      UNet forward at a new shape: " + "; ".join(parts))
+
+
 def part_diffusers(s: Suite) -> None:
     try:
         import diffusers  # noqa: F401
@@ -422,7 +458,8 @@ def part_sdxl(s: Suite) -> None:
 
 PARTS: list[tuple[str, Callable[[Suite], None], float]] = [  # name, function, seconds it needs
     ("checkpoint", part_checkpoint, 25), ("cold", part_cold, 20), ("e2e", part_e2e, 20),
-    ("captured_step", part_captured_step, 20), ("diffusers", part_diffusers, 40),
+    ("captured_step", part_captured_step, 20), ("first_call", part_first_call, 8),
+    ("diffusers", part_diffusers, 40),
     ("file_to_gpu", part_file_to_gpu, 20), ("offload", part_offload, 8), ("vae_clip", part_vae_clip, 20),
     ("sampler_overhead", part_sampler_overhead, 10), ("attention", part_attention, 2),
     ("sdxl", part_sdxl, 45),
