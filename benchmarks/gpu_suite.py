@@ -279,7 +279,7 @@ def part_diffusers(s: Suite) -> None:
         return
     from models_speed import _diffusers_unet
 
-    from comfy_notebook.runtime.loading import load_checkpoint
+    from comfy_notebook.families import load_checkpoint
 
     unet = load_checkpoint(s.ckpt, parts=("unet",), dtype=s.dtype).unet
     assert unet is not None
@@ -320,8 +320,9 @@ def part_diffusers(s: Suite) -> None:
 
 
 def part_file_to_gpu(s: Suite) -> None:
+    from comfy_notebook.families import load_checkpoint
     from comfy_notebook.runtime import fastread
-    from comfy_notebook.runtime.loading import SafetensorsFile, load_checkpoint
+    from comfy_notebook.runtime.loading import SafetensorsFile
 
     sf = SafetensorsFile(s.ckpt)
     keys = [k for k in sf if k.startswith("model.diffusion_model.")]
@@ -416,12 +417,15 @@ def part_vae_clip(s: Suite) -> None:
 def part_sampler_overhead(s: Suite) -> None:
     import sampling_overhead as so
 
+    from comfy_notebook.families.sd1 import SD15_LATENT
     from comfy_notebook.sampling import DiscreteSchedule
+    from comfy_notebook.sampling.model_sampling import ModelSampling
 
     hw = s.px // 8
     x = {"samples": torch.zeros(1, 4, hw, hw)}
     ctx = torch.zeros(1, 77, 768)
-    kw = dict(prediction="eps", schedule=DiscreteSchedule(), latent=x, positive=[[ctx, {}]],
+    kw = dict(model_sampling=ModelSampling(DiscreteSchedule()), latent_format=SD15_LATENT, latent=x,
+              positive=[[ctx, {}]],
               negative=[[ctx, {}]], seed=0, cfg=8.0, scheduler="normal", device=s.device)
     # % of the GPU step at the limit (measured above, else performance.md's 12.3 ms replay step)
     step_ms = 1e3 / s.fig["limit_its"] if "limit_its" in s.fig else 12.3

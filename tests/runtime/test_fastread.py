@@ -129,7 +129,7 @@ def test_cuda_reads_match_the_mmap_path(tmp_path: pathlib.Path, chunk: int) -> N
 
 @pytest.mark.gpu
 def test_load_checkpoint_on_cuda_uses_fast_reads_and_matches(tmp_path: pathlib.Path) -> None:
-    from comfy_notebook.runtime.loading import load_checkpoint
+    from comfy_notebook.families import load_checkpoint
     from comfy_notebook.testing import make_checkpoint
 
     path = make_checkpoint(tmp_path / "tiny.safetensors")
@@ -207,11 +207,12 @@ def test_double_buffering_waits_before_refilling_a_staging_chunk(tmp_path: pathl
 
 def test_a_part_that_does_not_fit_the_device_loads_on_the_host(tmp_path: pathlib.Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from comfy_notebook.families import load_checkpoint
     from comfy_notebook.runtime import loading
     from comfy_notebook.testing import make_checkpoint
 
     path = make_checkpoint(tmp_path / "tiny.safetensors")
-    ref = loading.load_checkpoint(path, parts=("vae",)).vae
+    ref = load_checkpoint(path, parts=("vae",)).vae
 
     def fit(t: torch.Tensor, like: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         if device.type != "cpu":

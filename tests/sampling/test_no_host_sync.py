@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import torch
 
+from comfy_notebook.families.sd1 import SD15_LATENT
 from comfy_notebook.sampling import DiscreteSchedule, ksample
+from comfy_notebook.sampling.model_sampling import ModelSampling
 
 _HOST = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
 
@@ -25,7 +27,8 @@ def _stub(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, **kw: Any) ->
 def _host_calls(monkeypatch: pytest.MonkeyPatch, sampler: str, steps: int) -> Counter[str]:
     counts: Counter[str] = Counter()
     ctx = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(0))
-    kw = dict(prediction="eps", schedule=DiscreteSchedule(), latent={"samples": torch.zeros(1, 4, 8, 8)},
+    kw = dict(model_sampling=ModelSampling(DiscreteSchedule()), latent_format=SD15_LATENT,
+              latent={"samples": torch.zeros(1, 4, 8, 8)},
               positive=[[ctx, {}]], negative=[[ctx * 0, {}]], seed=3, cfg=7.0, sampler_name=sampler,
               scheduler="karras")
     counting = False
