@@ -24,6 +24,9 @@ _MODULES = (
     "latent",
     "image",
     "image_io",
+    "mask",
+    "postprocessing",
+    "latent_ops",
 )
 
 _mappings: dict[str, type] | None = None
