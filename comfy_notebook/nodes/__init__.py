@@ -27,6 +27,7 @@ _MODULES = (
     "mask",
     "postprocessing",
     "latent_ops",
+    "upscale",
 )
 
 _mappings: dict[str, type] | None = None
