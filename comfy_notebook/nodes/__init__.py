@@ -28,6 +28,7 @@ _MODULES = (
     "postprocessing",
     "latent_ops",
     "upscale",
+    "merging",
 )
 
 _mappings: dict[str, type] | None = None
