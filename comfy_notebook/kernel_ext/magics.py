@@ -221,7 +221,7 @@ class ComfyMagics(Magics):
 
     def _cmd_run(self, args: list[str]) -> Any:
         if not args:
-            raise UsageError("%comfy run expects FILE.json [--set NODE.INPUT=VALUE ...]")
+            raise UsageError("%comfy run expects FILE.json|FILE.png [--set NODE.INPUT=VALUE ...]")
         path, rest, overrides = args[0], args[1:], []
         while rest:
             if rest[0] != "--set" or len(rest) < 2:
@@ -229,8 +229,13 @@ class ComfyMagics(Magics):
             overrides.append(rest[1])
             rest = rest[2:]
         try:
-            api = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            if path.lower().endswith(".png"):  # ComfyUI's metadata; older prompts get defaults
+                from comfy_notebook.pnginfo import read_prompt
+
+                api = dict(read_prompt(path, _session().registry))
+            else:
+                api = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError, ComfyNotebookError) as exc:  # bad JSON, no metadata
             raise UsageError(f"%comfy run: cannot read {path}: {exc}") from None
         if isinstance(api, dict) and isinstance(api.get("prompt"), dict):
             api = api["prompt"]  # a /prompt request body
