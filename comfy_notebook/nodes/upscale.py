@@ -48,7 +48,10 @@ class ImageUpscaleWithModel:
     CATEGORY = "image/upscaling"
 
     def upscale(self, upscale_model: Any, image: torch.Tensor) -> tuple[torch.Tensor]:
-        return (upscale_model.upscale(image),)
+        from comfy_notebook.engine import current_context
+
+        ctx = current_context()  # one progress step per tile; an interrupt stops between tiles
+        return (upscale_model.upscale(image, progress=lambda done, total: ctx.progress(done, total)),)
 
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {

@@ -85,8 +85,12 @@ def hires_model() -> dict[str, Any]:
 
 def test_esrgan_example_matches_direct_spandrel(root: pathlib.Path) -> None:
     s = session(root)
+    events: list[Any] = []
+    s.subscribe(events.append)
     result = s.run_prompt(esrgan_example())
     assert {"13", "14", "9"} <= result.executed
+    ticks = [(e.value, e.total) for e in events if type(e).__name__ == "NodeProgress" and e.node_id == "14"]
+    assert ticks == [(1, 1)]  # 64 px fits one 512 px tile
     up = result.outputs["14"][0]
     base = result.outputs["8"][0]
     assert up.shape == (1, 256, 256, 3)

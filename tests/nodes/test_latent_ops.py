@@ -3,6 +3,7 @@ formulas (nodes_latent.py, nodes.py, nodes_rebatch.py at Comfy-Org/ComfyUI@a125c
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -81,3 +82,39 @@ def test_conditioning_set_area_strength() -> None:
     (out,) = ConditioningSetAreaStrength().append(cond, 2.5)
     assert out[0][1]["strength"] == 2.5 and out[0][1]["area"] == (1, 2, 3, 4)
     assert "strength" not in cond[0][1]  # the input is not modified
+
+
+@pytest.mark.parametrize("method", ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"])
+def test_latent_upscale_by_every_method(method: str) -> None:
+    from comfy_notebook.nodes.latent import LatentUpscaleBy
+
+    lat = _lat(2, 6, 10, seed=12)
+    (out,) = LatentUpscaleBy().upscale(lat, method, 1.3)
+    h, w = round(6 * 1.3), round(10 * 1.3)  # ComfyUI rounds each side
+    assert out["samples"].shape == (2, 4, h, w)
+    if method == "bislerp":
+        # slerp keeps a constant field constant (directions and norms are interpolated)
+        const = {"samples": torch.ones(1, 4, 6, 10) * torch.tensor([1.0, -2.0, 0.5, 3.0])[None, :, None, None]}
+        (up,) = LatentUpscaleBy().upscale(const, method, 1.3)
+        torch.testing.assert_close(up["samples"], const["samples"][:, :, :1, :1].expand(1, 4, h, w))
+    else:
+        ref = F.interpolate(lat["samples"], size=(h, w), mode=method)
+        assert torch.equal(out["samples"], ref)
+
+
+def test_rebatch_through_the_engine_maps_lists() -> None:
+    from comfy_notebook._session import Session
+    from comfy_notebook.nodes import register_builtins
+
+    s = Session()
+    register_builtins(s)
+    api = {
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 5}},
+        "2": {"class_type": "RebatchLatents", "inputs": {"latents": ["1", 0], "batch_size": 2}},
+        "3": {"class_type": "LatentMultiply", "inputs": {"samples": ["2", 0], "multiplier": 2.0}},
+    }
+    result = s.run_prompt(api, targets=["3"])
+    batches = result.outputs["2"][0]
+    assert [b["samples"].shape[0] for b in batches] == [2, 2, 1]
+    assert [b["batch_index"] for b in batches] == [[0, 1], [2, 3], [4]]
+    assert len(result.outputs["3"][0]) == 3  # the list is mapped over the next node
