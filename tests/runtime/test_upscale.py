@@ -51,7 +51,8 @@ def test_loaded_model_equals_spandrel_direct(tmp_path: pathlib.Path, layout: str
 
 
 def test_tiled_equals_untiled_within_bound(tmp_path: pathlib.Path) -> None:
-    """Tiling changes each pixel by at most 0.1 here (RRDB's receptive field exceeds the overlap).
+    """Tiling changes pixels by at most 0.01 here (measured 1.7e-3 max, 3e-5 mean: RRDB's
+    receptive field exceeds the 8-pixel overlap, so tile borders differ slightly).
 
     With a per-pixel model tiling must be exact: checked on a 1x1-conv function too.
     """
@@ -62,7 +63,8 @@ def test_tiled_equals_untiled_within_bound(tmp_path: pathlib.Path) -> None:
     whole = value.upscale(image, tile=512, overlap=32)
     tiled = value.upscale(image, tile=24, overlap=8)
     diff = (whole - tiled).abs()
-    assert diff.max() <= 0.1 and diff.mean() <= 0.01
+    assert diff.max() <= 0.01 and diff.mean() <= 2e-4
+    assert diff.max() > 0  # the tiles really were blended
     # pointwise function: the feathered blend reproduces it exactly (up to fp rounding)
     x = image.movedim(-1, 1)
 
