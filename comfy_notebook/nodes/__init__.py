@@ -31,6 +31,7 @@ _MODULES = (
     "latent_ops",
     "upscale",
     "merging",
+    "clip_vision",
 )
 
 _mappings: dict[str, type] | None = None

@@ -31,7 +31,8 @@ OURS = {
     "MaskToImage", "ImageToMask", "SolidMask", "InvertMask", "CropMask", "MaskComposite",
     "FeatherMask", "GrowMask", "ThresholdMask", "LatentAdd", "LatentSubtract", "LatentMultiply",
     "LatentInterpolate", "LatentBatch", "LatentCrop", "LatentFlip", "LatentRotate",
-    "RebatchLatents", "RebatchImages", "ConditioningSetAreaStrength",
+    "RebatchLatents", "RebatchImages", "ConditioningSetAreaStrength", "CLIPVisionLoader",
+    "CLIPVisionEncode",
 }
 
 
