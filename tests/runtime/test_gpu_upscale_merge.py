@@ -67,3 +67,20 @@ def test_merge_on_cuda_full_and_streamed_equals_saved_weights(tmp_path: pathlib.
     with torch.no_grad():
         ref = ref_unet.cuda().eval()(x, t, ctx).float().cpu()
     torch.testing.assert_close(full, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_clip_vision_on_cuda_matches_cpu(tmp_path: pathlib.Path) -> None:
+    from safetensors.torch import save_file
+
+    from comfy_notebook.models.clip_vision import CLIPVisionConfig, CLIPVisionModel
+    from comfy_notebook.runtime.clip_vision import load_clip_vision_value
+
+    torch.manual_seed(0)
+    model = CLIPVisionModel(CLIPVisionConfig(width=64, layers=3, intermediate=128, patch_size=7,
+                                             image_size=28, projection_dim=32))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "v.safetensors"))
+    image = torch.rand(2, 30, 40, 3, generator=torch.Generator().manual_seed(1))
+    cpu = load_clip_vision_value(ModelManager(DevicePolicy.cpu()), tmp_path / "v.safetensors").encode_image(image)
+    gpu = load_clip_vision_value(ModelManager(DevicePolicy.cuda(0), reserve_bytes=0),
+                                 tmp_path / "v.safetensors").encode_image(image)
+    torch.testing.assert_close(gpu.image_embeds, cpu.image_embeds, rtol=2e-2, atol=2e-2)  # fp16 on CUDA
