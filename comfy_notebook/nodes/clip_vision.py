@@ -1,4 +1,4 @@
-"""CLIP vision nodes: ``CLIPVisionLoader`` and ``CLIPVisionEncode``.
+"""CLIP vision nodes: ``CLIPVisionLoader``, ``CLIPVisionEncode`` and ``unCLIPConditioning``.
 
 Names, inputs and outputs follow ComfyUI's ``nodes.py`` (Comfy-Org/ComfyUI@a125cd8); the tower
 and its preprocessing are :mod:`comfy_notebook.models.clip_vision` and
@@ -51,9 +51,39 @@ class CLIPVisionEncode:
         return (clip_vision.encode_image(image, crop=crop == "center"),)
 
 
+class unCLIPConditioning:
+    """Append an image embedding to every conditioning entry (``unclip_conditioning``).
+
+    Only unCLIP models read it (their ``adm`` input); other models ignore it, as in ComfyUI.
+    Strength 0 returns the conditioning unchanged.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "conditioning": ("CONDITIONING",), "clip_vision_output": ("CLIP_VISION_OUTPUT",),
+            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
+            "noise_augmentation": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+        }}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "apply_adm"
+    CATEGORY = "conditioning"
+
+    def apply_adm(self, conditioning: list[Any], clip_vision_output: Any, strength: float,
+                  noise_augmentation: float) -> tuple[list[Any]]:
+        if strength == 0:
+            return (conditioning,)
+        entry = {"clip_vision_output": clip_vision_output, "strength": strength,
+                 "noise_augmentation": noise_augmentation}
+        return ([[cond, {**opts, "unclip_conditioning": [*opts.get("unclip_conditioning", []), entry]}]
+                 for cond, opts in conditioning],)
+
+
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     "CLIPVisionLoader": CLIPVisionLoader,
     "CLIPVisionEncode": CLIPVisionEncode,
+    "unCLIPConditioning": unCLIPConditioning,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {

@@ -98,3 +98,16 @@ def test_nodes_through_run_prompt(tmp_path: pathlib.Path) -> None:
     torch.testing.assert_close(out["image_embeds"], ref.image_embeds, rtol=0, atol=1e-5)
     torch.testing.assert_close(out.penultimate_hidden_states, ref.hidden_states[-2], rtol=0, atol=1e-5)
     assert "CLIP_VISION_OUTPUT" in repr(out)
+
+
+def test_unclip_conditioning_appends_per_entry() -> None:
+    from comfy_notebook.nodes.clip_vision import unCLIPConditioning
+
+    cond = [[torch.zeros(1, 77, 8), {"pooled_output": None}],
+            [torch.ones(1, 77, 8), {"unclip_conditioning": [{"strength": 0.3}]}]]
+    marker = object()
+    (out,) = unCLIPConditioning().apply_adm(cond, marker, 0.8, 0.1)
+    assert out[0][1]["unclip_conditioning"] == [{"clip_vision_output": marker, "strength": 0.8,
+                                                 "noise_augmentation": 0.1}]
+    assert len(out[1][1]["unclip_conditioning"]) == 2 and len(cond[1][1]["unclip_conditioning"]) == 1
+    assert unCLIPConditioning().apply_adm(cond, marker, 0.0, 0.1)[0] is cond
