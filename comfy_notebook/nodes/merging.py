@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from comfy_notebook.errors import NodeError
+from comfy_notebook.families import SD1, SDXL
 from comfy_notebook.nodes._services import folders, services
 from comfy_notebook.runtime.merge import block_ratio, checkpoint_state_dict, merge_refs
 from comfy_notebook.runtime.values import ClipValue, ModelValue, VAEValue
@@ -31,16 +32,9 @@ CATEGORY = "advanced/model_merging"
 _RATIO = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})
 _MULTIPLIER = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01})
 
-# -- family facts: UNet block names of the per-block merge nodes --------------------------------
-# (ComfyUI's ModelMergeSD1 / ModelMergeSDXL inputs.)  To move to comfy_notebook/families/ when
-# that room exists.  SD1 names end in "." so "input_blocks.1." never matches input_blocks.10;
-# SDXL's nine input/output blocks need no dot, and ComfyUI's names have none.
-SD1_MERGE_BLOCKS = ("time_embed.", "label_emb.", *(f"input_blocks.{i}." for i in range(12)),
-                    *(f"middle_block.{i}." for i in range(3)),
-                    *(f"output_blocks.{i}." for i in range(12)), "out.")
-SDXL_MERGE_BLOCKS = ("time_embed.", "label_emb.", *(f"input_blocks.{i}" for i in range(9)),
-                     *(f"middle_block.{i}" for i in range(3)),
-                     *(f"output_blocks.{i}" for i in range(9)), "out.")
+# The per-block names are family facts (comfy_notebook/families: ``Family.merge_blocks``).
+SD1_MERGE_BLOCKS = SD1.merge_blocks
+SDXL_MERGE_BLOCKS = SDXL.merge_blocks
 
 
 def _clip_skip(key: str) -> bool:
@@ -53,8 +47,10 @@ def _merge_model(model1: ModelValue, model2: ModelValue, strengths: Any) -> Mode
 
 
 def _merge_clip(clip1: ClipValue, clip2: ClipValue, strengths: Any) -> ClipValue:
-    ref = merge_refs(clip1.ref, clip2.ref, strengths, skip=_clip_skip, what="CLIP")
-    return replace(clip1, ref=ref)
+    """Each text encoder of clip1 merged with clip2's encoder of the same name (others kept)."""
+    refs = {name: merge_refs(ref, clip2.refs[name], strengths, skip=_clip_skip, what=f"CLIP {name}")
+            if name in clip2.refs else ref for name, ref in clip1.refs.items()}
+    return replace(clip1, refs=refs)
 
 
 class ModelMergeSimple:
@@ -193,17 +189,22 @@ class CLIPMergeAdd:
 
 def save_checkpoint_file(path: str, model: ModelValue, clip: ClipValue | None, vae: VAEValue | None,
                          metadata: dict[str, str]) -> None:
-    """Write MODEL/CLIP/VAE as one LDM-layout safetensors file (what CheckpointLoaderSimple reads)."""
+    """Write MODEL/CLIP/VAE as one single-file checkpoint in the family's layout (what
+    CheckpointLoaderSimple reads back)."""
     from safetensors.torch import save_file
 
-    from comfy_notebook.models.detect import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
-
-    parts = {"unet": (model.ref, UNET_PREFIX)}
-    if clip is not None:
-        parts["clip"] = (clip.ref, CLIP_PREFIX)
-    if vae is not None:
-        parts["vae"] = (vae.ref, VAE_PREFIX)
-    sd = checkpoint_state_dict(parts)
+    family = model.family
+    prefixes = getattr(family, "checkpoint_prefixes", {})
+    refs = {"unet": model.ref, **(dict(clip.refs) if clip is not None else {}),
+            **({"vae": vae.ref} if vae is not None else {})}
+    missing = sorted(name for name in refs if name not in prefixes)
+    if missing:
+        title = getattr(family, "title", "this model")
+        raise NodeError(f"saving a {title} checkpoint is not supported yet (no single-file layout "
+                        f"for {missing})", node_type="CheckpointSave", input_name="model",
+                        expected="a model whose family has a checkpoint layout (SD1)",
+                        received=title, fix="save an SD1 model, or keep the merge as a workflow")
+    sd = checkpoint_state_dict({name: (ref, prefixes[name]) for name, ref in refs.items()})
     tmp = path + ".partial"
     save_file(sd, tmp, metadata=metadata)
     os.replace(tmp, path)  # never leave a half-written checkpoint under the final name
@@ -227,9 +228,11 @@ class CheckpointSave:
              filename_prefix: str = "checkpoints/ComfyUI", prompt: dict[str, Any] | None = None,
              extra_pnginfo: dict[str, Any] | None = None) -> dict[str, Any]:
         full_dir, filename, counter, subfolder = folders(services()).save_path(filename_prefix)
-        # SD1 (eps) metadata as ComfyUI writes it: no modelspec block, the prediction key, then
-        # the prompt and each extra_pnginfo entry as JSON
-        metadata = {"modelspec.predict_key": "epsilon", "prompt": json.dumps(prompt) if prompt is not None else ""}
+        # metadata as ComfyUI writes it for SD1: no modelspec block, the prediction key, then the
+        # prompt and each extra_pnginfo entry as JSON
+        prediction = getattr(model.model_sampling, "prediction", None) or model.family.prediction
+        metadata = {"modelspec.predict_key": {"eps": "epsilon", "v": "v", "v_prediction": "v"}.get(prediction, prediction),
+                    "prompt": json.dumps(prompt) if prompt is not None else ""}
         for key, value in (extra_pnginfo or {}).items():
             metadata[key] = json.dumps(value)
         name = f"{filename}_{counter:05}_.safetensors"

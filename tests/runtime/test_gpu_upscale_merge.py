@@ -8,10 +8,10 @@ import pathlib
 import pytest
 import torch
 
+from comfy_notebook.families import load_checkpoint_values
 from comfy_notebook.runtime import DevicePolicy, ModelManager
 from comfy_notebook.runtime import upscale as up
 from comfy_notebook.runtime.merge import checkpoint_state_dict, merge_refs
-from comfy_notebook.runtime.values import load_checkpoint_values
 from comfy_notebook.testing import make_checkpoint, make_esrgan
 
 pytestmark = pytest.mark.gpu
