@@ -165,3 +165,20 @@ def test_sampler_custom_advanced_equals_ksampler(root, unet):
     assert torch.equal(custom, again)
     anc = _image(session(root).run_prompt(flux_custom_prompt(unet=unet, sampler="euler_ancestral")))
     assert torch.isfinite(anc).all() and not torch.equal(anc, custom)
+
+
+@pytest.mark.parametrize("weight_dtype", ["default", "fp8_e4m3fn"])
+def test_budget_below_the_model_runs_partially_loaded(root, weight_dtype):
+    from comfy_notebook.runtime.devices import DevicePolicy
+    from comfy_notebook.runtime.manager import ModelManager
+
+    free = session(root)
+    free.services.models = ModelManager(DevicePolicy.cpu())
+    api = flux_dev_prompt(weight_dtype=weight_dtype)
+    reference = _image(free.run_prompt(api))
+    unet_bytes = next(i.bytes for i in free.models.list() if i.kind == "unet")
+    tight = session(root)
+    tight.services.models = ModelManager(DevicePolicy.cpu(), capacity_bytes=unet_bytes + (64 << 10))
+    assert torch.equal(_image(tight.run_prompt(copy.deepcopy(api))), reference)
+    stats = tight.models.stats
+    assert stats.partial_loads >= 1 and stats.bytes_streamed > 0
