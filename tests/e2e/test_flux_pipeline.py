@@ -111,7 +111,8 @@ def test_fp8_weights_give_the_bf16_image_within_fp8_rounding(root):
     fp8_cast = _image(s.run_prompt(flux_dev_prompt(weight_dtype="fp8_e4m3fn")))
     assert torch.equal(fp8_file, fp8_cast)  # the same fp8 weights either way
     diff = (fp8_file - ref).abs()
-    assert diff.max() > 0 and diff.mean() < 0.05, (diff.max(), diff.mean())
+    # measured on these tiny random files (CPU): max 0.062, mean 0.0095 (pixels in 0..1)
+    assert 0 < diff.max() < 0.1 and diff.mean() < 0.02, (diff.max(), diff.mean())
 
 
 def test_model_sampling_nodes(root):
