@@ -61,14 +61,19 @@ class CastLinear(nn.Linear):
 class FP8MatmulLinear(CastLinear):
     """Linear that multiplies in fp8 (``torch._scaled_mm``) when its weight is e4m3fn.
 
-    Falls back to :class:`CastLinear` for other weight dtypes and for shapes ``_scaled_mm``
-    does not take (dimensions not multiples of 16).  The output is in the input's dtype.
+    Falls back to :class:`CastLinear` on devices without fp8 matmul (decided per call from the
+    input's device: models are built on the host and moved later), for other weight dtypes and
+    for shapes ``_scaled_mm`` does not take (dimensions not multiples of 16).  The output is in
+    the input's dtype.  ``allow_cpu`` (tests) runs ``_scaled_mm`` on the CPU too.
     """
+
+    allow_cpu = False
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         if (w.dtype != torch.float8_e4m3fn or x.dtype not in (torch.bfloat16, torch.float16, torch.float32)
-                or self.in_features % 16 or self.out_features % 16):
+                or self.in_features % 16 or self.out_features % 16
+                or not (fp8_matmul_supported(x.device) or (self.allow_cpu and x.device.type == "cpu"))):
             return super().forward(x)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
@@ -80,12 +85,17 @@ class FP8MatmulLinear(CastLinear):
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
 
+_FP8_MM: dict[tuple[str, int | None], bool] = {}
+
+
 def fp8_matmul_supported(device: torch.device | str) -> bool:
-    """Whether ``device`` has fp8 matrix units (CUDA compute capability >= 8.9)."""
+    """Whether ``device`` has fp8 matrix units (CUDA compute capability >= 8.9); cached, no sync."""
     dev = torch.device(device)
-    if dev.type != "cuda" or not torch.cuda.is_available():
-        return False
-    return torch.cuda.get_device_capability(dev) >= (8, 9)
+    key = (dev.type, dev.index)
+    if key not in _FP8_MM:
+        ok = dev.type == "cuda" and torch.cuda.is_available()
+        _FP8_MM[key] = ok and torch.cuda.get_device_capability(dev) >= (8, 9)
+    return _FP8_MM[key]
 
 
 def storage_dtype(weight_dtype: str, file_dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.dtype:
@@ -102,13 +112,14 @@ def linear_factory(storage: torch.dtype, compute: torch.dtype, *, fast: bool = F
                    device: torch.device | str = "cpu") -> Callable[..., nn.Module]:
     """The linear layer class for weights stored in ``storage`` and run in ``compute``.
 
-    ``nn.Linear`` when the two agree; :class:`FP8MatmulLinear` for ``fast`` e4m3fn on a device
-    with fp8 matmul; :class:`CastLinear` otherwise.
+    ``nn.Linear`` when the two agree; :class:`FP8MatmulLinear` for ``fast`` e4m3fn (fp8 matmul
+    where the input's device has it, the cast path elsewhere); :class:`CastLinear` otherwise.
+    ``device`` is kept for callers that know where the model will run (unused).
     """
     if storage == compute:
         return nn.Linear
-    if fast and storage == torch.float8_e4m3fn and fp8_matmul_supported(device):
-        return FP8MatmulLinear
+    if fast and storage == torch.float8_e4m3fn:
+        return FP8MatmulLinear  # decides per call whether the input's device has fp8 matmul
     return CastLinear
 
 

@@ -54,7 +54,8 @@ def test_policy_and_factory():
         storage_dtype("int4", bf16, bf16)
     assert linear_factory(bf16, bf16) is nn.Linear
     assert linear_factory(e4, bf16) is CastLinear
-    assert linear_factory(e4, bf16, fast=True, device="cpu") is CastLinear  # no fp8 matmul on CPU
+    assert linear_factory(e4, bf16, fast=True) is FP8MatmulLinear  # decides per call from the device
+    assert linear_factory(e5, bf16, fast=True) is CastLinear
 
 
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
@@ -92,13 +93,16 @@ def test_weight_dtype_option_casts_a_bf16_file(tmp_path):
 def test_fp8_matmul_layer_matches_the_cast_layer():
     gen = torch.Generator().manual_seed(0)
     cast, fast = CastLinear(64, 48), FP8MatmulLinear(64, 48)
+    fallback = FP8MatmulLinear(64, 48)  # on the CPU the fast layer falls back to the cast path
+    fast.allow_cpu = True  # ... unless told to run _scaled_mm there (its CPU kernel), to test the math
     w = (torch.randn(48, 64, generator=gen) / 8).to(torch.float8_e4m3fn)
     b = torch.randn(48, generator=gen).to(torch.float8_e4m3fn)
-    for m in (cast, fast):
+    for m in (cast, fast, fallback):
         m.weight, m.bias = nn.Parameter(w, requires_grad=False), nn.Parameter(b, requires_grad=False)
     x = torch.randn(2, 7, 64, generator=gen, dtype=torch.bfloat16)
     with torch.no_grad():
         y_cast, y_fast = cast(x), fast(x)
+        assert torch.equal(fallback(x), y_cast)
     assert y_fast.shape == (2, 7, 48) and y_fast.dtype == torch.bfloat16
     # the fast path also rounds the input to e4m3 (3 mantissa bits): measured ~0.03
     assert _rel(y_fast.float(), y_cast.float()) < 0.06
