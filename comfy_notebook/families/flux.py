@@ -200,7 +200,7 @@ _T5XXL = TextEncoderSpec("t5xxl", pad_token=0, tokenizer="t5", min_length=256)
 def t5_component(sd: Mapping[str, Any], prefix: str = "") -> Component:
     """A T5 v1.1 text-encoder component (``text_encoders/t5xxl_*``; fp8 files stay fp8)."""
     return Component("t5xxl", "clip", prefix, T5Config.from_state_dict(sd, prefix), "t5",
-                     architecture=T5Encoder)
+                     architecture=T5Encoder, dtypes=(torch.bfloat16, torch.float32))
 
 
 class FluxFamily(Family):
@@ -221,8 +221,10 @@ class FluxFamily(Family):
         found = detect_flux(survey.sd)
         assert found is not None
         config, prefix = found
+        # bf16 first, as ComfyUI (supported_inference_dtypes, walked in order); fp16 is left out
+        # so a policy's fp16 default for UNets does not apply (Flux activations overflow fp16)
         comps = {"unet": Component("unet", "unet", prefix, config, "bfl", architecture=Flux,
-                                   dtypes=(torch.bfloat16, torch.float16, torch.float32))}
+                                   dtypes=(torch.bfloat16, torch.float32))}
         if survey.vae_prefix is not None:
             comps["vae"] = survey.vae()
         return Detected(self, comps, {"guidance_embed": config.guidance_embed})
