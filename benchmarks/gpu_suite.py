@@ -137,6 +137,15 @@ def _unet_ref(session: Session) -> Any:
     return session.models[name].ref()
 
 
+def _loaded(s: Suite, out: str) -> Session:
+    """The suite's session with the checkpoint's models registered (runs the prompt once if not)."""
+    if s.session is None:
+        s.session = s.new_session(out)
+    if not any(i.kind == "unet" for i in s.session.models.list()):
+        s.session.run_prompt(s.prompt(seed=2))
+    return s.session
+
+
 # -- parts --------------------------------------------------------------------------------------
 def part_checkpoint(s: Suite) -> None:
     if s.cuda:  # the CUDA context is not part of any figure below
@@ -165,8 +174,7 @@ def part_cold(s: Suite) -> None:
 
 
 def part_e2e(s: Suite) -> None:
-    session = s.session or s.new_session("out_e2e")
-    s.session = session
+    session = _loaded(s, "out_e2e")
     rates = {}
     for graphs in (True, False):
         session.options["cuda_graphs"] = graphs
@@ -206,8 +214,7 @@ def _unet_inputs(s: Suite, ctx_dim: int) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 def part_captured_step(s: Suite) -> None:
-    session = s.session or s.new_session("out_step")
-    s.session = session
+    session = _loaded(s, "out_step")
     mgr = session.models
     ref = _unet_ref(session)
     with torch.no_grad(), mgr.use(ref) as unet:
@@ -246,8 +253,7 @@ def part_first_call(s: Suite) -> None:
         return
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    session = s.session or s.new_session("out_first")
-    s.session = session
+    session = _loaded(s, "out_first")
     mgr = session.models
     ref = _unet_ref(session)
     orders = {"default": None,
@@ -357,8 +363,7 @@ def part_file_to_gpu(s: Suite) -> None:
 
 
 def part_offload(s: Suite) -> None:
-    session = s.session or s.new_session("out_offload")
-    s.session = session
+    session = _loaded(s, "out_offload")
     mgr = session.models
     ref = _unet_ref(session)
     m = ref.base
@@ -374,8 +379,7 @@ def part_offload(s: Suite) -> None:
 
 
 def part_vae_clip(s: Suite) -> None:
-    session = s.session or s.new_session("out_vae")
-    s.session = session
+    session = _loaded(s, "out_vae")
     mgr = session.models
     vae_ref = next(mgr[i.name].ref() for i in mgr.list() if i.kind == "vae")
     clip_ref = next(mgr[i.name].ref() for i in mgr.list() if i.kind == "clip")
