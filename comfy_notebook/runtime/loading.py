@@ -205,7 +205,7 @@ def build_component(
         sd, prefix = OpenCLIPView(sd, prefix), ""
     what = f"{component.name} in {source}" if source else component.name
     arch = _architecture(component)
-    if getattr(arch, "takes_linear", False):  # Flux, T5: fp8-aware (runtime/module_loading.py)
+    if getattr(arch, "takes_linear", False):  # built with a linear factory: fp8-aware (runtime/module_loading.py)
         from comfy_notebook.runtime.module_loading import load_module
 
         return load_module(arch, component.config, sd, prefix=prefix,
@@ -215,7 +215,7 @@ def build_component(
     if getattr(component, "weight_dtype", "default") != "default":
         raise ModelLoadError(
             f"{what}: weight_dtype {component.weight_dtype} is not supported for {arch.__name__} yet "
-            "(fp8 weights are supported for Flux). Fix: use weight_dtype 'default'")
+            "(fp8 storage needs an architecture built with a linear factory). Fix: use weight_dtype 'default'")
     return _load_part(arch, component.config, sd, prefix, dtype or _default_dtype(dev), dev, what)
 
 
