@@ -161,7 +161,7 @@ def _batch_prompt(template: WorkflowTemplate, batch: Batch, variables: Mapping[s
     values = {**variables, "seed": batch.seed, "batch_size": batch.size}
     if input_images_dir is not None:
         values["input_images_dir"] = str(input_images_dir)
-    return template.render(**values)
+    return template.render_reserved(**values)
 
 
 def _extra(batch: Batch) -> dict[str, Any]:

@@ -194,6 +194,18 @@ class WorkflowTemplate:
                                 "API-format prompt object {node_id: {...}}", source=self.name)
         return api
 
+    def render_reserved(self, **variables: Any) -> dict[str, Any]:
+        """:meth:`render`, then ``seed`` / ``batch_size`` given but not used by the template are
+        written into every constant ``seed``/``noise_seed`` / ``batch_size`` input."""
+        api = self.render(**variables)
+        for var, inputs in (("seed", SEED_INPUTS), ("batch_size", BATCH_INPUTS)):
+            if var in variables and var not in self.variables:
+                for node in api.values():
+                    for key in inputs:
+                        if key in node.get("inputs", {}) and not isinstance(node["inputs"][key], list):
+                            node["inputs"][key] = variables[var]
+        return api
+
     def __repr__(self) -> str:
         return f"WorkflowTemplate({self.name!r}, variables={sorted(self.variables)})"
 
