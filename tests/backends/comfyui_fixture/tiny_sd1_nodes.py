@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import tempfile
+from typing import ClassVar
 
 import comfy.sd
 import comfy.supported_models
@@ -38,7 +39,7 @@ class TinySD1Clip(sd1_clip.SD1ClipModel):
 
 
 class TinySD1(comfy.supported_models.SD15):
-    unet_config = {"context_dim": 64, "model_channels": 32, "use_linear_in_transformer": False,
+    unet_config: ClassVar[dict] = {"context_dim": 64, "model_channels": 32, "use_linear_in_transformer": False,
                    "adm_in_channels": None, "use_temporal_attention": False}
 
     def clip_target(self):
