@@ -88,6 +88,14 @@ class Session:
         with services_context(self.services):  # INPUT_TYPES reads this session's folders
             self.registry.register(mappings, display_names)
 
+    def load_custom_nodes(self, path: str | os.PathLike[str]) -> Any:
+        """Import ComfyUI custom node packs (a pack, a single file or a ``custom_nodes`` folder)
+        and register their nodes; returns one report per pack (see
+        :func:`comfy_notebook.interop.load_custom_nodes`)."""
+        from comfy_notebook.interop import load_custom_nodes
+
+        return load_custom_nodes(self, path)
+
     @property
     def models(self) -> Any:
         """The session's :class:`~comfy_notebook.runtime.manager.ModelManager` (made on first use).

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from comfy_notebook.engine.events import Event, NodeProgress
+from comfy_notebook.engine.events import Event, NodeMessage, NodeProgress
 from comfy_notebook.errors import ExecutionInterrupted
 
 __all__ = ["NodeContext", "current_context"]
@@ -86,6 +86,11 @@ class NodeContext:
         if self.prompt_id is not None and self.node_id is not None:
             self._emit(NodeProgress(self.prompt_id, self.node_id, value, total, preview))
         self.check_interrupt()
+
+    def message(self, event: str, data: Any) -> None:
+        """Send ``(event, data)`` to the session's subscribers as a :class:`NodeMessage`."""
+        if self.prompt_id is not None and self.node_id is not None:
+            self._emit(NodeMessage(self.prompt_id, self.node_id, event, data))
 
     def alloc_prefix(self) -> str:
         """Id prefix for a ``GraphBuilder`` created by this node (``id.call.graph.``)."""

@@ -18,6 +18,7 @@ __all__ = [
     "NodeCached",
     "NodeFailed",
     "NodeFinished",
+    "NodeMessage",
     "NodeProgress",
     "NodeStarted",
     "RunFinished",
@@ -66,6 +67,15 @@ class NodeProgress(Event):
     value: float
     total: float
     preview: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMessage(Event):
+    """A message a node sent to the front end (a custom pack's ``PromptServer.send_sync``)."""
+
+    node_id: str
+    event: str
+    data: Any
 
 
 @dataclass(frozen=True, slots=True)

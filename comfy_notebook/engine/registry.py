@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from comfy_notebook.engine.protocol import NodeSpec, parse_node_class
+from comfy_notebook.engine.v3 import adapt_v3, is_v3_class
 from comfy_notebook.errors import GraphError
 
 __all__ = ["Registry"]
@@ -38,6 +39,9 @@ class Registry:
     ) -> None:
         """Register every class of a ``NODE_CLASS_MAPPINGS`` dict (re-registering replaces).
 
+        V1 classes are taken as they are; V3 classes (``define_schema`` / ``execute``) through
+        :func:`comfy_notebook.engine.v3.adapt_v3`.
+
         Parameters
         ----------
         mappings:
@@ -46,9 +50,11 @@ class Registry:
             Optional ``NODE_DISPLAY_NAME_MAPPINGS``.
         """
         names = display_names or {}
-        parsed = {n: parse_node_class(n, c, names.get(n)) for n, c in mappings.items()}
+        classes = {n: adapt_v3(c) if is_v3_class(c) else c for n, c in mappings.items()}
+        shown = {n: names.get(n) or getattr(c, "V3_DISPLAY_NAME", None) for n, c in classes.items()}
+        parsed = {n: parse_node_class(n, c, shown[n]) for n, c in classes.items()}
         self._specs.update(parsed)
-        self._display.update({n: names.get(n) for n in mappings})
+        self._display.update(shown)
 
     def current(self, class_type: str) -> NodeSpec:
         """The spec of ``class_type`` with its combo lists as ``INPUT_TYPES()`` gives them now.
