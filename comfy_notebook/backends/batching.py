@@ -97,6 +97,8 @@ class ImageResult:
         """The image as a PIL ``Image`` (its bytes are fetched once)."""
         from PIL import Image
 
+        if not self.filename:  # a sweep point whose prompt made no image
+            return None
         if self.data is None:
             from comfy_notebook.backends.protocol import ImageRef
 
@@ -106,6 +108,8 @@ class ImageResult:
         return img
 
     def _repr_png_(self) -> bytes | None:
+        if not self.filename:
+            return None
         if self.data is None:
             self.image  # noqa: B018  (fetches)
         return self.data if self.filename.lower().endswith(".png") else None

@@ -110,7 +110,11 @@ def iter_sweep(session: Any, workflow: Any, grid: Mapping[str, Sequence[Any]], *
     try:
         for fut in concurrent.futures.as_completed(jobs):
             i, point, api = jobs[fut]
-            for image in collect_images(session.backend, fut.result(), api, params=point):
+            result = fut.result()
+            images = collect_images(session.backend, result, api, params=point) or [
+                ImageResult("", "", "", "", api, result.prompt_id, params=point,  # no image: one row
+                            seconds=result.seconds, worker=str(getattr(result, "worker", "")))]
+            for image in images:
                 image.sample_index = i
                 yield image
     finally:

@@ -30,6 +30,8 @@ USAGE = """\
 %comfy export FILE.json           the graph behind the last cell's outputs, as API JSON
 %comfy run FILE.json [--set NODE.INPUT=VALUE ...]
                                   run an API-format prompt (NODE: id, title or class)
+%comfy sweep FILE --grid K=V1,V2 [--grid ...] [--set K=V] [--x K --y K]
+                                  run a grid (template variable or NODE.INPUT) -> a table
 %comfy traceback                  the full traceback of the last error
 %comfy gallery                    this cell's images, one group per distinct run (last 16 runs)
 %comfy gallery clear              forget this cell's image history (frees the images it holds)
@@ -121,7 +123,7 @@ class ComfyMagics(Magics):
         handler = getattr(self, "_cmd_" + command, None)
         if handler is None:
             raise UsageError(f"%comfy: unknown command {command!r}; one of status, models, load, "
-                             "offload, unload, cache, export, run, stubs, traceback, gallery "
+                             "offload, unload, cache, export, run, sweep, stubs, traceback, gallery "
                              "(%comfy? for help)")
         try:
             return handler(args)
@@ -269,6 +271,11 @@ class ComfyMagics(Magics):
         from comfy_notebook.widgets import Gallery
 
         return Gallery.for_cell(None)
+
+    def _cmd_sweep(self, args: list[str]) -> Any:
+        from comfy_notebook.kernel_ext.sweep_magic import sweep_magic
+
+        return sweep_magic(_session(), shlex.join(args))
 
     def _cmd_traceback(self, args: list[str]) -> None:
         text = self.events.last_traceback if self.events is not None else ""
