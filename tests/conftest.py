@@ -39,7 +39,7 @@ def make_current_session() -> Iterator[Callable[[Mapping[str, type]], Any]]:
     previous = session_module._current
 
     def make(pack: Mapping[str, type]) -> Any:
-        s = Session()
+        s = Session(builtins=False)
         s.options = {"progress": False}
         s.register(pack)
         use_session(s)

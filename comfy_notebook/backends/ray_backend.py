@@ -43,16 +43,12 @@ def group_key(prompt: Mapping[str, Any]) -> str:
 
 
 class _Worker:
-    """The actor: a Session in the worker process (made the Ray actor class by ``_actor_class``)."""
+    """The actor: a session in the worker process (of the driver session's class)."""
 
-    def __init__(self, name: str, models_dir: str | None, output_dir: str | None) -> None:
-        from comfy_notebook._session import Session
-        from comfy_notebook.nodes import register_builtins
-
+    def __init__(self, name: str, session_class: type, models_dir: str | None, output_dir: str | None) -> None:
         self.name = name
-        self.session = Session(models_dir=models_dir, output_dir=output_dir)
+        self.session = session_class(models_dir=models_dir, output_dir=output_dir)
         self.session.options = {"progress": False}
-        register_builtins(self.session)
         self.loads: dict[str, int] = {}
         self.ran: list[str] = []
 
@@ -117,17 +113,12 @@ class RayBackend:
         if not ray.is_initialized():
             ray.init(address=address, **dict(init_kwargs or {}))
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        if num_gpus is None:
-            num_gpus = 1 if gpus else 0
-        count = num_workers or max(1, gpus)
-        actor = ray.remote(_Worker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=2,
-                                            max_restarts=0)
+        self.num_gpus = (1 if gpus else 0) if num_gpus is None else num_gpus
+        self.num_cpus = num_cpus
+        self.concurrency = num_workers or max(1, gpus)
+        self.models_dir = None if models_dir is None else os.fspath(models_dir)
+        self.output_dir = None if output_dir is None else os.fspath(output_dir)
         self.actors: dict[str, Any] = {}
-        for i in range(count):
-            name = f"worker-{i}"
-            out = None if output_dir is None else os.path.join(os.fspath(output_dir), name)
-            self.actors[name] = actor.remote(name, None if models_dir is None else os.fspath(models_dir), out)
-        self.concurrency = count
         self.dead: set[str] = set()
         self._busy: dict[str, str] = {}  # worker -> prompt id
         self._group: dict[str, str] = {}  # worker -> group it last ran
@@ -135,11 +126,31 @@ class RayBackend:
         self._files: dict[tuple[str, str, str], bytes] = {}
         self.retries = 0
 
+    def attach(self, session: Any) -> None:
+        """Start the workers, each with a session of ``session``'s class (``Session(backend=...)``
+        calls this)."""
+        import ray
+
+        if self.actors:
+            return
+        actor = ray.remote(_Worker).options(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                                            max_concurrency=2, max_restarts=0)
+        models_dir = self.models_dir if self.models_dir is not None else session.models_dir
+        models_dir = None if models_dir is None else os.fspath(models_dir)
+        for i in range(self.concurrency):
+            name = f"worker-{i}"
+            out = None if self.output_dir is None else os.path.join(self.output_dir, name)
+            self.actors[name] = actor.remote(name, type(session), models_dir, out)
+
     # -- scheduling --------------------------------------------------------------------------
     def _acquire(self, key: str, prompt_id: str) -> str:
         with self._cond:
             while True:
                 alive = [w for w in self.actors if w not in self.dead]
+                if not self.actors:
+                    raise BackendError("the RayBackend has no workers yet; Fix: use it through a "
+                                       "session, Session(backend=RayBackend(...)), which starts them",
+                                       backend=self.name, prompt_id=prompt_id)
                 if not alive:
                     raise BackendError("every Ray worker has died; Fix: create a new RayBackend",
                                        backend=self.name, prompt_id=prompt_id)

@@ -97,6 +97,7 @@ class ComfyUIServer:
     """
 
     concurrency = 1  # the server runs its queue one prompt at a time
+    replaces_nodes = True  # a session on a server knows the server's nodes, not the built-ins
 
     def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, timeout: float = 30.0,
                  dead_after: float = 15.0, poll_interval: float = 1.0) -> None:

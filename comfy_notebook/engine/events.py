@@ -21,6 +21,7 @@ __all__ = [
     "NodeMessage",
     "NodeProgress",
     "NodeStarted",
+    "NodeWarning",
     "RunFinished",
     "RunInterrupted",
     "RunStarted",
@@ -86,6 +87,15 @@ class NodeFinished(Event):
     class_type: str
     seconds: float
     ui: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeWarning(Event):
+    """A warning-level note from a running node (e.g. a size rounded as ComfyUI rounds it)."""
+
+    node_id: str
+    class_type: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,7 @@ class ModelInfo:
     in_use: bool
     holders: tuple[str, ...]
     family: str | None = None  # e.g. "sd1": what the registrant said the weights are
+    world: str = "comfy_notebook"  # "comfyui" for the models of an attached ComfyUI
 
 
 def estimate_unet_memory(

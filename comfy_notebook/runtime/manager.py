@@ -88,6 +88,7 @@ class ModelManager:
         self._seq = itertools.count(1)
         self._reserved = 0
         self._subscribers: list[Callable[[ModelMoved], None]] = []
+        self._external: list[Any] = []  # other worlds' models (an attached ComfyUI)
         self._stats: dict[str, Any] = {f.name: f.default for f in fields(ManagerStats)}
 
     # -- registry -----------------------------------------------------------------------------
@@ -161,10 +162,28 @@ class ModelManager:
 
         return unsubscribe
 
+    def add_external(self, provider: Any) -> None:
+        """Show and control another world's models (an attached ComfyUI's) through this manager.
+
+        ``provider`` has ``rows()`` (dicts with name, kind, bytes, where, world), ``names()``,
+        ``load``/``offload``/``unload(name)`` and ``unload_all()``.
+        """
+        self._external.append(provider)
+
+    def _external_for(self, m: Any) -> Any:
+        if isinstance(m, str) and m not in self._models:
+            return next((p for p in self._external if m in p.names()), None)
+        return None
+
     def list(self) -> list[ModelInfo]:
-        """One row per registered model."""
+        """One row per registered model (then the rows of attached worlds)."""
         with self._lock:
-            return [self._info(m) for m in self._models.values()]
+            rows = [self._info(m) for m in self._models.values()]
+        for provider in self._external:
+            for r in provider.rows():
+                rows.append(ModelInfo(r["name"], r["kind"], None, r["bytes"], None, r["where"],
+                                      r["bytes"], None, False, False, False, (), None, r["world"]))
+        return rows
 
     def _info(self, m: ManagedModel) -> ModelInfo:
         holders = tuple(sorted(r.holder or "<ref>" for r in list(m._refs)))
@@ -312,6 +331,10 @@ class ModelManager:
 
     def offload(self, m: ManagedModel | ModelRef | str) -> None:
         """Free the model's device memory; the pinned host copy makes the next load fast."""
+        external = self._external_for(m)
+        if external is not None:
+            external.offload(m)
+            return
         with self._lock:
             model = self._resolve(m)
             self._check_idle(model, "offload")
@@ -319,6 +342,10 @@ class ModelManager:
 
     def unload(self, m: ManagedModel | ModelRef | str) -> None:
         """Free the weights everywhere; refs stay valid and the next use rebuilds from the file."""
+        external = self._external_for(m)
+        if external is not None:
+            external.unload(m)
+            return
         with self._lock:
             model = self._resolve(m)
             self._check_idle(model, "unload")
@@ -338,6 +365,8 @@ class ModelManager:
 
     def unload_all(self) -> None:
         """Unload every model not in use (models without a factory are offloaded)."""
+        for provider in self._external:
+            provider.unload_all()
         with self._lock:
             for model in list(self._models.values()):
                 if model.in_use:

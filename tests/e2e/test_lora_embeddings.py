@@ -145,7 +145,7 @@ def test_unpatched_model_after_a_lora_clone_in_accounting_mode(root: pathlib.Pat
     from comfy_notebook.runtime.manager import ModelManager
 
     s = new_session(root)
-    s.services["models"] = ModelManager(DevicePolicy.cpu(), capacity_bytes=1 << 34)
+    s.services.models = ModelManager(DevicePolicy.cpu(), capacity_bytes=1 << 34)
     patched = image(s, lora_prompt("kohya.safetensors", 1.0, 0.0))
     plain_after = image(s, lora_prompt(None))
     repatched = image(s, lora_prompt("kohya.safetensors", 1.0, 0.5))

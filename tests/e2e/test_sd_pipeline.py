@@ -321,7 +321,7 @@ def test_tight_cpu_budget_partial_loading_gives_the_same_image(root: pathlib.Pat
     unet_bytes = next(i.bytes for i in free.models.list() if i.kind == "unet")
 
     s = new_session(root, "out_tight")
-    s.services["models"] = ModelManager(DevicePolicy.cpu(), capacity_bytes=unet_bytes + (64 << 10))
+    s.services.models = ModelManager(DevicePolicy.cpu(), capacity_bytes=unet_bytes + (64 << 10))
     result = s.run_prompt(prompt())
     assert torch.equal(result.outputs["8"][0], reference)
     stats = s.models.stats

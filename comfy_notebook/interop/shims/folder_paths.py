@@ -85,7 +85,7 @@ def __getattr__(name: str) -> Any:
         return str(paths[0].parent) if paths else ""
     if name == "folder_names_and_paths":
         folders = _folders()
-        return {k: ([str(p) for p in folders.paths(k)], supported_pt_extensions) for k in folders.kinds()}
+        return {k: ([str(p) for p in folders.paths(k)], supported_pt_extensions) for k in folders.kinds}
     if name in ("output_directory", "input_directory", "temp_directory"):
         return get_directory_by_type(name.split("_")[0])
     raise AttributeError(name)
