@@ -5,7 +5,8 @@ Grid keys are template variables (for a :class:`WorkflowTemplate`, including the
 bare input name that exactly one node has, such as ``"cfg"``).  Runs are ordered so that the cache
 is reused: each parameter's cost is measured by how much of the graph a change of it invalidates
 (the changed nodes and everything downstream, a loader counting as much as the rest of the graph);
-the most expensive parameter varies slowest, the cheapest innermost.
+the most expensive parameter varies slowest, the cheapest innermost.  A template's reserved
+``seed`` and ``batch_size`` default to 0 and 1 unless given.
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ def _split(template: WorkflowTemplate, keys: Sequence[str]) -> tuple[list[str], 
     return variables, [k for k in keys if k not in variables]
 
 
+_RESERVED_DEFAULTS = {"seed": 0, "batch_size": 1}
+
+
 def _render(template: WorkflowTemplate, point: Mapping[str, Any], fixed: Mapping[str, Any]) -> dict[str, Any]:
-    values = {**fixed, **point}
+    defaults = {k: v for k, v in _RESERVED_DEFAULTS.items()
+                if k in template.variables and k not in template.defaults}
+    values = {**defaults, **fixed, **point}
     variables, overrides = _split(template, list(values))
     api = template.render_reserved(**{k: values[k] for k in variables})
     return apply_overrides(api, {k: values[k] for k in overrides})
