@@ -119,7 +119,7 @@ if RAY:
     print("checkpoint loads per worker:",
           {w: sum(s["loads"].values()) for w, s in ray_session.backend.stats().items()})
     same = all(np.array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
-               for a, b in zip(rows, ray_rows))
+               for a, b in zip(rows, ray_rows, strict=True))
     print("same images as in-process:", same)
     ray_session.queue.close()
     ray_session.backend.close()
