@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -89,6 +90,9 @@ class Session:
             self.attach_comfyui(comfyui)
         self._backend = backend
         self._queue: Any = None
+        # One prompt at a time on this process's executor: queued prompts (worker thread), cells
+        # and API calls (the kernel's thread) take turns.
+        self._run_lock = threading.RLock()
         if hasattr(backend, "attach"):
             backend.attach(self)  # a server registers its /object_info nodes, Ray starts workers
 
@@ -252,8 +256,9 @@ class Session:
             details = f"Node ID '#{node_id}'" if node_id is not None else ""
             error = {"type": "invalid_prompt", "message": str(exc), "details": details, "extra_info": {}}
             raise ValidationError(error, {}) from exc
-        return self.executor.run(graph, targets=targets, extra_data=extra_data, api=api,
-                                 prompt_id=prompt_id)
+        with self._run_lock:
+            return self.executor.run(graph, targets=targets, extra_data=extra_data, api=api,
+                                     prompt_id=prompt_id)
 
     def run(
         self,
@@ -271,7 +276,8 @@ class Session:
                     f"Session.run expected a Graph or a Workflow, received {type(graph).__name__}; "
                     "for an API-format dict use session.run_prompt(api)")
             return run(self, targets=None if targets is None else list(targets))  # type: ignore[no-any-return]
-        return self.executor.run(graph, targets=targets, extra_data=extra_data)
+        with self._run_lock:
+            return self.executor.run(graph, targets=targets, extra_data=extra_data)
 
 
 _current: Session | None = None

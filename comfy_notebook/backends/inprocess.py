@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import PurePosixPath
@@ -16,7 +15,8 @@ __all__ = ["InProcessBackend"]
 
 
 class InProcessBackend:
-    """Runs prompts with ``session``'s executor (one at a time: a lock guards the device).
+    """Runs prompts with ``session``'s executor (one at a time: the session's run lock, which
+    cells and API calls take too, guards the device).
 
     Parameters
     ----------
@@ -29,7 +29,6 @@ class InProcessBackend:
 
     def __init__(self, session: Any) -> None:
         self.session = session
-        self._lock = threading.Lock()
 
     def run_prompt(self, prompt: Mapping[str, Any], *, prompt_id: str | None = None,
                    extra_data: Mapping[str, Any] | None = None,
@@ -45,8 +44,7 @@ class InProcessBackend:
 
             unsubscribe = self.session.subscribe(forward)
         try:
-            with self._lock:
-                return self.session._run_api(prompt, extra_data=extra_data, prompt_id=pid)  # type: ignore[no-any-return]
+            return self.session._run_api(prompt, extra_data=extra_data, prompt_id=pid)  # type: ignore[no-any-return]
         finally:
             if unsubscribe is not None:
                 unsubscribe()

@@ -93,3 +93,33 @@ def test_cancel_of_a_finished_or_unknown_prompt_is_false_and_errors_propagate(qu
         bad.result(10)
     assert s.submit(slow_prompt(4)).result(10).ui["2"]["value"] == [4]  # the queue goes on
     assert isinstance(fut, concurrent.futures.Future)
+
+
+def test_a_cell_waits_for_the_queued_prompt_never_two_at_once(queue_session: Any) -> None:
+    import time
+
+    s = queue_session
+    active = []
+    overlap = []
+
+    def watch(event: Any) -> None:
+        from comfy_notebook.engine.events import RunFinished, RunStarted
+
+        if isinstance(event, RunStarted):
+            if active:
+                overlap.append(event.prompt_id)
+            active.append(event.prompt_id)
+        elif isinstance(event, RunFinished):
+            active.remove(event.prompt_id)
+
+    s.subscribe(watch)
+    GATE.release.clear()
+    queued = s.submit(slow_prompt(1, steps=2))
+    assert GATE.entered.wait(10)
+    t = threading.Timer(0.3, GATE.release.set)
+    t.start()
+    t0 = time.monotonic()
+    direct = s.run_prompt(slow_prompt(2, steps=1))  # from this thread, while the queue runs
+    assert time.monotonic() - t0 >= 0.25 and queued.done()  # it waited its turn
+    assert direct.ui["2"]["value"] == [2] and not overlap
+    t.join()
