@@ -276,6 +276,8 @@ class Session:
                     f"Session.run expected a Graph or a Workflow, received {type(graph).__name__}; "
                     "for an API-format dict use session.run_prompt(api)")
             return run(self, targets=None if targets is None else list(targets))  # type: ignore[no-any-return]
+        if targets is None and self._backend is not None and getattr(self._backend, "name", "") != "in-process":
+            return self.run_prompt(graph.to_api(), extra_data=extra_data)  # virtual mode on the backend
         with self._run_lock:
             return self.executor.run(graph, targets=targets, extra_data=extra_data)
 

@@ -8,6 +8,8 @@ asyncio loop (it is bridged with ``asyncio.wrap_future``; no ``nest_asyncio``).
 Order: higher ``priority`` first; equal priorities in submission order.  ``cancel(prompt_id)``
 removes a waiting prompt (its future reports ``cancelled()``) or interrupts a running one (its
 future raises ``ExecutionInterrupted``); ``interrupt()`` stops only the prompt that is running.
+``ExecutionInterrupted`` is a ``KeyboardInterrupt`` (an interrupted run stops a loop of runs,
+like Ctrl-C): catch it around ``await`` where a loop of prompts should go on.
 """
 
 from __future__ import annotations

@@ -124,9 +124,22 @@ class ComfyUIServer:
     # -- plumbing ----------------------------------------------------------------------------
     def _call(self, coro: Any, timeout: float | None = None) -> Any:
         if self._loop.is_closed():
+            coro.close()
             raise BackendError(f"the client of {self.url} is closed; create a new ComfyUIServer",
                                backend=self.url)
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+        async def guarded() -> tuple[bool, Any]:
+            # ExecutionInterrupted is a KeyboardInterrupt: raised inside the loop it would stop
+            # the loop's thread, so it travels back as a value and is raised in the caller.
+            try:
+                return True, await coro
+            except (KeyboardInterrupt, SystemExit) as exc:
+                return False, exc
+
+        ok, value = asyncio.run_coroutine_threadsafe(guarded(), self._loop).result(timeout)
+        if not ok:
+            raise value
+        return value
 
     async def _session(self) -> Any:
         import aiohttp

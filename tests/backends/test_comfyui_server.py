@@ -153,6 +153,36 @@ def test_a_real_mode_cell_runs_on_the_server_and_caches_here(remote: Session, sd
     assert np.abs(theirs - ours).max() <= 1
 
 
+def test_virtual_mode_interrupt_and_free_on_the_server(remote: Session) -> None:
+    from comfy_notebook.errors import ExecutionInterrupted
+    from comfy_notebook.realmode import Workflow, node_function
+
+    with Workflow() as wf:
+        model, clip, vae = node_function("CheckpointLoaderSimple", remote)(CKPT)
+        cond = node_function("CLIPTextEncode", remote)("a cat", clip)
+        latent = node_function("KSampler", remote)(model, 3, 2, 8.0, "euler", "normal", cond, cond,
+                                                    node_function("EmptyLatentImage", remote)(64, 64, 1))
+        node_function("SaveImage", remote)(node_function("VAEDecode", remote)(latent, vae), "virtual")
+    result = wf.run(remote)  # the recorded graph goes to the server as one prompt
+    (saved,) = next(iter(result.ui.values()))["images"]
+    assert saved["filename"].startswith("virtual")
+
+    long = remote.submit(sd_prompt(seed=41, steps=400))
+    short = remote.submit(sd_prompt(seed=42, steps=2))
+    deadline = time.monotonic() + 120
+    while not any(isinstance(e, NodeProgress) for e in long.events):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    remote.interrupt()  # /interrupt: only the running prompt stops
+    with pytest.raises(ExecutionInterrupted):
+        long.result(120)
+    assert short.result(300).ui["9"]["images"]
+    remote.backend.free()  # /free: the server unloads its models; the next prompt reloads them
+    events: list[Any] = []
+    remote.submit(sd_prompt(seed=43, steps=2), on_event=events.append).result(300)
+    assert any(isinstance(e, NodeStarted) and e.node_id == "3" for e in events)
+
+
 def test_a_killed_server_is_reported_and_the_session_stays_usable(remote: Session, server: ComfyUIProcess) -> None:
     fut = remote.submit(sd_prompt(seed=31, steps=400))
     deadline = time.monotonic() + 120

@@ -123,3 +123,22 @@ def test_a_cell_waits_for_the_queued_prompt_never_two_at_once(queue_session: Any
     assert time.monotonic() - t0 >= 0.25 and queued.done()  # it waited its turn
     assert direct.ui["2"]["value"] == [2] and not overlap
     t.join()
+
+
+def test_an_interrupted_prompt_awaited_in_a_loop_raises_execution_interrupted(queue_session: Any) -> None:
+    s = queue_session
+
+    async def main() -> str:
+        GATE.release.clear()
+        fut = s.submit(slow_prompt(5, steps=3))
+        while not GATE.entered.is_set():
+            await asyncio.sleep(0.01)
+        s.interrupt()
+        GATE.release.set()
+        try:
+            await fut
+        except ExecutionInterrupted as exc:  # a KeyboardInterrupt: caught here, the loop lives on
+            return f"interrupted {exc.prompt_id == fut.prompt_id}"
+        return "finished"
+
+    assert asyncio.run(main()) == "interrupted True"
