@@ -53,12 +53,11 @@ def common_ksampler(
         apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=_graphs_option(ctx))
 
         return ksample(
-            apply_model, prediction=model.family.prediction, schedule=model.schedule,
+            apply_model, model_sampling=model.model_sampling, latent_format=model.latent_format,
             latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,
             sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
             start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise,
-            latent_scale=model.family.latent_scale, device=model.manager.device,
-            callback=callback, in_channels=model.in_channels,
+            device=model.manager.device, callback=callback, model_inputs=model.model_inputs(),
         )
 
     return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=cfg != 1.0)
