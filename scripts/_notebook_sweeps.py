@@ -110,9 +110,9 @@ if RAY:
 
     from comfy_notebook.backends import RayBackend
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    local_ray = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}  # this machine
     ray_session = comfy_notebook.Session(models_dir=MODELS_DIR, output_dir="output_ray",
-                                         backend=RayBackend(num_workers=2))
+                                         backend=RayBackend(num_workers=2, init_kwargs=local_ray))
     ray_table = ray_session.sweep(template, grid=grid, fixed={"text": "a red apple", "batch_size": 1})
     ray_rows = ray_table.to_dict("records") if hasattr(ray_table, "to_dict") else ray_table
     print("workers:", sorted({r["worker"] for r in ray_rows}))

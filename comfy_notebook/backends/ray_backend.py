@@ -111,7 +111,14 @@ class RayBackend:
         import ray
 
         if not ray.is_initialized():
-            ray.init(address=address, **dict(init_kwargs or {}))
+            for attempt in range(3):  # a local raylet gets 30 s to start; a busy machine may miss it
+                try:
+                    ray.init(address=address, **dict(init_kwargs or {}))
+                    break
+                except Exception:
+                    ray.shutdown()
+                    if attempt == 2 or address is not None:
+                        raise
         gpus = int(ray.cluster_resources().get("GPU", 0))
         self.num_gpus = (1 if gpus else 0) if num_gpus is None else num_gpus
         self.num_cpus = num_cpus

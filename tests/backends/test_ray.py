@@ -25,7 +25,14 @@ GRID = {"cfg": [4.0, 8.0], "seed": list(range(8))}
 def ray_session(sd_root: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     from comfy_notebook.backends import RayBackend
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):  # Ray allows its raylet 30 s to start: a loaded machine may miss it
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     try:
         backend = RayBackend(num_workers=2, models_dir=sd_root,
                              output_dir=tmp_path_factory.mktemp("ray_out"))

@@ -277,7 +277,7 @@ def test_sweeps_and_backends_notebook(run_notebook: Any) -> None:
     assert sweep.startswith("loop order") and "6 rows; columns: ['cfg', 'seed'" in sweep
     assert nb.ran("table = session.sweep(")[0].count("CLIPTextEncode") == 1  # the new text, once
 
-    on_ray = nb.text("RayBackend(num_workers=2)")
+    on_ray = nb.text("RayBackend(num_workers=2,")
     assert line(on_ray, "workers:") == "['worker-0', 'worker-1']"
     assert line(on_ray, "checkpoint loads per worker:") == "{'worker-0': 1, 'worker-1': 1}"
     assert line(on_ray, "same images as in-process:") == "True"
