@@ -25,6 +25,7 @@ _MODULES = (
     "conditioning_sdxl",
     "sampling",
     "model_sampling",
+    "flux",
     "vae",
     "latent",
     "image",

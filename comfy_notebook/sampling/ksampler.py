@@ -27,6 +27,7 @@ from comfy_notebook.sampling.registry import (
     SAMPLERS,
 )
 from comfy_notebook.sampling.samplers import StepCallback
+from comfy_notebook.sampling.samplers_rf import for_model_sampling
 from comfy_notebook.sampling.schedules import SamplingConfigError, ksampler_sigmas
 
 __all__ = ["LatentFormatLike", "inpaint_concat", "inpaint_inputs", "ksample", "prepare_mask"]
@@ -317,7 +318,7 @@ def ksample(
     cfg_model = CFGDenoiser(ModelDenoiser(apply_model, model_sampling), pos, neg, cfg, keep_uncond=guided)
     model: Callable[[Tensor, Tensor], Any] = cfg_model.guided if guided else cfg_model
 
-    sampler = SAMPLERS[sampler_name]
+    sampler = for_model_sampling(sampler_name, SAMPLERS[sampler_name], model_sampling)  # *_RF on flow models
     kind = SAMPLER_NOISE.get(sampler_name)
     inpaint_noise = noise
     if kind == "inpaint_random" and mask is not None:  # ComfyUI's ddim: fresh noise for the kept area
