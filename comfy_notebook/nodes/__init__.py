@@ -20,6 +20,8 @@ _MODULES = (
     "loaders",
     "conditioning",
     "sampling",
+    "custom_sampling",
+    "sampler_options",
     "vae",
     "latent",
     "image",

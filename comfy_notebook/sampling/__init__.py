@@ -1,12 +1,24 @@
 """Schedules, samplers (functions that own their loop) and the KSampler core."""
 
+from comfy_notebook.sampling.custom import (
+    EmptyNoise,
+    RandomNoise,
+    SamplerSpec,
+    basic_sigmas,
+    beta_sigmas,
+    flip_sigmas,
+    sd_turbo_sigmas,
+    split_sigmas,
+    split_sigmas_denoise,
+)
 from comfy_notebook.sampling.denoisers import (
     CFGDenoiser,
     CondEntry,
     ModelDenoiser,
     resolve_conditioning,
 )
-from comfy_notebook.sampling.ksampler import ksample, prepare_mask
+from comfy_notebook.sampling.guidance import DualCFGDenoiser, Guidance
+from comfy_notebook.sampling.ksampler import ksample, prepare_mask, sample_sigmas
 from comfy_notebook.sampling.noise import (
     BrownianTreeNoiseSampler,
     default_noise_sampler,
@@ -40,16 +52,28 @@ __all__ = [
     "CFGDenoiser",
     "CondEntry",
     "DiscreteSchedule",
+    "DualCFGDenoiser",
+    "EmptyNoise",
+    "Guidance",
     "GuidedDenoiser",
     "ModelDenoiser",
+    "RandomNoise",
+    "SamplerSpec",
     "SamplingConfigError",
     "StepInfo",
+    "basic_sigmas",
+    "beta_sigmas",
     "calculate_sigmas",
     "default_noise_sampler",
+    "flip_sigmas",
     "ksample",
     "ksampler_sigmas",
     "prepare_mask",
     "prepare_noise",
     "resolve_conditioning",
+    "sample_sigmas",
+    "sd_turbo_sigmas",
+    "split_sigmas",
+    "split_sigmas_denoise",
     "unguided",
 ]

@@ -29,6 +29,8 @@ __all__ = [
     "calculate_sigmas",
     "get_sigmas_exponential",
     "get_sigmas_karras",
+    "get_sigmas_polyexponential",
+    "get_sigmas_vp",
     "ksampler_sigmas",
 ]
 
@@ -117,6 +119,18 @@ def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7
 def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float) -> Tensor:
     """Uniform in log-sigma; ``n`` sigmas and a final 0."""
     return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp())
+
+
+def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> Tensor:
+    """Polynomial (power ``rho``) in log-sigma from sigma_max down to sigma_min; ``n`` sigmas and a final 0."""
+    ramp = torch.linspace(1, 0, n) ** rho
+    return _append_zero(torch.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)))
+
+
+def get_sigmas_vp(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3) -> Tensor:
+    """Continuous VP schedule (Song et al. 2021) for t from 1 down to ``eps_s``; ``n`` sigmas and a final 0."""
+    t = torch.linspace(1, eps_s, n)
+    return _append_zero(torch.sqrt(torch.exp(beta_d * t**2 / 2 + beta_min * t) - 1))
 
 
 def _normal(s: DiscreteSchedule, steps: int, sgm: bool = False) -> Tensor:
