@@ -396,7 +396,7 @@ class FlipSigmas:
     CATEGORY = f"{CATEGORY}/sigmas"
 
     def get_sigmas(self, sigmas: Tensor) -> tuple[Tensor]:
-        return (flip_sigmas(_check_sigmas(sigmas).clone()),)
+        return (flip_sigmas(_check_sigmas(sigmas)),)
 
 
 _NODES: Mapping[str, type] = {

@@ -191,7 +191,10 @@ def split_sigmas_denoise(sigmas: Tensor, denoise: float) -> tuple[Tensor, Tensor
 
 
 def flip_sigmas(sigmas: Tensor) -> Tensor:
-    """``FlipSigmas``: reversed (ascending, for unsampling); a leading 0 becomes 0.0001."""
+    """``FlipSigmas``: reversed (ascending, for unsampling); a leading 0 becomes 0.0001.
+
+    Returns a new tensor (the input is not modified).
+    """
     if len(sigmas) == 0:
         return sigmas
     flipped = sigmas.flip(0)
