@@ -42,6 +42,7 @@ from comfy_notebook.sampling import RandomNoise as SeededNoise
 from comfy_notebook.sampling.schedules import (
     get_sigmas_exponential,
     get_sigmas_karras,
+    get_sigmas_laplace,
     get_sigmas_polyexponential,
     get_sigmas_vp,
 )
@@ -311,6 +312,21 @@ class PolyexponentialScheduler(_Scheduler):
         return (get_sigmas_polyexponential(steps, sigma_min, sigma_max, rho),)
 
 
+class LaplaceScheduler(_Scheduler):
+    """Sigmas at quantiles of a Laplace distribution in log-sigma (no final 0)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        step = {"step": 0.1, "round": False}
+        return {"required": {"steps": _steps(), "sigma_max": ("FLOAT", {"default": 14.614642, **_SIGMA}),
+                             "sigma_min": ("FLOAT", {"default": 0.0291675, **_SIGMA}),
+                             "mu": ("FLOAT", {"default": 0.0, "min": -10.0, "max": 10.0, **step}),
+                             "beta": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 10.0, **step})}}
+
+    def get_sigmas(self, steps: int, sigma_max: float, sigma_min: float, mu: float, beta: float) -> tuple[Tensor]:
+        return (get_sigmas_laplace(steps, sigma_min, sigma_max, mu, beta),)
+
+
 class VPScheduler(_Scheduler):
     """The continuous VP (variance-preserving) schedule of Song et al. (2021)."""
 
@@ -405,6 +421,7 @@ _NODES: Mapping[str, type] = {
     "KarrasScheduler": KarrasScheduler,
     "ExponentialScheduler": ExponentialScheduler,
     "PolyexponentialScheduler": PolyexponentialScheduler,
+    "LaplaceScheduler": LaplaceScheduler,
     "VPScheduler": VPScheduler,
     "BetaSamplingScheduler": BetaSamplingScheduler,
     "SDTurboScheduler": SDTurboScheduler,

@@ -1,14 +1,17 @@
 """ComfyUI's sampler-object nodes: a SAMPLER with options (eta, s_noise, solver type, order, ...).
 
 Inputs, defaults and the sampler each one selects follow ``comfy_extras/nodes_custom_sampler.py``
-(comfyanonymous/ComfyUI c079b69; SamplerSASolver from Comfy-Org/ComfyUI 4be318a).  Each returns
+(comfyanonymous/ComfyUI c079b69; SamplerSASolver and SamplerER_SDE from Comfy-Org/ComfyUI 4be318a).  Each returns
 a :class:`~comfy_notebook.sampling.SamplerSpec` whose options go to the sampler function as
 keywords; ``noise_device`` picks the ``_gpu`` sampler (Brownian tree on the device) or the CPU one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from torch import Tensor
 
 from comfy_notebook.runtime.values import ModelValue
 from comfy_notebook.sampling import SamplerSpec
@@ -137,6 +140,42 @@ class SamplerDPMAdaptative(_SamplerNode):
         return (SamplerSpec("dpm_adaptive", options),)
 
 
+def _er_sde_scaler(eta: float) -> Callable[[Tensor], Tensor]:
+    def scale(v: Tensor) -> Tensor:
+        return v * ((v**0.3).exp() + 10.0) ** eta
+
+    return scale
+
+
+def _reverse_time_scaler(eta: float) -> Callable[[Tensor], Tensor]:
+    def scale(v: Tensor) -> Tensor:
+        return v ** (eta + 1)
+
+    return scale
+
+
+def _ode_scaler(v: Tensor) -> Tensor:
+    return v
+
+
+class SamplerER_SDE(_SamplerNode):
+    """ER-SDE solver: its noise-scale function (ER-SDE, reverse-time SDE or ODE), stages and eta."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"solver_type": (["ER-SDE", "Reverse-time SDE", "ODE"],), "max_stage": _int(3, 1, 3),
+                             "eta": _float(1.0, 10.0), "s_noise": _float(1.0)}}
+
+    def get_sampler(self, solver_type: str, max_stage: int, eta: float, s_noise: float) -> tuple[SamplerSpec]:
+        if solver_type == "ODE" or eta == 0:  # a deterministic solver: no noise at all
+            scaler, s_noise = _ode_scaler, 0.0
+        elif solver_type == "Reverse-time SDE":
+            scaler = _reverse_time_scaler(eta)
+        else:
+            scaler = _er_sde_scaler(eta)
+        return (SamplerSpec("er_sde", {"s_noise": s_noise, "noise_scaler": scaler, "max_stage": max_stage}),)
+
+
 class SamplerSASolver(_SamplerNode):
     """SA-Solver with its stochastic window (as fractions of the model's schedule) and orders."""
 
@@ -171,5 +210,6 @@ NODE_CLASS_MAPPINGS = {
     "SamplerDPMPP_2S_Ancestral": SamplerDPMPP_2S_Ancestral,
     "SamplerDPMAdaptative": SamplerDPMAdaptative,
     "SamplerSASolver": SamplerSASolver,
+    "SamplerER_SDE": SamplerER_SDE,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {"SamplerEulerAncestralCFGPP": "SamplerEulerAncestralCFG++"}

@@ -29,6 +29,7 @@ __all__ = [
     "calculate_sigmas",
     "get_sigmas_exponential",
     "get_sigmas_karras",
+    "get_sigmas_laplace",
     "get_sigmas_polyexponential",
     "get_sigmas_vp",
     "ksampler_sigmas",
@@ -128,9 +129,23 @@ def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: 
 
 
 def get_sigmas_vp(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3) -> Tensor:
-    """Continuous VP schedule (Song et al. 2021) for t from 1 down to ``eps_s``; ``n`` sigmas and a final 0."""
+    """Continuous VP schedule (Song et al. 2021) for t from 1 down to ``eps_s``; ``n`` sigmas and a final 0.
+
+    ``sqrt(expm1(...))`` as ComfyUI (02159d8; k-diffusion writes ``exp(...) - 1``).
+    """
     t = torch.linspace(1, eps_s, n)
-    return _append_zero(torch.sqrt(torch.exp(beta_d * t**2 / 2 + beta_min * t) - 1))
+    return _append_zero(torch.sqrt(torch.special.expm1(beta_d * t**2 / 2 + beta_min * t)))
+
+
+def get_sigmas_laplace(n: int, sigma_min: float, sigma_max: float, mu: float = 0.0, beta: float = 0.5) -> Tensor:
+    """Laplace schedule of Tiankai et al. (2024): ``n`` sigmas in [sigma_min, sigma_max], *no* final 0.
+
+    log-sigma follows the inverse Laplace CDF around ``mu`` with scale ``beta`` (as ComfyUI, whose
+    LaplaceScheduler therefore ends sampling at sigma_min).
+    """
+    x = torch.linspace(0, 1, n)
+    lmb = mu - beta * torch.sign(0.5 - x) * torch.log(1 - 2 * torch.abs(0.5 - x) + 1e-5)
+    return torch.clamp(torch.exp(lmb), min=sigma_min, max=sigma_max)
 
 
 def _normal(s: DiscreteSchedule, steps: int, sgm: bool = False) -> Tensor:

@@ -86,7 +86,8 @@ def test_nodes_are_registered_with_comfy_signatures() -> None:
                  "ExponentialScheduler", "PolyexponentialScheduler", "BetaSamplingScheduler", "SDTurboScheduler",
                  "SplitSigmas", "SplitSigmasDenoise", "FlipSigmas", "SamplerEulerAncestral", "SamplerDPMPP_2M_SDE",
                  "SamplerDPMPP_3M_SDE", "SamplerDPMPP_SDE", "SamplerDPMPP_2S_Ancestral", "SamplerLMS",
-                 "SamplerDPMAdaptative", "SamplerEulerAncestralCFGPP", "SamplerSASolver"):
+                 "SamplerDPMAdaptative", "SamplerEulerAncestralCFGPP", "SamplerSASolver", "SamplerER_SDE",
+                 "LaplaceScheduler", "VPScheduler"):
         assert name in NODE_CLASS_MAPPINGS, name
     custom = NODE_CLASS_MAPPINGS["SamplerCustom"]
     assert custom.RETURN_TYPES == ("LATENT", "LATENT") and custom.RETURN_NAMES == ("output", "denoised_output")
@@ -159,6 +160,12 @@ def test_sampler_option_nodes_through_the_graph(session: Session) -> None:
         "model": ["4", 0], "eta": 1.0, "sde_start_percent": 0.2, "sde_end_percent": 0.8, "s_noise": 1.0,
         "predictor_order": 3, "corrector_order": 4, "use_pece": False, "simple_order_2": False}}
     assert torch.equal(latent(session, g), latent(session, ksampler("sa_solver")))
+
+
+def test_lcm_style_graph_equals_ksampler(session: Session) -> None:
+    """LCM-style sampling (lcm sampler, sgm_uniform, cfg 1) through SamplerCustom == KSampler."""
+    ref = latent(session, ksampler("lcm", steps=4, cfg=1.0, scheduler="sgm_uniform"))
+    assert torch.equal(latent(session, sampler_custom("lcm", steps=4, cfg=1.0, scheduler="sgm_uniform")), ref)
 
 
 def test_wrong_values_name_what_arrived_and_the_fix(session: Session) -> None:

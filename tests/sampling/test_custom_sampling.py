@@ -33,6 +33,7 @@ from comfy_notebook.sampling import (
 from comfy_notebook.sampling.schedules import (
     get_sigmas_exponential,
     get_sigmas_karras,
+    get_sigmas_laplace,
     get_sigmas_polyexponential,
     get_sigmas_vp,
 )
@@ -81,7 +82,21 @@ def test_range_schedulers_equal_k_diffusion(kdiff, n):
     for rho in (1.0, 2.5):
         assert torch.equal(get_sigmas_polyexponential(n, smin, smax, rho),
                            kdiff.get_sigmas_polyexponential(n, smin, smax, rho))
-    assert torch.equal(get_sigmas_vp(n, 19.9, 0.1, 1e-3), kdiff.get_sigmas_vp(n, 19.9, 0.1, 1e-3))
+    # ComfyUI computes sqrt(expm1(.)) where k-diffusion has exp(.) - 1 (which cancels near t = eps_s)
+    vp, ref = get_sigmas_vp(n, 19.9, 0.1, 1e-3), kdiff.get_sigmas_vp(n, 19.9, 0.1, 1e-3)
+    t = torch.linspace(1, 1e-3, n).double()
+    exact = torch.cat([torch.sqrt(torch.expm1(19.9 * t**2 / 2 + 0.1 * t)), torch.zeros(1, dtype=torch.float64)])
+    torch.testing.assert_close(vp.double(), exact, rtol=2e-6, atol=0)
+    torch.testing.assert_close(vp, ref, rtol=1e-3, atol=0)
+
+
+def test_laplace_sigmas_hand_computed():
+    sig = get_sigmas_laplace(5, 0.03, 14.6, mu=0.0, beta=0.5)
+    x = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    lmb = -0.5 * torch.sign(0.5 - x) * torch.log(1 - 2 * (0.5 - x).abs() + 1e-5)
+    torch.testing.assert_close(sig, lmb.exp().clamp(0.03, 14.6), rtol=1e-6, atol=0)
+    assert len(sig) == 5 and float(sig[0]) == pytest.approx(14.6) and float(sig[-1]) == pytest.approx(0.03)
+    assert float(sig[2]) == pytest.approx(1.0)  # the median sits at exp(mu)
 
 
 @pytest.mark.parametrize("scheduler", ["normal", "karras", "simple", "exponential", "beta", "sgm_uniform"])
@@ -218,6 +233,22 @@ def test_lms_order_one_is_euler():
     torch.testing.assert_close(one, euler, rtol=1e-5, atol=1e-5)
     four, _ = core(sampler="lms")
     assert not torch.allclose(four, euler, atol=1e-4)
+
+
+def test_er_sde_noise_scaler_option():
+    from comfy_notebook.nodes.sampler_options import SamplerER_SDE
+
+    (default,) = SamplerER_SDE().get_sampler("ER-SDE", 3, 1.0, 1.0)
+    assert torch.equal(core(sampler=default)[0], core(sampler="er_sde")[0])  # eta 1 is the built-in scaler
+    (ode,) = SamplerER_SDE().get_sampler("ER-SDE", 3, 0.0, 1.0)
+    assert ode.options["s_noise"] == 0.0
+    noise = RandomNoise(5).generate_noise({"samples": torch.zeros(1, 4, 8, 8)})
+    a, b = core(sampler=ode, noise=noise, seed=1)[0], core(sampler=ode, noise=noise, seed=2)[0]
+    assert torch.equal(a, b)  # deterministic: the per-step seed no longer matters
+    c, d = core(sampler=default, noise=noise, seed=1)[0], core(sampler=default, noise=noise, seed=2)[0]
+    assert not torch.equal(c, d)
+    (rev,) = SamplerER_SDE().get_sampler("Reverse-time SDE", 3, 1.0, 1.0)
+    assert not torch.allclose(core(sampler=rev)[0], core(sampler=default)[0])
 
 
 def test_dpm_adaptive_eta_equals_k_diffusion(kdiff, nonlinear):
