@@ -226,3 +226,28 @@ def test_turbo_prompt_cache_reruns_only_what_changed(session: Session) -> None:
     changed = session.run_prompt(turbo_prompt(2))
     assert changed.executed == {"13", "8", "27"}
     assert not torch.equal(changed.outputs["8"][0], first.outputs["8"][0])
+
+
+def test_real_mode_cell_equals_the_prompt(root: pathlib.Path) -> None:
+    """The turbo graph as notebook calls: SIGMAS display, two outputs, the prompt's latent."""
+    import comfy_notebook._session as session_module
+    from comfy_notebook.realmode import node_function as n
+
+    previous = session_module._current
+    s = session_module.use_session(new_session(root, "realmode"))
+    s.options = {"progress": False}
+    try:
+        model, clip, _vae = n("CheckpointLoaderSimple")(CKPT)
+        text = turbo_prompt()["6"]["inputs"]["text"]
+        pos, neg = n("CLIPTextEncode")(text, clip), n("CLIPTextEncode")("text, watermark", clip)
+        sigmas = n("SDTurboScheduler")(model, 1, 1.0)
+        assert repr(sigmas).startswith("<SIGMAS from SDTurboScheduler: 1 steps: 14.61, 0>")
+        sampler = n("KSamplerSelect")("euler_ancestral")
+        assert "euler_ancestral" in repr(sampler)
+        out, denoised = n("SamplerCustom")(model, True, 0, 1.0, pos, neg, sampler, sigmas,
+                                           n("EmptyLatentImage")(64, 64, 1))
+        ref = new_session(root, "realmode_ref").run_prompt(turbo_prompt(), targets=["13"]).outputs["13"]
+        assert torch.equal(out.value["samples"], ref[0]["samples"])
+        assert torch.equal(denoised.value["samples"], ref[1]["samples"])
+    finally:
+        session_module._current = previous
