@@ -30,6 +30,7 @@ from comfy_notebook.sampling import (
     Guidance,
     SamplerSpec,
     SamplingConfigError,
+    add_noise,
     basic_sigmas,
     beta_sigmas,
     flip_sigmas,
@@ -234,6 +235,28 @@ class RandomNoise:
         return (SeededNoise(int(noise_seed)),)
 
 
+class AddNoise:
+    """Noise a latent to the span of SIGMAS with the model's noise scaling (for unsampling tests)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"model": ("MODEL",), "noise": ("NOISE",), "sigmas": ("SIGMAS",),
+                             "latent_image": ("LATENT",)}}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "add_noise"
+    CATEGORY = "_for_testing/custom_sampling/noise"
+
+    def add_noise(self, model: ModelValue, noise: Any, sigmas: Tensor,
+                  latent_image: dict[str, Any]) -> tuple[dict[str, Any]]:
+        sigmas = _check_sigmas(sigmas)
+        if len(sigmas) == 0:
+            return (latent_image,)
+        noisy = add_noise(latent_image["samples"], noise.generate_noise(latent_image), sigmas,
+                          latent_scale=model.family.latent_scale)
+        return ({**latent_image, "samples": noisy},)
+
+
 # -- samplers and schedulers ---------------------------------------------------------------------
 class KSamplerSelect:
     """A SAMPLER by name, with its default options."""
@@ -434,6 +457,7 @@ _NODES: Mapping[str, type] = {
     "BasicGuider": BasicGuider,
     "RandomNoise": RandomNoise,
     "DisableNoise": DisableNoise,
+    "AddNoise": AddNoise,
     "SamplerCustomAdvanced": SamplerCustomAdvanced,
 }
 NODE_CLASS_MAPPINGS = dict(_NODES)

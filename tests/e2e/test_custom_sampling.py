@@ -87,7 +87,7 @@ def test_nodes_are_registered_with_comfy_signatures() -> None:
                  "SplitSigmas", "SplitSigmasDenoise", "FlipSigmas", "SamplerEulerAncestral", "SamplerDPMPP_2M_SDE",
                  "SamplerDPMPP_3M_SDE", "SamplerDPMPP_SDE", "SamplerDPMPP_2S_Ancestral", "SamplerLMS",
                  "SamplerDPMAdaptative", "SamplerEulerAncestralCFGPP", "SamplerSASolver", "SamplerER_SDE",
-                 "LaplaceScheduler", "VPScheduler"):
+                 "LaplaceScheduler", "VPScheduler", "AddNoise"):
         assert name in NODE_CLASS_MAPPINGS, name
     custom = NODE_CLASS_MAPPINGS["SamplerCustom"]
     assert custom.RETURN_TYPES == ("LATENT", "LATENT") and custom.RETURN_NAMES == ("output", "denoised_output")

@@ -17,6 +17,7 @@ from comfy_notebook.sampling import (
     RandomNoise,
     SamplerSpec,
     SamplingConfigError,
+    add_noise,
     basic_sigmas,
     beta_sigmas,
     calculate_sigmas,
@@ -145,6 +146,18 @@ def test_split_and_flip_sigmas():
 
 
 # -- noise and sampler values ----------------------------------------------------------------------
+def test_add_noise_scaling():
+    lat = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(4))
+    noise = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(5))
+    sig = torch.tensor([6.0, 2.0, 0.5])
+    torch.testing.assert_close(add_noise(lat, noise, sig, latent_scale=0.5), (noise * 5.5 + lat * 0.5) / 0.5)
+    torch.testing.assert_close(add_noise(torch.zeros(1, 4, 3, 3), noise, sig[:1], latent_scale=0.5), noise * 12.0)
+    assert add_noise(lat, noise, torch.zeros(0), latent_scale=0.5) is lat
+    bad = noise.clone()
+    bad[0, 0, 0, 0] = float("inf")
+    assert float(add_noise(lat, bad, sig, latent_scale=0.5)[0, 0, 0, 0]) == 0.0
+
+
 def test_noise_values():
     lat = {"samples": torch.zeros(2, 4, 3, 3), "batch_index": [3, 1]}
     assert torch.equal(RandomNoise(11).generate_noise(lat), prepare_noise(lat["samples"], 11, [3, 1]))
