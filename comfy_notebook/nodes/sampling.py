@@ -24,6 +24,13 @@ def scheduler_names() -> list[str]:
     return list(SCHEDULERS)
 
 
+def _graphs_option(ctx: Any) -> bool | None:
+    """``session.options["cuda_graphs"]``: True / False, or unset (None: on where CUDA captures)."""
+    session = ctx.services.get("session")
+    value = getattr(session, "options", {}).get("cuda_graphs")
+    return None if value is None else bool(value)
+
+
 def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..., T], *,
                     evaluates_negative: bool = True) -> T:
     """``body(apply_model, callback=..., **facts)`` with the UNet on the compute device.
@@ -42,9 +49,11 @@ def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..
     def run(unet: Any) -> T:
         weight_dtype = model.ref.base.dtype
 
-        def apply_model(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
+        def eager(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
             return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
 
+        # captured as a CUDA graph per shape where possible (runtime.graphs); eager otherwise
+        apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=_graphs_option(ctx))
         return body(apply_model, callback=callback, **model_facts(model))
 
     return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=evaluates_negative)

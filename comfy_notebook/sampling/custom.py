@@ -97,6 +97,7 @@ class SamplerSpec:
         elif kind in ("sde", "sde_gpu") and len(sigmas) > 1:
             noise_sampler = BrownianTreeNoiseSampler(
                 x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seed, cpu=cpu_noise or kind == "sde")
+            noise_sampler.know(sigmas)  # per-step times from a host copy: no sync per step
         options = dict(self.options)
         if self.name in SAMPLER_NEEDS_SCHEDULE and "schedule" not in options:
             options["schedule"] = schedule
