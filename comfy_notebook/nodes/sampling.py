@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from comfy_notebook.engine import current_context
@@ -26,7 +26,8 @@ def scheduler_names() -> list[str]:
 
 def _graphs_option(ctx: Any) -> bool | None:
     """``session.options["cuda_graphs"]``: True / False, or unset (None: on where CUDA captures)."""
-    session = ctx.services.get("session")
+    services = ctx.services  # the run's typed Services (a plain mapping from older callers)
+    session = services.get("session") if isinstance(services, Mapping) else getattr(services, "session", None)
     value = getattr(session, "options", {}).get("cuda_graphs")
     return None if value is None else bool(value)
 

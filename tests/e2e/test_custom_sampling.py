@@ -123,6 +123,19 @@ def test_denoised_output_and_cfg_one_basic_guider(session: Session) -> None:
     assert torch.equal(latent(session, g2), out["samples"])
 
 
+def test_dual_cfg_guider_reduces_to_cfg_when_cond2_is_the_negative(session: Session) -> None:
+    ref = latent(session, ksampler("euler"))
+    g = advanced("euler")
+    g["9"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, dark", "clip": ["4", 1]}}
+    g["13"] = {"class_type": "DualCFGGuider", "inputs": {
+        "model": ["4", 0], "cond1": ["6", 0], "cond2": ["7", 0], "negative": ["9", 0], "cfg_conds": 5.0,
+        "cfg_cond2_negative": 1.0, "style": "regular"}}
+    # at cfg_cond2_negative 1 the negative is not evaluated: CFG of cond1 against cond2
+    torch.testing.assert_close(latent(session, g), ref, rtol=1e-4, atol=1e-4)
+    g["13"]["inputs"]["cfg_cond2_negative"] = 3.0  # the negative now pulls too: a different image
+    assert not torch.allclose(latent(session, g), ref, atol=1e-3)
+
+
 def test_disable_noise_split_sigmas_two_stage_equals_ksampler_advanced(session: Session) -> None:
     ref = base_graph()
     common = {"model": ["4", 0], "steps": 6, "cfg": 5.0, "sampler_name": "euler_ancestral", "scheduler": "normal",
@@ -251,3 +264,24 @@ def test_real_mode_cell_equals_the_prompt(root: pathlib.Path) -> None:
         assert torch.equal(denoised.value["samples"], ref[1]["samples"])
     finally:
         session_module._current = previous
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde_gpu", "dpmpp_2m"])
+def test_on_cuda_sampler_custom_equals_ksampler(root: pathlib.Path, sampler: str) -> None:
+    """On the GPU (device generators, Brownian trees on the device, captured steps): still equal."""
+    from comfy_notebook.runtime.devices import DevicePolicy
+    from comfy_notebook.runtime.manager import ModelManager
+
+    s = new_session(root, "cuda")
+    s.services.models = ModelManager(DevicePolicy.cuda(0))
+    ref = latent(s, ksampler(sampler))
+    assert torch.isfinite(ref).all()
+    assert torch.equal(latent(s, sampler_custom(sampler)), ref)
+    assert torch.equal(latent(s, advanced(sampler)), ref)
+    g = advanced(sampler)
+    g["13"] = {"class_type": "DualCFGGuider", "inputs": {
+        "model": ["4", 0], "cond1": ["6", 0], "cond2": ["7", 0], "negative": ["7", 0], "cfg_conds": 5.0,
+        "cfg_cond2_negative": 1.0, "style": "regular"}}
+    # cond2 == negative: dual CFG reduces to CFG at cfg_conds (up to the batching of the lists)
+    torch.testing.assert_close(latent(s, g), ref, rtol=1e-3, atol=1e-3)
