@@ -20,8 +20,11 @@ from typing import Any
 # Node modules of the pack, in the order their nodes are listed.
 _MODULES = (
     "loaders",
+    "component_loaders",
     "conditioning",
+    "conditioning_sdxl",
     "sampling",
+    "model_sampling",
     "custom_sampling",
     "sampler_options",
     "vae",

@@ -253,7 +253,7 @@ class AddNoise:
         if len(sigmas) == 0:
             return (latent_image,)
         noisy = add_noise(latent_image["samples"], noise.generate_noise(latent_image), sigmas,
-                          latent_scale=model.family.latent_scale)
+                          model_sampling=model.model_sampling, latent_format=model.latent_format)
         return ({**latent_image, "samples": noisy},)
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from comfy_notebook.engine import current_context
@@ -26,8 +26,7 @@ def scheduler_names() -> list[str]:
 
 def _graphs_option(ctx: Any) -> bool | None:
     """``session.options["cuda_graphs"]``: True / False, or unset (None: on where CUDA captures)."""
-    services = ctx.services  # the run's typed Services (a plain mapping from older callers)
-    session = services.get("session") if isinstance(services, Mapping) else getattr(services, "session", None)
+    session = getattr(ctx.services, "session", None)
     value = getattr(session, "options", {}).get("cuda_graphs")
     return None if value is None else bool(value)
 
@@ -36,8 +35,9 @@ def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..
                     evaluates_negative: bool = True) -> T:
     """``body(apply_model, callback=..., **facts)`` with the UNet on the compute device.
 
-    ``facts`` are what the sampling core needs to know about ``model`` (prediction, schedule,
-    latent scale, device, input channels); progress and interrupts go through the node context.
+    ``facts`` are what the sampling core needs to know about ``model`` (its model sampling,
+    latent format, device and extra model inputs); progress and interrupts go through the node
+    context.
     ``evaluates_negative`` sizes the memory estimate (a doubled batch per step).
     """
     ctx = current_context()
@@ -62,9 +62,8 @@ def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..
 
 def model_facts(model: ModelValue) -> dict[str, Any]:
     """The sampling core's keywords that describe ``model`` (the one place that reads them)."""
-    return {"prediction": model.family.prediction, "schedule": model.schedule,
-            "latent_scale": model.family.latent_scale, "device": model.manager.device,
-            "in_channels": model.in_channels}
+    return {"model_sampling": model.model_sampling, "latent_format": model.latent_format,
+            "device": model.manager.device, "model_inputs": model.model_inputs()}
 
 
 def common_ksampler(

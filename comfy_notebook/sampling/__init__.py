@@ -19,7 +19,8 @@ from comfy_notebook.sampling.denoisers import (
     resolve_conditioning,
 )
 from comfy_notebook.sampling.guidance import DualCFGDenoiser, Guidance
-from comfy_notebook.sampling.ksampler import ksample, prepare_mask, sample_sigmas
+from comfy_notebook.sampling.ksampler import inpaint_inputs, ksample, prepare_mask, sample_sigmas
+from comfy_notebook.sampling.model_sampling import EPS, LCM, X0, ModelSampling, VPrediction
 from comfy_notebook.sampling.noise import (
     BrownianTreeNoiseSampler,
     default_noise_sampler,
@@ -44,11 +45,14 @@ from comfy_notebook.sampling.schedules import (
 
 __all__ = [
     "DISCARD_PENULTIMATE_SIGMA_SAMPLERS",
+    "EPS",
+    "LCM",
     "SAMPLERS",
     "SAMPLER_NEEDS_SCHEDULE",
     "SAMPLER_NEEDS_UNCOND",
     "SAMPLER_NOISE",
     "SCHEDULERS",
+    "X0",
     "BrownianTreeNoiseSampler",
     "CFGDenoiser",
     "CondEntry",
@@ -58,16 +62,19 @@ __all__ = [
     "Guidance",
     "GuidedDenoiser",
     "ModelDenoiser",
+    "ModelSampling",
     "RandomNoise",
     "SamplerSpec",
     "SamplingConfigError",
     "StepInfo",
+    "VPrediction",
     "add_noise",
     "basic_sigmas",
     "beta_sigmas",
     "calculate_sigmas",
     "default_noise_sampler",
     "flip_sigmas",
+    "inpaint_inputs",
     "ksample",
     "ksampler_sigmas",
     "prepare_mask",

@@ -145,21 +145,22 @@ class EmptyNoise:
         return torch.zeros(samples.shape, dtype=samples.dtype, device="cpu")
 
 
-def add_noise(samples: Tensor, noise: Tensor, sigmas: Tensor, *, latent_scale: float) -> Tensor:
+def add_noise(samples: Tensor, noise: Tensor, sigmas: Tensor, *, model_sampling: Any, latent_format: Any) -> Tensor:
     """``AddNoise``: ``samples`` noised to the span of ``sigmas``, in ComfyUI scale.
 
-    The noise level is ``|sigmas[0] - sigmas[-1]|`` (one sigma: that sigma); the model's noise
-    scaling (discrete models: ``latent + noise * sigma``) applies in model scale, non-finite
-    values become 0.  Empty ``sigmas``: ``samples`` unchanged.
+    The noise level is ``|sigmas[0] - sigmas[-1]|`` (one sigma: that sigma); the model
+    sampling's noise scaling (diffusion models: ``latent + noise * sigma``; flow models:
+    ``sigma * noise + (1 - sigma) * latent``) applies in model scale, non-finite values become 0.
+    Empty ``sigmas``: ``samples`` unchanged.
     """
     if len(sigmas) == 0:
         return samples
     scale = (sigmas[0] - sigmas[-1]).abs() if len(sigmas) > 1 else sigmas[0]
     x0 = samples.float()
     if torch.count_nonzero(x0) > 0:  # an empty latent is not scaled (as ComfyUI)
-        x0 = x0 * latent_scale
-    noisy = noise.float() * scale.float() + x0
-    return torch.nan_to_num(noisy / latent_scale, nan=0.0, posinf=0.0, neginf=0.0)
+        x0 = latent_format.process_in(x0)
+    noisy = latent_format.process_out(model_sampling.noise_scaling(scale.float(), noise.float(), x0))
+    return torch.nan_to_num(noisy, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 # -- SIGMAS ----------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+from comfy_notebook.families.base import LatentFormat
+from comfy_notebook.families.sd1 import SD15_LATENT
 from comfy_notebook.sampling import (
     DiscreteSchedule,
     DualCFGDenoiser,
@@ -31,6 +33,7 @@ from comfy_notebook.sampling import (
     split_sigmas,
     split_sigmas_denoise,
 )
+from comfy_notebook.sampling.model_sampling import ModelSampling
 from comfy_notebook.sampling.schedules import (
     get_sigmas_exponential,
     get_sigmas_karras,
@@ -40,6 +43,7 @@ from comfy_notebook.sampling.schedules import (
 )
 
 S = DiscreteSchedule()
+MS = ModelSampling(S)
 POS, NEG, MID = [[torch.full((1, 77, 8), 1.0), {}]], [[torch.full((1, 77, 8), -1.0), {}]], [[torch.full((1, 77, 8), 0.3), {}]]
 
 
@@ -62,12 +66,12 @@ def core(*, latent=None, noise=None, sigmas=None, guidance=None, sampler="euler"
     sigmas = basic_sigmas(S, "karras", 5) if sigmas is None else sigmas
     guidance = guidance or Guidance.cfg_guided(POS, NEG, 5.0)
     sampler = sampler if isinstance(sampler, SamplerSpec) else SamplerSpec(sampler)
-    return sample_sigmas(model or Stub(), prediction="eps", schedule=S, latent=latent, noise=noise, sigmas=sigmas,
-                         guidance=guidance, sampler=sampler, seed=seed, **kw)
+    return sample_sigmas(model or Stub(), model_sampling=MS, latent_format=SD15_LATENT, latent=latent, noise=noise,
+                         sigmas=sigmas, guidance=guidance, sampler=sampler, seed=seed, **kw)
 
 
 def kref(**kw):
-    base = dict(prediction="eps", schedule=S, latent={"samples": torch.zeros(1, 4, 8, 8)}, positive=POS,
+    base = dict(model_sampling=MS, latent_format=SD15_LATENT, latent={"samples": torch.zeros(1, 4, 8, 8)}, positive=POS,
                 negative=NEG, seed=7, steps=5, cfg=5.0, sampler_name="euler", scheduler="karras")
     base.update(kw)
     return ksample(Stub(), **base)["samples"]
@@ -150,12 +154,14 @@ def test_add_noise_scaling():
     lat = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(4))
     noise = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(5))
     sig = torch.tensor([6.0, 2.0, 0.5])
-    torch.testing.assert_close(add_noise(lat, noise, sig, latent_scale=0.5), (noise * 5.5 + lat * 0.5) / 0.5)
-    torch.testing.assert_close(add_noise(torch.zeros(1, 4, 3, 3), noise, sig[:1], latent_scale=0.5), noise * 12.0)
-    assert add_noise(lat, noise, torch.zeros(0), latent_scale=0.5) is lat
+    fmt = LatentFormat("half", scale_factor=0.5)
+    kw = {"model_sampling": MS, "latent_format": fmt}
+    torch.testing.assert_close(add_noise(lat, noise, sig, **kw), (noise * 5.5 + lat * 0.5) / 0.5)
+    torch.testing.assert_close(add_noise(torch.zeros(1, 4, 3, 3), noise, sig[:1], **kw), noise * 12.0)
+    assert add_noise(lat, noise, torch.zeros(0), **kw) is lat
     bad = noise.clone()
     bad[0, 0, 0, 0] = float("inf")
-    assert float(add_noise(lat, bad, sig, latent_scale=0.5)[0, 0, 0, 0]) == 0.0
+    assert float(add_noise(lat, bad, sig, **kw)[0, 0, 0, 0]) == 0.0
 
 
 def test_noise_values():
@@ -295,7 +301,7 @@ def test_cfg_one_never_evaluates_the_negative():
 
 def _dual(cfg1, cfg2, nested=False, keep=False):
     model = Stub()
-    den = ModelDenoiser(model, S, "eps")
+    den = ModelDenoiser(model, MS)
     pos, mid, neg = (resolve_conditioning(c, [], (8, 8), S)[0] for c in (POS, MID, NEG))
     return DualCFGDenoiser(den, pos, mid, neg, cfg1=cfg1, cfg2=cfg2, nested=nested, keep_uncond=keep), den, model
 
