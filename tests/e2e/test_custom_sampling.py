@@ -16,12 +16,14 @@ from comfy_notebook.sampling import RandomNoise, SamplerSpec, SamplingConfigErro
 from comfy_notebook.testing import make_checkpoint
 
 CKPT = "tiny.safetensors"
+CKPT_XL = "tiny_xl.safetensors"  # the tiny SDXL preset (the turbo example's family)
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     base = tmp_path_factory.mktemp("comfy")
     make_checkpoint(base / "models" / "checkpoints" / CKPT, preset="sd1-tiny", seed=0)
+    make_checkpoint(base / "models" / "checkpoints" / CKPT_XL, preset="sdxl", seed=0)
     return base
 
 
@@ -199,8 +201,8 @@ def test_wrong_values_name_what_arrived_and_the_fix(session: Session) -> None:
 
 
 # -- ComfyUI's SDXL-Turbo example prompt (SamplerCustom + SDTurboScheduler, cfg 1) ------------------
-def turbo_prompt(seed: int = 0) -> dict[str, Any]:
-    """The graph of ComfyUI's sdturbo example (node ids as published), on the tiny checkpoint."""
+def turbo_prompt(seed: int = 0, ckpt: str = CKPT_XL) -> dict[str, Any]:
+    """The graph of ComfyUI's sdturbo example (node ids as published), on a tiny checkpoint."""
     return {
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {
@@ -212,15 +214,16 @@ def turbo_prompt(seed: int = 0) -> dict[str, Any]:
             "add_noise": True, "noise_seed": seed, "cfg": 1.0, "model": ["20", 0], "positive": ["6", 0],
             "negative": ["7", 0], "sampler": ["14", 0], "sigmas": ["22", 0], "latent_image": ["5", 0]}},
         "14": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler_ancestral"}},
-        "20": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "20": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "22": {"class_type": "SDTurboScheduler", "inputs": {"steps": 1, "denoise": 1.0, "model": ["20", 0]}},
         "27": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
     }
 
 
-def test_sdxl_turbo_example_prompt_is_bit_identical_across_sessions(root: pathlib.Path) -> None:
-    a = new_session(root, "turbo_a").run_prompt(turbo_prompt())
-    b = new_session(root, "turbo_b").run_prompt(turbo_prompt())
+@pytest.mark.parametrize("ckpt", [CKPT_XL, CKPT])
+def test_sdxl_turbo_example_prompt_is_bit_identical_across_sessions(root: pathlib.Path, ckpt: str) -> None:
+    a = new_session(root, "turbo_a").run_prompt(turbo_prompt(ckpt=ckpt))
+    b = new_session(root, "turbo_b").run_prompt(turbo_prompt(ckpt=ckpt))
     assert a.executed == set(turbo_prompt())
     image = a.outputs["8"][0]
     assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()
@@ -228,15 +231,21 @@ def test_sdxl_turbo_example_prompt_is_bit_identical_across_sessions(root: pathli
     assert len(a.ui["27"]["images"]) == 1
     # one step at timestep 999 from ComfyUI's seed-0 noise, equal to KSampler at the same sigmas
     s = new_session(root, "turbo_c")
-    lat = s.run_prompt(turbo_prompt(), targets=["13"]).outputs["13"][0]["samples"]
+    lat = s.run_prompt(turbo_prompt(ckpt=ckpt), targets=["13"]).outputs["13"][0]["samples"]
     assert torch.equal(lat, a.outputs["13"][0]["samples"])
+    # equal to KSampler at the same sigma (SDTurboScheduler's timestep 999 is the schedule's top)
+    ks = turbo_prompt(ckpt=ckpt)
+    ks["13"] = {"class_type": "KSampler", "inputs": {
+        "model": ["20", 0], "seed": 0, "steps": 1, "cfg": 1.0, "sampler_name": "euler_ancestral",
+        "scheduler": "simple", "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0], "denoise": 1.0}}
+    assert torch.equal(s.run_prompt(ks, targets=["13"]).outputs["13"][0]["samples"], lat)
 
 
 def test_turbo_prompt_cache_reruns_only_what_changed(session: Session) -> None:
-    first = session.run_prompt(turbo_prompt(1))
-    again = session.run_prompt(turbo_prompt(1))
+    first = session.run_prompt(turbo_prompt(1, CKPT))
+    again = session.run_prompt(turbo_prompt(1, CKPT))
     assert again.executed == set() and "13" in again.cached
-    changed = session.run_prompt(turbo_prompt(2))
+    changed = session.run_prompt(turbo_prompt(2, CKPT))
     assert changed.executed == {"13", "8", "27"}
     assert not torch.equal(changed.outputs["8"][0], first.outputs["8"][0])
 
@@ -259,7 +268,7 @@ def test_real_mode_cell_equals_the_prompt(root: pathlib.Path) -> None:
         assert "euler_ancestral" in repr(sampler)
         out, denoised = n("SamplerCustom")(model, True, 0, 1.0, pos, neg, sampler, sigmas,
                                            n("EmptyLatentImage")(64, 64, 1))
-        ref = new_session(root, "realmode_ref").run_prompt(turbo_prompt(), targets=["13"]).outputs["13"]
+        ref = new_session(root, "realmode_ref").run_prompt(turbo_prompt(ckpt=CKPT), targets=["13"]).outputs["13"]
         assert torch.equal(out.value["samples"], ref[0]["samples"])
         assert torch.equal(denoised.value["samples"], ref[1]["samples"])
     finally:
