@@ -233,12 +233,14 @@ def test_sdxl_turbo_example_prompt_is_bit_identical_across_sessions(root: pathli
     s = new_session(root, "turbo_c")
     lat = s.run_prompt(turbo_prompt(ckpt=ckpt), targets=["13"]).outputs["13"][0]["samples"]
     assert torch.equal(lat, a.outputs["13"][0]["samples"])
-    # equal to KSampler at the same sigma (SDTurboScheduler's timestep 999 is the schedule's top)
+    # KSampler at the schedule's top sigma: the same step up to the last bits of that sigma
+    # (SDTurboScheduler reads sigma(999) as exp(log sigma), as ComfyUI; "simple" reads the table)
     ks = turbo_prompt(ckpt=ckpt)
     ks["13"] = {"class_type": "KSampler", "inputs": {
         "model": ["20", 0], "seed": 0, "steps": 1, "cfg": 1.0, "sampler_name": "euler_ancestral",
         "scheduler": "simple", "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0], "denoise": 1.0}}
-    assert torch.equal(s.run_prompt(ks, targets=["13"]).outputs["13"][0]["samples"], lat)
+    ref = s.run_prompt(ks, targets=["13"]).outputs["13"][0]["samples"]
+    torch.testing.assert_close(ref, lat, rtol=1e-5, atol=1e-3)
 
 
 def test_turbo_prompt_cache_reruns_only_what_changed(session: Session) -> None:
