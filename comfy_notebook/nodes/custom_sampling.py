@@ -33,6 +33,7 @@ from comfy_notebook.sampling import (
     add_noise,
     basic_sigmas,
     beta_sigmas,
+    fix_empty_latent_channels,
     flip_sigmas,
     sample_sigmas,
     sd_turbo_sigmas,
@@ -90,6 +91,7 @@ def custom_sample(noise: Any, guider: Guider, sampler: SamplerSpec, sigmas: Tens
         raise SamplingConfigError(f"noise must be a NOISE (with generate_noise), received {type(noise).__name__}. "
                                   "Fix: connect RandomNoise or DisableNoise.")
     latent = dict(latent_image)
+    latent["samples"] = fix_empty_latent_channels(latent["samples"], guider.model.latent_format.channels)
     initial = noise.generate_noise(latent)
 
     def body(apply_model: Any, **facts: Any) -> tuple[Tensor, Tensor | None]:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from comfy_notebook.engine import current_context
 from comfy_notebook.runtime.values import ModelValue
-from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, ksample
+from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, fix_empty_latent_channels, ksample
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 T = TypeVar("T")
@@ -73,6 +73,7 @@ def common_ksampler(
     force_full_denoise: bool = False,
 ) -> dict[str, Any]:
     """Sample ``latent`` with ``model``; progress and interrupts go through the node context."""
+    latent = {**latent, "samples": fix_empty_latent_channels(latent["samples"], model.latent_format.channels)}
 
     def body(apply_model: Any, **facts: Any) -> dict[str, Any]:
         return ksample(

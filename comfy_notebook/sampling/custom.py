@@ -44,6 +44,7 @@ __all__ = [
     "add_noise",
     "basic_sigmas",
     "beta_sigmas",
+    "fix_empty_latent_channels",
     "flip_sigmas",
     "sd_turbo_sigmas",
     "split_sigmas",
@@ -143,6 +144,14 @@ class EmptyNoise:
         """Zeros of the samples' shape and dtype on the CPU."""
         samples = _samples(input_latent)
         return torch.zeros(samples.shape, dtype=samples.dtype, device="cpu")
+
+
+def fix_empty_latent_channels(samples: Tensor, channels: int) -> Tensor:
+    """An all-zero latent with the wrong channel count becomes zeros with ``channels`` (ComfyUI's
+    ``fix_empty_latent_channels``: an empty latent of one family works with another's model)."""
+    if samples.ndim == 4 and samples.shape[1] != channels and torch.count_nonzero(samples) == 0:
+        return samples.new_zeros((samples.shape[0], channels, *samples.shape[2:]))
+    return samples
 
 
 def add_noise(samples: Tensor, noise: Tensor, sigmas: Tensor, *, model_sampling: Any, latent_format: Any) -> Tensor:

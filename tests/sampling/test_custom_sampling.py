@@ -23,6 +23,7 @@ from comfy_notebook.sampling import (
     basic_sigmas,
     beta_sigmas,
     calculate_sigmas,
+    fix_empty_latent_channels,
     flip_sigmas,
     ksample,
     ksampler_sigmas,
@@ -162,6 +163,15 @@ def test_add_noise_scaling():
     bad = noise.clone()
     bad[0, 0, 0, 0] = float("inf")
     assert float(add_noise(lat, bad, sig, **kw)[0, 0, 0, 0]) == 0.0
+
+
+def test_fix_empty_latent_channels():
+    empty = torch.zeros(2, 4, 3, 5)
+    fixed = fix_empty_latent_channels(empty, 16)
+    assert fixed.shape == (2, 16, 3, 5) and not fixed.any()
+    assert fix_empty_latent_channels(empty, 4) is empty
+    full = torch.ones(2, 4, 3, 5)
+    assert fix_empty_latent_channels(full, 16) is full  # only an empty latent is resized
 
 
 def test_noise_values():
