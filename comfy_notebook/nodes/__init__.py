@@ -26,6 +26,7 @@ _MODULES = (
     "sampling",
     "model_sampling",
     "custom_sampling",
+    "sigmas",
     "sampler_options",
     "vae",
     "latent",

@@ -184,7 +184,8 @@ def test_lcm_style_graph_equals_ksampler(session: Session) -> None:
 
 
 def test_wrong_values_name_what_arrived_and_the_fix(session: Session) -> None:
-    from comfy_notebook.nodes.custom_sampling import SamplerCustomAdvanced, SplitSigmas
+    from comfy_notebook.nodes.custom_sampling import SamplerCustomAdvanced
+    from comfy_notebook.nodes.sigmas import SplitSigmas
 
     with pytest.raises(SamplingConfigError, match=r"guider must be a Guider, received object\. Fix: connect"):
         SamplerCustomAdvanced().sample(RandomNoise(0), object(), SamplerSpec("euler"),  # type: ignore[arg-type]
