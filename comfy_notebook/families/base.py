@@ -201,6 +201,11 @@ class Family:
     memory_factor:
         Activation-memory factor of one diffusion-model forward (see
         :func:`comfy_notebook.runtime.manager.estimate_unet_memory`).
+    merge_blocks:
+        The per-block ratio inputs of ComfyUI's ``ModelMerge<family>`` node: UNet key prefixes.
+    checkpoint_prefixes:
+        Component name -> key prefix in the single-file checkpoint ``CheckpointSave`` writes
+        (empty: saving this family is not supported yet, e.g. encoders kept in another layout).
     """
 
     name: str = ""
@@ -214,6 +219,8 @@ class Family:
     clip_types: Mapping[str, tuple[str, ...]] = {}
     lora_te_prefixes: Mapping[str, str] = {}
     memory_factor: float = 2.0
+    merge_blocks: tuple[str, ...] = ()
+    checkpoint_prefixes: Mapping[str, str] = {}
     #: cross-attention width of the released models (tells a LoRA's family from its shapes)
     context_dim: int | None = None
     #: LoRA key prefixes only this family's LoRAs use (kohya's two text encoders ...)

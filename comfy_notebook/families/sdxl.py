@@ -95,6 +95,11 @@ class SDXLFamily(Family):
     memory_factor = 1.6  # ComfyUI: 0.8 x SD1's
     context_dim = 2048
     lora_markers = ("lora_te1_", "lora_te2_", "text_encoder_2.")
+    # ComfyUI's ModelMergeSDXL inputs (nodes_model_merging_model_specific.py, a125cd8): nine
+    # input/output blocks, so no trailing dot is needed, and ComfyUI's names have none
+    merge_blocks = ("time_embed.", "label_emb.", *(f"input_blocks.{i}" for i in range(9)),
+                    *(f"middle_block.{i}" for i in range(3)),
+                    *(f"output_blocks.{i}" for i in range(9)), "out.")
 
     def matches(self, survey: Survey) -> bool:
         if survey.has_prefix("conditioner.embedders.1."):
