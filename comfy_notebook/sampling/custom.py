@@ -83,13 +83,14 @@ class SamplerSpec:
         return self.name in SAMPLER_NEEDS_UNCOND
 
     def run(self, model: Any, x: Tensor, sigmas: Tensor, *, seed: int, callback: StepCallback | None = None,
-            cpu_noise: bool = False, schedule: Any = None) -> Tensor:
+            cpu_noise: bool = False, model_sampling: Any = None) -> Tensor:
         """Run the sampler from ``x`` (already noised to ``sigmas[0]``) down ``sigmas``.
 
         Per-step noise as ComfyUI prepares it for this sampler, seeded with ``seed``:
         ancestral samplers draw from a generator on ``x``'s device (``cpu_noise``: on the
         CPU), SDE samplers from a Brownian tree over the sigmas' range.  SA-Solver also gets
-        ``schedule`` (for its default stochastic window).
+        ``model_sampling`` as its ``schedule`` (for its default stochastic window).  This is
+        the one place that picks the sampler function for a model sampling.
         """
         kind = SAMPLER_NOISE.get(self.name)
         noise_sampler = None
@@ -101,7 +102,7 @@ class SamplerSpec:
             noise_sampler.know(sigmas)  # per-step times from a host copy: no sync per step
         options = dict(self.options)
         if self.name in SAMPLER_NEEDS_SCHEDULE and "schedule" not in options:
-            options["schedule"] = schedule
+            options["schedule"] = model_sampling
         with torch.no_grad():
             return SAMPLERS[self.name](model, x, sigmas, callback=callback, noise_sampler=noise_sampler, **options)
 

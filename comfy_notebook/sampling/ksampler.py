@@ -380,7 +380,8 @@ def sample_sigmas(
         if callback is not None:
             callback(info)
 
-    result = sampler.run(model, x, sigmas, seed=seed, callback=report, cpu_noise=cpu_noise, schedule=schedule)
+    result = sampler.run(model, x, sigmas, seed=seed, callback=report, cpu_noise=cpu_noise,
+                         model_sampling=model_sampling)
     result = model_sampling.inverse_noise_scaling(sigmas[-1], result.float())
     denoised = latent_format.process_out(last[0].float()).cpu() if last else None
     return latent_format.process_out(result).cpu(), denoised
