@@ -347,3 +347,38 @@ def test_dual_guidance_through_the_core_runs_cfg_pp_too():
     same, _ = core(guidance=Guidance.dual(POS, POS, NEG, 3.0, 5.0))
     torch.testing.assert_close(same, core()[0], rtol=1e-4, atol=1e-5)
     assert math.isclose(dual.cfg, 3.0) and dual.evaluates_negative
+
+
+class _FlowLike(ModelSampling):
+    """A model sampling with flow-matching noise scaling (as ComfyUI's CONST), over the same schedule."""
+
+    def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
+        return noise * sigma + latent_image * (1.0 - sigma)
+
+    def inverse_noise_scaling(self, sigma, latent):
+        return latent / (1.0 - sigma)
+
+
+def test_core_takes_noise_scaling_from_the_model_sampling():
+    """The custom-sampling core asks the MODEL's sampling object (flow models: sigma*noise + (1-sigma)*x)."""
+    flow = _FlowLike(S)
+    lat = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))}
+    noise = RandomNoise(3).generate_noise(lat)
+    sigmas = torch.tensor([0.8, 0.5, 0.2])  # ends above 0: the inverse scaling shows
+    seen = []
+    got, _ = sample_sigmas(Stub(), model_sampling=flow, latent_format=SD15_LATENT, latent=lat, noise=noise,
+                           sigmas=sigmas, guidance=Guidance.basic(POS), sampler=SamplerSpec("euler"), seed=3,
+                           callback=lambda info: seen.append(info.x))
+    x0 = lat["samples"] * 0.18215
+    torch.testing.assert_close(seen[0], noise * 0.8 + x0 * 0.2)
+    eps, _ = sample_sigmas(Stub(), model_sampling=MS, latent_format=SD15_LATENT, latent=lat, noise=noise,
+                           sigmas=sigmas, guidance=Guidance.basic(POS), sampler=SamplerSpec("euler"), seed=3)
+    assert not torch.allclose(got, eps)
+
+    class NoInverse(_FlowLike):
+        def inverse_noise_scaling(self, sigma, latent):
+            return latent
+
+    plain, _ = sample_sigmas(Stub(), model_sampling=NoInverse(S), latent_format=SD15_LATENT, latent=lat, noise=noise,
+                             sigmas=sigmas, guidance=Guidance.basic(POS), sampler=SamplerSpec("euler"), seed=3)
+    torch.testing.assert_close(got, plain / (1.0 - 0.2))  # the inverse scaling at sigmas[-1] = 0.2
