@@ -8,7 +8,7 @@ Rooms that do not exist yet (``backends``, ``interop``, ``families``) have their
 
 from __future__ import annotations
 
-__all__ = ["ALLOWED_UPWARD", "LAYERS", "room_of"]
+__all__ = ["ALLOWED_UPWARD", "FORBIDDEN", "LAYERS", "room_of"]
 
 # (room, module prefixes relative to ``comfy_notebook``), top first.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -35,6 +35,15 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {
     ("realmode.display", "widgets.preview"): (
         "the latent preview factors are a family fact; they move to families/ with the "
         "families work, and display then imports them from there"
+    ),
+}
+
+
+# Downward arrows that are still wrong: (importing room, imported room) -> why.
+FORBIDDEN: dict[tuple[str, str], str] = {
+    ("runtime", "sampling"): (
+        "runtime moves and patches models; noise schedules are built where sampling is called "
+        "(nodes/, later families/)"
     ),
 }
 

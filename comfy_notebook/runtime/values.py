@@ -16,7 +16,6 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import Any
 
 import torch
@@ -67,15 +66,6 @@ class ModelValue:
     def is_inpaint(self) -> bool:
         """Whether this is an inpainting model (ComfyUI's ``inpaint_model()``: in_channels > latent channels)."""
         return self.concat_channels > 0
-
-    @cached_property
-    def schedule(self) -> Any:
-        """The family's discrete noise schedule (sigmas, timestep <-> sigma)."""
-        from comfy_notebook.sampling import DiscreteSchedule
-
-        f = self.family
-        return DiscreteSchedule(beta_start=f.beta_start, beta_end=f.beta_end,
-                                num_timesteps=f.num_timesteps)
 
     def with_patches(self, patches: Mapping[str, Any], strength: float) -> ModelValue:
         """A clone carrying ``patches`` (scaled by ``strength``); shares the base weights."""
