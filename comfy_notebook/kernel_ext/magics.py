@@ -182,7 +182,7 @@ class ComfyMagics(Magics):
 
     def _cmd_run(self, args: list[str], overrides: list[str]) -> Any:
         if len(args) != 1:
-            raise UsageError("%comfy run expects FILE.json [--set NODE.INPUT=VALUE ...]")
+            raise UsageError("%comfy run expects FILE.json|FILE.png [--set NODE.INPUT=VALUE ...]")
         result = _control().run_file(args[0], overrides)
         print(f"executed {len(result.executed)} nodes, {len(result.cached)} from cache")
         return result

@@ -20,12 +20,21 @@ from typing import Any
 # Node modules of the pack, in the order their nodes are listed.
 _MODULES = (
     "loaders",
+    "component_loaders",
     "conditioning",
+    "conditioning_sdxl",
     "sampling",
+    "model_sampling",
     "vae",
     "latent",
     "image",
     "image_io",
+    "mask",
+    "postprocessing",
+    "latent_ops",
+    "upscale",
+    "merging",
+    "clip_vision",
 )
 
 _mappings: dict[str, type] | None = None

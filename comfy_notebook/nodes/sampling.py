@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 from comfy_notebook.engine import current_context
 from comfy_notebook.runtime.values import ModelValue
-from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, DiscreteSchedule, ksample
+from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, ksample
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
@@ -28,12 +27,6 @@ def _graphs_option(ctx: Any) -> bool | None:
     session = getattr(ctx.services, "session", None)
     value = getattr(session, "options", {}).get("cuda_graphs")
     return None if value is None else bool(value)
-
-
-@lru_cache(maxsize=16)
-def _schedule(beta_start: float, beta_end: float, num_timesteps: int) -> DiscreteSchedule:
-    """A family's discrete noise schedule (made here, not in runtime: runtime never imports sampling)."""
-    return DiscreteSchedule(beta_start=beta_start, beta_end=beta_end, num_timesteps=num_timesteps)
 
 
 def common_ksampler(
@@ -60,12 +53,11 @@ def common_ksampler(
         apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=_graphs_option(ctx))
 
         return ksample(
-            apply_model, prediction=model.family.prediction, schedule=_schedule(model.family.beta_start, model.family.beta_end, model.family.num_timesteps),
+            apply_model, model_sampling=model.model_sampling, latent_format=model.latent_format,
             latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,
             sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
             start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise,
-            latent_scale=model.family.latent_scale, device=model.manager.device,
-            callback=callback, in_channels=model.in_channels,
+            device=model.manager.device, callback=callback, model_inputs=model.model_inputs(),
         )
 
     return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=cfg != 1.0)

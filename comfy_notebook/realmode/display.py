@@ -112,7 +112,7 @@ def _image_array(value: Any) -> Any:
 
 
 def _latent_array(value: Any) -> Any:
-    """A LATENT value's SD1 latent-to-RGB preview, upscaled (nearest) to a visible size."""
+    """A LATENT value's latent-to-RGB preview (its format's factors), upscaled (nearest) to a visible size."""
     import numpy as np
 
     from comfy_notebook.widgets.preview import latent_to_rgb
@@ -147,8 +147,11 @@ def png_bytes(handle: Any) -> bytes | None:
         if kind == "MASK":
             return _encode_png(grid(_image_array(value[..., None] if value.ndim == 3 else value)))
         if kind == "LATENT" and isinstance(value, dict) and getattr(value.get("samples"), "ndim", 0) == 4:
-            if value["samples"].shape[1] != 4:
-                return None  # the preview factors are SD1's (4 channels)
+            from comfy_notebook.families import latent_format_for
+
+            fmt = latent_format_for(int(value["samples"].shape[1]))
+            if fmt is None or fmt.rgb_factors is None:
+                return None  # no preview factors for latents of this many channels
             return _encode_png(grid(_latent_array(value)))
     except (TypeError, ValueError, AttributeError, OSError):
         return None
