@@ -37,10 +37,6 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {
         "ModelValue.model_inputs builds the inpainting c_concat with sampling.ksampler.inpaint_inputs "
         "(families work); the model inputs belong where sampling is called (nodes/ or families/)"
     ),
-    ("realmode.display", "widgets.preview"): (
-        "the latent preview factors are a family fact; they move to families/ with the "
-        "families work, and display then imports them from there"
-    ),
 }
 
 
