@@ -163,7 +163,6 @@ def flux_custom_prompt(unet: str = "flux1-dev.safetensors", scheduler: str = "si
 
 @pytest.mark.parametrize("unet", ["flux1-dev.safetensors", "flux1-schnell.safetensors"])
 def test_sampler_custom_advanced_equals_ksampler(root, unet):
-    pytest.importorskip("comfy_notebook.nodes.custom_sampling", reason="the custom-sampling nodes are not merged yet")
     custom = _image(session(root).run_prompt(flux_custom_prompt(unet=unet)))
     plain = _image(session(root).run_prompt(flux_dev_prompt(unet=unet)))
     assert torch.equal(custom, plain)  # cfg 1: the negative of the KSampler graph is never evaluated
