@@ -25,6 +25,7 @@ _MODULES = (
     "conditioning_sdxl",
     "sampling",
     "model_sampling",
+    "flux",
     "custom_sampling",
     "sigmas",
     "sampler_options",

@@ -35,6 +35,7 @@ from comfy_notebook.sampling.registry import (
     SAMPLERS,
 )
 from comfy_notebook.sampling.samplers import StepCallback
+from comfy_notebook.sampling.samplers_rf import for_model_sampling
 from comfy_notebook.sampling.schedules import SamplingConfigError, _beta, calculate_sigmas
 
 __all__ = [
@@ -103,8 +104,9 @@ class SamplerSpec:
         options = dict(self.options)
         if self.name in SAMPLER_NEEDS_SCHEDULE and "schedule" not in options:
             options["schedule"] = model_sampling
+        fn = for_model_sampling(self.name, SAMPLERS[self.name], model_sampling)  # *_RF on flow models
         with torch.no_grad():
-            return SAMPLERS[self.name](model, x, sigmas, callback=callback, noise_sampler=noise_sampler, **options)
+            return fn(model, x, sigmas, callback=callback, noise_sampler=noise_sampler, **options)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
