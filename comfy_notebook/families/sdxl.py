@@ -136,6 +136,7 @@ class SDXLRefinerFamily(SDXLFamily):
     title = "SDXL refiner"
     text_encoders = (_CLIP_G,)
     context_dim = 1280
+    lora_markers = ()  # kohya's te1/te2 prefixes name the base; its LoRAs count as SDXL's
     clip_types = MappingProxyType({"stable_diffusion": ("clip_g",)})
     lora_te_prefixes = MappingProxyType({"lora_te_": "clip_g", "lora_te2_": "clip_g", "text_encoder_2.": "clip_g"})
 
