@@ -75,6 +75,14 @@ def get_preset(name: str) -> Preset:
     if name == "sd1-full":
         return Preset("sd1", UNetConfig.sd15(), VAEConfig.sd(), {"clip_l": (_SD1_CLIP, "hf", CLIPTextConfig.sd1())},
                       full=True)
+    if name == "sd1-comfyui":
+        # The smallest SD1 file ComfyUI itself loads: it recognises SD1.5 by a 320-channel UNet
+        # with 768-wide context and builds CLIP-L and the VAE at their real sizes whatever the
+        # file holds, so those two are real-sized here (about 0.4 GB in fp16).
+        small = UNetConfig(model_channels=320, channel_mult=(1,), num_res_blocks=1,
+                           transformer_depth=(1,), context_dim=768)
+        return Preset("sd1", small, VAEConfig.sd(), {"clip_l": (_SD1_CLIP, "hf", CLIPTextConfig.sd1())},
+                      full=True)
     if name in ("sd2", "sd2-v"):
         return Preset("sd2", _sd2_tiny(), tiny, {"clip_h": (_SD2_CLIP, "openclip", _tiny_clip("gelu", True))},
                       v_probe_std=0.2 if name == "sd2-v" else 0.03)
@@ -97,7 +105,7 @@ def get_preset(name: str) -> Preset:
     raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
 
 
-PRESETS = ("sd1-tiny", "sd1-tiny-linear", "sd1-full", "sd2", "sd2-v", "sd2-full", "sdxl", "sdxl-full",
+PRESETS = ("sd1-tiny", "sd1-tiny-linear", "sd1-full", "sd1-comfyui", "sd2", "sd2-v", "sd2-full", "sdxl", "sdxl-full",
            "sdxl-refiner", "sdxl-refiner-full")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import math
 import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -138,6 +139,19 @@ def _check_constant(
                 )
             )
             return value
+    if typ == "FLOAT" and isinstance(value, float) and not math.isfinite(value):
+        # Stricter than ComfyUI on purpose: nan / inf run silently there and give black images.
+        errors.append(
+            _err(
+                "value_not_finite",
+                f"Value {value} is not a finite number",
+                f"{name}: FLOAT inputs must be finite (nan and inf are refused). Fix: pass a finite number",
+                input_name=name,
+                input_config=info,
+                received_value=value,
+            )
+        )
+        return value
     if skip_limits:
         return value
     opts = spec.options

@@ -132,14 +132,17 @@ def _part_key(name: str, family: Family | None, component: Component) -> str:
 def _register(manager: ModelManager, key: str, source: str, sd: Mapping[str, Any] | None,
               component: Component, family: Family | None) -> Any:
     dtype = manager.policy.dtype_for(component.kind, component.dtypes)
+    # CUDA: read straight onto the device (pinned, pipelined reads); the manager keeps the master
+    device = manager.device if manager.device.type == "cuda" else torch.device("cpu")
 
     def factory() -> nn.Module:
-        return build_component(open_state_dict(source), component, dtype=dtype, source=source)
+        return build_component(open_state_dict(source), component, dtype=dtype, device=device,
+                               source=source)
 
     module = None
     if key not in manager:
         module = build_component(sd if sd is not None else open_state_dict(source), component,
-                                 dtype=dtype, source=source)
+                                 dtype=dtype, device=device, source=source)
     return register_part(manager, key, component.kind, source, factory, module, dtype, family)
 
 

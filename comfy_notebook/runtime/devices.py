@@ -14,7 +14,7 @@ import torch
 
 from comfy_notebook.errors import ComfyNotebookError
 
-__all__ = ["KINDS", "DevicePolicy", "UnknownModelKindError"]
+__all__ = ["KINDS", "DevicePolicy", "UnknownModelKindError", "attention_backend"]
 
 KINDS = ("unet", "vae", "clip")
 
@@ -124,3 +124,27 @@ class DevicePolicy:
             if self.supports(dtype):
                 return dtype
         return torch.float32
+
+
+def attention_backend(device: torch.device | str, dtype: torch.dtype = torch.float16,
+                      head_dim: int = 64, tokens: int = 4096) -> str:
+    """The SDPA kernel PyTorch picks on ``device`` for heads of ``head_dim`` (for reports).
+
+    Asks ``torch._fused_sdp_choice`` (what ``scaled_dot_product_attention`` dispatches on) with
+    SD-sized self-attention inputs; "math" on the CPU or when the query is not available.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "math (cpu: flash/memory-efficient kernels are CUDA-only)" if device.type == "cpu" else "math"
+    q = torch.empty(2, 8, tokens, head_dim, device=device, dtype=dtype)
+    try:
+        choice = torch._fused_sdp_choice(q, q, q)  # type: ignore[attr-defined]
+        names = {int(v): k.lower() for k, v in torch.nn.attention.SDPBackend.__members__.items()}
+        name = names.get(int(choice), str(choice))
+    except (AttributeError, RuntimeError, TypeError) as exc:
+        name = f"unknown ({type(exc).__name__})"
+    flags = [n for n, on in (("flash", torch.backends.cuda.flash_sdp_enabled()),
+                             ("mem_efficient", torch.backends.cuda.mem_efficient_sdp_enabled()),
+                             ("cudnn", torch.backends.cuda.cudnn_sdp_enabled()),
+                             ("math", torch.backends.cuda.math_sdp_enabled())) if on]
+    return f"{name} (enabled: {', '.join(flags)})"

@@ -25,6 +25,7 @@ from comfy_notebook._units import human_bytes
 from comfy_notebook.errors import ModelMemoryError
 from comfy_notebook.runtime.manager import ModelManager
 from comfy_notebook.runtime.patches import ModelRef
+from comfy_notebook.runtime.precision import finite_or_upcast
 
 __all__ = ["ClipValue", "ModelValue", "VAEValue", "register_part"]
 
@@ -236,7 +237,9 @@ class VAEValue:
         def run(vae: Any) -> Tensor:
             # the compute device, not a parameter's: a partially loaded VAE has some on the host
             z = samples.to(self.manager.device)  # the VAE casts to its own dtype
-            return vae.decode_tiled(z, tile=tile, overlap=overlap) if tiled else vae.decode(z)
+            return finite_or_upcast(  # a bf16 decode that overflowed is redone in fp32
+                vae, lambda: vae.decode_tiled(z, tile=tile, overlap=overlap) if tiled else vae.decode(z),
+                streamer=self.ref.base.streamer)
 
         need = self._memory(b * h * w * 64, encode=False) if not tiled else self._memory(
             tile * tile * 64, encode=False)

@@ -28,7 +28,7 @@ from comfy_notebook.pnginfo import read_prompt, read_workflow, workflow_to_api
 def session(tmp_path: Path) -> Session:
     """A session whose folders live in tmp_path, made current for naked calls."""
     s = Session(models_dir=tmp_path / "models", output_dir=tmp_path / "output")
-    s.services["folders"] = Folders(
+    s.services.folders = Folders(
         tmp_path / "models",
         output_dir=tmp_path / "output",
         input_dir=tmp_path / "input",
@@ -86,8 +86,12 @@ def test_load_image_combo_hash_and_validation(session: Session, tmp_path: Path) 
     (tmp_path / "input" / "notes.txt").write_text("not an image")
     assert LoadImage.VALIDATE_INPUTS("photo.png") is True
     msg = LoadImage.VALIDATE_INPUTS("phot.png")
-    assert isinstance(msg, str) and msg.startswith("Invalid image file: phot.png")
-    assert "photo.png" in msg  # close match
+    assert isinstance(msg, str)
+    assert msg.startswith(f"Invalid image file: input image 'phot.png' is not in the input folder {tmp_path / 'input'}")
+    assert "files there: ['photo.png']" in msg and "notes.txt" not in msg  # images, close matches first
+    assert msg.count("Fix:") == 1 and "(closest: 'photo.png')" in msg
+    absolute = LoadImage.VALIDATE_INPUTS(str(tmp_path / "elsewhere.png"))
+    assert isinstance(absolute, str) and "e.g. 'photo.png'" in absolute and "safetensors" not in absolute
     escape = LoadImage.VALIDATE_INPUTS("../output/x.png")
     assert isinstance(escape, str) and ".." in escape
     h1 = LoadImage.IS_CHANGED("photo.png")
@@ -160,7 +164,7 @@ def test_save_image_naked_never_overwrites(session: Session, tmp_path: Path) -> 
             full, name, _counter, sub = super().save_path(prefix, width, height, kind)
             return full, name, 1, sub  # pretend we did not see the existing file
 
-    session.services["folders"] = StaleFolders(
+    session.services.folders = StaleFolders(
         tmp_path / "models", output_dir=tmp_path / "output", temp_dir=tmp_path / "temp"
     )
     before = (tmp_path / "output" / "x_00001_.png").read_bytes()
