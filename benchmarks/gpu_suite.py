@@ -217,7 +217,7 @@ def part_diffusers(s: Suite) -> None:
         return
     from models_speed import _diffusers_unet
 
-    from comfy_notebook.runtime.loading import load_checkpoint
+    from comfy_notebook.families import load_checkpoint
 
     unet = load_checkpoint(s.ckpt, parts=("unet",), dtype=s.dtype).unet
     assert unet is not None
@@ -258,8 +258,9 @@ def part_diffusers(s: Suite) -> None:
 
 
 def part_file_to_gpu(s: Suite) -> None:
+    from comfy_notebook.families import load_checkpoint
     from comfy_notebook.runtime import fastread
-    from comfy_notebook.runtime.loading import SafetensorsFile, load_checkpoint
+    from comfy_notebook.runtime.loading import SafetensorsFile
 
     sf = SafetensorsFile(s.ckpt)
     keys = [k for k in sf if k.startswith("model.diffusion_model.")]
@@ -334,12 +335,14 @@ def part_vae_clip(s: Suite) -> None:
 def part_sampler_overhead(s: Suite) -> None:
     import sampling_overhead as so
 
-    from comfy_notebook.sampling import DiscreteSchedule
+    from comfy_notebook.families import SD1
+    from comfy_notebook.sampling import DiscreteSchedule, ModelSampling
 
     hw = s.px // 8
     x = {"samples": torch.zeros(1, 4, hw, hw)}
     ctx = torch.zeros(1, 77, 768)
-    kw = dict(prediction="eps", schedule=DiscreteSchedule(), latent=x, positive=[[ctx, {}]],
+    kw = dict(model_sampling=ModelSampling(DiscreteSchedule()), latent_format=SD1.latent_format, latent=x,
+              positive=[[ctx, {}]],
               negative=[[ctx, {}]], seed=0, cfg=8.0, scheduler="normal", device=s.device)
     step_ms = 1e3 / s.fig.get("limit_its", s.fig.get("ours_graph_its", 81.0))
     parts = []

@@ -129,7 +129,7 @@ def test_cuda_reads_match_the_mmap_path(tmp_path: pathlib.Path, chunk: int) -> N
 
 @pytest.mark.gpu
 def test_load_checkpoint_on_cuda_uses_fast_reads_and_matches(tmp_path: pathlib.Path) -> None:
-    from comfy_notebook.runtime.loading import load_checkpoint
+    from comfy_notebook.families import load_checkpoint
     from comfy_notebook.testing import make_checkpoint
 
     path = make_checkpoint(tmp_path / "tiny.safetensors")
