@@ -81,3 +81,19 @@ def test_sdxl_vae_runs_in_bf16_or_fp32_on_cuda_and_decodes_finite(preset_file) -
     assert vae.ref.base.dtype in (torch.bfloat16, torch.float32)
     image = vae.decode(torch.randn(1, 4, 16, 16) * 30)  # large latents: fp16 would overflow
     assert torch.isfinite(image).all()
+
+
+def test_sampling_preview_uses_the_model_latent_format() -> None:
+    """KSampler's progress preview carries the model's latent format: SDXL latents get SDXL's factors."""
+    import numpy as np
+
+    from comfy_notebook.families.sdxl import SDXL_LATENT
+    from comfy_notebook.widgets.preview import latent_preview, latent_to_rgb
+    from comfy_notebook.widgets.state import preview_data_url
+
+    x = torch.zeros(1, 4, 2, 2)
+    x[0, 3] = 1.0
+    xl = np.asarray(latent_preview(x, latent_format=SDXL_LATENT))
+    want = latent_to_rgb(x, SDXL_LATENT.rgb_factors, SDXL_LATENT.rgb_bias)[0, 0, 0]
+    assert (xl[0, 0] == want).all() and not (xl[0, 0] == latent_to_rgb(x)[0, 0, 0]).all()
+    assert preview_data_url({"samples": x, "latent_format": SDXL_LATENT}) != preview_data_url({"samples": x})
