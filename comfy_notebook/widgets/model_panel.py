@@ -14,7 +14,7 @@ from comfy_notebook.widgets._base import STATIC, View
 __all__ = ["ModelPanel", "host_memory"]
 
 _ROW_FIELDS = ("name", "kind", "family", "source", "dtype", "bytes", "loaded_bytes", "location",
-               "keep_loaded", "pinned")
+               "keep_loaded", "pinned", "graphs", "graph_bytes")
 
 
 def host_memory() -> tuple[int, int]:
