@@ -120,6 +120,8 @@ class SDXLFamily(Family):
         return torch.cat([l_out[:, :n], g_out[:, :n]], dim=-1), g_pooled  # [1, T, 768 + 1280]
 
     def model_inputs(self, unet_config: Any, params: Mapping[str, Any]) -> dict[str, Tensor]:
+        if unet_config is not None and unet_config.adm_in_channels is None:
+            return {}  # a UNet without the label embedding takes no y
         pooled = _pooled(params, self.title)
         width, height = params["width"], params["height"]
         values = [height, width, params.get("crop_h", 0), params.get("crop_w", 0),
@@ -161,6 +163,8 @@ class SDXLRefinerFamily(SDXLFamily):
         return outputs["clip_g"]
 
     def model_inputs(self, unet_config: Any, params: Mapping[str, Any]) -> dict[str, Tensor]:
+        if unet_config is not None and unet_config.adm_in_channels is None:
+            return {}
         pooled = _pooled(params, self.title)
         default_score = 2.5 if params.get("prompt_type", "") == "negative" else 6.0
         values = [params["height"], params["width"], params.get("crop_h", 0), params.get("crop_w", 0),
