@@ -9,6 +9,7 @@ component after an unload; loading the same file again reuses the managed models
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -197,7 +198,7 @@ def load_unet_value(manager: ModelManager, path: str | os.PathLike[str], *, name
         family = _require(info, ("unet",), source, "pick a diffusion model (UNet) file")
         comp = info.components["unet"]
         if dtype is not None:
-            comp = Component(comp.name, comp.kind, comp.prefix, comp.config, comp.layout, (dtype,))
+            comp = dataclasses.replace(comp, dtypes=(dtype,))
         ref = _register(manager, f"{name}/unet", source, sd, comp, family)
     return ModelValue(ref, manager, family, info.unet, info.model_sampling())
 
