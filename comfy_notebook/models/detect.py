@@ -28,6 +28,7 @@ __all__ = [
     "VAE_PREFIX",
     "CheckpointInfo",
     "detect",
+    "unet_config_from_state_dict",
     "is_known_extra",
 ]
 
@@ -94,7 +95,8 @@ def _indices(keys: list[str], prefix: str) -> list[int]:
 def _unet_config(sd: Mapping[str, Any], keys: list[str], p: str, family: ModelFamily) -> UNetConfig:
     """Read an LDM UNet's sizes from its shapes (prefix ``p``)."""
     mc, in_ch = _shape(sd, p + "input_blocks.0.0.weight")[:2]
-    out_ch = _shape(sd, p + "out.2.weight")[0]
+    # a ControlNet (the encoder half only) has no output side: it reads as in = out
+    out_ch = _shape(sd, p + "out.2.weight")[0] if p + "out.2.weight" in sd else in_ch
 
     def depth(block: str) -> int:
         return len(_indices(keys, f"{p}{block}.1.transformer_blocks."))
@@ -108,7 +110,7 @@ def _unet_config(sd: Mapping[str, Any], keys: list[str], p: str, family: ModelFa
             levels[-1].append((ch, depth(f"input_blocks.{i}")))
     out_blocks = _indices(keys, p + "output_blocks.")
     n_res = {len(level) for level in levels}
-    if len(n_res) != 1 or len(out_blocks) != len(levels) * (len(levels[0]) + 1):
+    if len(n_res) != 1 or (out_blocks and len(out_blocks) != len(levels) * (len(levels[0]) + 1)):
         raise UnsupportedModelError(
             f"UNet with an uneven number of ResBlocks per level ({[len(lv) for lv in levels]}) "
             "is not supported"
@@ -122,12 +124,13 @@ def _unet_config(sd: Mapping[str, Any], keys: list[str], p: str, family: ModelFa
         mult.append(next(iter(chans)) // mc)
         tdepth.append(depths.pop())
     out_depth = []
-    for j in range(len(levels)):  # output blocks run from the deepest level up
+    for j in range(len(levels) if out_blocks else 0):  # output blocks run from the deepest level up
         ds = {depth(f"output_blocks.{j * (num_res + 1) + r}") for r in range(num_res + 1)}
         if len(ds) != 1:
             raise UnsupportedModelError(f"UNet output level with mixed transformer depths {ds}")
         out_depth.append(ds.pop())
     out_depth.reverse()
+    out_depth = out_depth or tdepth
     mid = depth("middle_block")
     attn_keys = [k for k in keys if k.startswith(p) and k.endswith("attn2.to_k.weight")]
     context_dim = _shape(sd, attn_keys[0])[1] if attn_keys else 768
@@ -143,6 +146,11 @@ def _unet_config(sd: Mapping[str, Any], keys: list[str], p: str, family: ModelFa
         transformer_depth_middle=None if mid == max(tdepth) else mid, context_dim=context_dim,
         use_linear_in_transformer=linear, adm_in_channels=adm, **heads,
     )
+
+
+def unet_config_from_state_dict(sd: Mapping[str, Any], prefix: str, family: ModelFamily) -> UNetConfig:
+    """The :class:`UNetConfig` of the LDM UNet (or ControlNet encoder) under ``prefix`` in ``sd``."""
+    return _unet_config(sd, [k for k in sd.keys() if k.startswith(prefix)], prefix, family)
 
 
 def _vae_config(sd: Mapping[str, Any], keys: list[str], p: str) -> VAEConfig:
