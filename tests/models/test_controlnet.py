@@ -128,7 +128,7 @@ def test_sd15_controlnet_parameter_count_and_family():
     from diffusers import ControlNetModel as RefControlNet
 
     with torch.device("meta"):
-        ref = RefControlNet()  # diffusers' defaults are the SD1.5 ControlNet's sizes
+        ref = RefControlNet(cross_attention_dim=768)  # otherwise the defaults are SD1.5 sizes
     n = sum(p.numel() for p in m.parameters())
     assert n == sum(p.numel() for p in ref.parameters()) == 361_279_120
     assert controlnet_family(UNetConfig.sd15()) is SD1
