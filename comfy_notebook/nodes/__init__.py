@@ -19,6 +19,7 @@ from typing import Any
 _MODULES = (
     "loaders",
     "conditioning",
+    "controlnet",
     "sampling",
     "vae",
     "latent",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from comfy_notebook.engine import current_context
+from comfy_notebook.runtime.control_run import bind_controls
 from comfy_notebook.runtime.values import ModelValue
 from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, ksample
 
@@ -42,14 +43,16 @@ def common_ksampler(
         def apply_model(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
             return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
 
-        return ksample(
-            apply_model, prediction=model.family.prediction, schedule=model.schedule,
-            latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,
-            sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
-            start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise,
-            latent_scale=model.family.latent_scale, device=model.manager.device,
-            callback=callback, in_channels=model.in_channels,
-        )
+        # ControlNets / T2I-Adapters the conditioning carries go on the device beside the UNet
+        with bind_controls(positive, negative, schedule=model.schedule, device=model.manager.device) as bind:
+            return ksample(
+                apply_model, prediction=model.family.prediction, schedule=model.schedule,
+                latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,
+                sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
+                start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise,
+                latent_scale=model.family.latent_scale, device=model.manager.device,
+                callback=callback, in_channels=model.in_channels, control_fn=bind,
+            )
 
     return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=cfg != 1.0)
 

@@ -174,7 +174,7 @@ def ksample(
     end_step: int | None = None, force_full_denoise: bool = False, latent_scale: float = 0.18215,
     device: Any = None, dtype: Any = None, callback: StepCallback | None = None, cpu_noise: bool = False,
     model_kwargs: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
-    in_channels: int | None = None,
+    in_channels: int | None = None, control_fn: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Sample a LATENT as ComfyUI's KSampler / KSamplerAdvanced do.
 
@@ -215,6 +215,9 @@ def ksample(
         The UNet's input channels (``None``: as the latent).  ``2C + 1`` marks an inpainting
         model: each entry gets ``c_concat`` = :func:`inpaint_concat` (built once per run), which
         the denoiser appends to the UNet input.
+    control_fn:
+        Binds an entry's ``control`` option (ControlNet / T2I-Adapter) for this run; see
+        :func:`~comfy_notebook.sampling.denoisers.resolve_conditioning`.
 
     Returns
     -------
@@ -269,7 +272,8 @@ def ksample(
             return {**extra, "c_concat": inpaint_concat(
                 options, noise_shape=tuple(noise.shape), latent_image=x0, denoise_mask=denoise_mask,
                 latent_scale=latent_scale, device=device)}
-    pos, neg = resolve_conditioning(positive, negative, tuple(samples.shape[2:]), schedule, device, dtype, kwargs_fn)
+    pos, neg = resolve_conditioning(positive, negative, tuple(samples.shape[2:]), schedule, device, dtype, kwargs_fn,
+                                    control_fn)
     guided = sampler_name in SAMPLER_NEEDS_UNCOND  # CFG++: the sampler also gets uncond_denoised
     cfg_model = CFGDenoiser(ModelDenoiser(apply_model, schedule, prediction), pos, neg, cfg, keep_uncond=guided)
     model: Callable[[Tensor, Tensor], Any] = cfg_model.guided if guided else cfg_model

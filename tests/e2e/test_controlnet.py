@@ -1,0 +1,204 @@
+"""ComfyUI's published ControlNet and T2I-Adapter example workflows through ``Session.run_prompt``
+on tiny files in the released key layouts (``comfy_notebook.testing``).
+
+The API prompts in ``data/`` are the ``prompt`` chunks of ComfyUI_examples' ``controlnet/``
+images (comfyanonymous/ComfyUI_examples at f9431bb): ``controlnet_example.png`` (scribble,
+``ControlNetApply``), ``depth_t2i_adapter.png`` and ``mixing_controlnets.png`` (two chained
+ControlNets).  The tests swap in the tiny files, scale the image sizes down 8x and run 3 steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfy_notebook._session import Session
+from comfy_notebook.models.unet import UNetConfig
+from comfy_notebook.nodes import register_builtins
+from comfy_notebook.testing import make_checkpoint, make_controlnet, make_t2i_adapter, make_vae_file
+
+DATA = pathlib.Path(__file__).parent / "data"
+CKPT, CKPT2 = "tiny.safetensors", "tiny_2res.safetensors"
+
+
+def _scribble(path: pathlib.Path, w: int, h: int, seed: int) -> None:
+    """White strokes on black, like the example's scribble (sizes not a multiple of the latent's)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    for _ in range(6):
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        img[max(0, y - 1): y + 2, :] = 255 if rng.random() < 0.5 else 0
+        img[:, max(0, x - 1): x + 2] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    base = tmp_path_factory.mktemp("comfy")
+    models = base / "models"
+    ckpt = make_checkpoint(models / "checkpoints" / CKPT, preset="sd1-tiny", seed=0)
+    unet2 = dataclasses.replace(UNetConfig.sd1_tiny(), num_res_blocks=2, context_dim=64)
+    ckpt2 = make_checkpoint(models / "checkpoints" / CKPT2, preset="sd1-tiny", seed=0, unet=unet2)
+    make_vae_file(models / "vae" / "vae-ft-mse-840000-ema-pruned.safetensors", seed=4)  # the example's name
+    make_vae_file(models / "vae" / "kl-f8-anime2.safetensors", seed=5)
+    cn = models / "controlnet"
+    make_controlnet(cn / "control_scribble.safetensors", ckpt, seed=1)
+    make_controlnet(cn / "control_scribble_diffusers.safetensors", ckpt, seed=1, layout="diffusers")
+    make_controlnet(cn / "control_scribble_diff.safetensors", ckpt, seed=1, difference=True)
+    make_controlnet(cn / "control_openpose.safetensors", ckpt, seed=2)
+    make_t2i_adapter(cn / "t2iadapter_depth_tiny.safetensors", ckpt2, seed=3)
+    make_t2i_adapter(cn / "t2iadapter_depth_tiny_diffusers.safetensors", ckpt2, seed=3, layout="diffusers")
+    make_t2i_adapter(cn / "t2iadapter_light_tiny.safetensors", ckpt2, seed=3, kind="light")
+    _scribble(base / "input" / "input_scribble_example.png", 72, 56, 0)
+    _scribble(base / "input" / "house_scribble.png", 64, 64, 1)
+    _scribble(base / "input" / "pose_present.png", 48, 64, 2)
+    depth = (np.linspace(0, 255, 104)[None, :, None] * np.ones((48, 1, 3))).astype(np.uint8)
+    Image.fromarray(depth).save(base / "input" / "shark_depthmap.png")
+    return base
+
+
+def new_session(root: pathlib.Path) -> Session:
+    s = Session(models_dir=root, output_dir=root / "output")  # a ComfyUI root: models/, input/
+    register_builtins(s)
+    return s
+
+
+def example(name: str) -> dict[str, Any]:
+    return json.loads((DATA / name).read_text())
+
+
+def scribble_prompt(strength: float = 0.9, control_net: str = "control_scribble.safetensors") -> dict[str, Any]:
+    api = example("controlnet_scribble_api.json")
+    api["14"]["inputs"]["ckpt_name"] = CKPT
+    api["12"]["inputs"]["control_net_name"] = control_net
+    api["10"]["inputs"]["strength"] = strength
+    api["5"]["inputs"].update(width=64, height=64)
+    api["3"]["inputs"]["steps"] = 3
+    return api
+
+
+def depth_prompt(adapter: str = "t2iadapter_depth_tiny.safetensors", strength: float = 1.0) -> dict[str, Any]:
+    api = example("t2i_adapter_depth_api.json")
+    api["33"]["inputs"]["ckpt_name"] = CKPT2
+    api["31"]["inputs"]["control_net_name"] = adapter
+    api["23"]["inputs"]["strength"] = strength
+    api["5"]["inputs"].update(width=104, height=48)  # 832 x 384 / 8: an odd latent (13 x 6)
+    api["3"]["inputs"]["steps"] = 3
+    return api
+
+
+def image(session: Session, api: dict[str, Any]) -> torch.Tensor:
+    return session.run_prompt(api, targets=["8"]).outputs["8"][0]
+
+
+def without_control(api: dict[str, Any], apply_id: str, cond_id: str) -> dict[str, Any]:
+    api = copy.deepcopy(api)
+    for node in api.values():
+        for k, v in node["inputs"].items():
+            if v == [apply_id, 0]:
+                node["inputs"][k] = [cond_id, 0]
+    for drop in [apply_id, *(i for i, n in api.items() if n["class_type"] in ("ControlNetLoader", "LoadImage"))]:
+        api.pop(drop, None)
+    return api
+
+
+@pytest.fixture(scope="module")
+def scribble_images(root: pathlib.Path) -> dict[str, torch.Tensor]:
+    s = new_session(root)
+    result = s.run_prompt(scribble_prompt(), targets=["9"])
+    assert set(result.executed) == set(scribble_prompt())  # every node of the example ran
+    return {"controlled": image(new_session(root), scribble_prompt()),
+            "plain": image(new_session(root), without_control(scribble_prompt(), "10", "6")),
+            "zero": image(new_session(root), scribble_prompt(strength=0.0))}
+
+
+def test_scribble_example_runs_and_the_control_changes_the_image(scribble_images: Any) -> None:
+    controlled, plain = scribble_images["controlled"], scribble_images["plain"]
+    assert controlled.shape == (1, 64, 64, 3)
+    assert (controlled - plain).abs().max() > 1e-2
+
+
+def test_strength_zero_is_no_control_exactly(scribble_images: Any) -> None:
+    assert torch.equal(scribble_images["zero"], scribble_images["plain"])
+
+
+def test_scribble_is_deterministic(root: pathlib.Path, scribble_images: Any) -> None:
+    again = image(new_session(root), scribble_prompt())
+    assert torch.equal(again, scribble_images["controlled"])
+
+
+def test_changing_strength_reruns_only_apply_and_sampler(root: pathlib.Path) -> None:
+    s = new_session(root)
+    s.run_prompt(scribble_prompt(0.9), targets=["9"])
+    result = s.run_prompt(scribble_prompt(0.5), targets=["9"])
+    assert set(result.executed) == {"10", "3", "8", "9"}
+    assert {"14", "12", "11", "6", "7", "5", "13"} <= set(result.cached)
+    assert s.models.stats.reloads == 0
+
+
+def test_diffusers_and_diff_layouts_give_the_same_control(root: pathlib.Path, scribble_images: Any) -> None:
+    base = scribble_images["controlled"]
+    diffusers = image(new_session(root), scribble_prompt(control_net="control_scribble_diffusers.safetensors"))
+    assert torch.equal(diffusers, base)  # the same tensors under diffusers names
+    api = scribble_prompt(control_net="control_scribble_diff.safetensors")
+    api["12"] = {"class_type": "DiffControlNetLoader",
+                 "inputs": {"model": ["14", 0], "control_net_name": "control_scribble_diff.safetensors"}}
+    diff = image(new_session(root), api)  # weights - base + base: equal up to fp32 rounding
+    assert (diff - base).abs().max() < 1e-3
+
+
+def test_mixing_two_controlnets_chains_them(root: pathlib.Path, scribble_images: Any) -> None:
+    api = example("controlnet_mixing_api.json")
+    api["31"]["inputs"]["ckpt_name"] = CKPT
+    api["15"]["inputs"]["vae_name"] = "kl-f8-anime2.safetensors"
+    api["5"]["inputs"].update(width=64, height=64)
+    api["3"]["inputs"]["steps"] = 3
+    s = new_session(root)
+    both = image(s, api)
+    assert s.run_prompt(api, targets=["9"]).cached >= {"22", "23", "3"}
+    one = copy.deepcopy(api)
+    one["23"]["inputs"]["strength"] = 0.0  # only the openpose net is left
+    only_pose = image(new_session(root), one)
+    plain = image(new_session(root), without_control(without_control(api, "23", "22"), "22", "24"))
+    assert (both - only_pose).abs().max() > 1e-2 and (only_pose - plain).abs().max() > 1e-2
+    assert torch.equal(image(new_session(root), api), both)
+
+
+def test_advanced_apply_window_outside_the_run_is_no_control(root: pathlib.Path, scribble_images: Any) -> None:
+    api = scribble_prompt()
+    api["10"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["6", 0], "negative": ["7", 0], "control_net": ["12", 0], "image": ["11", 0],
+        "strength": 0.9, "start_percent": 0.0, "end_percent": 0.0}}
+    api["3"]["inputs"]["negative"] = ["10", 1]
+    assert torch.equal(image(new_session(root), api), scribble_images["plain"])
+    api["10"]["inputs"]["end_percent"] = 1.0
+    full = image(new_session(root), api)
+    api["10"]["inputs"]["end_percent"] = 0.5
+    half = image(new_session(root), api)
+    assert (full - scribble_images["plain"]).abs().max() > 1e-2
+    assert (half - full).abs().max() > 1e-3
+
+
+def test_t2i_adapter_depth_example(root: pathlib.Path) -> None:
+    s = new_session(root)
+    result = s.run_prompt(depth_prompt(), targets=["9"])
+    assert set(result.executed) == set(depth_prompt())
+    controlled = result.outputs["8"][0]
+    assert controlled.shape == (1, 48, 104, 3)
+    plain = image(new_session(root), without_control(depth_prompt(), "23", "24"))
+    assert (controlled - plain).abs().max() > 1e-2
+    assert torch.equal(image(new_session(root), depth_prompt()), controlled)
+    assert torch.equal(image(new_session(root), depth_prompt(strength=0.0)), plain)
+    diffusers = image(new_session(root), depth_prompt("t2iadapter_depth_tiny_diffusers.safetensors"))
+    assert torch.equal(diffusers, controlled)
+    light = image(new_session(root), depth_prompt("t2iadapter_light_tiny.safetensors"))
+    assert (light - plain).abs().max() > 1e-2
