@@ -28,8 +28,8 @@ __all__ = [
     "VAE_PREFIX",
     "CheckpointInfo",
     "detect",
-    "unet_config_from_state_dict",
     "is_known_extra",
+    "unet_config_from_state_dict",
 ]
 
 UNET_PREFIX = "model.diffusion_model."
@@ -150,7 +150,7 @@ def _unet_config(sd: Mapping[str, Any], keys: list[str], p: str, family: ModelFa
 
 def unet_config_from_state_dict(sd: Mapping[str, Any], prefix: str, family: ModelFamily) -> UNetConfig:
     """The :class:`UNetConfig` of the LDM UNet (or ControlNet encoder) under ``prefix`` in ``sd``."""
-    return _unet_config(sd, [k for k in sd.keys() if k.startswith(prefix)], prefix, family)
+    return _unet_config(sd, [k for k in sd if k.startswith(prefix)], prefix, family)
 
 
 def _vae_config(sd: Mapping[str, Any], keys: list[str], p: str) -> VAEConfig:

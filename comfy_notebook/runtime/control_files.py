@@ -141,7 +141,11 @@ def convert_diffusers_controlnet(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def read_control_file(sd: Mapping[str, Tensor], source: str = "") -> tuple[str, dict[str, Tensor], Any]:
     """``(kind, original-layout state dict, config)`` of a ControlNet / T2I-Adapter state dict."""
     from comfy_notebook.models.controlnet import ControlNetConfig
-    from comfy_notebook.models.t2i_adapter import AdapterConfig, convert_diffusers_adapter, is_adapter_state_dict
+    from comfy_notebook.models.t2i_adapter import (
+        AdapterConfig,
+        convert_diffusers_adapter,
+        is_adapter_state_dict,
+    )
 
     where = f" {source}" if source else ""
     if "lora_controlnet" in sd:

@@ -112,13 +112,18 @@ def without_control(api: dict[str, Any], apply_id: str, cond_id: str) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def scribble_images(root: pathlib.Path) -> dict[str, torch.Tensor]:
-    s = new_session(root)
-    result = s.run_prompt(scribble_prompt(), targets=["9"])
+def shared(root: pathlib.Path) -> Session:
+    """One session for the comparisons (loaders stay cached); determinism is checked in fresh ones."""
+    return new_session(root)
+
+
+@pytest.fixture(scope="module")
+def scribble_images(shared: Session) -> dict[str, torch.Tensor]:
+    result = shared.run_prompt(scribble_prompt(), targets=["9"])
     assert set(result.executed) == set(scribble_prompt())  # every node of the example ran
-    return {"controlled": image(new_session(root), scribble_prompt()),
-            "plain": image(new_session(root), without_control(scribble_prompt(), "10", "6")),
-            "zero": image(new_session(root), scribble_prompt(strength=0.0))}
+    return {"controlled": result.outputs["8"][0],
+            "plain": image(shared, without_control(scribble_prompt(), "10", "6")),
+            "zero": image(shared, scribble_prompt(strength=0.0))}
 
 
 def test_scribble_example_runs_and_the_control_changes_the_image(scribble_images: Any) -> None:
@@ -136,69 +141,65 @@ def test_scribble_is_deterministic(root: pathlib.Path, scribble_images: Any) -> 
     assert torch.equal(again, scribble_images["controlled"])
 
 
-def test_changing_strength_reruns_only_apply_and_sampler(root: pathlib.Path) -> None:
-    s = new_session(root)
-    s.run_prompt(scribble_prompt(0.9), targets=["9"])
-    result = s.run_prompt(scribble_prompt(0.5), targets=["9"])
+def test_changing_strength_reruns_only_apply_and_sampler(shared: Session, scribble_images: Any) -> None:
+    result = shared.run_prompt(scribble_prompt(0.5), targets=["9"])
     assert set(result.executed) == {"10", "3", "8", "9"}
     assert {"14", "12", "11", "6", "7", "5", "13"} <= set(result.cached)
-    assert s.models.stats.reloads == 0
+    assert shared.models.stats.reloads == 0
+    assert not torch.equal(result.outputs["8"][0], scribble_images["controlled"])
 
 
-def test_diffusers_and_diff_layouts_give_the_same_control(root: pathlib.Path, scribble_images: Any) -> None:
+def test_diffusers_and_diff_layouts_give_the_same_control(shared: Session, scribble_images: Any) -> None:
     base = scribble_images["controlled"]
-    diffusers = image(new_session(root), scribble_prompt(control_net="control_scribble_diffusers.safetensors"))
+    diffusers = image(shared, scribble_prompt(control_net="control_scribble_diffusers.safetensors"))
     assert torch.equal(diffusers, base)  # the same tensors under diffusers names
     api = scribble_prompt(control_net="control_scribble_diff.safetensors")
     api["12"] = {"class_type": "DiffControlNetLoader",
                  "inputs": {"model": ["14", 0], "control_net_name": "control_scribble_diff.safetensors"}}
-    diff = image(new_session(root), api)  # weights - base + base: equal up to fp32 rounding
+    diff = image(shared, api)  # weights - base + base: equal up to fp32 rounding
     assert (diff - base).abs().max() < 1e-3
 
 
-def test_mixing_two_controlnets_chains_them(root: pathlib.Path, scribble_images: Any) -> None:
+def test_mixing_two_controlnets_chains_them(shared: Session) -> None:
     api = example("controlnet_mixing_api.json")
     api["31"]["inputs"]["ckpt_name"] = CKPT
     api["15"]["inputs"]["vae_name"] = "kl-f8-anime2.safetensors"
     api["5"]["inputs"].update(width=64, height=64)
     api["3"]["inputs"]["steps"] = 3
-    s = new_session(root)
-    both = image(s, api)
-    assert s.run_prompt(api, targets=["9"]).cached >= {"22", "23", "3"}
+    both = image(shared, api)
+    assert shared.run_prompt(api, targets=["9"]).cached >= {"22", "23", "3"}
     one = copy.deepcopy(api)
     one["23"]["inputs"]["strength"] = 0.0  # only the openpose net is left
-    only_pose = image(new_session(root), one)
-    plain = image(new_session(root), without_control(without_control(api, "23", "22"), "22", "24"))
+    only_pose = image(shared, one)
+    plain = image(shared, without_control(without_control(api, "23", "22"), "22", "24"))
     assert (both - only_pose).abs().max() > 1e-2 and (only_pose - plain).abs().max() > 1e-2
-    assert torch.equal(image(new_session(root), api), both)
 
 
-def test_advanced_apply_window_outside_the_run_is_no_control(root: pathlib.Path, scribble_images: Any) -> None:
+def test_advanced_apply_window_outside_the_run_is_no_control(shared: Session, scribble_images: Any) -> None:
     api = scribble_prompt()
     api["10"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
         "positive": ["6", 0], "negative": ["7", 0], "control_net": ["12", 0], "image": ["11", 0],
         "strength": 0.9, "start_percent": 0.0, "end_percent": 0.0}}
     api["3"]["inputs"]["negative"] = ["10", 1]
-    assert torch.equal(image(new_session(root), api), scribble_images["plain"])
+    assert torch.equal(image(shared, api), scribble_images["plain"])
     api["10"]["inputs"]["end_percent"] = 1.0
-    full = image(new_session(root), api)
+    full = image(shared, api)
     api["10"]["inputs"]["end_percent"] = 0.5
-    half = image(new_session(root), api)
+    half = image(shared, api)
     assert (full - scribble_images["plain"]).abs().max() > 1e-2
     assert (half - full).abs().max() > 1e-3
 
 
-def test_t2i_adapter_depth_example(root: pathlib.Path) -> None:
-    s = new_session(root)
-    result = s.run_prompt(depth_prompt(), targets=["9"])
+def test_t2i_adapter_depth_example(root: pathlib.Path, shared: Session) -> None:
+    result = shared.run_prompt(depth_prompt(), targets=["9"])
     assert set(result.executed) == set(depth_prompt())
     controlled = result.outputs["8"][0]
     assert controlled.shape == (1, 48, 104, 3)
-    plain = image(new_session(root), without_control(depth_prompt(), "23", "24"))
+    plain = image(shared, without_control(depth_prompt(), "23", "24"))
     assert (controlled - plain).abs().max() > 1e-2
-    assert torch.equal(image(new_session(root), depth_prompt()), controlled)
-    assert torch.equal(image(new_session(root), depth_prompt(strength=0.0)), plain)
-    diffusers = image(new_session(root), depth_prompt("t2iadapter_depth_tiny_diffusers.safetensors"))
+    assert torch.equal(image(new_session(root), depth_prompt()), controlled)  # deterministic
+    assert torch.equal(image(shared, depth_prompt(strength=0.0)), plain)
+    diffusers = image(shared, depth_prompt("t2iadapter_depth_tiny_diffusers.safetensors"))
     assert torch.equal(diffusers, controlled)
-    light = image(new_session(root), depth_prompt("t2iadapter_light_tiny.safetensors"))
+    light = image(shared, depth_prompt("t2iadapter_light_tiny.safetensors"))
     assert (light - plain).abs().max() > 1e-2

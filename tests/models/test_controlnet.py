@@ -106,7 +106,7 @@ def test_wrong_residual_shape_names_the_block():
 
     m = UNetModel(UNetConfig.sd1_tiny()).eval()
     bad = ControlResiduals(output=(torch.zeros(1, 16, 8, 8),))
-    with pytest.raises(ValueError, match="skip 0.*Fix"):
+    with pytest.raises(ValueError, match=r"skip 0.*Fix"):
         m(torch.zeros(1, 4, 8, 8), torch.tensor([1.0]), torch.zeros(1, 2, 32), control=bad)
 
 
