@@ -6,6 +6,10 @@ imports torch by itself):
 - ``Session``: registry + executor + cache (+ model manager once models are used).
 - ``session()`` / ``use_session(s)``: the session that real-mode node calls act on.
 - ``load_ipython_extension``: ``%load_ext comfy_notebook``.
+- the errors (``NodeCallError``, ``ValidationError``, ...), also in ``comfy_notebook.errors``.
+
+The package root is the top of the rooms (see ``_layers.py``): it wires real mode's user
+namespace into the node pack, which never imports real mode itself.
 """
 
 from __future__ import annotations
@@ -14,12 +18,36 @@ from typing import Any
 
 # Torch-free and cheap, so imported eagerly.  The module is private (``_session``) so that
 # ``comfy_notebook.session`` is always the function, never a submodule of the same name.
+from comfy_notebook import errors as _errors
+from comfy_notebook import nodes as _nodes
 from comfy_notebook._session import Session, session, use_session
+from comfy_notebook.errors import (
+    ComfyNotebookError,
+    ExecutionInterrupted,
+    GraphError,
+    ModelLoadError,
+    ModelMemoryError,
+    NodeCallError,
+    NodeError,
+    NodeExecutionError,
+    UnsupportedModelError,
+    ValidationError,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ComfyNotebookError",
+    "ExecutionInterrupted",
+    "GraphError",
+    "ModelLoadError",
+    "ModelMemoryError",
+    "NodeCallError",
+    "NodeError",
+    "NodeExecutionError",
     "Session",
+    "UnsupportedModelError",
+    "ValidationError",
     "__version__",
     "load_ipython_extension",
     "read_prompt",
@@ -31,6 +59,20 @@ __all__ = [
 _LAZY = {
     "read_prompt": ("comfy_notebook.pnginfo", "read_prompt"),
 }
+
+
+def _node_namespace(name: str) -> Any:
+    """``comfy_notebook.nodes.<name>`` for node and enum names: real mode's user namespace."""
+    from comfy_notebook.realmode.namespace import lookup
+
+    return lookup(name)
+
+
+_nodes.namespace = _node_namespace
+# Errors show under their public home: ``comfy_notebook.NodeCallError: ...`` in a traceback.
+for _name in _errors.__all__:
+    getattr(_errors, _name).__module__ = __name__
+del _name
 
 
 def __getattr__(name: str) -> Any:

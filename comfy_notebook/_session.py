@@ -1,6 +1,8 @@
-"""``Session``: one registry, one cache, one executor and an event stream (no torch here).
+"""``Session``: one registry, one cache, one executor, typed services and an event stream.
 
-Models, folders and the model manager are added to ``Session.services`` by later layers.
+No torch here, and no arrow up: the session imports neither the node pack nor real mode nor
+the widgets.  The built-in node pack is loaded *by name* (:data:`BUILTIN_PACK`) on the first
+registry lookup, so ``Session()`` stays cheap; ``Session(builtins=False)`` starts empty.
 """
 
 from __future__ import annotations
@@ -11,16 +13,27 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from comfy_notebook.engine.cache import Cache
-from comfy_notebook.engine.context import services_context
+from comfy_notebook.engine.context import services_context, set_services_fallback
 from comfy_notebook.engine.events import Event
 from comfy_notebook.engine.executor import Executor, PromptResult
 from comfy_notebook.engine.graph import Graph
 from comfy_notebook.engine.registry import Registry
 from comfy_notebook.errors import GraphError, ValidationError
+from comfy_notebook.services import Services
 
-__all__ = ["PromptResult", "Session", "session", "use_session"]
+__all__ = ["BUILTIN_PACK", "PromptResult", "Session", "session", "use_session"]
 
 log = logging.getLogger(__name__)
+
+# The module that registers the built-in nodes (``register_builtins(session)``), imported by
+# name when a session first looks a node up: the pack is a room below, loaded on demand.
+BUILTIN_PACK = "comfy_notebook.nodes"
+
+
+def _register_builtins(session: Session) -> None:
+    import importlib
+
+    importlib.import_module(BUILTIN_PACK).register_builtins(session)
 
 
 class Session:
@@ -29,9 +42,15 @@ class Session:
     Parameters
     ----------
     models_dir, output_dir:
-        Kept as attributes for the model and output layers.
+        The models folder (or a ComfyUI installation) and where outputs go.  Unset: from
+        ``$COMFY_NOTEBOOK_MODELS`` or the config file, re-read when they change.
     cache:
         Defaults to ``Cache(KeepAll())``.
+    builtins:
+        Register the built-in node pack (ComfyUI's core nodes), lazily on the first node
+        lookup (default).  ``False``: an empty session for your own nodes.
+    comfyui:
+        A ComfyUI installation to attach (:meth:`attach_comfyui`); its nodes join the registry.
 
     Examples
     --------
@@ -46,17 +65,23 @@ class Session:
         models_dir: str | os.PathLike[str] | None = None,
         output_dir: str | os.PathLike[str] | None = None,
         cache: Cache | None = None,
+        builtins: bool = True,
+        comfyui: str | os.PathLike[str] | None = None,
     ) -> None:
         self.models_dir = models_dir
         self.output_dir = output_dir
         self.registry = Registry()
+        if builtins:
+            self.registry.defer(lambda _registry: _register_builtins(self))
         self.cache = cache if cache is not None else Cache()
-        self.services: dict[str, Any] = {"session": self}
+        self.services = Services(self)
         # User-facing switches read by the layers above, e.g. "progress" (tqdm bars in real
         # mode; unset: the COMFY_NOTEBOOK_PROGRESS environment variable, default on).
         self.options: dict[str, Any] = {}
         self._subscribers: list[Callable[[Event], None]] = []
         self.executor = Executor(self.registry, self.cache, emit=self._emit, services=self.services)
+        if comfyui is not None:  # imports torch and ComfyUI (see attach_comfyui)
+            self.attach_comfyui(comfyui)
 
     def _emit(self, event: Event) -> None:
         for fn in tuple(self._subscribers):
@@ -80,6 +105,23 @@ class Session:
         with services_context(self.services):  # INPUT_TYPES reads this session's folders
             self.registry.register(mappings, display_names)
 
+    def load_custom_nodes(self, path: str | os.PathLike[str]) -> Any:
+        """Import ComfyUI custom node packs (a pack, a single file or a ``custom_nodes`` folder)
+        and register their nodes; returns one report per pack (see
+        :func:`comfy_notebook.interop.load_custom_nodes`)."""
+        from comfy_notebook.interop import load_custom_nodes
+
+        return load_custom_nodes(self, path)
+
+    def attach_comfyui(self, path: str | os.PathLike[str], *, prefer: str = "comfyui",
+                       models: str = "session") -> Any:
+        """Import the ComfyUI installation at ``path`` and register all its nodes (ComfyUI's
+        classes win shared names unless ``prefer="builtin"``); see
+        :func:`comfy_notebook.interop.attach.attach_comfyui`."""
+        from comfy_notebook.interop.attach import attach_comfyui
+
+        return attach_comfyui(self, path, prefer=prefer, models=models)
+
     @property
     def models(self) -> Any:
         """The session's :class:`~comfy_notebook.runtime.manager.ModelManager` (made on first use).
@@ -88,9 +130,27 @@ class Session:
         ``unload``, ``unload_all``, ``set_budget`` and ``keep_loaded`` move models by hand.
         Importing torch happens here, not when the session is created.
         """
-        from comfy_notebook.runtime.service import manager_service
+        return self.services.models
 
-        return manager_service(self.services)
+    @property
+    def folders(self) -> Any:
+        """The session's :class:`~comfy_notebook.folders.Folders` (models, input, output)."""
+        return self.services.folders
+
+    def set_models_dir(self, models_dir: str | os.PathLike[str] | None) -> None:
+        """Use ``models_dir`` (a models folder or a ComfyUI installation) from now on.
+
+        Takes effect at once for the running session (combo lists, loaders, enums); ``None``
+        goes back to ``$COMFY_NOTEBOOK_MODELS`` / the config file.
+        """
+        self.models_dir = models_dir
+        self.services.folders = None  # rebuilt from the new configuration on next use
+
+    def __repr__(self) -> str:
+        loaded = self.services.models_loaded
+        models = f", {len(loaded.list())} models" if loaded is not None else ""
+        nodes = "built-in nodes load on first use" if self.registry.deferred else f"{len(self.registry)} nodes"
+        return f"<Session {nodes}, cache {len(self.cache)} entries{models}>"
 
     def interrupt(self) -> None:
         """Stop the running prompt at the next check (between nodes or in ``ctx.progress``)."""
@@ -152,17 +212,10 @@ _current: Session | None = None
 
 
 def session() -> Session:
-    """The current session, created on first use (with the built-in node pack, if present)."""
+    """The current session, created on first use (with the built-in node pack)."""
     global _current
     if _current is None:
-        s = Session()
-        try:
-            from comfy_notebook.nodes import register_builtins
-
-            register_builtins(s)
-        except Exception:
-            log.debug("built-in node pack not registered", exc_info=True)
-        _current = s
+        _current = Session()
     return _current
 
 
@@ -171,3 +224,7 @@ def use_session(s: Session) -> Session:
     global _current
     _current = s
     return s
+
+
+# Naked node calls (outside any run) reach the current session's services.
+set_services_fallback(lambda: session().services)

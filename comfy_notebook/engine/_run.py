@@ -210,6 +210,8 @@ class PromptRun:
     async def execute(self, node_id: str) -> None:
         """Run one ready node (possibly sending it back to pending)."""
         self.needed.pop(node_id, None)
+        if node_id not in self.subgraph_results and self._twin_done(node_id):
+            return
         self.current = node_id
         node = self.nodes[node_id]
         spec = self.registry.get(node.class_type)
@@ -245,6 +247,17 @@ class PromptRun:
             err.__cause__ = exc
             self.emit(NodeFailed(self.prompt_id, node_id, class_type, err))
             raise err from exc
+
+    def _twin_done(self, node_id: str) -> bool:
+        """An identical node (same signature, another id) of this prompt already ran and stored
+        its outputs: take them from the cache instead of running again, as ComfyUI does."""
+        try:
+            key = self.sig(node_id)
+        except Exception:  # reported when the node runs
+            return False
+        if key[0] == "~" or self.cache.peek(key) is None:
+            return False
+        return self._try_cache(node_id)
 
     def _add_lazy(self, node_id: str, node: Node, asked: list[Any]) -> bool:
         """Add inputs named by check_lazy_status that are not evaluated yet; True if any."""

@@ -1,4 +1,6 @@
-"""Cache keys (ComfyUI's structural input signature) and the output cache with policies.
+"""Cache keys (ComfyUI's structural input signature) and the output cache.
+
+Eviction policies live in :mod:`comfy_notebook.engine.policies`.
 
 A node's key hashes its class, its ``IS_CHANGED`` value, its sorted constant inputs and, for
 each linked input, the key of the upstream node and the output slot.  Keys are therefore
@@ -9,7 +11,6 @@ makes the key *uncacheable*: it starts with ``"~"``, is unique to the run and is
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
@@ -17,7 +18,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+from comfy_notebook.engine.policies import (
+    LRU,
+    ByteBudget,
+    CachePolicy,
+    KeepAll,
+    MemoryBudget,
+    sizeof,
+    split_bytes,
+)
 
 __all__ = [
     "LRU",
@@ -27,6 +38,7 @@ __all__ = [
     "CachePolicy",
     "CacheStats",
     "KeepAll",
+    "MemoryBudget",
     "canonical",
     "is_cacheable",
     "node_signature",
@@ -156,36 +168,6 @@ def node_signature(
     return hashlib.blake2b("".join(parts).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-def sizeof(value: Any) -> int:
-    """Bytes held by ``value`` by duck typing: ``nbytes`` or ``element_size()*numel()``.
-
-    Recurses (iteratively) into tuples, lists and dicts; other objects count 0.
-    """
-    total = 0
-    stack = [value]
-    seen: set[int] = set()
-    while stack:
-        item = stack.pop()
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        nbytes = getattr(item, "nbytes", None)
-        if isinstance(nbytes, int) and not isinstance(item, type):
-            total += nbytes
-            continue
-        element_size = getattr(item, "element_size", None)
-        numel = getattr(item, "numel", None)
-        if callable(element_size) and callable(numel):
-            with contextlib.suppress(Exception):
-                total += int(element_size()) * int(numel())
-            continue
-        if isinstance(item, tuple | list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-    return total
-
-
 @dataclass(eq=False)
 class CacheEntry:
     """One cached node result: per-slot output lists, the ``ui`` dict, size, last use, tags."""
@@ -195,6 +177,8 @@ class CacheEntry:
     nbytes: int
     last_used: float
     tags: set[str] = field(default_factory=set)
+    ram_bytes: int = 0  # nbytes split by where the bytes live (what MemoryBudget weighs)
+    vram_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -208,71 +192,13 @@ class CacheStats:
     evictions: int
 
 
-class CachePolicy(Protocol):
-    """Eviction policy: chooses keys to evict from entries ordered least- to most-recent."""
-
-    def victims(self, entries: OrderedDict[str, CacheEntry], total_bytes: int) -> Iterable[str]:
-        """Keys to evict now (the most recently stored entry last)."""
-        ...
-
-
-class KeepAll:
-    """Never evicts; release entries explicitly (``cache.release``, ``release_tag``)."""
-
-    def victims(self, entries: OrderedDict[str, CacheEntry], total_bytes: int) -> Iterable[str]:
-        """No victims."""
-        return ()
-
-    def __repr__(self) -> str:
-        return "KeepAll()"
-
-
-class LRU:
-    """Keeps at most ``max_entries`` entries, evicting the least recently used (0 keeps none)."""
-
-    def __init__(self, max_entries: int) -> None:
-        if max_entries < 0:
-            raise ValueError(f"LRU max_entries must be >= 0, received {max_entries}")
-        self.max_entries = max_entries
-
-    def victims(self, entries: OrderedDict[str, CacheEntry], total_bytes: int) -> Iterable[str]:
-        """The oldest keys beyond ``max_entries``."""
-        excess = len(entries) - self.max_entries
-        return [k for _, k in zip(range(max(excess, 0)), entries, strict=False)]
-
-    def __repr__(self) -> str:
-        return f"LRU({self.max_entries})"
-
-
-class ByteBudget:
-    """Evicts least recently used entries while the total size exceeds ``max_bytes``."""
-
-    def __init__(self, max_bytes: int) -> None:
-        if max_bytes < 0:
-            raise ValueError(f"ByteBudget max_bytes must be >= 0, received {max_bytes}")
-        self.max_bytes = max_bytes
-
-    def victims(self, entries: OrderedDict[str, CacheEntry], total_bytes: int) -> Iterable[str]:
-        """The oldest keys until the remainder fits."""
-        out = []
-        for key, entry in entries.items():
-            if total_bytes <= self.max_bytes:
-                break
-            out.append(key)
-            total_bytes -= entry.nbytes
-        return out
-
-    def __repr__(self) -> str:
-        return f"ByteBudget({self.max_bytes})"
-
-
 class Cache:
     """Node outputs keyed by signature, with an eviction policy and statistics.
 
     Parameters
     ----------
     policy:
-        :class:`KeepAll` (default), :class:`LRU` or :class:`ByteBudget`, or any object with a
+        one of :mod:`comfy_notebook.engine.policies` (default :class:`KeepAll`), or any object with a
         ``victims(entries, total_bytes)`` method.
     """
 
@@ -301,7 +227,8 @@ class Cache:
 
     def put(self, key: str, outputs: tuple[list[Any], ...], ui: Mapping[str, Any] | None) -> CacheEntry:
         """Store a result (uncacheable keys are not stored) and apply the policy."""
-        entry = CacheEntry(outputs, ui, sizeof(outputs), time.monotonic())
+        ram, vram = split_bytes(outputs)
+        entry = CacheEntry(outputs, ui, ram + vram, time.monotonic(), ram_bytes=ram, vram_bytes=vram)
         if not is_cacheable(key):
             return entry
         old = self._entries.pop(key, None)

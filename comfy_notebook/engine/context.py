@@ -6,16 +6,20 @@ follows asyncio tasks); node code reads it with :func:`current_context`.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from comfy_notebook.engine.events import Event, NodeProgress
+from comfy_notebook.engine.events import Event, NodeMessage, NodeProgress, NodeWarning
 from comfy_notebook.errors import ExecutionInterrupted
 
-__all__ = ["NodeContext", "current_context"]
+__all__ = ["NodeContext", "current_context", "current_services", "services_context", "set_services_fallback"]
+
+
+_log = logging.getLogger("comfy_notebook")
 
 
 def _drop(event: Event) -> None:
@@ -30,7 +34,9 @@ class NodeContext:
     node_id, class_type, prompt_id:
         The running node (``None`` outside a run).
     services:
-        Read-only mapping supplied by whoever runs the executor (``Session.services``).
+        Whatever the executor's owner passes (a session passes its typed
+        :class:`comfy_notebook.services.Services`); ``None`` outside a run.  The engine never
+        looks inside it.
     """
 
     __slots__ = (
@@ -50,14 +56,14 @@ class NodeContext:
         node_id: str | None = None,
         class_type: str | None = None,
         prompt_id: str | None = None,
-        services: Mapping[str, Any] | None = None,
+        services: Any = None,
         emit: Callable[[Event], None] = _drop,
         interrupt_flag: threading.Event | None = None,
     ) -> None:
         self.node_id = node_id
         self.class_type = class_type
         self.prompt_id = prompt_id
-        self.services: Mapping[str, Any] = services if services is not None else {}
+        self.services: Any = services
         self._emit = emit
         self._flag = interrupt_flag
         self.last_step: tuple[float, float] | None = None
@@ -87,6 +93,18 @@ class NodeContext:
             self._emit(NodeProgress(self.prompt_id, self.node_id, value, total, preview))
         self.check_interrupt()
 
+    def message(self, event: str, data: Any) -> None:
+        """Send ``(event, data)`` to the session's subscribers as a :class:`NodeMessage`."""
+        if self.prompt_id is not None and self.node_id is not None:
+            self._emit(NodeMessage(self.prompt_id, self.node_id, event, data))
+
+    def warn(self, message: str) -> None:
+        """A warning-level note: a :class:`NodeWarning` event, and a ``logging`` warning (so a
+        script or notebook without subscribers sees it too)."""
+        _log.warning("%s", message)
+        if self.prompt_id is not None and self.node_id is not None:
+            self._emit(NodeWarning(self.prompt_id, self.node_id, self.class_type or "", message))
+
     def alloc_prefix(self) -> str:
         """Id prefix for a ``GraphBuilder`` created by this node (``id.call.graph.``)."""
         if self.node_id is None:
@@ -104,8 +122,26 @@ def current_context() -> NodeContext:
     return _CURRENT.get()
 
 
+_fallback: Callable[[], Any] | None = None
+
+
+def set_services_fallback(provider: Callable[[], Any] | None) -> None:
+    """Who answers :func:`current_services` outside a run (the session layer installs the
+    current session's services here, so naked node calls share its model manager)."""
+    global _fallback
+    _fallback = provider
+
+
+def current_services() -> Any:
+    """The running node's services; outside a run the fallback's (``None`` without one)."""
+    found = _CURRENT.get().services
+    if found is None and _fallback is not None:
+        found = _fallback()
+    return found
+
+
 @contextmanager
-def services_context(services: Mapping[str, Any]) -> Iterator[None]:
+def services_context(services: Any) -> Iterator[None]:
     """Code that asks a node class about itself (``INPUT_TYPES`` while registering or
     validating) sees ``services`` as ``current_context().services``: combo lists then come from
     that session's folders, and never make a session of their own."""

@@ -18,8 +18,10 @@ __all__ = [
     "NodeCached",
     "NodeFailed",
     "NodeFinished",
+    "NodeMessage",
     "NodeProgress",
     "NodeStarted",
+    "NodeWarning",
     "RunFinished",
     "RunInterrupted",
     "RunStarted",
@@ -69,6 +71,15 @@ class NodeProgress(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class NodeMessage(Event):
+    """A message a node sent to the front end (a custom pack's ``PromptServer.send_sync``)."""
+
+    node_id: str
+    event: str
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
 class NodeFinished(Event):
     """A node finished (ComfyUI ``executed``); ``ui`` is what it returned under ``"ui"``."""
 
@@ -76,6 +87,15 @@ class NodeFinished(Event):
     class_type: str
     seconds: float
     ui: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeWarning(Event):
+    """A warning-level note from a running node (e.g. a size rounded as ComfyUI rounds it)."""
+
+    node_id: str
+    class_type: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,8 @@ class Executor:
     emit:
         Event sink, called synchronously in the running thread.
     services:
-        Mapping exposed to nodes as ``current_context().services``.
+        Any object, exposed to nodes as ``current_context().services`` (a session passes its
+        :class:`comfy_notebook.services.Services`).
     """
 
     def __init__(
@@ -52,12 +53,12 @@ class Executor:
         cache: Cache,
         *,
         emit: Callable[[Event], None] | None = None,
-        services: Mapping[str, Any] | None = None,
+        services: Any = None,
     ) -> None:
         self.registry = registry
         self.cache = cache
         self.emit: Callable[[Event], None] = emit if emit is not None else (lambda event: None)
-        self.services: Mapping[str, Any] = services if services is not None else {}
+        self.services: Any = services
         self.interrupt_flag = threading.Event()
         self._objects: dict[tuple[str, str], Any] = {}
 

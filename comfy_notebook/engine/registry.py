@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from comfy_notebook.engine.protocol import NodeSpec, parse_node_class
+from comfy_notebook.engine.v3 import adapt_v3, is_v3_class
 from comfy_notebook.errors import GraphError
 
 __all__ = ["Registry"]
@@ -32,11 +33,41 @@ class Registry:
     def __init__(self) -> None:
         self._specs: dict[str, NodeSpec] = {}
         self._display: dict[str, str | None] = {}
+        self._deferred: list[Callable[[Registry], None]] = []
+        self._explicit: set[str] = set()  # registered while packs were deferred: they win
+        self._loading = False
+
+    def defer(self, loader: Callable[[Registry], None]) -> None:
+        """Register a pack later: ``loader(registry)`` runs on the first lookup.
+
+        Classes registered explicitly meanwhile keep their place (a deferred pack never
+        replaces them), so deferring a pack behaves as if it had been registered first.
+        """
+        self._deferred.append(loader)
+
+    @property
+    def deferred(self) -> bool:
+        """Whether a pack is still waiting for the first lookup."""
+        return bool(self._deferred)
+
+    def _ready(self) -> dict[str, NodeSpec]:
+        """The specs, after running the deferred loaders (once)."""
+        while self._deferred and not self._loading:
+            loader = self._deferred.pop(0)
+            self._loading = True
+            try:
+                loader(self)
+            finally:
+                self._loading = False
+        return self._specs
 
     def register(
         self, mappings: Mapping[str, type], display_names: Mapping[str, str] | None = None
     ) -> None:
         """Register every class of a ``NODE_CLASS_MAPPINGS`` dict (re-registering replaces).
+
+        V1 classes are taken as they are; V3 classes (``define_schema`` / ``execute``) through
+        :func:`comfy_notebook.engine.v3.adapt_v3`.
 
         Parameters
         ----------
@@ -46,9 +77,15 @@ class Registry:
             Optional ``NODE_DISPLAY_NAME_MAPPINGS``.
         """
         names = display_names or {}
-        parsed = {n: parse_node_class(n, c, names.get(n)) for n, c in mappings.items()}
+        if self._loading:  # a deferred pack: what was registered explicitly meanwhile stays
+            mappings = {n: c for n, c in mappings.items() if n not in self._explicit}
+        elif self._deferred:
+            self._explicit.update(mappings)
+        classes = {n: adapt_v3(c) if is_v3_class(c) else c for n, c in mappings.items()}
+        shown = {n: names.get(n) or getattr(c, "V3_DISPLAY_NAME", None) for n, c in classes.items()}
+        parsed = {n: parse_node_class(n, c, shown[n]) for n, c in classes.items()}
         self._specs.update(parsed)
-        self._display.update({n: names.get(n) for n in mappings})
+        self._display.update(shown)
 
     def current(self, class_type: str) -> NodeSpec:
         """The spec of ``class_type`` with its combo lists as ``INPUT_TYPES()`` gives them now.
@@ -68,10 +105,10 @@ class Registry:
 
     def get(self, class_type: str) -> NodeSpec | None:
         """The spec for ``class_type``, or ``None``."""
-        return self._specs.get(class_type)
+        return self._ready().get(class_type)
 
     def __getitem__(self, class_type: str) -> NodeSpec:
-        spec = self._specs.get(class_type)
+        spec = self._ready().get(class_type)
         if spec is None:
             raise GraphError(
                 f"unknown node class {class_type!r}; registered: {len(self._specs)} classes. "
@@ -81,16 +118,16 @@ class Registry:
 
     def names(self) -> list[str]:
         """Registered class names, in registration order."""
-        return list(self._specs)
+        return list(self._ready())
 
     def __contains__(self, class_type: object) -> bool:
-        return class_type in self._specs
+        return class_type in self._ready()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._specs)
+        return iter(self._ready())
 
     def __len__(self) -> int:
-        return len(self._specs)
+        return len(self._ready())
 
     def object_info(self, class_type: str | None = None) -> dict[str, Any]:
         """Describe nodes in the shape of ComfyUI's ``/object_info`` (one or all).
@@ -102,7 +139,7 @@ class Registry:
             "name", "display_name", "description", "python_module", "category", "output_node",
             "output_tooltips", "deprecated", "experimental", "api_node"}}``.
         """
-        names = [class_type] if class_type is not None else list(self._specs)
+        names = [class_type] if class_type is not None else list(self._ready())
         return {n: self._describe(self[n]) for n in names}
 
     @staticmethod

@@ -8,6 +8,8 @@ iterative so a 10,000-node chain validates.
 
 from __future__ import annotations
 
+import math
+
 import asyncio
 import difflib
 import traceback
@@ -138,6 +140,19 @@ def _check_constant(
                 )
             )
             return value
+    if typ == "FLOAT" and isinstance(value, float) and not math.isfinite(value):
+        # Stricter than ComfyUI on purpose: nan / inf run silently there and give black images.
+        errors.append(
+            _err(
+                "value_not_finite",
+                f"Value {value} is not a finite number",
+                f"{name}: FLOAT inputs must be finite (nan and inf are refused). Fix: pass a finite number",
+                input_name=name,
+                input_config=info,
+                received_value=value,
+            )
+        )
+        return value
     if skip_limits:
         return value
     opts = spec.options

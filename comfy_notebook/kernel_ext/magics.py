@@ -138,7 +138,7 @@ class ComfyMagics(Magics):
         session = _session()
         st = state(session)
         stats = session.cache.stats()
-        manager = session.services.get("models")
+        manager = session.services.models_loaded
         n_models = len(manager.list()) if manager is not None else 0
         print(f"nodes registered: {len(session.registry)}")
         print(f"cache: {stats.entries} entries, {stats.bytes / 2**20:.1f} MB, "
@@ -148,7 +148,7 @@ class ComfyMagics(Magics):
 
     def _cmd_models(self, args: list[str]) -> Any:
         session = _session()
-        if session.services.get("models") is None:
+        if session.services.models_loaded is None:
             print("no models loaded")
             return None
         try:
@@ -156,13 +156,13 @@ class ComfyMagics(Magics):
 
             return show_models(session)
         except ImportError:  # widgets unavailable: the manager's own table
-            print(repr(session.services["models"]))
+            print(repr(session.services.models_loaded))
             return None
 
     def _manager(self, verb: str, args: list[str]) -> Any:
         if len(args) != 1:
             raise UsageError(f"%comfy {verb} expects one model NAME (see %comfy models)")
-        manager = _session().services.get("models")
+        manager = _session().services.models_loaded
         if manager is None:
             raise UsageError(f"%comfy {verb}: no models loaded")
         return manager
@@ -188,7 +188,8 @@ class ComfyMagics(Magics):
             print(f"cache cleared ({n} entries)")
             return
         if args and args[0] == "budget" and len(args) in (2, 3):
-            from comfy_notebook._budget import MemoryBudget, parse_bytes
+            from comfy_notebook._units import parse_bytes
+            from comfy_notebook.engine.policies import MemoryBudget
 
             try:
                 sizes = [None if a == "none" else parse_bytes(a) for a in args[1:]]
@@ -242,7 +243,7 @@ class ComfyMagics(Magics):
         from pathlib import Path
 
         import comfy_notebook.nodes
-        from comfy_notebook.stubs import write_stub
+        from comfy_notebook.realmode.stubs import write_stub
 
         if len(args) > 1:
             raise UsageError("%comfy stubs takes at most one path")

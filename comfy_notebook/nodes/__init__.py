@@ -7,12 +7,14 @@ Two faces:
 - ``from comfy_notebook.nodes import *``: every node registered in the *current* session
   (built-ins and anything added with ``session.register``) as a real-mode callable, plus the
   ComfyScript-style enums (``Checkpoints``, ``Samplers``, ...).  Names are looked up at access
-  time, so nodes registered later show up on the next import.
+  time, so nodes registered later show up on the next import.  This face is real mode's
+  (:mod:`comfy_notebook.realmode.namespace`), delegated to through :data:`namespace`.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 # Node modules of the pack, in the order their nodes are listed.
@@ -50,11 +52,10 @@ def register_builtins(session: Any) -> None:
     session.register(mappings, display_names=display)
 
 
-def _enums() -> dict[str, Any]:
-    from comfy_notebook import enums
-    from comfy_notebook._session import session
-
-    return dict(enums.global_enums(session()))
+# ``from comfy_notebook.nodes import *`` (node names and enums as real-mode callables) is
+# served by real mode, a room above this one: the package root installs its lookup here
+# (``comfy_notebook/__init__.py``), so the pack itself never imports real mode.
+namespace: Callable[[str], Any] | None = None
 
 
 def __dir__() -> list[str]:
@@ -67,23 +68,6 @@ def __getattr__(name: str) -> Any:
         return _load()[0]
     if name == "NODE_DISPLAY_NAME_MAPPINGS":
         return _load()[1]
-    if name == "__all__":
-        from comfy_notebook._recording import RAW_VALUE_NODE
-        from comfy_notebook._session import session
-
-        names = [n for n in session().registry.names() if n != RAW_VALUE_NODE]
-        return sorted(names) + sorted(_enums())
-    if name.startswith("_"):
-        raise AttributeError(name)
-    enums = _enums()
-    if name in enums:
-        return enums[name]
-    from comfy_notebook.realmode import node_function
-
-    try:
-        return node_function(name)
-    except KeyError:
-        raise AttributeError(
-            f"no node named {name!r} is registered in the current session; "
-            "register it with comfy_notebook.session().register({...})"
-        ) from None
+    if (name.startswith("_") and name != "__all__") or namespace is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return namespace(name)

@@ -1,36 +1,39 @@
-"""How node code reaches the session's services (model manager, folders, the session itself)."""
+"""How node code reaches the session's services (model manager, folders, the session itself).
+
+The services are a typed :class:`comfy_notebook.services.Services` object that the session
+passes to the engine, which puts it on the running node's context.  Outside a run (naked mode:
+``KSampler().sample(...)`` called as plain Python) the current session's services are used —
+the engine's context falls back to them — so naked calls share the same model manager.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from comfy_notebook.folders import Folders
+    from comfy_notebook.runtime.manager import ModelManager
+    from comfy_notebook.services import Services
 
 
-def services() -> Mapping[str, Any]:
-    """The services of the run in progress, or of the current session outside a run.
+def services() -> Services:
+    """The services of the run in progress, or of the current session outside a run."""
+    from comfy_notebook.engine.context import current_services
 
-    Inside an executor run the engine's node context carries the session's ``services``;
-    outside one (naked mode: ``KSampler().sample(...)`` called as plain Python) the current
-    session's services are used, so naked calls share the same model manager.
-    """
-    from comfy_notebook.engine import current_context
+    found = current_services()
+    if found is None:
+        from comfy_notebook.services import Services
 
-    found = current_context().services
-    if found:
-        return found
-    import comfy_notebook
-
-    return comfy_notebook.session().services
+        return Services()  # no session anywhere (the package root was not imported)
+    return found  # type: ignore[no-any-return]
 
 
-def model_manager(found: Mapping[str, Any] | None = None) -> Any:
-    """The session's model manager (see :func:`comfy_notebook.runtime.service.manager_service`)."""
-    from comfy_notebook.runtime.service import manager_service
-
-    return manager_service(services() if found is None else found)
+def model_manager(found: Any = None) -> ModelManager:
+    """The session's model manager (made on first use)."""
+    return (services() if found is None else found).models  # type: ignore[no-any-return]
 
 
-def folders(found: Mapping[str, Any] | None = None) -> Any:
+def folders(found: Any = None) -> Folders:
     """The session's :class:`~comfy_notebook.folders.Folders`."""
     from comfy_notebook.folders import folders_service
 
@@ -44,11 +47,11 @@ def listing(kind: str) -> list[str]:
     services in context; outside that (a class asked directly) the configured folders are
     listed.  It never makes a session itself: registering the pack would then recurse.
     """
-    from comfy_notebook.engine import current_context
+    from comfy_notebook.engine.context import current_context
     from comfy_notebook.folders import Folders, folders_service
 
     found = current_context().services
     try:
-        return (folders_service(found) if found else Folders.from_config()).list(kind)
+        return (folders_service(found) if found is not None else Folders.from_config()).list(kind)
     except OSError:  # an unreadable folder lists nothing; validation says more
         return []

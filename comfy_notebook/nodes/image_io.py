@@ -218,7 +218,7 @@ class SaveImage:
     ) -> dict[str, Any]:
         found = services()
         folders = folders_service(found)
-        registry = getattr(found.get("session"), "registry", None)
+        registry = getattr(found.session, "registry", None)
         full_dir, filename, counter, subfolder = folders.save_path(
             filename_prefix + self.prefix_append, images[0].shape[1], images[0].shape[0], self.type
         )

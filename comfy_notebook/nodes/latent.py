@@ -51,6 +51,12 @@ class EmptyLatentImage:
     DESCRIPTION = "Create a new batch of empty latent images to be denoised via sampling."
 
     def generate(self, width: int, height: int, batch_size: int = 1) -> tuple[Latent]:
+        if width % 8 or height % 8:  # ComfyUI rounds down silently; we keep it and say so
+            from comfy_notebook.engine import current_context
+
+            current_context().warn(
+                f"EmptyLatentImage: {width}x{height} is not a multiple of 8; the latent is "
+                f"{width // 8 * 8}x{height // 8 * 8} px (rounded down, as ComfyUI does)")
         latent = torch.zeros([batch_size, 4, height // 8, width // 8], device="cpu")
         return ({"samples": latent},)
 

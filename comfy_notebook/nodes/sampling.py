@@ -23,6 +23,13 @@ def scheduler_names() -> list[str]:
     return list(SCHEDULERS)
 
 
+def _graphs_option(ctx: Any) -> bool | None:
+    """``session.options["cuda_graphs"]``: True / False, or unset (None: on where CUDA captures)."""
+    session = ctx.services.get("session")
+    value = getattr(session, "options", {}).get("cuda_graphs")
+    return None if value is None else bool(value)
+
+
 def common_ksampler(
     model: ModelValue, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
     positive: list[Any], negative: list[Any], latent: dict[str, Any], *, denoise: float = 1.0,
@@ -40,8 +47,12 @@ def common_ksampler(
     def run(unet: Any) -> dict[str, Any]:
         weight_dtype = model.ref.base.dtype
 
-        def apply_model(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
+        def eager(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
             return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
+
+        # captured as a CUDA graph per shape where possible (runtime.graphs); eager otherwise
+        # (a step with control residuals runs eagerly: they are not plain tensor inputs)
+        apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=_graphs_option(ctx))
 
         # ControlNets / T2I-Adapters the conditioning carries go on the device beside the UNet
         with bind_controls(positive, negative, schedule=model.schedule, device=model.manager.device) as bind:

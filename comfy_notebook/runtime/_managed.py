@@ -89,6 +89,9 @@ class ModelInfo:
     in_use: bool
     holders: tuple[str, ...]
     family: str | None = None  # e.g. "sd1": what the registrant said the weights are
+    world: str = "comfy_notebook"  # "comfyui" for the models of an attached ComfyUI
+    graphs: int = 0  # captured sampling steps held for this model (runtime.graphs)
+    graph_bytes: int = 0  # device memory those graphs hold
 
 
 def estimate_unet_memory(

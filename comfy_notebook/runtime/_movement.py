@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "adopt_weights",
+    "buffers_to",
     "flatten",
     "move_buffers",
     "patch_resident",
@@ -44,9 +45,21 @@ def flatten(params: Mapping[str, Tensor], *, pin: bool) -> tuple[dict[str, Tenso
         total += p.numel() * p.element_size()
     flat = torch.empty(total, dtype=torch.uint8, pin_memory=pin)  # [total bytes]
     out = views(flat, params, offsets)
+    devices = set()
     for key, p in params.items():
-        out[key].copy_(p.detach())
+        out[key].copy_(p.detach(), non_blocking=pin)  # device -> pinned: DMA, synced below
+        devices.add(p.device)
+    for device in devices:
+        sync(device)
     return out, flat
+
+
+def buffers_to(module: nn.Module, device: torch.device) -> None:
+    """Move ``module``'s buffers (not its parameters) to ``device``."""
+    for mod in module.modules():
+        for k, b in mod._buffers.items():
+            if b is not None and b.device != device:
+                mod._buffers[k] = b.to(device)
 
 
 def views(flat: Tensor, like: Mapping[str, Tensor],

@@ -91,6 +91,11 @@ class SafetensorsFile(Mapping[str, Tensor]):
             f"cannot read {self.path} as safetensors: {why}. Fix: download or copy the file again"
         )
 
+    def entry(self, key: str) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+        """``(dtype, shape, absolute byte offset in the file, numel)`` of tensor ``key``."""
+        dtype, shape, start, numel = self._entries[key]
+        return dtype, shape, self._base + start, numel
+
     def __getitem__(self, key: str) -> Tensor:
         dtype, shape, start, numel = self._entries[key]
         if numel == 0 or self._mmap is None:
@@ -194,13 +199,33 @@ def _load_part(
             f"unexpected ({len(unexpected)}): {_listing(unexpected)}. Fix: use an original LDM "
             "single-file checkpoint, or report the file layout"
         )
-    tensors = {k: _fit(sd[found[k]], expected[k], dtype, device) for k in expected}
+    tensors = _read_fast(sd, found, expected, dtype, device)
+    if tensors is None:
+        tensors = {k: _fit(sd[found[k]], expected[k], dtype, device) for k in expected}
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as exc:
         raise ModelLoadError(f"{what}: tensor shapes do not match the architecture: {exc}") from exc
     _reset_meta_buffers(model, device, what)
     return model.eval().requires_grad_(False)
+
+
+def _read_fast(sd: Mapping[str, Tensor], found: Mapping[str, str], expected: Mapping[str, Tensor],
+               dtype: torch.dtype, device: torch.device) -> dict[str, Tensor] | None:
+    """A CUDA target and a safetensors file: pinned, pipelined reads (:mod:`.fastread`).
+
+    None (use the mmap path) for the CPU, pickled files, or when the device has no room for the
+    flat output buffer.
+    """
+    if device.type != "cuda" or not isinstance(sd, SafetensorsFile):
+        return None
+    from comfy_notebook.runtime import fastread
+
+    wanted = {k: (found[k], dtype, tuple(expected[k].shape)) for k in expected}
+    try:
+        return fastread.read_spans(sd.path, fastread.spans_for(sd, wanted), device)
+    except torch.OutOfMemoryError:
+        return None
 
 
 def _reset_meta_buffers(model: nn.Module, device: torch.device, what: str) -> None:

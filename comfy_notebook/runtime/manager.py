@@ -35,7 +35,8 @@ from comfy_notebook.runtime._managed import (
     UnknownModelError,
     estimate_unet_memory,
 )
-from comfy_notebook.runtime.devices import DevicePolicy
+from comfy_notebook.runtime.devices import KINDS, DevicePolicy
+from comfy_notebook.runtime.graphs import StepGraphs
 from comfy_notebook.runtime.patches import ModelRef
 from comfy_notebook.runtime.streaming import Streamer
 
@@ -88,7 +89,10 @@ class ModelManager:
         self._seq = itertools.count(1)
         self._reserved = 0
         self._subscribers: list[Callable[[ModelMoved], None]] = []
+        self._external: list[Any] = []  # other worlds' models (an attached ComfyUI)
         self._stats: dict[str, Any] = {f.name: f.default for f in fields(ManagerStats)}
+        # captured sampling steps; they listen to this manager's moves (runtime.graphs)
+        self.graphs = StepGraphs(self)
 
     # -- registry -----------------------------------------------------------------------------
     def register(self, name: str, factory: Callable[[], nn.Module] | None = None, *, kind: str,
@@ -97,7 +101,9 @@ class ModelManager:
         """Register a model; returns its :class:`ManagedModel` (``.ref()`` gives a handle).
 
         ``factory`` rebuilds the module from ``source`` after an unload; ``module`` is an
-        already built instance (e.g. one part of a checkpoint that was loaded once).
+        already built instance (e.g. one part of a checkpoint that was loaded once).  Without
+        ``dtype`` a known kind ("unet", "vae", "clip") gets the policy's dtype for it, so the
+        weights always have the dtype the callers cast their inputs to (fp16 UNet on CUDA).
         """
         with self._lock:
             if name in self._models:
@@ -108,6 +114,8 @@ class ModelManager:
                 raise ModelLoadError(
                     f"model {name!r}: expected a factory or a built module, received neither. "
                     "Fix: pass factory=lambda: ... that builds the nn.Module.")
+            if dtype is None and kind in KINDS:
+                dtype = self.policy.dtype_for(kind)
             m = ManagedModel(self, name, factory, kind, source, dtype, family)
             self._models[name] = m
             if module is not None:
@@ -161,15 +169,35 @@ class ModelManager:
 
         return unsubscribe
 
+    def add_external(self, provider: Any) -> None:
+        """Show and control another world's models (an attached ComfyUI's) through this manager.
+
+        ``provider`` has ``rows()`` (dicts with name, kind, bytes, where, world), ``names()``,
+        ``load``/``offload``/``unload(name)`` and ``unload_all()``.
+        """
+        self._external.append(provider)
+
+    def _external_for(self, m: Any) -> Any:
+        if isinstance(m, str) and m not in self._models:
+            return next((p for p in self._external if m in p.names()), None)
+        return None
+
     def list(self) -> list[ModelInfo]:
-        """One row per registered model."""
+        """One row per registered model (then the rows of attached worlds)."""
         with self._lock:
-            return [self._info(m) for m in self._models.values()]
+            rows = [self._info(m) for m in self._models.values()]
+        for provider in self._external:
+            for r in provider.rows():
+                rows.append(ModelInfo(r["name"], r["kind"], None, r["bytes"], None, r["where"],
+                                      r["bytes"], None, False, False, False, (), None, r["world"]))
+        return rows
 
     def _info(self, m: ManagedModel) -> ModelInfo:
         holders = tuple(sorted(r.holder or "<ref>" for r in list(m._refs)))
+        held = self.graphs.held(m.name)
         return ModelInfo(m.name, m.kind, m.source, m.nbytes, m.dtype, m.where, m.loaded_bytes,
-                         m.last_used, m.pinned, m.keep_loaded, m.in_use, holders, m.family)
+                         m.last_used, m.pinned, m.keep_loaded, m.in_use, holders, m.family,
+                         len(held), sum(g.nbytes for g in held))
 
     def __repr__(self) -> str:
         head = f"ModelManager(device={self.device}, used={human_bytes(self._resident_bytes())}"
@@ -284,10 +312,12 @@ class ModelManager:
         if m.dtype is not None:
             module.to(dtype=m.dtype)
         module.eval().requires_grad_(False)
-        if any(p.device != self.host for p in module.parameters()):
+        pin = self.policy.pin_memory and self.device.type == "cuda" and torch.cuda.is_available()
+        if pin:  # weights read straight onto the device (fastread) are copied into the pinned master
+            mv.buffers_to(module, self.host)
+        elif any(p.device != self.host for p in module.parameters()):
             module.to(self.host)
         m._module = module
-        pin = self.policy.pin_memory and self.device.type == "cuda" and torch.cuda.is_available()
         mv.adopt_weights(m, module, pin=pin)
         self._emit(m, "file", "cpu", m.nbytes, time.perf_counter() - t0, reason)
 
@@ -312,6 +342,10 @@ class ModelManager:
 
     def offload(self, m: ManagedModel | ModelRef | str) -> None:
         """Free the model's device memory; the pinned host copy makes the next load fast."""
+        external = self._external_for(m)
+        if external is not None:
+            external.offload(m)
+            return
         with self._lock:
             model = self._resolve(m)
             self._check_idle(model, "offload")
@@ -319,6 +353,10 @@ class ModelManager:
 
     def unload(self, m: ManagedModel | ModelRef | str) -> None:
         """Free the weights everywhere; refs stay valid and the next use rebuilds from the file."""
+        external = self._external_for(m)
+        if external is not None:
+            external.unload(m)
+            return
         with self._lock:
             model = self._resolve(m)
             self._check_idle(model, "unload")
@@ -338,6 +376,8 @@ class ModelManager:
 
     def unload_all(self) -> None:
         """Unload every model not in use (models without a factory are offloaded)."""
+        for provider in self._external:
+            provider.unload_all()
         with self._lock:
             for model in list(self._models.values()):
                 if model.in_use:

@@ -1,4 +1,4 @@
-"""The session's model manager, as a session service (``services["models"]``).
+"""The session's model manager, as a session service (``Services.models``).
 
 The one place that creates it, on first use, so that every node, the magics and the model panel
 of a session share one :class:`~comfy_notebook.runtime.manager.ModelManager`.
@@ -16,16 +16,25 @@ from comfy_notebook._units import parse_bytes
 from comfy_notebook.runtime.devices import DevicePolicy
 from comfy_notebook.runtime.manager import ModelManager
 
-__all__ = ["SIMULATED_VRAM_ENV", "manager_service"]
+__all__ = ["SIMULATED_VRAM_ENV", "make_manager", "manager_service"]
 
 SIMULATED_VRAM_ENV = "COMFY_NOTEBOOK_SIMULATED_VRAM"
 
 
-def manager_service(services: Mapping[str, Any]) -> ModelManager:
-    """``services["models"]``, made (and stored, when ``services`` is mutable) on first use."""
+def make_manager() -> ModelManager:
+    """A new model manager for a session (simulated VRAM when configured, see below)."""
+    return ModelManager(**_simulated_vram())
+
+
+def manager_service(services: Any) -> ModelManager:
+    """The model manager of ``services`` (a :class:`comfy_notebook.services.Services`, whose
+    ``models`` is made on first use; or a mapping, as older code passes: ``services["models"]``,
+    made and stored on first use)."""
+    if not isinstance(services, Mapping):
+        return services.models  # type: ignore[no-any-return]
     manager = services.get("models")
     if manager is None:
-        manager = ModelManager(**_simulated_vram())
+        manager = make_manager()
         if isinstance(services, MutableMapping):
             services["models"] = manager
     return manager  # type: ignore[no-any-return]

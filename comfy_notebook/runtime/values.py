@@ -27,6 +27,7 @@ from comfy_notebook.errors import ModelMemoryError
 from comfy_notebook.models.family import SD1, ModelFamily
 from comfy_notebook.runtime.manager import ModelManager, estimate_unet_memory
 from comfy_notebook.runtime.patches import ModelRef
+from comfy_notebook.runtime.precision import finite_or_upcast
 
 __all__ = ["ClipValue", "ModelValue", "VAEValue", "load_checkpoint_values", "load_vae_value"]
 
@@ -161,7 +162,9 @@ class VAEValue:
         def run(vae: Any) -> Tensor:
             # the compute device, not a parameter's: a partially loaded VAE has some on the host
             z = samples.to(self.manager.device)  # the VAE casts to its own dtype
-            return vae.decode_tiled(z, tile=tile, overlap=overlap) if tiled else vae.decode(z)
+            return finite_or_upcast(  # a bf16 decode that overflowed is redone in fp32
+                vae, lambda: vae.decode_tiled(z, tile=tile, overlap=overlap) if tiled else vae.decode(z),
+                streamer=self.ref.base.streamer)
 
         need = self._memory(b * h * w * 64, encode=False) if not tiled else self._memory(
             tile * tile * 64, encode=False)
@@ -230,15 +233,19 @@ def load_checkpoint_values(
     policy = manager.policy
     dtypes = {kind: policy.dtype_for(kind) for kind in ("unet", "vae", "clip")}
     keys = {kind: f"{name}/{kind}" for kind in dtypes}
+    # CUDA: read straight onto the device (pinned, pipelined reads); the manager keeps the master
+    read_to = manager.device if manager.device.type == "cuda" else torch.device("cpu")
 
     def part_factory(kind: str) -> Callable[[], Any]:
         def factory() -> Any:
-            return getattr(load_checkpoint(source, parts=(kind,), dtype=dtypes[kind]), kind)
+            return getattr(load_checkpoint(source, parts=(kind,), dtype=dtypes[kind],
+                                           device=read_to), kind)
         return factory
 
     with _load_lock:
         missing = tuple(kind for kind in dtypes if keys[kind] not in manager)
-        loaded = load_checkpoint(source, parts=missing, dtype=dtypes) if missing else None
+        loaded = (load_checkpoint(source, parts=missing, dtype=dtypes, device=read_to)
+                  if missing else None)
         if loaded is not None:
             info = loaded.info
         else:  # every part is managed already: the keys' shapes still say the family

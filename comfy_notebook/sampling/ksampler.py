@@ -298,6 +298,7 @@ def ksample(
     elif kind in ("sde", "sde_gpu") and len(sigmas) > 1:
         noise_sampler = BrownianTreeNoiseSampler(
             x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seed, cpu=cpu_noise or kind == "sde")
+        noise_sampler.know(sigmas)  # per-step times from a host copy: no sync per step
     options = {"schedule": schedule} if sampler_name in SAMPLER_NEEDS_SCHEDULE else {}
     with torch.no_grad():
         result = sampler(model, x, sigmas, callback=callback, noise_sampler=noise_sampler, **options)

@@ -105,12 +105,37 @@ class BrownianTreeNoiseSampler:
             t0, t1 = t0.to(x.device), t1.to(x.device)
         self._tree = torchsde.BrownianTree(t0, w0, t1, entropy=seed)
 
+    _known: tuple[int, int, int, list[float]] | None = None
+
+    def know(self, sigmas: Tensor) -> None:
+        """Register the schedule (one host copy now): calls with elements of ``sigmas``
+        (``sigmas[i]``, as the samplers pass them) then read the times from that copy, so a
+        step does no host synchronisation.  The tree sees the same times, so the same noise."""
+        if sigmas.ndim == 1 and len(sigmas):
+            self._known = (sigmas.untyped_storage().data_ptr(), sigmas.storage_offset(),
+                           sigmas.stride(0), sigmas.tolist())
+
+    def _host(self, t: Tensor) -> float | None:
+        """The host value of ``t`` when it is an element of the registered sigmas, else None."""
+        known = self._known
+        if known is None or not isinstance(t, Tensor) or t.ndim != 0:
+            return None
+        ptr, offset, stride, values = known
+        if t.untyped_storage().data_ptr() != ptr:
+            return None
+        i, rem = divmod(t.storage_offset() - offset, stride)
+        return values[i] if rem == 0 and 0 <= i < len(values) else None
+
     def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
         a, b = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         device, dtype = a.device, a.dtype
-        t0, t1, sign = (a, b, 1) if a < b else (b, a, -1)
-        if self._cpu:
-            t0, t1 = t0.detach().cpu().float(), t1.detach().cpu().float()
+        ha, hb = self._host(a), self._host(b)
+        if ha is not None and hb is not None:  # host floats: no sync (torchsde takes float())
+            t0, t1, sign = (ha, hb, 1) if ha < hb else (hb, ha, -1)
+        else:
+            t0, t1, sign = (a, b, 1) if a < b else (b, a, -1)
+            if self._cpu:
+                t0, t1 = t0.detach().cpu().float(), t1.detach().cpu().float()
         with warnings.catch_warnings():
             # sigma_max read back in float32 can exceed the tree's end by one ulp; torchsde
             # warns and clamps, which is what we want.

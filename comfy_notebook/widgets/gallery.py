@@ -63,7 +63,7 @@ class Gallery(View):
 
         Runs come oldest first (as :meth:`add` appends them), labelled ``run N`` with the cell's
         run number; the parameters of each image come from its handle's ``to_api()``.  The
-        history keeps the last 16 distinct runs per cell (see :mod:`comfy_notebook.kernel_ext.cells`).
+        history keeps the last 16 distinct runs per cell (see :mod:`comfy_notebook.realmode.history`).
 
         Parameters
         ----------
@@ -77,7 +77,7 @@ class Gallery(View):
         NoCellError
             When the IPython extension is not loaded, or ``cell_id`` is None outside a cell.
         """
-        from comfy_notebook.kernel_ext.cells import cell_runs
+        from comfy_notebook.realmode.state import cell_runs
 
         gallery = cls(**kwargs)
         for run in cell_runs(cell_id):
@@ -86,6 +86,20 @@ class Gallery(View):
                 api = h.to_api()  # ids in topological order: the handle's own node is the last
                 sources.append((h, api, str(len(api))))
             gallery._add_group(sources, f"run {run.number}", run=run.number)
+        return gallery
+
+    @classmethod
+    def recent(cls, limit: int | None = 64, **kwargs: Any) -> Gallery:
+        """A gallery of the session's newest images from real-mode calls, newest last.
+
+        What ``%comfy gallery`` shows when no cell is named; one group per image.
+        """
+        from comfy_notebook.realmode.state import recent_images
+
+        gallery = cls(**kwargs)
+        for h in recent_images(limit):
+            api = h.to_api()
+            gallery._add_group([(h, api, str(len(api)))], f"{h.node.class_type} #{len(api)}")
         return gallery
 
     def add_result(self, result: Any, prompt: dict[str, Any], *, label: str | None = None) -> None:

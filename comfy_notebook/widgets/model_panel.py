@@ -32,7 +32,7 @@ class ModelPanel(View):
     Parameters
     ----------
     manager:
-        The session's model manager (``session.services["models"]``).
+        The session's model manager (``session.services.models``).
     cache:
         Optional engine cache whose ``stats()`` bytes are shown as "cache" in the RAM bar.
     """
@@ -55,10 +55,11 @@ class ModelPanel(View):
             from comfy_notebook._session import session as current_session
 
             session = current_session()
-        if "models" not in session.services:
+        manager = session.services.models_loaded
+        if manager is None:
             raise LookupError("no models loaded: this session has no model manager yet "
                               "(load a checkpoint first)")
-        return cls(session.services["models"], cache=getattr(session, "cache", None))
+        return cls(manager, cache=getattr(session, "cache", None))
 
     def _on_moved(self, _event: Any) -> None:
         """ModelMoved events (from any thread): re-read the manager."""

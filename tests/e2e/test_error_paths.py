@@ -11,9 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfy_notebook._binding import NodeCallError
 from comfy_notebook._session import Session
-from comfy_notebook.errors import NodeExecutionError, ValidationError
+from comfy_notebook.errors import NodeCallError, NodeExecutionError, ValidationError
 from comfy_notebook.models.unet import UNetModel
 from comfy_notebook.nodes import register_builtins
 from comfy_notebook.realmode import node_function

@@ -140,19 +140,30 @@ def test_unpatched_model_after_a_lora_clone_in_one_cpu_session(root: pathlib.Pat
     assert torch.equal(plain_after, plain_fresh)
 
 
-def test_unpatched_model_after_a_lora_clone_in_accounting_mode(root: pathlib.Path) -> None:
+def _on(root: pathlib.Path, device: str, capacity: int | None = None) -> Session:
+    """A fresh session whose manager computes on ``device`` (accounting mode with ``capacity``)."""
     from comfy_notebook.runtime.devices import DevicePolicy
     from comfy_notebook.runtime.manager import ModelManager
 
     s = new_session(root)
-    s.services["models"] = ModelManager(DevicePolicy.cpu(), capacity_bytes=1 << 34)
+    policy = DevicePolicy.cpu() if device == "cpu" else DevicePolicy.cuda(0)
+    s.services.models = ModelManager(policy, capacity_bytes=capacity)
+    return s
+
+
+# Contract: the same device and the same placement give bit-identical images, so the references
+# run on the device the test's manager computes on (a CUDA session's fp16 UNet is not the CPU's
+# fp32 one; comparing the two differed by ~1e-3 on a GPU machine).
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_unpatched_model_after_a_lora_clone_in_accounting_mode(root: pathlib.Path, device: str) -> None:
+    s = _on(root, device, capacity=1 << 34)
     patched = image(s, lora_prompt("kohya.safetensors", 1.0, 0.0))
     plain_after = image(s, lora_prompt(None))
     repatched = image(s, lora_prompt("kohya.safetensors", 1.0, 0.5))
-    plain_fresh = image(new_session(root), lora_prompt(None))
+    plain_fresh = image(_on(root, device), lora_prompt(None))
     assert not torch.equal(patched, plain_fresh)
     assert torch.equal(plain_after, plain_fresh)
-    assert torch.equal(repatched, image(new_session(root), lora_prompt("kohya.safetensors", 1.0, 0.5)))
+    assert torch.equal(repatched, image(_on(root, device), lora_prompt("kohya.safetensors", 1.0, 0.5)))
 
 
 def test_unknown_lora_keys_warn_by_name(shared: Any) -> None:

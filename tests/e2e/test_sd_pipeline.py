@@ -312,21 +312,33 @@ def test_clip_set_last_layer_and_conditioning_nodes(shared: Session) -> None:
 
 
 # -- 10. model memory in accounting mode -------------------------------------------------------
-def test_tight_cpu_budget_partial_loading_gives_the_same_image(root: pathlib.Path) -> None:
+# Contract: the reference runs on the same device as the tight manager.  On the CPU a partial
+# load is bit-identical to a full one (the streamed weights are the same values, used by the same
+# kernels).  On CUDA the kernels may differ with the weights' addresses and alignment (a flat
+# buffer view vs a fresh allocation), so the bound there is one 8-bit level of the saved image.
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_tight_cpu_budget_partial_loading_gives_the_same_image(root: pathlib.Path, device: str) -> None:
     from comfy_notebook.runtime.devices import DevicePolicy
     from comfy_notebook.runtime.manager import ModelManager
 
+    policy = DevicePolicy.cpu() if device == "cpu" else DevicePolicy.cuda(0)
     free = new_session(root, "out_free")
+    free.services.models = ModelManager(policy)
     reference = free.run_prompt(prompt()).outputs["8"][0]
     unet_bytes = next(i.bytes for i in free.models.list() if i.kind == "unet")
 
     s = new_session(root, "out_tight")
-    s.services["models"] = ModelManager(DevicePolicy.cpu(), capacity_bytes=unet_bytes + (64 << 10))
+    s.services.models = ModelManager(policy, capacity_bytes=unet_bytes + (64 << 10))
     result = s.run_prompt(prompt())
-    assert torch.equal(result.outputs["8"][0], reference)
+    if device == "cpu":
+        assert torch.equal(result.outputs["8"][0], reference)
+    else:
+        assert (result.outputs["8"][0] - reference).abs().max() <= 1 / 255
     stats = s.models.stats
     # the UNet plus its estimated inference memory does not fit: it ran partially loaded,
     # streaming the rest of its weights per forward; CLIP and VAE went back to the host after use
     assert stats.partial_loads >= 1 and stats.bytes_streamed > 0
     assert stats.offloads >= 1
     assert sum(i.loaded_bytes for i in s.models.list()) <= unet_bytes + (64 << 10)
+
+

@@ -54,7 +54,7 @@ def test_unhashable_constant_fails_closed(session, runs):
 
 
 def test_progress_context_and_services(session):
-    session.services["answer"] = 42
+    session.executor.services = {"answer": 42}  # the engine passes any object through
     events = []
     unsubscribe = session.subscribe(events.append)
     r = session.run_prompt({"1": {"inputs": {"steps": 3}, "class_type": "Steps"}})
@@ -67,7 +67,7 @@ def test_progress_context_and_services(session):
     session.run_prompt({"1": {"inputs": {"steps": 3}, "class_type": "Steps"}})
     assert len([e for e in events if isinstance(e, RunFinished)]) == 1
     ctx = current_context()  # detached outside a run
-    assert ctx.node_id is None and ctx.services == {} and not ctx.interrupted
+    assert ctx.node_id is None and ctx.services is None and not ctx.interrupted
     ctx.progress(1, 2)
 
 
@@ -239,7 +239,7 @@ def test_value_not_in_list_names_close_matches():
 
     from comfy_notebook import Session
 
-    s = Session()
+    s = Session(builtins=False)
     s.register({"Pick": Pick})
     with pytest.raises(ValidationError) as info:
         s.run_prompt({"1": {"inputs": {"name": "v1-5-pruned-emaonly.safetensor"}, "class_type": "Pick"}})
@@ -288,7 +288,7 @@ def test_sigint_during_async_node_reports_its_last_step():
                 await asyncio.sleep(0.01)
             return (1,)
 
-    s = Session()
+    s = Session(builtins=False)
     s.register({"AsyncSteps": AsyncSteps})
 
     def interrupt() -> None:
@@ -300,3 +300,24 @@ def test_sigint_during_async_node_reports_its_last_step():
         s.run_prompt({"1": {"inputs": {}, "class_type": "AsyncSteps"}})
     assert info.value.node_id == "1" and info.value.total == 200
     assert info.value.step is not None and 3 <= info.value.step < 200
+
+
+def test_identical_subgraphs_under_different_ids_run_once(session):
+    """Defect 13: two identical chains in one prompt (ComfyUI's structural signature) run once."""
+    from tests.engine.conftest import RUNS
+
+    prompt = {
+        "1": {"class_type": "Const", "inputs": {"value": 2}},
+        "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 3}},
+        "11": {"class_type": "Const", "inputs": {"value": 2}},
+        "12": {"class_type": "Add", "inputs": {"a": ["11", 0], "b": 3}},
+        "20": {"class_type": "Add", "inputs": {"a": ["2", 0], "b": ["12", 0]}},
+        "30": {"class_type": "Show", "inputs": {"value": ["20", 0]}},
+    }
+    RUNS.clear()
+    result = session.run_prompt(prompt)
+    assert RUNS == ["Const", "Add", "Add", "Show"]  # one Const, one 2+3, then 5+5, then Show
+    assert result.outputs["20"] == (10,)
+    assert len(result.executed) == 4 and len(result.cached) == 2
+    assert result.signatures["2"] == result.signatures["12"]
+    assert result.outputs["2"] == result.outputs["12"] == (5,)

@@ -108,7 +108,7 @@ def test_usage_errors(ip, tmp_path):
 
 
 def test_model_verbs_call_the_manager(ip, session, fake_manager, capsys):
-    session.services["models"] = fake_manager
+    session.services.models = fake_manager
     ip.run_line_magic("comfy", "load unet")
     ip.run_line_magic("comfy", "offload unet")
     ip.run_line_magic("comfy", "unload unet")
@@ -148,7 +148,7 @@ def test_works_without_extension(session, calls):
 
 
 def test_cache_budget_magic_sets_a_memory_budget(ip, run_cell, session, capsys):
-    from comfy_notebook._budget import MemoryBudget
+    from comfy_notebook.engine.policies import MemoryBudget
 
     run_cell(ip, "a = Number(1)\nb = Number(2)")
     ip.run_line_magic("comfy", "cache budget 8GB 1.5g")

@@ -28,7 +28,7 @@ from comfy_notebook.pnginfo import read_prompt, read_workflow, workflow_to_api
 def session(tmp_path: Path) -> Session:
     """A session whose folders live in tmp_path, made current for naked calls."""
     s = Session(models_dir=tmp_path / "models", output_dir=tmp_path / "output")
-    s.services["folders"] = Folders(
+    s.services.folders = Folders(
         tmp_path / "models",
         output_dir=tmp_path / "output",
         input_dir=tmp_path / "input",
@@ -160,7 +160,7 @@ def test_save_image_naked_never_overwrites(session: Session, tmp_path: Path) -> 
             full, name, _counter, sub = super().save_path(prefix, width, height, kind)
             return full, name, 1, sub  # pretend we did not see the existing file
 
-    session.services["folders"] = StaleFolders(
+    session.services.folders = StaleFolders(
         tmp_path / "models", output_dir=tmp_path / "output", temp_dir=tmp_path / "temp"
     )
     before = (tmp_path / "output" / "x_00001_.png").read_bytes()

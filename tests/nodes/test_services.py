@@ -12,7 +12,7 @@ def test_one_manager_per_session() -> None:
     a, b = comfy_notebook.Session(), comfy_notebook.Session()
     assert a.models is a.models
     assert a.models is not b.models
-    assert a.services["models"] is a.models
+    assert a.services.models is a.models
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the switch only acts without CUDA")

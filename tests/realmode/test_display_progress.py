@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from comfy_notebook._fingerprint import fingerprint, is_raw_value, versions
-from comfy_notebook._progress import ProgressBars
+from comfy_notebook.realmode.fingerprint import fingerprint, is_raw_value, versions
+from comfy_notebook.realmode.progress import ProgressBars
 
 
 def _png(data: bytes) -> np.ndarray:

@@ -117,7 +117,7 @@ def test_raw_tensors_are_fingerprinted_by_content(session, nodes, calls):
 
 
 def test_large_tensors_use_identity_and_version_counter(session, nodes, calls, monkeypatch):
-    from comfy_notebook import _fingerprint
+    from comfy_notebook.realmode import fingerprint as _fingerprint
 
     monkeypatch.setattr(_fingerprint, "CONTENT_LIMIT", 16)
     a = torch.rand(1, 4, 4, 3)
@@ -206,7 +206,7 @@ def test_naked_mode_classes_are_untouched(session, nodes):
 def test_current_session_switch(session, nodes):
     from comfy_notebook._session import Session, use_session
 
-    other = Session()
+    other = Session(builtins=False)
     use_session(other)
     with pytest.raises(KeyError):
         node_function("Loader")
@@ -288,3 +288,20 @@ def test_node_error_from_a_node_keeps_its_own_input_and_fix(session):
     text = str(info.value)
     assert "(Picky) input 'size': size must be even; expected an even INT, received 7 (int)" in text
     assert text.count("Fix:") == 1 and "pass size + 1" in text and "\n" not in text
+
+
+def test_interrupt_stops_a_sweep_loop_that_catches_exception(session, nodes, calls):
+    """Defect 3: Ctrl-C (or session.interrupt) inside ``try/except Exception`` stops the loop."""
+    from comfy_notebook.errors import ExecutionInterrupted
+
+    tried = []
+    with pytest.raises(ExecutionInterrupted) as info:
+        for seed in range(4):
+            tried.append(seed)
+            try:
+                nodes.Interrupting(seed)
+            except Exception:  # a sweep that skips failing seeds
+                continue
+    assert tried == [0]
+    assert str(info.value) == "interrupted at step 2/5 of node Interrupting"
+    assert isinstance(info.value, KeyboardInterrupt) and not isinstance(info.value, Exception)

@@ -141,3 +141,26 @@ def test_names_follow_comfyui_order():
         "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
     ]
     assert list(SAMPLERS) == comfy
+
+
+def test_brownian_noise_from_known_sigmas_is_the_same_and_never_syncs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from comfy_notebook.sampling.noise import BrownianTreeNoiseSampler
+
+    sigmas = torch.tensor([14.6, 7.0, 3.1, 1.2, 0.4, 0.0])
+    x = torch.zeros(1, 4, 8, 8)
+    for cpu in (True, False):
+        plain = BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=5, cpu=cpu)
+        known = BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=5, cpu=cpu)
+        known.know(sigmas)
+        want = [plain(sigmas[i], sigmas[i + 1]) for i in range(4)]
+
+        def no_sync(self: torch.Tensor, *a: object) -> bool:
+            raise AssertionError("host synchronisation in a step")
+
+        with monkeypatch.context() as m:
+            m.setattr(torch.Tensor, "__bool__", no_sync)
+            m.setattr(torch.Tensor, "__float__", no_sync)
+            got = [known(sigmas[i], sigmas[i + 1]) for i in range(4)]
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+        # a sigma that is not an element of the schedule still works (the synchronising path)
+        torch.testing.assert_close(known(torch.tensor(7.0), torch.tensor(3.1)), want[1])

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from comfy_notebook.services import Services
+
 
 class FakeSession:
     """The slice of ``Session`` the widgets use: subscribe / interrupt / run_prompt / output_dir."""
@@ -15,7 +17,7 @@ class FakeSession:
         self.subscribers: list[Callable[[Any], None]] = []
         self.interrupts = 0
         self.output_dir = output_dir
-        self.services: dict[str, Any] = {}
+        self.services = Services(self)
         self.prompts: list[Any] = []
 
     def subscribe(self, fn: Callable[[Any], None]) -> Callable[[], None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from comfy_notebook.services import Services
 from comfy_notebook.widgets import show_models
 from comfy_notebook.widgets.model_panel import ModelPanel
 
@@ -60,7 +61,7 @@ def test_text_table_and_unsubscribe(manager: Any) -> None:
 
 
 def test_show_models_for_a_session(manager: Any) -> None:
-    assert show_models(SimpleNamespace(services={})) == "no models loaded"
+    assert show_models(SimpleNamespace(services=Services())) == "no models loaded"
     cache = SimpleNamespace(stats=lambda: {"bytes": 1234})
-    panel = show_models(SimpleNamespace(services={"models": manager}, cache=cache))
+    panel = show_models(SimpleNamespace(services=Services(models=manager), cache=cache))
     assert isinstance(panel, ModelPanel) and panel.memory["host"]["cache"] == 1234

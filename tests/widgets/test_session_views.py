@@ -51,7 +51,7 @@ class ShowImages:
 
 
 def make_session() -> Session:
-    s = Session()
+    s = Session(builtins=False)
     s.register({"NoiseSteps": NoiseSteps, "ShowImages": ShowImages})
     return s
 

@@ -502,7 +502,7 @@ def session(cache_mode: str, steps_node: type) -> Session:
     from comfy_notebook.engine import LRU, Cache, KeepAll
 
     policy = {"keep_all": KeepAll(), "lru_100": LRU(100), "lru_0": LRU(0)}[cache_mode]
-    s = Session(cache=Cache(policy))
+    s = Session(cache=Cache(policy), builtins=False)
     s.register({**NODES, "ProgressNode": steps_node})
     steps_node.HOOK = None
     CALLS.clear()

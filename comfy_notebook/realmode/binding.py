@@ -11,20 +11,14 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from comfy_notebook.errors import NodeError
+from comfy_notebook.errors import NodeCallError
 
-__all__ = ["NodeCallError", "Plan", "bind", "make_plan"]
+__all__ = ["Plan", "bind", "make_plan"]
 
 _BOOL_COMBOS = (
     ("enable", "disable"), ("enabled", "disabled"), ("true", "false"), ("on", "off"), ("yes", "no"),
 )
 _PRIMITIVES: dict[str, type] = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
-
-
-class NodeCallError(NodeError):
-    """A real-mode node call failed validation or raised; ``traceback_text`` has the details."""
-
-    traceback_text: str = ""
 
 
 @dataclass(frozen=True)

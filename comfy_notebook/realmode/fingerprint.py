@@ -67,12 +67,18 @@ def _forget(key: int, serial: int) -> None:
         del _content_memo[memo_key]
 
 
+def _version(t: Any) -> int:
+    """A tensor's in-place version counter; -1 for inference tensors, which keep none (an
+    attached ComfyUI makes its tensors under ``torch.inference_mode``)."""
+    return -1 if t.is_inference() else int(t._version)
+
+
 def _tensor_fingerprint(t: Any) -> str:
     """Content hash (small tensors) or identity + version counter (large ones)."""
     nbytes = t.element_size() * t.numel()
     head = f"{t.dtype}|{tuple(t.shape)}|{t.device.type}"
     serial = _serial(t)
-    version = int(t._version)
+    version = _version(t)
     if nbytes > CONTENT_LIMIT:
         return f"T{head}|obj{serial}v{version}"
     memo = _content_memo.get((serial, version))
@@ -191,7 +197,7 @@ def versions(value: Any) -> tuple[int, ...] | None:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, tensor):
-            out.append(int(item._version))
+            out.append(_version(item))
         elif depth < 4:
             if isinstance(item, dict):
                 stack.extend((v, depth + 1) for v in item.values())

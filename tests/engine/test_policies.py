@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_notebook._budget import MemoryBudget, parse_bytes, split_bytes
+from comfy_notebook._units import parse_bytes
 from comfy_notebook.engine.cache import Cache
+from comfy_notebook.engine.policies import MemoryBudget, split_bytes
 
 
 class _FakeCudaTensor:

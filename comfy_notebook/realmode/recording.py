@@ -12,12 +12,13 @@ import json
 from contextvars import ContextVar
 from typing import Any
 
-from comfy_notebook._fingerprint import fingerprint
 from comfy_notebook.errors import NodeError
+from comfy_notebook.realmode.fingerprint import fingerprint
 
 __all__ = ["RAW_VALUE_NODE", "NodeOutput", "RealModeValue", "RecordedNode", "Workflow", "to_api"]
 
 RAW_VALUE_NODE = "RealModeValue"
+UI_TYPE = "UI"  # the type of the handle an output node without outputs returns
 NO_RAW = object()
 WORKFLOW: ContextVar[Workflow | None] = ContextVar("comfy_notebook_workflow", default=None)
 
@@ -65,9 +66,14 @@ class NodeOutput:
 
     @property
     def type(self) -> str:
-        """The ComfyUI type name of this output (``IMAGE``, ``LATENT``, ...)."""
+        """The ComfyUI type name of this output (``IMAGE``, ``LATENT``, ...); ``UI`` for the
+        result of an output node without outputs (``SaveImage``: what it saved)."""
         spec = self.node.spec
-        return spec.return_types[self.slot] if spec is not None else "*"
+        if spec is None:
+            return "*"
+        if self.slot >= len(spec.return_types):
+            return UI_TYPE
+        return spec.return_types[self.slot]  # type: ignore[no-any-return]
 
     def to_api(self) -> dict[str, Any]:
         """The API-format prompt of this output's ancestry (ids numbered topologically)."""

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from comfy_notebook.enums import GLOBAL_ENUM_KINDS, member_name
+from comfy_notebook.realmode.enums import GLOBAL_ENUM_KINDS, member_name
 
 __all__ = ["MAX_LITERAL", "render_stub", "write_stub"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import keyword
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import PurePosixPath
@@ -161,7 +161,7 @@ def _folders_of(source: Any) -> Folders:
     if isinstance(source, Folders):
         return source
     services = getattr(source, "services", None)
-    if isinstance(services, Mapping):
+    if services is not None:
         return folders_service(services)
     raise EnumError(
         f"expected a Session or a Folders object, received {type(source).__name__}. "
@@ -181,7 +181,7 @@ def global_enums(
     Parameters
     ----------
     source:
-        A Session (its ``services["folders"]``) or a :class:`~comfy_notebook.folders.Folders`.
+        A Session (its ``services.folders``) or a :class:`~comfy_notebook.folders.Folders`.
     samplers, schedulers:
         Override the sampler / scheduler lists (default: :func:`sampler_names`,
         :func:`scheduler_names`).

@@ -9,7 +9,9 @@ import pytest
 
 from comfy_notebook._session import Session
 from comfy_notebook.engine import Registry
-from comfy_notebook.enums import (
+from comfy_notebook.folders import Folders
+from comfy_notebook.nodes.latent import NODE_CLASS_MAPPINGS as LATENT_NODES
+from comfy_notebook.realmode.enums import (
     SAMPLER_NAMES,
     EnumError,
     global_enums,
@@ -18,8 +20,6 @@ from comfy_notebook.enums import (
     member_names,
     node_enum,
 )
-from comfy_notebook.folders import Folders
-from comfy_notebook.nodes.latent import NODE_CLASS_MAPPINGS as LATENT_NODES
 
 
 @pytest.mark.parametrize(

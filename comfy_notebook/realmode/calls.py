@@ -20,45 +20,32 @@ from __future__ import annotations
 
 import enum
 import inspect
-import weakref
 from typing import Any
 
-from comfy_notebook._binding import NodeCallError, Plan, bind, make_plan
-from comfy_notebook._fingerprint import is_raw_value, versions
-from comfy_notebook._recording import (
+from comfy_notebook.errors import (
+    ExecutionInterrupted,
+    NodeExecutionError,
+    ValidationError,
+)
+from comfy_notebook.realmode.binding import Plan, bind
+from comfy_notebook.realmode.failures import execution_error, validation_error
+from comfy_notebook.realmode.fingerprint import is_raw_value, versions
+from comfy_notebook.realmode.recording import (
     NO_RAW,
     RAW_VALUE_NODE,
     WORKFLOW,
     NodeOutput,
     RealModeValue,
     RecordedNode,
-    Workflow,
     build_graph,
     collect,
     publish_raw,
     raw_node,
-    to_api,
     unpublish_raw,
 )
-from comfy_notebook.errors import (
-    ExecutionInterrupted,
-    NodeError,
-    NodeExecutionError,
-    ValidationError,
-)
+from comfy_notebook.realmode.state import State, state
 
-__all__ = [
-    "RAW_VALUE_NODE",
-    "Handle",
-    "NodeCallError",
-    "NodeFunction",
-    "NodeOutput",
-    "RecordedNode",
-    "Workflow",
-    "call",
-    "node_function",
-    "to_api",
-]
+__all__ = ["Handle", "NodeFunction", "call", "node_function"]
 
 
 
@@ -69,92 +56,31 @@ class Handle(NodeOutput):
     preview, models as a one-line summary).
     """
 
-    __slots__ = ("_outputs", "_ui", "_versions", "value")
+    __slots__ = ("_outputs", "_ui", "_versions", "files", "value")
 
-    def __init__(self, node: RecordedNode, slot: int, value: Any, outputs: Any, ui: Any) -> None:
+    def __init__(self, node: RecordedNode, slot: int, value: Any, outputs: Any, ui: Any,
+                 files: tuple[Any, ...] = ()) -> None:
         super().__init__(node, slot)
         self.value = value
         self._outputs = outputs  # the cache entry's per-slot lists, to restore an evicted entry
         self._ui = ui
         self._versions = versions(outputs)
+        self.files = files  # for an output node's ui handle: the image files it wrote / showed
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from comfy_notebook.display import mimebundle
+        from comfy_notebook.realmode.display import mimebundle
 
         return mimebundle(self)
 
     def _repr_png_(self) -> bytes | None:
-        from comfy_notebook.display import png_bytes
+        from comfy_notebook.realmode.display import png_bytes
 
         return png_bytes(self)
 
     def __repr__(self) -> str:
-        from comfy_notebook.display import summary
+        from comfy_notebook.realmode.display import summary
 
         return summary(self)
-
-
-class _State:
-    """Real-mode bookkeeping of one session: plans, snapshots, cells, live handles."""
-
-    def __init__(self, session: Any) -> None:
-        self.session = weakref.ref(session)
-        self.plans: dict[str, Plan] = {}
-        self.snapshots: dict[str, tuple[int, ...] | None] = {}
-        self.slow_keys: set[str] = set()  # classes whose key the engine computes differently
-        self.live: dict[str, list[weakref.ref[Handle]]] = {}
-        self.cell: str | None = None
-        self.used_now: set[str] = set()
-        self.used_by_cell: dict[str, set[str]] = {}
-        self.cell_outputs: list[NodeOutput] = []
-        self.cell_images: list[Handle] = []  # IMAGE handles of the running cell, until end_cell
-        self.last_outputs: list[NodeOutput] = []
-        self.executed = 0  # node functions run by real-mode calls (hits do not count)
-        self.calls = 0
-        self.progress: Any = None
-
-    def plan(self, class_type: str) -> Plan:
-        """The cached call plan of ``class_type`` (re-parsed if it was re-registered)."""
-        spec = self.session().registry.get(class_type)  # type: ignore[union-attr]
-        found = self.plans.get(class_type)
-        if found is not None and found.spec is spec:
-            return found
-        if spec is None:
-            raise KeyError(class_type)
-        found = self.plans[class_type] = make_plan(spec)
-        return found
-
-    def note(self, sig: str, handles: list[Handle]) -> None:
-        """Record that the current cell uses ``sig`` and made ``handles``."""
-        self.used_now.add(sig)
-        if self.cell is not None:
-            self.session().cache.tag(sig, "cell:" + self.cell)  # type: ignore[union-attr]
-        refs = self.live.setdefault(sig, [])
-        if len(refs) > 8:
-            refs[:] = [r for r in refs if r() is not None]
-        refs.extend(weakref.ref(h) for h in handles)
-        self.cell_outputs.extend(h.node.refs[h.slot] for h in handles)  # no values held
-        if self.cell is not None:  # for the cell's image history (kernel_ext.cells.CellImages)
-            types = handles[0].node.spec.return_types if handles else ()
-            self.cell_images.extend(h for h in handles if h.slot < len(types) and types[h.slot] == "IMAGE")
-
-    def held(self, sig: str) -> bool:
-        """Whether a live handle still holds the entry ``sig``."""
-        return any(r() is not None for r in self.live.get(sig, ()))
-
-
-_STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
-
-
-def state(session: Any) -> _State:
-    """The real-mode state of ``session`` (created on first use)."""
-    found = _STATES.get(session)
-    if found is None:
-        found = _STATES[session] = _State(session)
-        from comfy_notebook._progress import attach
-
-        found.progress = attach(session)
-    return found
 
 
 def _current_session(session: Any) -> Any:
@@ -173,7 +99,7 @@ def _value_of_slot(spec: Any, outputs: Any, slot: int) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-def _normalise(value: Any, st: _State | None) -> Any:
+def _normalise(value: Any, st: State | None) -> Any:
     """Enum -> value; mutated handle -> raw value node; tensors -> raw value node."""
     if isinstance(value, NodeOutput):
         if isinstance(value, Handle) and value._versions is not None and versions(value._outputs) != value._versions:
@@ -214,15 +140,29 @@ def call(class_type: str, args: tuple[Any, ...], kwargs: dict[str, Any], session
         return node.refs[0] if len(node.refs) == 1 else node.refs
     st.calls += 1
     outputs, ui = _run(session, st, plan, node)
-    return _handles(st, node, outputs, ui)
+    return _handles(session, st, node, outputs, ui)
 
 
-def _handles(st: _State, node: RecordedNode, outputs: Any, ui: Any) -> Any:
+def _ui_files(session: Any, ui: Any) -> tuple[Any, ...]:
+    """The image files an output node's ``ui`` names (``{"images": [{filename, subfolder, type}]}``)."""
+    images = ui.get("images") if isinstance(ui, dict) else None
+    if not images:
+        return ()
+    folders = session.services.folders
+    roots = {"output": folders.output_dir, "temp": folders.temp_dir, "input": folders.input_dir}
+    files = []
+    for item in images:
+        if isinstance(item, dict) and item.get("filename") and item.get("type", "output") in roots:
+            files.append(roots[item.get("type", "output")] / (item.get("subfolder") or "") / item["filename"])
+    return tuple(files)
+
+
+def _handles(session: Any, st: State, node: RecordedNode, outputs: Any, ui: Any) -> Any:
     """Wrap a node's outputs into handles and note them for the current cell."""
     node.ui = ui
     spec = node.spec
     if not spec.return_types:
-        handles = [Handle(node, 0, ui, outputs, ui)]
+        handles = [Handle(node, 0, ui, outputs, ui, files=_ui_files(session, ui))]
     else:
         handles = [Handle(node, i, _value_of_slot(spec, outputs, i), outputs, ui) for i in range(len(spec.return_types))]
     st.note(node.signature, handles)  # type: ignore[arg-type]
@@ -253,7 +193,7 @@ def _fast_key(plan: Plan, node: RecordedNode) -> str | None:
     return node_signature(node.class_type, None, None, constants, links)
 
 
-def _run(session: Any, st: _State, plan: Plan, node: RecordedNode) -> tuple[Any, Any]:
+def _run(session: Any, st: State, plan: Plan, node: RecordedNode) -> tuple[Any, Any]:
     """Cache lookup, else one executor run of the call's ancestry."""
     cache = session.cache
     key = None
@@ -271,7 +211,7 @@ def _run(session: Any, st: _State, plan: Plan, node: RecordedNode) -> tuple[Any,
     return _execute(session, st, node, key)
 
 
-def _execute(session: Any, st: _State, node: RecordedNode, fast_key: str | None) -> tuple[Any, Any]:
+def _execute(session: Any, st: State, node: RecordedNode, fast_key: str | None) -> tuple[Any, Any]:
     """Run the ancestry of ``node`` with ``node`` as the target; returns (outputs, ui)."""
     order = collect([node])
     graph, ids = build_graph(order)
@@ -285,20 +225,10 @@ def _execute(session: Any, st: _State, node: RecordedNode, fast_key: str | None)
     try:
         result = session.run(graph, targets=[target])
     except ValidationError as exc:
-        raise _validation_error(node, target, exc) from exc
+        raise validation_error(node.class_type, exc, session) from exc
     except NodeExecutionError as exc:
         culprit = _node_by_id(order, ids, exc.node_id)
-        node_type = culprit.class_type if culprit else exc.node_type
-        original = exc.original
-        if isinstance(original, NodeError):  # already says input / expected / received / fix
-            err = NodeCallError(original.message, node_type=node_type, input_name=original.input_name,
-                                expected=original.expected, received=original.received,
-                                fix=original.fix or "%comfy traceback shows the details")
-        else:
-            err = NodeCallError(f"failed: {type(original).__name__}: {original}", node_type=node_type,
-                                fix="fix the inputs or the node; %comfy traceback shows the details")
-        err.traceback_text = exc.traceback_text
-        raise err from original
+        raise execution_error(exc, culprit.class_type if culprit else exc.node_type) from exc.original
     except ExecutionInterrupted as exc:
         culprit = _node_by_id(order, ids, exc.node_id)
         raise ExecutionInterrupted(node_id=culprit.class_type if culprit else exc.node_type,
@@ -329,7 +259,7 @@ def _execute(session: Any, st: _State, node: RecordedNode, fast_key: str | None)
     return tuple([v] for v in values), result.ui.get(target)
 
 
-def _restore(cache: Any, st: _State, node: RecordedNode) -> None:
+def _restore(cache: Any, st: State, node: RecordedNode) -> None:
     """Put a held handle's outputs back in the cache if its entry was released."""
     sig = node.signature
     if sig is None or sig in cache:
@@ -346,29 +276,6 @@ def _node_by_id(order: list[RecordedNode], ids: dict[int, str], node_id: Any) ->
         if ids[id(n)] == node_id:
             return n
     return None
-
-
-def _validation_error(node: RecordedNode, target: str, exc: ValidationError) -> NodeCallError:
-    """One short message naming the node, the input, what was expected and what arrived."""
-    for entry in exc.node_errors.values():
-        for err in entry.get("errors", []):
-            extra = err.get("extra_info", {}) or {}
-            config = extra.get("input_config")
-            expected = None
-            if config:
-                typ = config[0] if isinstance(config, list | tuple) else config
-                expected = f"one of {list(typ)[:20]}" if isinstance(typ, list | tuple) else str(typ)
-            message = err.get("message", "invalid input")
-            if err.get("details"):
-                message += f" ({err['details']})"
-            out = NodeCallError(message, node_type=entry.get("class_type", node.class_type),
-                                input_name=extra.get("input_name"), expected=expected,
-                                received=extra.get("received_value"))
-            out.traceback_text = str(exc)
-            return out
-    out = NodeCallError(str(exc), node_type=node.class_type)
-    out.traceback_text = str(exc)
-    return out
 
 
 class NodeFunction:
@@ -444,37 +351,3 @@ def node_function(name: str, session: Any = None) -> NodeFunction:
     if name not in _current_session(session).registry:
         raise KeyError(name)
     return NodeFunction(name, session)
-
-
-def begin_cell(session: Any, cell_id: str | None) -> None:
-    """Start tracking a notebook cell: cache entries used from now on are tagged with it."""
-    st = state(session)
-    st.cell = cell_id
-    st.used_now = set()
-    st.cell_outputs = []
-    st.cell_images = []
-
-
-def end_cell(session: Any) -> int:
-    """Finish the cell: release what its previous run produced and it no longer uses.
-
-    Entries still held by a live handle elsewhere stay.  Returns how many were released.
-    """
-    st = state(session)
-    released = 0
-    if st.cell is not None:
-        before = st.used_by_cell.get(st.cell, set())
-        for sig in before - st.used_now:
-            if not st.held(sig) and session.cache.release(sig):
-                released += 1
-                st.snapshots.pop(sig, None)
-        st.used_by_cell[st.cell] = st.used_now
-    if st.cell_outputs:
-        st.last_outputs = st.cell_outputs
-    st.cell = None
-    st.used_now = set()
-    st.cell_outputs = []
-    st.cell_images = []
-    for sig in [s for s, refs in st.live.items() if not any(r() is not None for r in refs)]:
-        del st.live[sig]
-    return released

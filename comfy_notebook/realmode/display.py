@@ -49,7 +49,40 @@ def summary(handle: Any) -> str:
     """One line: output type, producing node, and a description of the value."""
     kind = getattr(handle, "type", "?")
     node = handle.node.class_type
+    if kind == "UI":
+        return f"<{node}: {_describe_ui(handle)}>"
     return f"<{kind} from {node}: {_describe(handle.value)}>"
+
+
+def _describe_ui(handle: Any) -> str:
+    """What an output node did: the images it saved (or showed), else its ui keys."""
+    files = list(getattr(handle, "files", ()) or ())
+    if files:
+        names = ", ".join(f.name for f in files[:3]) + (", ..." if len(files) > 3 else "")
+        where = files[0].parent
+        first = ((handle.value or {}).get("images") or [{}])[0]
+        verb = "saved" if first.get("type", "output") == "output" else "showed"
+        return f"{verb} {len(files)} image{'s' if len(files) != 1 else ''} ({names}) in {where}"
+    ui = handle.value
+    if isinstance(ui, dict) and ui:
+        return "ui " + ", ".join(sorted(ui))
+    return "done (no ui result)"
+
+
+def _files_array(files: Any) -> Any:
+    """The image files as one uint8 grid (the first file alone when sizes differ)."""
+    import numpy as np
+    from PIL import Image
+
+    arrays = []
+    for f in files:
+        with Image.open(f) as im:
+            arrays.append(np.asarray(im.convert("RGB")))
+    if not arrays:
+        return None
+    if any(a.shape != arrays[0].shape for a in arrays):
+        arrays = arrays[:1]
+    return grid(np.stack(arrays))
 
 
 def grid(images: Any) -> Any:
@@ -105,6 +138,10 @@ def png_bytes(handle: Any) -> bytes | None:
     kind = getattr(handle, "type", None)
     value = handle.value
     try:
+        if kind == "UI":
+            files = [f for f in getattr(handle, "files", ()) if f.is_file()]
+            array = _files_array(files) if files else None
+            return _encode_png(array) if array is not None else None
         if kind == "IMAGE":
             return _encode_png(grid(_image_array(value)))
         if kind == "MASK":
@@ -113,7 +150,7 @@ def png_bytes(handle: Any) -> bytes | None:
             if value["samples"].shape[1] != 4:
                 return None  # the preview factors are SD1's (4 channels)
             return _encode_png(grid(_latent_array(value)))
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, OSError):
         return None
     return None
 

@@ -11,7 +11,7 @@ from comfy_notebook.engine import Registry
 from comfy_notebook.nodes.image import NODE_CLASS_MAPPINGS as IMAGE_NODES
 from comfy_notebook.nodes.image_io import NODE_CLASS_MAPPINGS as IO_NODES
 from comfy_notebook.nodes.latent import NODE_CLASS_MAPPINGS as LATENT_NODES
-from comfy_notebook.stubs import render_stub, write_stub
+from comfy_notebook.realmode.stubs import render_stub, write_stub
 
 
 class Odd:

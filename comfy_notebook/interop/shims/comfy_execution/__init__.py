@@ -1,0 +1,1 @@
+"""``comfy_execution.graph_utils`` (GraphBuilder, ExecutionBlocker) for custom node packs."""
