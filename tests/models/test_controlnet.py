@@ -134,3 +134,42 @@ def test_sd15_controlnet_parameter_count_and_family():
     assert controlnet_family(UNetConfig.sd15()) is SD1
     assert controlnet_family(dataclasses.replace(UNetConfig.sd15(), context_dim=1024)) is SD2
     assert controlnet_family(dataclasses.replace(UNetConfig.sd15(), adm_in_channels=2816)) is SDXL
+
+
+def test_sdxl_style_controlnet_matches_diffusers_text_time():
+    """Label embedding (``y`` = pooled text + sinusoidal size/crop ids), 16-wide heads, linear
+    projections, depth 2: the SDXL options, against diffusers' ``addition_embed_type="text_time"``."""
+    from diffusers import ControlNetModel as RefControlNet
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+    from comfy_notebook.models.unet import timestep_embedding
+
+    cfg = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, transformer_depth=(0, 2),
+                     context_dim=32, num_heads=-1, num_head_channels=16, use_linear_in_transformer=True,
+                     adm_in_channels=16 + 6 * 8)
+    ours = ControlNetModel(ControlNetConfig(cfg)).eval()
+    sd = random_state_dict(ours, 0, tag="controlnet")
+    for k in sd:
+        if k.startswith(("zero_convs.", "middle_block_out.")):
+            sd[k] = sd[k] * 0.2
+    ours.load_state_dict(sd, strict=True)
+    dcfg = dict(_diffusers_config(cfg), attention_head_dim=[2, 4], addition_embed_type="text_time",
+                addition_time_embed_dim=8, projection_class_embeddings_input_dim=64)
+    ref = RefControlNet(**dcfg).eval()
+    dsd = convert_controlnet_checkpoint({"control_model." + k: v for k, v in sd.items()}, dcfg)
+    for i, j in ((1, 0), (2, 2)):  # diffusers' converter leaves the label embedding out
+        for leaf in ("weight", "bias"):
+            dsd[f"add_embedding.linear_{i}.{leaf}"] = sd[f"label_emb.0.{j}.{leaf}"]
+    ref.load_state_dict(dsd, strict=True)
+    assert controlnet_family(cfg) is SDXL
+    gen = torch.Generator().manual_seed(4)
+    x, hint = torch.randn(2, 4, 8, 8, generator=gen), torch.rand(2, 3, 64, 64, generator=gen)
+    t, ctx = torch.tensor([10.0, 600.0]), torch.randn(2, 5, 32, generator=gen)
+    pooled, ids = torch.randn(2, 16, generator=gen), torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)
+    y = torch.cat([pooled, timestep_embedding(ids.flatten(), 8).reshape(2, -1)], dim=1)
+    with torch.no_grad():
+        res = ours(x, hint, t, ctx, y=y)
+        down, mid = ref(x, t, ctx, hint, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids},
+                        return_dict=False)
+    for a, b in zip([*res.output, res.middle], [*down, mid], strict=True):
+        assert (a - b).abs().max().item() <= 1e-5
