@@ -19,7 +19,7 @@ from comfy_notebook.models.family import SD1, ModelFamily
 from comfy_notebook.models.unet import UNetConfig, UNetModel
 from comfy_notebook.models.vae import AutoencoderKL, VAEConfig
 
-__all__ = ["PRESETS", "make_checkpoint", "make_controlnet", "make_embedding", "make_lora", "make_t2i_adapter",
+__all__ = ["PRESETS", "make_checkpoint", "make_control_lora", "make_controlnet", "make_embedding", "make_lora", "make_t2i_adapter",
            "make_text_encoder_file", "make_vae_file", "preset_configs", "random_state_dict",
            "schedule_buffers"]
 
@@ -431,4 +431,36 @@ def make_t2i_adapter(
             out["adapter." + ".".join(parts)] = v
         sd = out
     _save(sd, path)
+    return str(path)
+
+
+def make_control_lora(
+    path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str], *, rank: int = 4, seed: int = 0,
+    hint_channels: int = 3, dtype: torch.dtype = torch.float32,
+) -> str:
+    """Write a random control-LoRA for the checkpoint's UNet, in Stability's control-lora layout.
+
+    Keys: ``lora_controlnet`` (the marker), the hint block, zero convs and every 1-d weight
+    (norms, biases) of the ControlNet in full, and ``<module>.up`` [out, rank(, 1, 1)] /
+    ``<module>.down`` [rank, in(, kh, kw)] for each matrix / conv kernel of the UNet encoder the
+    ControlNet copies.  Returns the path.
+    """
+    from comfy_notebook.models.controlnet import ControlNetConfig, ControlNetModel
+
+    config = ControlNetConfig(_unet_config_of(checkpoint_path), hint_channels=hint_channels)
+    full = random_state_dict(_meta(ControlNetModel, config), seed, dtype, "controlnet")
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(b"control-lora"))
+    out: dict[str, Tensor] = {"lora_controlnet": torch.tensor([])}
+    for key, value in full.items():
+        own = key.startswith(("input_hint_block.", "zero_convs.", "middle_block_out."))
+        if own or value.dim() < 2:
+            out[key] = value
+            continue
+        module = key.removesuffix(".weight")
+        o, i = value.shape[0], value.shape[1]
+        kernel = tuple(value.shape[2:])
+        out[module + ".up"] = (torch.randn((o, rank, *(1 for _ in kernel)), generator=gen) * rank**-0.5).to(dtype)
+        down = torch.randn((rank, i, *kernel), generator=gen) * 0.1 * value[0].numel() ** -0.5
+        out[module + ".down"] = down.to(dtype)
+    _save(out, path)
     return str(path)

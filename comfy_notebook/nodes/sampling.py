@@ -55,7 +55,8 @@ def common_ksampler(
         apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=_graphs_option(ctx))
 
         # ControlNets / T2I-Adapters the conditioning carries go on the device beside the UNet
-        with bind_controls(positive, negative, schedule=model.schedule, device=model.manager.device) as bind:
+        with bind_controls(positive, negative, schedule=model.schedule, device=model.manager.device,
+                           unet=unet, unet_config=model.unet_config) as bind:
             return ksample(
                 apply_model, prediction=model.family.prediction, schedule=model.schedule,
                 latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,

@@ -9,11 +9,15 @@ UNet families, in our words:
 - diffusers single-file ControlNets (``controlnet_cond_embedding.*``, ``controlnet_down_blocks.*``),
   renamed with the same diffusers -> LDM UNet table LoRA loading uses plus the ControlNet's own
   parts (:func:`convert_diffusers_controlnet`);
-- T2I-Adapters (full, XL, light; original or diffusers keys).
+- T2I-Adapters (full, XL, light; original or diffusers keys);
+- control-LoRA files (Stability's ``control-lora-*``: a ``lora_controlnet`` marker, the hint
+  block and zero convs in full, low-rank ``.up`` / ``.down`` deltas on the UNet's weights): the
+  ControlNet is assembled per sampling run from the sampling model's UNet
+  (:func:`build_control_lora`); the file is read lazily, the value holds no weights.
 
 A file whose name ends in ``_shuffle`` (``_shuffle_fp16``) pools its residuals globally, as
-ComfyUI does for the shuffle ControlNet.  Control-LoRA and union (ControlNet++) files are
-refused with a clear error.
+ComfyUI does for the shuffle ControlNet.  Union (ControlNet++) files are refused with a clear
+error.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from comfy_notebook.errors import UnsupportedModelError
 from comfy_notebook.runtime.manager import ModelManager
 from comfy_notebook.runtime.patches import ModelRef
 
-__all__ = ["ControlNetValue", "convert_diffusers_controlnet", "diffusers_controlnet_modules", "load_controlnet_value",
+__all__ = ["ControlNetValue", "build_control_lora", "convert_diffusers_controlnet", "diffusers_controlnet_modules", "load_controlnet_value",
            "read_control_file"]
 
 _lock = threading.Lock()
@@ -49,9 +53,9 @@ class ControlNetValue:
     after an unload.  ``extra_args`` carries per-use options (``SetUnionControlNetType``).
     """
 
-    ref: ModelRef
+    ref: ModelRef | None  # None for a control-LoRA (built from the sampling model's UNet)
     manager: ModelManager = field(repr=False)
-    kind: str = "controlnet"  # "controlnet" | "t2i_adapter"
+    kind: str = "controlnet"  # "controlnet" | "t2i_adapter" | "control_lora"
     family: str = "sd1"
     config: Any = field(default=None, repr=False)
     global_average_pooling: bool = False
@@ -63,8 +67,12 @@ class ControlNetValue:
         """A copy with more per-use options (the weights stay shared)."""
         return replace(self, extra_args={**self.extra_args, **args})
 
+    source: str = ""
+
     def summary(self) -> str:
         """One line: kind, family, file, dtype, where it lives, bytes."""
+        if self.ref is None:
+            return f"CONTROL_NET control-LoRA '{os.path.basename(self.source)}' (built on the model at sampling)"
         base = self.ref.base
         dtype = str(base.dtype).replace("torch.", "") if base.dtype is not None else "?"
         what = "T2I-Adapter" if self.kind == "t2i_adapter" else "ControlNet"
@@ -149,9 +157,7 @@ def read_control_file(sd: Mapping[str, Tensor], source: str = "") -> tuple[str, 
 
     where = f" {source}" if source else ""
     if "lora_controlnet" in sd:
-        raise UnsupportedModelError(
-            f"control-LoRA file{where}: control-LoRA (Stability's control-lora-*.safetensors) is not "
-            "supported yet. Fix: use a full ControlNet file of the same control type")
+        return "control_lora", {}, None
     if "task_embedding" in sd or "control_add_embedding.linear_1.weight" in sd:
         raise UnsupportedModelError(
             f"union ControlNet (ControlNet++ / ProMax) file{where} is not supported yet. Fix: use a "
@@ -211,6 +217,46 @@ def _add_base_weights(tensors: dict[str, Tensor], model: Any) -> dict[str, Tenso
             if k != "difference"}
 
 
+def build_control_lora(source: str, unet: torch.nn.Module, unet_config: Any, device: Any) -> torch.nn.Module:
+    """A control-LoRA's ControlNet on ``device``, on the sampling model's UNet (ComfyUI ``ControlLora.pre_run``).
+
+    The architecture is the UNet's encoder; each weight is, in order: the file's full tensor
+    (hint block, zero convs, norms, biases), else the UNet's (with its patches) plus the file's
+    ``up @ down`` delta when it has one.  Weights without a delta share the UNet's tensors.
+    """
+    from comfy_notebook.models.controlnet import ControlNetConfig, ControlNetModel
+    from comfy_notebook.runtime.loading import open_state_dict
+
+    weights = open_state_dict(source)
+    if unet_config is None:
+        raise UnsupportedModelError(
+            f"control-LoRA {source} needs the sampling model's UNet layout, which this MODEL does not "
+            "carry. Fix: load the model with CheckpointLoaderSimple")
+    config = ControlNetConfig(unet_config, int(weights["input_hint_block.0.weight"].shape[1]))
+    with torch.device("meta"):
+        module = ControlNetModel(config)
+    base = unet.state_dict()
+    dtype = next(unet.parameters()).dtype
+    tensors: dict[str, Tensor] = {}
+    for key in module.state_dict():
+        if key in weights:
+            t = weights[key].to(device=device, dtype=dtype)
+        elif key in base:
+            t = base[key].to(device=device)
+            up_key = key.removesuffix(".weight") + ".up"
+            if key.endswith(".weight") and up_key in weights:
+                up = weights[up_key].to(device=device, dtype=torch.float32).flatten(1)
+                down = weights[key.removesuffix(".weight") + ".down"].to(device=device, dtype=torch.float32).flatten(1)
+                t = (t.float() + (up @ down).reshape(t.shape)).to(dtype)
+        else:
+            raise UnsupportedModelError(
+                f"control-LoRA {source} does not fit this model: no weight for '{key}' in the file or "
+                "the UNet. Fix: use a control-LoRA made for this model's family (SDXL control-LoRAs need an SDXL model)")
+        tensors[key] = t
+    module.load_state_dict(tensors, strict=True, assign=True)
+    return module.eval().requires_grad_(False)
+
+
 def load_controlnet_value(manager: ModelManager, path: str | os.PathLike[str], *, name: str | None = None,
                           model: Any = None) -> ControlNetValue:
     """``ControlNetLoader`` / ``DiffControlNetLoader``: a ControlNet or T2I-Adapter file as CONTROL_NET.
@@ -225,6 +271,9 @@ def load_controlnet_value(manager: ModelManager, path: str | os.PathLike[str], *
     source = os.fspath(path)
     stem = os.path.splitext(os.path.basename(source))[0]
     kind, tensors, config = read_control_file(open_state_dict(source), source)
+    if kind == "control_lora":
+        return ControlNetValue(ref=None, manager=manager, kind=kind, family="", source=source,
+                               global_average_pooling=stem.endswith(("_shuffle", "_shuffle_fp16")))
     diff = "difference" in tensors
     if diff and model is None:
         warnings.warn(f"{stem} is a diff ControlNet loaded without a model; it will very likely not work. "
@@ -254,5 +303,5 @@ def load_controlnet_value(manager: ModelManager, path: str | os.PathLike[str], *
         family = controlnet_family(config.unet).name
     else:
         family = "sdxl" if config.kind == "full_xl" else "sd1"
-    return ControlNetValue(ref=ref, manager=manager, kind=kind, family=family, config=config,
+    return ControlNetValue(ref=ref, manager=manager, kind=kind, family=family, config=config, source=source,
                            global_average_pooling=stem.endswith(("_shuffle", "_shuffle_fp16")))

@@ -187,14 +187,23 @@ def _applied(conditioning: list[Any]) -> Iterator[AppliedControl]:
             yield from control.chain()
 
 
+def _key(net: ControlNetValue) -> str:
+    return f"control-lora:{net.source}" if net.ref is None else net.ref.base.name
+
+
 @contextmanager
 def bind_controls(positive: list[Any], negative: list[Any], *, schedule: Any, device: Any,
+                  unet: torch.nn.Module | None = None, unet_config: Any = None,
                   memory_required: int = 0) -> Iterator[Callable[[Any], BoundControl] | None]:
     """Put the nets the conditioning uses on the device; yield ``bind(applied) -> BoundControl``.
 
     Yields None when no entry carries a control.  Each net stays in use (not evictable) for the
-    ``with`` body; the same applied control always binds to the same object.
+    ``with`` body; the same applied control always binds to the same object.  Control-LoRAs are
+    assembled on ``unet`` (the sampling model, on the device; ``unet_config`` its layout) for
+    this run only, as ComfyUI does in ``ControlLora.pre_run``.
     """
+    from comfy_notebook.runtime.control_files import build_control_lora
+
     applied = list({id(a): a for a in [*_applied(positive), *_applied(negative)]}.values())
     if not applied:
         yield None
@@ -202,8 +211,14 @@ def bind_controls(positive: list[Any], negative: list[Any], *, schedule: Any, de
     with ExitStack() as stack:
         modules: dict[str, torch.nn.Module] = {}
         for a in applied:
-            name = a.net.ref.base.name
-            if name not in modules:
+            name = _key(a.net)
+            if name in modules:
+                continue
+            if a.net.ref is None:
+                if unet is None:
+                    raise TypeError("a control-LoRA needs the sampling model's UNet (bind_controls(unet=...))")
+                modules[name] = build_control_lora(a.net.source, unet, unet_config, device)
+            else:
                 modules[name] = stack.enter_context(a.net.manager.use(a.net.ref, memory_required=memory_required))
         bound: dict[int, BoundControl] = {}
         dev = torch.device(device)
@@ -214,8 +229,7 @@ def bind_controls(positive: list[Any], negative: list[Any], *, schedule: Any, de
             got = bound.get(id(control))
             if got is None:
                 prev = bind(control.previous) if control.previous is not None else None
-                got = bound[id(control)] = BoundControl(control, modules[control.net.ref.base.name], prev,
-                                                        schedule, dev)
+                got = bound[id(control)] = BoundControl(control, modules[_key(control.net)], prev, schedule, dev)
             return got
 
         yield bind

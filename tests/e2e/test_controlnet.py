@@ -23,7 +23,13 @@ from PIL import Image
 from comfy_notebook._session import Session
 from comfy_notebook.models.unet import UNetConfig
 from comfy_notebook.nodes import register_builtins
-from comfy_notebook.testing import make_checkpoint, make_controlnet, make_t2i_adapter, make_vae_file
+from comfy_notebook.testing import (
+    make_checkpoint,
+    make_control_lora,
+    make_controlnet,
+    make_t2i_adapter,
+    make_vae_file,
+)
 
 DATA = pathlib.Path(__file__).parent / "data"
 CKPT, CKPT2 = "tiny.safetensors", "tiny_2res.safetensors"
@@ -41,6 +47,28 @@ def _scribble(path: pathlib.Path, w: int, h: int, seed: int) -> None:
     Image.fromarray(img).save(path)
 
 
+def _merged_control_lora(path: pathlib.Path, lora: str, ckpt: str) -> None:
+    """The full ControlNet a control-LoRA stands for on this checkpoint: UNet weight + up @ down."""
+    from safetensors.torch import load_file, save_file
+
+    w, base = load_file(lora), load_file(ckpt)
+    out = {}
+    for key, value in w.items():
+        if key == "lora_controlnet" or key.endswith(".down"):
+            continue
+        if key.endswith(".up"):
+            module = key.removesuffix(".up")
+            b = base["model.diffusion_model." + module + ".weight"]
+            value = b + (value.flatten(1) @ w[module + ".down"].flatten(1)).reshape(b.shape)
+            key = module + ".weight"
+        out["control_model." + key] = value
+    for key, value in base.items():  # weights the control-LoRA takes from the UNet as they are
+        name = key.removeprefix("model.diffusion_model.")
+        if key.startswith("model.diffusion_model.") and name.startswith(("time_embed.", "input_blocks.", "middle_block.")):
+            out.setdefault("control_model." + name, value)
+    save_file(out, str(path))
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     base = tmp_path_factory.mktemp("comfy")
@@ -55,6 +83,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     make_controlnet(cn / "control_scribble_diffusers.safetensors", ckpt, seed=1, layout="diffusers")
     make_controlnet(cn / "control_scribble_diff.safetensors", ckpt, seed=1, difference=True)
     make_controlnet(cn / "control_openpose.safetensors", ckpt, seed=2)
+    lora = make_control_lora(cn / "control-lora-scribble-rank4.safetensors", ckpt, seed=6)
+    _merged_control_lora(cn / "control_lora_merged.safetensors", lora, ckpt)
     make_t2i_adapter(cn / "t2iadapter_depth_tiny.safetensors", ckpt2, seed=3)
     make_t2i_adapter(cn / "t2iadapter_depth_tiny_diffusers.safetensors", ckpt2, seed=3, layout="diffusers")
     make_t2i_adapter(cn / "t2iadapter_light_tiny.safetensors", ckpt2, seed=3, kind="light")
@@ -203,3 +233,10 @@ def test_t2i_adapter_depth_example(root: pathlib.Path, shared: Session) -> None:
     assert torch.equal(diffusers, controlled)
     light = image(shared, depth_prompt("t2iadapter_light_tiny.safetensors"))
     assert (light - plain).abs().max() > 1e-2
+
+
+def test_control_lora_is_the_unet_plus_its_low_rank_deltas(shared: Session, scribble_images: Any) -> None:
+    lora = image(shared, scribble_prompt(control_net="control-lora-scribble-rank4.safetensors"))
+    merged = image(shared, scribble_prompt(control_net="control_lora_merged.safetensors"))
+    assert (lora - merged).abs().max() < 1e-4
+    assert (lora - scribble_images["plain"]).abs().max() > 1e-2
