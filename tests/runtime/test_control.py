@@ -133,3 +133,55 @@ def test_refused_files_say_what_they_are():
         read_control_file({"task_embedding": torch.zeros(1)})
     with pytest.raises(UnsupportedModelError, match=r"not a ControlNet.*Fix"):
         read_control_file({"model.diffusion_model.x": torch.zeros(1)})
+
+
+def _denoiser_with_control(device: str) -> tuple[Any, Any]:
+    """A CFG denoiser over a tiny UNet whose positive and negative share one bound ControlNet."""
+    from comfy_notebook.models.controlnet import ControlNetConfig, ControlNetModel
+    from comfy_notebook.models.unet import UNetConfig, UNetModel
+    from comfy_notebook.sampling.denoisers import CFGDenoiser, ModelDenoiser, resolve_conditioning
+    from comfy_notebook.testing import random_state_dict
+
+    torch.manual_seed(0)
+    cfg = UNetConfig.sd1_tiny()
+    unet, cn = UNetModel(cfg).eval(), ControlNetModel(ControlNetConfig(cfg)).eval()
+    unet.load_state_dict(random_state_dict(unet, 0, tag="unet"))
+    cn.load_state_dict(random_state_dict(cn, 1, tag="controlnet"))
+    unet, cn = unet.to(device), cn.to(device)
+    sched = DiscreteSchedule()
+    applied = AppliedControl(_net(), torch.rand(1, 3, 40, 56), strength=0.8)
+    bound = BoundControl(applied, cn, None, sched, torch.device(device))
+    ctx = torch.randn(1, 3, 32)
+    pos, neg = resolve_conditioning([[ctx, {"control": applied}]], [[ctx * 0.5, {"control": applied}]],
+                                    (8, 8), sched, device, torch.float32, control_fn=lambda a: bound)
+    den = CFGDenoiser(ModelDenoiser(lambda x, t, c, **kw: unet(x, t, c, **kw), sched), pos, neg, 7.0)
+    return den, sched
+
+
+def test_shared_control_keeps_the_one_forward_fast_path():
+    den, sched = _denoiser_with_control("cpu")
+    assert den.fast  # positive and negative share the control: one batched forward per step
+    x, sigma = torch.randn(1, 4, 8, 8), torch.full((1,), float(sched.sigmas[500]))
+    with torch.no_grad():
+        den(x, sigma)
+    assert den.forward_count == 1
+
+
+@pytest.mark.gpu
+def test_controlled_step_on_cuda_matches_cpu_and_makes_no_host_sync():
+    x, sigma = torch.randn(1, 4, 8, 8), torch.full((1,), 3.0)
+    out = {}
+    for device in ("cpu", "cuda"):
+        den, _ = _denoiser_with_control(device)
+        with torch.no_grad():
+            den(x.to(device), sigma.to(device))  # first call prepares the hint (host work allowed)
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("error")
+                try:
+                    out[device] = den(x.to(device), sigma.to(device))
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            else:
+                out[device] = den(x, sigma)
+    torch.testing.assert_close(out["cuda"].cpu(), out["cpu"], rtol=1e-4, atol=1e-4)
