@@ -25,7 +25,7 @@ def scheduler_names() -> list[str]:
 
 def _graphs_option(ctx: Any) -> bool | None:
     """``session.options["cuda_graphs"]``: True / False, or unset (None: on where CUDA captures)."""
-    session = getattr(ctx.services, "session", None)  # typed Services (main had a dict's .get here)
+    session = getattr(ctx.services, "session", None)
     value = getattr(session, "options", {}).get("cuda_graphs")
     return None if value is None else bool(value)
 

@@ -189,7 +189,8 @@ class ModelManager:
         for provider in self._external:
             for r in provider.rows():
                 rows.append(ModelInfo(r["name"], r["kind"], None, r["bytes"], None, r["where"],
-                                      r["bytes"], None, False, False, False, (), None, r["world"]))
+                                      r["bytes"], None, False, False, False, (), None,
+                                      world=r["world"]))
         return rows
 
     def _info(self, m: ManagedModel) -> ModelInfo:
@@ -197,7 +198,7 @@ class ModelManager:
         held = self.graphs.held(m.name)
         return ModelInfo(m.name, m.kind, m.source, m.nbytes, m.dtype, m.where, m.loaded_bytes,
                          m.last_used, m.pinned, m.keep_loaded, m.in_use, holders, m.family,
-                         len(held), sum(g.nbytes for g in held))
+                         graphs=len(held), graph_bytes=sum(g.nbytes for g in held))
 
     def __repr__(self) -> str:
         head = f"ModelManager(device={self.device}, used={human_bytes(self._resident_bytes())}"

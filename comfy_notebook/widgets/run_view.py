@@ -8,6 +8,7 @@ from typing import Any
 
 import traitlets
 
+from comfy_notebook.errors import ExecutionInterrupted
 from comfy_notebook.widgets._base import STATIC, View
 from comfy_notebook.widgets.state import RunState
 
@@ -73,7 +74,8 @@ class RunView(View):
         def target() -> None:
             try:
                 self.result = self.session.run_prompt(prompt, **kwargs)
-            except Exception as exc:  # the state already shows it; kept for the caller
+            except (Exception, ExecutionInterrupted) as exc:  # an interrupt is no Exception
+                # the state already shows it; kept for the caller
                 self.result = exc
 
         self.result = None
