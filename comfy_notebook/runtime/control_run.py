@@ -164,6 +164,12 @@ class BoundControl:
                     self._features.pop(next(iter(self._features)))
                 self._features[key] = feats
             return feats
+        want = getattr(getattr(self.module, "config", None), "context_dim", None)
+        if want is not None and context.shape[-1] != want:  # a static shape check: no host sync
+            raise ValueError(
+                f"ControlNet '{self.net.source or self.net.family}' ({self.net.family}) attends to {want}-wide "
+                f"text, the conditioning is {context.shape[-1]} wide. Fix: use a ControlNet made for "
+                "the checkpoint's family (SD1: 768, SD2: 1024, SDXL: 2048)")
         y = kw.get("y")
         res = self.module(x_in.to(self.dtype), hint, t.to(self.dtype), context.to(self.dtype),
                           y=None if y is None else y.to(self.dtype))

@@ -185,3 +185,13 @@ def test_controlled_step_on_cuda_matches_cpu_and_makes_no_host_sync():
             else:
                 out[device] = den(x, sigma)
     torch.testing.assert_close(out["cuda"].cpu(), out["cpu"], rtol=1e-4, atol=1e-4)
+
+
+def test_controlnet_of_another_family_is_named():
+    from comfy_notebook.models.controlnet import ControlNetConfig, ControlNetModel
+    from comfy_notebook.models.unet import UNetConfig
+
+    cn = ControlNetModel(ControlNetConfig(UNetConfig.sd1_tiny())).eval()  # attends to 32-wide text
+    b = BoundControl(AppliedControl(_net(), torch.rand(1, 3, 8, 8)), cn, None, DiscreteSchedule(), torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"attends to 32-wide text.*48 wide.*Fix"):
+        b(torch.rand(1, 4, 1, 1), torch.zeros(1), torch.ones(1), torch.zeros(1, 2, 48), 1, {})
