@@ -8,10 +8,9 @@ iterative so a 10,000-node chain validates.
 
 from __future__ import annotations
 
-import math
-
 import asyncio
 import difflib
+import math
 import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
