@@ -19,31 +19,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from comfy_notebook.models.family import SD1, SD2, SDXL, ModelFamily
 from comfy_notebook.models.layers import Conv1x1
 from comfy_notebook.models.unet import ControlResiduals, UNetConfig, UNetEncoder
 
-__all__ = ["ControlNetConfig", "ControlNetModel", "controlnet_family"]
+__all__ = ["ControlNetConfig", "ControlNetModel"]
 
 # Channels of the hint embedding's convolutions; the stride-2 ones bring the hint from pixel
 # size to latent size (8x).  Fixed by the architecture (ComfyUI cldm.py, diffusers
 # ControlNetConditioningEmbedding's default (16, 32, 96, 256)).
 _HINT_CHANNELS = (16, 16, 32, 32, 96, 96, 256)
 _HINT_STRIDES = (1, 1, 2, 1, 2, 1, 2)
-
-
-def controlnet_family(config: UNetConfig) -> ModelFamily:
-    """Which family's UNet a ControlNet of ``config`` steers.
-
-    Family facts (to move into ``comfy_notebook/families/``): SDXL ControlNets have a label
-    embedding (``adm_in_channels``), SD2 ones attend to 1024-wide OpenCLIP-H text, SD1 ones to
-    768-wide CLIP-L text (tiny test models: anything else).
-    """
-    if config.adm_in_channels is not None:
-        return SDXL
-    if config.context_dim == 1024:
-        return SD2
-    return SD1
 
 
 @dataclass(frozen=True)
@@ -54,15 +39,13 @@ class ControlNetConfig:
     hint_channels: int = 3
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, Any], prefix: str = "") -> ControlNetConfig:
-        """Read the sizes from a ControlNet state dict's shapes (original layout, ``prefix`` before keys)."""
+    def from_state_dict(cls, sd: Mapping[str, Any], prefix: str = "", *, num_heads: int = 8,
+                        num_head_channels: int = -1) -> ControlNetConfig:
+        """Read the sizes from a ControlNet state dict's shapes (original layout, ``prefix`` before
+        keys); the attention head rule is the UNet family's (SD1: 8 heads, later: 64-wide heads)."""
         from comfy_notebook.models.detect import unet_config_from_state_dict
 
-        attn = [k for k in sd if k.startswith(prefix) and k.endswith("attn2.to_k.weight")]
-        context_dim = int(sd[attn[0]].shape[1]) if attn else 768
-        has_adm = prefix + "label_emb.0.0.weight" in sd
-        family = SDXL if has_adm else SD2 if context_dim == 1024 else SD1
-        unet = unet_config_from_state_dict(sd, prefix, family)
+        unet = unet_config_from_state_dict(sd, prefix, num_heads=num_heads, num_head_channels=num_head_channels)
         return cls(unet=unet, hint_channels=int(sd[prefix + "input_hint_block.0.weight"].shape[1]))
 
 

@@ -148,9 +148,14 @@ def _unet_config(sd: Mapping[str, Any], keys: list[str], p: str, family: ModelFa
     )
 
 
-def unet_config_from_state_dict(sd: Mapping[str, Any], prefix: str, family: ModelFamily) -> UNetConfig:
-    """The :class:`UNetConfig` of the LDM UNet (or ControlNet encoder) under ``prefix`` in ``sd``."""
-    return _unet_config(sd, [k for k in sd if k.startswith(prefix)], prefix, family)
+def unet_config_from_state_dict(sd: Mapping[str, Any], prefix: str, *, num_heads: int = 8,
+                                num_head_channels: int = -1) -> UNetConfig:
+    """The :class:`UNetConfig` of the LDM UNet (or ControlNet encoder) under ``prefix`` in ``sd``;
+    the head rule (a family fact) comes from the caller."""
+    import dataclasses
+
+    config = _unet_config(sd, [k for k in sd if k.startswith(prefix)], prefix, SD1)
+    return dataclasses.replace(config, num_heads=num_heads, num_head_channels=num_head_channels)
 
 
 def _vae_config(sd: Mapping[str, Any], keys: list[str], p: str) -> VAEConfig:

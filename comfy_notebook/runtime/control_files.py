@@ -26,7 +26,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -56,7 +56,7 @@ class ControlNetValue:
     ref: ModelRef | None  # None for a control-LoRA (built from the sampling model's UNet)
     manager: ModelManager = field(repr=False)
     kind: str = "controlnet"  # "controlnet" | "t2i_adapter" | "control_lora"
-    family: str = "sd1"
+    family: str | None = None  # the model family it was made for, when its shapes say
     config: Any = field(default=None, repr=False)
     global_average_pooling: bool = False
     compression_ratio: int = 8
@@ -76,7 +76,8 @@ class ControlNetValue:
         base = self.ref.base
         dtype = str(base.dtype).replace("torch.", "") if base.dtype is not None else "?"
         what = "T2I-Adapter" if self.kind == "t2i_adapter" else "ControlNet"
-        return f"CONTROL_NET {what} {self.family} '{base.name}' {dtype} on {base.where} ({human_bytes(base.nbytes)})"
+        family = f" {self.family}" if self.family else ""
+        return f"CONTROL_NET {what}{family} '{base.name}' {dtype} on {base.where} ({human_bytes(base.nbytes)})"
 
     def __repr__(self) -> str:
         return f"<{self.summary()}>"
@@ -106,7 +107,7 @@ def diffusers_controlnet_modules(layout: Any, hint_blocks: int = 6) -> dict[str,
     the ControlNet's own parts map as ComfyUI's loader maps them: ``controlnet_down_blocks.N`` ->
     ``zero_convs.N.0``, ``controlnet_mid_block`` -> ``middle_block_out.0``,
     ``controlnet_cond_embedding.{conv_in, blocks.K, conv_out}`` -> ``input_hint_block.{0, 2K+2, last}``,
-    and SDXL's ``add_embedding.linear_{1,2}`` -> ``label_emb.0.{0,2}``.
+    and the label embedding's ``add_embedding.linear_{1,2}`` -> ``label_emb.0.{0,2}``.
     """
     from comfy_notebook.runtime.lora import unet_diffusers_to_ldm
 
@@ -139,43 +140,45 @@ def convert_diffusers_controlnet(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     if unknown:
         raise UnsupportedModelError(
             f"diffusers ControlNet with {len(unknown)} keys outside the SD ControlNet layout "
-            f"({', '.join(unknown[:6])}{', ...' if len(unknown) > 6 else ''}). Fix: use an SD1/SD2/SDXL "
+            f"({', '.join(unknown[:6])}{', ...' if len(unknown) > 6 else ''}). Fix: use a UNet "
             "ControlNet in the original or diffusers layout")
     return out
 
 
 # -- reading files ----------------------------------------------------------------------------
 
-def read_control_file(sd: Mapping[str, Tensor], source: str = "") -> tuple[str, dict[str, Tensor], Any]:
-    """``(kind, original-layout state dict, config)`` of a ControlNet / T2I-Adapter state dict."""
-    from comfy_notebook.models.controlnet import ControlNetConfig
-    from comfy_notebook.models.t2i_adapter import (
-        AdapterConfig,
-        convert_diffusers_adapter,
-        is_adapter_state_dict,
-    )
+# ``describe(kind, tensors) -> (family name or None, config)``: the model family a control file
+# was made for and its architecture's sizes (the head rule is a family fact); see nodes/controlnet.
+Describe = Callable[[str, Mapping[str, Tensor]], tuple[str | None, Any]]
+
+
+def read_control_file(sd: Mapping[str, Tensor], source: str = "") -> tuple[str, dict[str, Tensor]]:
+    """``(kind, original-layout state dict)`` of a ControlNet / T2I-Adapter / control-LoRA file.
+
+    ``kind`` is ``"controlnet"``, ``"t2i_adapter"`` or ``"control_lora"`` (whose tensors are read
+    at sampling time: an empty dict here).
+    """
+    from comfy_notebook.models.t2i_adapter import convert_diffusers_adapter, is_adapter_state_dict
 
     where = f" {source}" if source else ""
     if "lora_controlnet" in sd:
-        return "control_lora", {}, None
+        return "control_lora", {}
     if "task_embedding" in sd or "control_add_embedding.linear_1.weight" in sd:
         raise UnsupportedModelError(
             f"union ControlNet (ControlNet++ / ProMax) file{where} is not supported yet. Fix: use a "
             "single-type ControlNet file")
     if "controlnet_cond_embedding.conv_in.weight" in sd:
-        tensors = convert_diffusers_controlnet(sd)
-        return "controlnet", tensors, ControlNetConfig.from_state_dict(tensors)
+        return "controlnet", convert_diffusers_controlnet(sd)
     if _PTH_PREFIX + "zero_convs.0.0.weight" in sd:
         tensors = {k[len(_PTH_PREFIX):]: v for k, v in sd.items() if k.startswith(_PTH_PREFIX)}
         if "difference" in sd:
             tensors["difference"] = sd["difference"]
-        return "controlnet", tensors, ControlNetConfig.from_state_dict(tensors)
+        return "controlnet", tensors
     if "zero_convs.0.0.weight" in sd:
-        tensors = dict(sd)
-        return "controlnet", tensors, ControlNetConfig.from_state_dict(tensors)
+        return "controlnet", dict(sd)
     if is_adapter_state_dict(sd):
         tensors = convert_diffusers_adapter(sd) if "adapter.body.0.resnets.0.block1.weight" in sd else dict(sd)
-        return "t2i_adapter", tensors, AdapterConfig.from_state_dict(tensors)
+        return "t2i_adapter", tensors
     keys = list(sd)
     raise UnsupportedModelError(
         f"not a ControlNet or T2I-Adapter file{where}: expected control_model.* / zero_convs.* "
@@ -199,7 +202,7 @@ def _build(kind: str, tensors: Mapping[str, Tensor], config: Any, dtype: torch.d
         raise UnsupportedModelError(
             f"{kind} file keys do not match the architecture read from its shapes: missing "
             f"{missing[:6]} ({len(missing)}), unexpected {unexpected[:6]} ({len(unexpected)}). "
-            "Fix: use an SD1/SD2/SDXL ControlNet or T2I-Adapter file")
+            "Fix: use a UNet ControlNet or T2I-Adapter file")
     cast = {k: tensors[k].to(dtype=dtype if tensors[k].is_floating_point() else tensors[k].dtype)
             for k in expected}
     module.load_state_dict(cast, strict=True, assign=True)
@@ -251,28 +254,27 @@ def build_control_lora(source: str, unet: torch.nn.Module, unet_config: Any, dev
         else:
             raise UnsupportedModelError(
                 f"control-LoRA {source} does not fit this model: no weight for '{key}' in the file or "
-                "the UNet. Fix: use a control-LoRA made for this model's family (SDXL control-LoRAs need an SDXL model)")
+                "the UNet. Fix: use a control-LoRA made for this model's family")
         tensors[key] = t
     module.load_state_dict(tensors, strict=True, assign=True)
     return module.eval().requires_grad_(False)
 
 
-def load_controlnet_value(manager: ModelManager, path: str | os.PathLike[str], *, name: str | None = None,
-                          model: Any = None) -> ControlNetValue:
+def load_controlnet_value(manager: ModelManager, path: str | os.PathLike[str], *, describe: Describe,
+                          name: str | None = None, model: Any = None) -> ControlNetValue:
     """``ControlNetLoader`` / ``DiffControlNetLoader``: a ControlNet or T2I-Adapter file as CONTROL_NET.
 
     The weights are registered with ``manager`` under ``"controlnet:<name>"`` (a diff ControlNet
     per base model and patch set) with a factory that rereads the file after an unload; loading
-    the same file again reuses them.
+    the same file again reuses them.  ``describe`` says the family and sizes of the file.
     """
-    from comfy_notebook.models.controlnet import controlnet_family
     from comfy_notebook.runtime.loading import open_state_dict
 
     source = os.fspath(path)
     stem = os.path.splitext(os.path.basename(source))[0]
-    kind, tensors, config = read_control_file(open_state_dict(source), source)
+    kind, tensors = read_control_file(open_state_dict(source), source)
     if kind == "control_lora":
-        return ControlNetValue(ref=None, manager=manager, kind=kind, family="", source=source,
+        return ControlNetValue(ref=None, manager=manager, kind=kind, family=None, source=source,
                                global_average_pooling=stem.endswith(("_shuffle", "_shuffle_fp16")))
     diff = "difference" in tensors
     if diff and model is None:
@@ -282,9 +284,11 @@ def load_controlnet_value(manager: ModelManager, path: str | os.PathLike[str], *
     if diff and model is not None:
         key += f"+{model.ref.base.name}#{hash(model.ref.patches_id) & 0xFFFFFF:x}"
     dtype = manager.policy.dtype_for("unet")
+    family, config = describe(kind, tensors)
 
     def factory() -> torch.nn.Module:
-        k, t, c = read_control_file(open_state_dict(source), source)
+        k, t = read_control_file(open_state_dict(source), source)
+        c = describe(k, t)[1]
         if "difference" in t:
             t = _add_base_weights(t, model) if model is not None else {a: b for a, b in t.items() if a != "difference"}
         return _build(k, t, c, dtype)
@@ -299,9 +303,5 @@ def load_controlnet_value(manager: ModelManager, path: str | os.PathLike[str], *
             module = _build(kind, tensors, config, dtype)
             ref = manager.register(key, factory, kind="controlnet", source=source, dtype=dtype,
                                    module=module, family=None).ref(holder=key)
-    if kind == "controlnet":
-        family = controlnet_family(config.unet).name
-    else:
-        family = "sdxl" if config.kind == "full_xl" else "sd1"
     return ControlNetValue(ref=ref, manager=manager, kind=kind, family=family, config=config, source=source,
                            global_average_pooling=stem.endswith(("_shuffle", "_shuffle_fp16")))

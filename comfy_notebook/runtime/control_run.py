@@ -19,6 +19,7 @@ timestep: they are computed once per size and batch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -167,9 +168,9 @@ class BoundControl:
         want = getattr(getattr(self.module, "config", None), "context_dim", None)
         if want is not None and context.shape[-1] != want:  # a static shape check: no host sync
             raise ValueError(
-                f"ControlNet '{self.net.source or self.net.family}' ({self.net.family}) attends to {want}-wide "
-                f"text, the conditioning is {context.shape[-1]} wide. Fix: use a ControlNet made for "
-                "the checkpoint's family (SD1: 768, SD2: 1024, SDXL: 2048)")
+                f"ControlNet {os.path.basename(self.net.source)!r} attends to {want}-wide text, the "
+                f"conditioning is {context.shape[-1]} wide. Fix: use a ControlNet made for the "
+                "checkpoint's model family")
         y = kw.get("y")
         res = self.module(x_in.to(self.dtype), hint, t.to(self.dtype), context.to(self.dtype),
                           y=None if y is None else y.to(self.dtype))

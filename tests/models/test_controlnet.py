@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from comfy_notebook.models.controlnet import ControlNetConfig, ControlNetModel, controlnet_family
-from comfy_notebook.models.family import SD1, SD2, SDXL
+from comfy_notebook.models.controlnet import ControlNetConfig, ControlNetModel
 from comfy_notebook.models.unet import ControlResiduals, UNetConfig
 from comfy_notebook.testing import random_state_dict
 
@@ -115,14 +114,17 @@ def test_config_from_state_dict_round_trip():
         with torch.device("meta"):
             m = ControlNetModel(ControlNetConfig(cfg, hint_channels=3))
         sd = m.state_dict()
-        read = ControlNetConfig.from_state_dict({"control_model." + k: v for k, v in sd.items()}, "control_model.")
+        read = ControlNetConfig.from_state_dict({"control_model." + k: v for k, v in sd.items()}, "control_model.",
+                                                num_heads=cfg.num_heads, num_head_channels=cfg.num_head_channels)
+        # the encoder copy has no output side: everything else is read back
+        assert dataclasses.replace(read.unet, transformer_depth_output=cfg.transformer_depth_output) == cfg
         assert read.hint_channels == 3
         assert read.unet.channel_mult == cfg.channel_mult
         assert read.unet.transformer_depth == cfg.transformer_depth
         assert read.unet.use_linear_in_transformer == cfg.use_linear_in_transformer
 
 
-def test_sd15_controlnet_parameter_count_and_family():
+def test_sd15_controlnet_parameter_count():
     with torch.device("meta"):
         m = ControlNetModel(ControlNetConfig(UNetConfig.sd15()))
     from diffusers import ControlNetModel as RefControlNet
@@ -131,9 +133,6 @@ def test_sd15_controlnet_parameter_count_and_family():
         ref = RefControlNet(cross_attention_dim=768)  # otherwise the defaults are SD1.5 sizes
     n = sum(p.numel() for p in m.parameters())
     assert n == sum(p.numel() for p in ref.parameters()) == 361_279_120
-    assert controlnet_family(UNetConfig.sd15()) is SD1
-    assert controlnet_family(dataclasses.replace(UNetConfig.sd15(), context_dim=1024)) is SD2
-    assert controlnet_family(dataclasses.replace(UNetConfig.sd15(), adm_in_channels=2816)) is SDXL
 
 
 def test_sdxl_style_controlnet_matches_diffusers_text_time():
@@ -161,7 +160,6 @@ def test_sdxl_style_controlnet_matches_diffusers_text_time():
         for leaf in ("weight", "bias"):
             dsd[f"add_embedding.linear_{i}.{leaf}"] = sd[f"label_emb.0.{j}.{leaf}"]
     ref.load_state_dict(dsd, strict=True)
-    assert controlnet_family(cfg) is SDXL
     gen = torch.Generator().manual_seed(4)
     x, hint = torch.randn(2, 4, 8, 8, generator=gen), torch.rand(2, 3, 64, 64, generator=gen)
     t, ctx = torch.tensor([10.0, 600.0]), torch.randn(2, 5, 32, generator=gen)

@@ -52,3 +52,24 @@ def test_object_info_matches_comfyui(name: str) -> None:
     assert info["output"] == outputs and info["output_name"] == names
     assert info["category"] == category and info["display_name"] == display
     assert bool(info.get("deprecated", False)) == deprecated
+
+
+def test_describe_reads_the_family_and_head_rule_from_shapes():
+    import dataclasses
+
+    import torch
+
+    from comfy_notebook.models.controlnet import ControlNetConfig, ControlNetModel
+    from comfy_notebook.models.unet import UNetConfig
+    from comfy_notebook.nodes.controlnet import _describe
+
+    sd15 = dataclasses.replace(UNetConfig.sd15(), channel_mult=(1, 2), transformer_depth=(1, 1))
+    cases = {"sd1": sd15,
+             "sd2": dataclasses.replace(sd15, context_dim=1024, num_heads=-1, num_head_channels=64),
+             "sdxl": dataclasses.replace(sd15, context_dim=2048, num_heads=-1, num_head_channels=64,
+                                         adm_in_channels=2816, use_linear_in_transformer=True)}
+    for name, cfg in cases.items():
+        with torch.device("meta"):
+            sd = ControlNetModel(ControlNetConfig(cfg)).state_dict()
+        family, config = _describe("controlnet", sd)
+        assert family == name and config.unet == cfg
