@@ -97,7 +97,7 @@ class Suite:
         if not self.cuda:  # the session picks CUDA when present; a CPU dry run stays on the CPU
             from comfy_notebook.runtime import DevicePolicy, ModelManager
 
-            s.services["models"] = ModelManager(DevicePolicy.cpu())
+            s.services.models = ModelManager(DevicePolicy.cpu())
         return s
 
     def prompt(self, seed: int = 1, px: int | None = None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Random-weight checkpoints with the exact SD1 key structure, for tests and benchmarks.
+"""Random-weight checkpoints with the released key layouts (SD1, SD2, SDXL), for tests and benchmarks.
 
 Nothing here downloads anything.  Every tensor is drawn per key from a generator seeded by
 ``(seed, part)``, so files are deterministic for a given seed and preset.
@@ -9,49 +9,110 @@ from __future__ import annotations
 import dataclasses
 import os
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from comfy_notebook.models.detect import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
-from comfy_notebook.models.family import SD1, ModelFamily
+from comfy_notebook.models.clip import CLIPTextConfig
+from comfy_notebook.models.detect import UNET_PREFIX, VAE_PREFIX
 from comfy_notebook.models.unet import UNetConfig, UNetModel
 from comfy_notebook.models.vae import AutoencoderKL, VAEConfig
 
-__all__ = ["PRESETS", "make_checkpoint", "make_control_lora", "make_controlnet", "make_embedding", "make_lora", "make_t2i_adapter",
-           "make_text_encoder_file", "make_vae_file", "preset_configs", "random_state_dict",
-           "schedule_buffers"]
-
-PRESETS = ("sd1-tiny", "sd1-tiny-linear", "sd1-full", "sd1-comfyui")
+__all__ = ["PRESETS", "Preset", "get_preset", "make_checkpoint", "make_control_lora", "make_controlnet",
+           "make_embedding", "make_lora", "make_t2i_adapter", "make_text_encoder_file", "make_unet_file",
+           "make_vae_file", "preset_configs", "random_state_dict", "schedule_buffers"]
 
 
-def _clip_config(preset: str) -> Any:
-    """The CLIP text config of a preset (tiny ones are 64 wide: one 64-wide head)."""
-    from comfy_notebook.models.clip import CLIPTextConfig
+@dataclass(frozen=True)
+class Preset:
+    """A test checkpoint layout: configs, and each text encoder's (prefix, key layout, config)."""
 
-    if preset in ("sd1-full", "sd1-comfyui"):
-        return CLIPTextConfig.sd1()
-    return CLIPTextConfig.tiny()
+    family: str
+    unet: UNetConfig
+    vae: VAEConfig
+    encoders: dict[str, tuple[str, str, CLIPTextConfig]]
+    v_probe_std: float | None = None  # SD2: std of the norm bias ComfyUI's v detection reads
+    markers: tuple[str, ...] = ()  # SDXL: "v_pred" / "ztsnr" marker keys
+    full: bool = False
 
 
-def preset_configs(preset: str) -> tuple[UNetConfig, VAEConfig, Any]:
-    """(UNet, VAE, CLIP text) configurations of a preset name."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
-    clip = _clip_config(preset)
-    if preset == "sd1-full":
-        return UNetConfig.sd15(), VAEConfig.sd(), clip
-    if preset == "sd1-comfyui":
+def _tiny_clip(activation: str = "quick_gelu", projection: bool = False) -> CLIPTextConfig:
+    return dataclasses.replace(CLIPTextConfig.tiny(), activation=activation,
+                               projection_dim=64 if projection else None)
+
+
+_SD1_CLIP = "cond_stage_model.transformer."
+_SD2_CLIP = "cond_stage_model.model."
+_XL_L, _XL_G, _REFINER_G = ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.",
+                            "conditioner.embedders.0.model.")
+
+
+def _sd2_tiny() -> UNetConfig:
+    # four levels with two res blocks: output block 11 exists (ComfyUI's v-prediction probe)
+    return UNetConfig(model_channels=64, channel_mult=(1, 1, 1, 1), num_res_blocks=2,
+                      transformer_depth=(1, 1, 1, 0), context_dim=64, num_heads=-1,
+                      num_head_channels=64, use_linear_in_transformer=True)
+
+
+def _sdxl_tiny(refiner: bool) -> UNetConfig:
+    ctx = 64 if refiner else 128  # CLIP-G alone, or CLIP-L + CLIP-G
+    adm = 64 + (5 if refiner else 6) * 256  # pooled CLIP-G + 256-wide Fourier features
+    return UNetConfig(model_channels=64, channel_mult=(1, 2), num_res_blocks=1, transformer_depth=(0, 1),
+                      context_dim=ctx, num_heads=-1, num_head_channels=64, use_linear_in_transformer=True,
+                      adm_in_channels=adm)
+
+
+def get_preset(name: str) -> Preset:
+    """The layout of a preset name (see :data:`PRESETS`)."""
+    tiny = VAEConfig.tiny()
+    if name in ("sd1-tiny", "sd1-tiny-linear"):
+        unet = UNetConfig.sd1_tiny() if name == "sd1-tiny" else UNetConfig.sd1_tiny_linear()
+        clip = _tiny_clip()
+        return Preset("sd1", dataclasses.replace(unet, context_dim=clip.width), tiny,
+                      {"clip_l": (_SD1_CLIP, "hf", clip)})
+    if name == "sd1-full":
+        return Preset("sd1", UNetConfig.sd15(), VAEConfig.sd(), {"clip_l": (_SD1_CLIP, "hf", CLIPTextConfig.sd1())},
+                      full=True)
+    if name == "sd1-comfyui":
         # The smallest SD1 file ComfyUI itself loads: it recognises SD1.5 by a 320-channel UNet
         # with 768-wide context and builds CLIP-L and the VAE at their real sizes whatever the
         # file holds, so those two are real-sized here (about 0.4 GB in fp16).
         small = UNetConfig(model_channels=320, channel_mult=(1,), num_res_blocks=1,
                            transformer_depth=(1,), context_dim=768)
-        return small, VAEConfig.sd(), clip
-    unet = UNetConfig.sd1_tiny() if preset == "sd1-tiny" else UNetConfig.sd1_tiny_linear()
-    unet = dataclasses.replace(unet, context_dim=clip.width)
-    return unet, VAEConfig.tiny(), clip
+        return Preset("sd1", small, VAEConfig.sd(), {"clip_l": (_SD1_CLIP, "hf", CLIPTextConfig.sd1())},
+                      full=True)
+    if name in ("sd2", "sd2-v"):
+        return Preset("sd2", _sd2_tiny(), tiny, {"clip_h": (_SD2_CLIP, "openclip", _tiny_clip("gelu", True))},
+                      v_probe_std=0.2 if name == "sd2-v" else 0.03)
+    if name == "sd2-full":
+        return Preset("sd2", UNetConfig.sd21(), VAEConfig.sd(),
+                      {"clip_h": (_SD2_CLIP, "openclip", CLIPTextConfig.clip_h())}, full=True)
+    if name == "sdxl":
+        return Preset("sdxl", _sdxl_tiny(False), tiny, {"clip_l": (_XL_L, "hf", _tiny_clip()),
+                                                        "clip_g": (_XL_G, "openclip", _tiny_clip("gelu", True))})
+    if name == "sdxl-full":
+        return Preset("sdxl", UNetConfig.sdxl(), VAEConfig.sd(),
+                      {"clip_l": (_XL_L, "hf", CLIPTextConfig.sd1()),
+                       "clip_g": (_XL_G, "openclip", CLIPTextConfig.clip_g())}, full=True)
+    if name == "sdxl-refiner":
+        return Preset("sdxl_refiner", _sdxl_tiny(True), tiny,
+                      {"clip_g": (_REFINER_G, "openclip", _tiny_clip("gelu", True))})
+    if name == "sdxl-refiner-full":
+        return Preset("sdxl_refiner", UNetConfig.sdxl_refiner(), VAEConfig.sd(),
+                      {"clip_g": (_REFINER_G, "openclip", CLIPTextConfig.clip_g())}, full=True)
+    raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
+
+
+PRESETS = ("sd1-tiny", "sd1-tiny-linear", "sd1-full", "sd1-comfyui", "sd2", "sd2-v", "sd2-full", "sdxl", "sdxl-full",
+           "sdxl-refiner", "sdxl-refiner-full")
+
+
+def preset_configs(preset: str) -> tuple[UNetConfig, VAEConfig, Any]:
+    """(UNet, VAE, first text encoder) configurations of a preset name."""
+    p = get_preset(preset)
+    return p.unet, p.vae, next(iter(p.encoders.values()))[2]
 
 
 def random_state_dict(
@@ -85,10 +146,9 @@ def random_state_dict(
     return out
 
 
-def schedule_buffers(family: ModelFamily = SD1) -> dict[str, Tensor]:
+def schedule_buffers(beta_start: float = 0.00085, beta_end: float = 0.012, n: int = 1000) -> dict[str, Tensor]:
     """The DDPM schedule buffers real LDM files carry (``betas``, ``alphas_cumprod``, ...)."""
-    n = family.num_timesteps
-    betas = torch.linspace(family.beta_start**0.5, family.beta_end**0.5, n, dtype=torch.float64) ** 2
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2
     alphas = torch.cumprod(1.0 - betas, 0)
     prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas[:-1]])
     bufs = {
@@ -106,10 +166,16 @@ def _meta(cls: type[nn.Module], config: Any) -> nn.Module:
         return cls(config)
 
 
-def _clip_tensors(clip_config: Any, seed: int, dtype: torch.dtype) -> dict[str, Tensor]:
+def _clip_tensors(clip_config: Any, seed: int, dtype: torch.dtype, layout: str = "hf",
+                  tag: str = "clip") -> dict[str, Tensor]:
     from comfy_notebook.models.clip import CLIPTextModel
+    from comfy_notebook.models.convert import hf_to_openclip
 
-    sd = random_state_dict(_meta(CLIPTextModel, clip_config), seed, dtype, "clip")
+    sd = random_state_dict(_meta(CLIPTextModel, clip_config), seed, dtype, tag)
+    if layout == "openclip":
+        out = hf_to_openclip(sd)
+        out["logit_scale"] = torch.tensor(4.6052, dtype=dtype)
+        return out
     n = clip_config.max_positions
     sd["text_model.embeddings.position_ids"] = torch.arange(n, dtype=torch.int64)[None]
     return sd
@@ -132,44 +198,63 @@ def make_checkpoint(
     vae: VAEConfig | None = None,
     clip: Any = None,
 ) -> str:
-    """Write a random-weight single-file SD1 checkpoint in the original LDM layout.
+    """Write a random-weight single-file checkpoint with a released key layout.
 
     Parameters
     ----------
     path:
         Output ``.safetensors`` path.
     preset:
-        ``"sd1-tiny"`` (a few MB), ``"sd1-tiny-linear"`` (linear projections, uneven
-        transformer depth), ``"sd1-full"`` (real SD1.5 sizes) or ``"sd1-comfyui"`` (the
-        smallest file ComfyUI itself loads: real CLIP-L and VAE, a small 320-channel UNet).
+        One of :data:`PRESETS`: ``"sd1-tiny"`` (a few MB), ``"sd1-tiny-linear"`` (linear
+        projections, uneven transformer depth), ``"sd2"`` / ``"sd2-v"`` (OpenCLIP text tower
+        under ``cond_stage_model.model.``, eps / v by ComfyUI's weight statistic), ``"sdxl"``
+        (CLIP-L + OpenCLIP-G under ``conditioner.embedders.*``, ``label_emb``),
+        ``"sdxl-refiner"``; ``*-full`` presets have the real sizes (GBs: for shape tests).
     seed:
         Same seed and preset give the same file.
     dtype:
-        Weight dtype; ``None``: float32, float16 for ``"sd1-full"``.
+        Weight dtype; ``None``: float32, float16 for full-size presets.
     unet, vae, clip:
-        Override the preset's configuration of that part.
+        Override the preset's configuration of that part (``clip``: the first text encoder).
 
     Returns
     -------
     str
-        The path written.  Keys: ``model.diffusion_model.*``, ``first_stage_model.*``,
-        ``cond_stage_model.transformer.*`` plus position ids and DDPM schedule buffers.
+        The path written (keys as the released files, plus position ids / schedule buffers).
     """
-    p_unet, p_vae, p_clip = preset_configs(preset)
-    unet, vae, clip = unet or p_unet, vae or p_vae, clip or p_clip
+    p = get_preset(preset)
+    unet, vae = unet or p.unet, vae or p.vae
     if dtype is None:
-        dtype = torch.float16 if preset in ("sd1-full", "sd1-comfyui") else torch.float32
+        dtype = torch.float16 if p.full else torch.float32
     tensors: dict[str, Tensor] = {}
-    for k, v in random_state_dict(_meta(UNetModel, unet), seed, dtype, "unet").items():
+    unet_sd = random_state_dict(_meta(UNetModel, unet), seed, dtype, "unet")
+    probe = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+    if p.v_probe_std is not None and probe in unet_sd:
+        t = unet_sd[probe].float()
+        unet_sd[probe] = ((t - t.mean()) / t.std(unbiased=False) * p.v_probe_std).to(dtype)
+    for k, v in unet_sd.items():
         tensors[UNET_PREFIX + k] = v
     for k, v in random_state_dict(_meta(AutoencoderKL, vae), seed, dtype, "vae").items():
         tensors[VAE_PREFIX + k] = v
-    for k, v in _clip_tensors(clip, seed, dtype).items():
-        tensors[CLIP_PREFIX + k] = v
-    tensors.update(schedule_buffers(SD1))
-    tensors["model_ema.decay"] = torch.tensor(0.9999)
-    tensors["model_ema.num_updates"] = torch.tensor(0, dtype=torch.int32)
+    for i, (name, (prefix, layout, config)) in enumerate(p.encoders.items()):
+        config = clip if (clip is not None and i == 0) else config
+        tag = "clip" if i == 0 else name
+        for k, v in _clip_tensors(config, seed, dtype, layout, tag).items():
+            tensors[prefix + k] = v
+    if p.family in ("sd1", "sd2"):
+        tensors.update(schedule_buffers())
+        tensors["model_ema.decay"] = torch.tensor(0.9999)
+        tensors["model_ema.num_updates"] = torch.tensor(0, dtype=torch.int32)
+    for marker in p.markers:
+        tensors[marker] = torch.tensor([])
     _save(tensors, path)
+    return str(path)
+
+
+def make_unet_file(path: str | os.PathLike[str], preset: str = "sdxl", seed: int = 0, *,
+                   dtype: torch.dtype = torch.float32) -> str:
+    """Write a diffusion-model file (``models/diffusion_models``): the preset's UNet, keys without prefix."""
+    _save(random_state_dict(_meta(UNetModel, get_preset(preset).unet), seed, dtype, "unet"), path)
     return str(path)
 
 
@@ -183,17 +268,26 @@ def make_vae_file(
 ) -> str:
     """Write a separate VAE file (keys ``encoder.*``, ``decoder.*``, no prefix), like
     ``vae-ft-mse-840000-ema-pruned.safetensors``.  Returns the path."""
-    config = config or (VAEConfig.sd() if preset == "sd1-full" else VAEConfig.tiny())
+    config = config or get_preset(preset).vae
     _save(random_state_dict(_meta(AutoencoderKL, config), seed, dtype, "vae"), path)
     return str(path)
 
 
 def make_text_encoder_file(
     path: str | os.PathLike[str], preset: str = "sd1-tiny", seed: int = 0,
-    *, dtype: torch.dtype = torch.float32,
+    *, dtype: torch.dtype = torch.float32, encoder: str | None = None,
 ) -> str:
-    """Write a separate CLIP text-encoder file (keys ``text_model.*``).  Returns the path."""
-    _save(_clip_tensors(_clip_config(preset), seed, dtype), path)
+    """Write a separate text-encoder file in transformers' layout (``text_model.*``, and
+    ``text_projection.weight`` for CLIP-G), as ComfyUI's ``models/text_encoders`` files.
+
+    ``encoder`` picks one of the preset's encoders (default: the first); each encoder's weights
+    are the ones :func:`make_checkpoint` writes for the same preset and seed.
+    """
+    p = get_preset(preset)
+    names = list(p.encoders)
+    name = encoder or names[0]
+    config = p.encoders[name][2]
+    _save(_clip_tensors(config, seed, dtype, "hf", "clip" if names.index(name) == 0 else name), path)
     return str(path)
 
 
@@ -248,7 +342,8 @@ def make_lora(
     str
         The path written.
     """
-    from comfy_notebook.models.detect import detect
+    from comfy_notebook.families import detect
+    from comfy_notebook.models.convert import OpenCLIPView
     from comfy_notebook.runtime.loading import open_state_dict
     from comfy_notebook.runtime.lora import UNetLayout, unet_diffusers_to_ldm
 
@@ -256,7 +351,7 @@ def make_lora(
         raise ValueError(f"unknown LoRA style {style!r}; expected 'kohya' or 'comfy'")
     sd = open_state_dict(checkpoint_path)
     info = detect(sd, source=os.fspath(checkpoint_path))
-    unet_p, clip_p = info.prefixes.get("unet", UNET_PREFIX), info.prefixes.get("clip", CLIP_PREFIX)
+    unet_p = info.prefixes.get("unet", UNET_PREFIX)
     shapes = {k: tuple(sd[k].shape) for k in sd if k.endswith(".weight")}
     targets: list[tuple[str, tuple[int, ...]]] = []  # (LoRA module name, weight shape)
     ldm_to_diffusers = {}
@@ -273,12 +368,22 @@ def make_lora(
                 targets.append(("lora_unet_" + ldm_to_diffusers[ldm].replace(".", "_"), shape))
             else:
                 targets.append(("diffusion_model." + ldm, shape))
-        elif include_clip and key.startswith(clip_p) and module.endswith(_LORA_CLIP_LEAVES):
-            name = module[len(clip_p):]
+    family = info.family
+    for enc, comp in (info.text_encoders.items() if include_clip else ()):
+        view: Any = OpenCLIPView(sd, comp.prefix) if comp.layout == "openclip" else {
+            k[len(comp.prefix):]: v for k, v in sd.items() if k.startswith(comp.prefix)}
+        kohya = next((p for p, e in (family.lora_te_prefixes.items() if family else ()) if e == enc), "lora_te_")
+        for name in sorted(view):
+            if not name.endswith(".weight") or not name[:-7].endswith(_LORA_CLIP_LEAVES):
+                continue
+            shape = tuple(view[name].shape)
+            module = name[:-7]
             if style == "kohya":
-                targets.append(("lora_te_" + name.replace(".", "_"), shape))
+                targets.append((kohya + module.replace(".", "_"), shape))
+            elif comp.layout == "hf":
+                targets.append((comp.prefix + module, shape))
             else:
-                targets.append(("cond_stage_model.transformer." + name, shape))
+                targets.append((f"text_encoders.{enc}.transformer.{module}", shape))
     gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(b"lora"))
     tensors: dict[str, Tensor] = {}
     for name, shape in targets:
@@ -336,7 +441,7 @@ def make_masked_image(path: str | os.PathLike[str], size: int = 64, seed: int = 
 
 
 def _unet_config_of(checkpoint_path: str | os.PathLike[str]) -> UNetConfig:
-    from comfy_notebook.models.detect import detect
+    from comfy_notebook.families import detect
     from comfy_notebook.runtime.loading import open_state_dict
 
     info = detect(open_state_dict(checkpoint_path), source=os.fspath(checkpoint_path))

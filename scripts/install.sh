@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs comfy_notebook and (with "test") everything its tests need, on a fresh machine.
-# torch goes first and pinned to the CPU build that this machine carries locally; a bare
-# "torch" requirement would pull several GB of CUDA wheels.  On a GPU machine that already
-# has a CUDA torch, set COMFY_KEEP_TORCH=1 to keep it.
+# torch goes first, pinned.  On Linux, PyPI's torch wheel pulls several GB of CUDA libraries:
+# a CPU-only machine sets COMFY_TORCH_INDEX=https://download.pytorch.org/whl/cpu (used for
+# torch only).  On a GPU machine that already has a CUDA torch, set COMFY_KEEP_TORCH=1 to keep it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python -m pip"
 if [ "${COMFY_KEEP_TORCH:-0}" != "1" ]; then
-  $PIP install -q "torch==2.13.0"
+  if [ -n "${COMFY_TORCH_INDEX:-}" ]; then
+    $PIP install -q "torch==2.13.0" --index-url "$COMFY_TORCH_INDEX"
+  else
+    $PIP install -q "torch==2.13.0"
+  fi
 fi
 if [ "${1:-}" = "test" ]; then
   $PIP install -q -e ".[test]"

@@ -79,7 +79,7 @@ def test_resolve_and_close_matches(comfy_root: Path) -> None:
     assert "not found" in str(info.value)
     assert f.validate("checkpoints", "v1-5-pruned-emaonly.safetensors") is True
     msg = f.validate("checkpoints", "v1-5-pruned.safetensors")
-    assert isinstance(msg, str) and "Close matches: ['v1-5-pruned-emaonly.safetensors'" in msg
+    assert isinstance(msg, str) and "there: ['v1-5-pruned-emaonly.safetensors'" in msg and "(closest: 'v1-5-pruned-emaonly.safetensors')" in msg
     with pytest.raises(FolderError, match="Did you mean 'checkpoints'"):
         f.list("checkpoint")
 

@@ -97,3 +97,28 @@ def test_the_walker_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     assert found == {"comfy_notebook.widgets", "comfy_notebook.kernel_ext", "comfy_notebook.plot"}
     modules = _modules()
     assert rank(room_of(_target("comfy_notebook.widgets", modules) or "")) < rank("nodes")
+
+
+def test_node_pack_serves_star_import_without_importing_real_mode() -> None:
+    """``import comfy_notebook.nodes`` leaves real mode unimported; the star import then works
+    through the hook the package root installs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, comfy_notebook.nodes as n, comfy_notebook as c\n"
+        "assert 'comfy_notebook.realmode' not in sys.modules, 'the node pack imported real mode'\n"
+        "assert '_session' not in {m.rsplit('.', 1)[-1] for m in sys.modules if m.startswith('comfy_notebook.nodes')}\n"
+        "c.use_session(c.Session(builtins=False))\n"
+        "class Two:\n"
+        "    RETURN_TYPES = ('INT',); FUNCTION = 'run'\n"
+        "    @classmethod\n"
+        "    def INPUT_TYPES(cls): return {'required': {}}\n"
+        "    def run(self): return (2,)\n"
+        "c.session().register({'Two': Two})\n"
+        "ns = {}\n"
+        "exec('from comfy_notebook.nodes import *', ns)\n"
+        "assert ns['Two']().value == 2 and 'Checkpoints' in ns\n"
+        "assert 'comfy_notebook.realmode' in sys.modules and 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PACKAGE.parent)

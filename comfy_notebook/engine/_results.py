@@ -20,7 +20,7 @@ __all__ = ["Outputs", "PromptResult", "call_outputs", "merge_outputs", "merge_ui
 Outputs = tuple[list[Any], ...]
 
 
-@dataclass
+@dataclass(repr=False)
 class PromptResult:
     """What one run produced.
 
@@ -49,6 +49,12 @@ class PromptResult:
     signatures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     node_errors: Mapping[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """One short line (the values themselves are in ``outputs``; they can be huge)."""
+        ui = f", ui from {sorted(self.ui)}" if self.ui else ""
+        return (f"<PromptResult {self.prompt_id[:8]}: {len(self.executed)} executed, {len(self.cached)} cached, "
+                f"outputs of {len(self.outputs)} nodes{ui}, {self.seconds:.2f} s>")
 
 
 def merge_ui(uis: list[Any]) -> dict[str, Any] | None:

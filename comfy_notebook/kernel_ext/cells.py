@@ -119,10 +119,12 @@ class CellEvents:
     def _show_error(self, shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> None:
         """Print a comfy_notebook error as one line; keep the traceback for ``%comfy traceback``."""
         self.last_error = value
+        chain = "".join(traceback.format_exception(etype, value, tb))
         detail = getattr(value, "traceback_text", "") or ""
-        self.last_traceback = "".join(traceback.format_exception(etype, value, tb)) + (
-            "\n" + detail if detail else ""
-        )
+        cause = value.__cause__
+        if cause is not None and cause.__traceback__ is not None:
+            detail = ""  # the chain above already holds the node's traceback: print it once
+        self.last_traceback = chain + ("\n" + detail if detail else "")
         _release_frames(value, tb)
         line = f"{etype.__name__}: {value}  (%comfy traceback for details)"
         show = getattr(shell, "_showtraceback", None)  # the kernel's hook: marks the cell failed

@@ -1,4 +1,4 @@
-"""Model architectures (one per file), checkpoint detection and model families.
+"""Model architectures (one per file), shape readers and key conversion (families: ``comfy_notebook.families``).
 
 Submodules are imported on first use so ``import comfy_notebook.models`` stays cheap.
 """
@@ -9,21 +9,18 @@ import importlib
 from typing import Any
 
 __all__ = [
-    "SD1",
     "AutoencoderKL",
-    "CheckpointInfo",
-    "ModelFamily",
+    "CLIPTextConfig",
+    "CLIPTextModel",
     "UNetConfig",
     "UNetModel",
     "VAEConfig",
-    "detect",
 ]
 
 _LAZY = {
-    "SD1": "family", "ModelFamily": "family",
     "UNetConfig": "unet", "UNetModel": "unet",
     "VAEConfig": "vae", "AutoencoderKL": "vae",
-    "CheckpointInfo": "detect", "detect": "detect",
+    "CLIPTextConfig": "clip", "CLIPTextModel": "clip",
 }
 
 

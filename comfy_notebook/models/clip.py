@@ -74,6 +74,9 @@ class CLIPTextConfig:
         Token whose first occurrence gives the pooled output.
     layer_norm_eps:
         Epsilon of every layer norm.
+    projection_dim:
+        Width of ``text_projection`` (a bias-free linear map of the pooled output; OpenCLIP
+        ViT-bigG in SDXL), or None when the model has none.
     """
 
     vocab_size: int = 49408
@@ -85,6 +88,7 @@ class CLIPTextConfig:
     activation: str = "quick_gelu"
     eos_token_id: int = 49407
     layer_norm_eps: float = 1e-5
+    projection_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.activation not in _ACTIVATIONS:
@@ -103,15 +107,28 @@ class CLIPTextConfig:
         return cls()
 
     @classmethod
+    def clip_h(cls) -> CLIPTextConfig:
+        """OpenCLIP ViT-H/14 text tower (Stable Diffusion 2.x)."""
+        return cls(width=1024, layers=24, heads=16, intermediate=4096, activation="gelu",
+                   projection_dim=1024)
+
+    @classmethod
+    def clip_g(cls) -> CLIPTextConfig:
+        """OpenCLIP ViT-bigG/14 text tower with its projection (SDXL)."""
+        return cls(width=1280, layers=32, heads=20, intermediate=5120, activation="gelu",
+                   projection_dim=1280)
+
+    @classmethod
     def tiny(cls) -> CLIPTextConfig:
         """A tiny random-weight config for tests (one 64-wide head, two layers, real vocab)."""
         return cls(width=64, layers=2, heads=1, intermediate=256)
 
     @classmethod
-    def from_state_dict(cls, sd: dict[str, Any], prefix: str = "") -> CLIPTextConfig:
-        """Infer the config from parameter shapes (heads = width // 64, quick-GELU).
+    def from_state_dict(cls, sd: Any, prefix: str = "", *, activation: str = "quick_gelu") -> CLIPTextConfig:
+        """Infer the config from parameter shapes (heads = width // 64).
 
-        ``sd`` maps names (after ``prefix``) to tensors; only shapes are read.
+        ``sd`` maps names (after ``prefix``) to tensors; only shapes are read.  The activation
+        is not visible in shapes: quick-GELU for OpenAI CLIP, GELU for OpenCLIP towers.
         """
         p = prefix + "text_model."
         try:
@@ -133,6 +150,9 @@ class CLIPTextConfig:
             heads=max(1, int(width) // 64),
             max_positions=int(positions),
             intermediate=int(intermediate),
+            activation=activation,
+            projection_dim=int(sd[prefix + "text_projection.weight"].shape[0])
+            if prefix + "text_projection.weight" in sd else None,
         )
 
 
@@ -253,6 +273,14 @@ class CLIPTextModel(nn.Module):
         super().__init__()
         self.config = config
         self.text_model = CLIPTextTransformer(config)
+        if config.projection_dim is not None:
+            self.text_projection = nn.Linear(config.width, config.projection_dim, bias=False)
+
+    def project(self, pooled: Tensor) -> Tensor:
+        """``text_projection(pooled)`` [B, P] (transformers' ``text_embeds``); identity without one."""
+        if self.config.projection_dim is None:
+            return pooled
+        return self.text_projection(pooled)
 
     @property
     def token_embedding(self) -> nn.Embedding:

@@ -43,9 +43,10 @@ class ControlNetConfig:
                         num_head_channels: int = -1) -> ControlNetConfig:
         """Read the sizes from a ControlNet state dict's shapes (original layout, ``prefix`` before
         keys); the attention head rule is the UNet family's (SD1: 8 heads, later: 64-wide heads)."""
-        from comfy_notebook.models.detect import unet_config_from_state_dict
+        from comfy_notebook.models.detect import read_unet_config
 
-        unet = unet_config_from_state_dict(sd, prefix, num_heads=num_heads, num_head_channels=num_head_channels)
+        keys = [k for k in sd if k.startswith(prefix)]
+        unet = read_unet_config(sd, keys, prefix, num_heads=num_heads, num_head_channels=num_head_channels)
         return cls(unet=unet, hint_channels=int(sd[prefix + "input_hint_block.0.weight"].shape[1]))
 
 

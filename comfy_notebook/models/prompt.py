@@ -150,9 +150,10 @@ def _embedding_groups(
     return [[(vectors[i], weight) for i in range(vectors.shape[0])]], leftover
 
 
-def _chunk(groups: Iterable[list[tuple[Token, float]]]) -> list[list[tuple[Token, float]]]:
-    """Pack token groups into BOS + 75 + EOS rows padded with EOS (ComfyUI's rule)."""
-    bos, eos = (BOS_TOKEN_ID, 1.0), (EOS_TOKEN_ID, 1.0)
+def _chunk(groups: Iterable[list[tuple[Token, float]]], pad_token: int = EOS_TOKEN_ID,
+           ) -> list[list[tuple[Token, float]]]:
+    """Pack token groups into BOS + 75 + EOS rows padded with ``pad_token`` (ComfyUI's rule)."""
+    bos, eos, pad = (BOS_TOKEN_ID, 1.0), (EOS_TOKEN_ID, 1.0), (pad_token, 1.0)
     row: list[tuple[Token, float]] = [bos]
     rows = [row]
     for group in groups:
@@ -164,19 +165,20 @@ def _chunk(groups: Iterable[list[tuple[Token, float]]]) -> list[list[tuple[Token
                     row.extend(group[:room])
                     group = group[room:]
                 row.append(eos)
-                row.extend([eos] * (MAX_LENGTH - len(row)))
+                row.extend([pad] * (MAX_LENGTH - len(row)))
                 row = [bos]
                 rows.append(row)
             else:
                 row.extend(group)
                 group = []
     row.append(eos)
-    row.extend([eos] * (MAX_LENGTH - len(row)))
+    row.extend([pad] * (MAX_LENGTH - len(row)))
     return rows
 
 
 def tokenize_prompt(
-    tokenizer: CLIPTokenizer, text: str, *, embedding_lookup: EmbeddingLookup | None = None
+    tokenizer: CLIPTokenizer, text: str, *, embedding_lookup: EmbeddingLookup | None = None,
+    pad_token: int = EOS_TOKEN_ID,
 ) -> TokenizedPrompt:
     """Tokenize a prompt into weighted 77-token rows, as ComfyUI's ``tokenize_with_weights``.
 
@@ -189,6 +191,8 @@ def tokenize_prompt(
     embedding_lookup:
         Name -> ``[n, D]`` (or ``[D]``) tensor, or None when unknown.  Without a lookup,
         ``embedding:name`` is tokenized as text (ComfyUI without an embeddings folder).
+    pad_token:
+        Fills each row after its end token (49407, or 0 for OpenCLIP encoders).
 
     Returns
     -------
@@ -210,7 +214,7 @@ def tokenize_prompt(
                 if not word:
                     continue
             groups.append([(t, weight) for t in tokenizer.encode(word)])
-    return TokenizedPrompt(_chunk(groups), missing)
+    return TokenizedPrompt(_chunk(groups, pad_token), missing)
 
 
 # -- encoding -----------------------------------------------------------------------------------
@@ -249,6 +253,9 @@ def encode_tokens(
     layer: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    final_norm: bool = True,
+    pad_token: int = EOS_TOKEN_ID,
+    project: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Encode weighted rows as ComfyUI's ``encode_token_weights``.
 
@@ -265,11 +272,17 @@ def encode_tokens(
         Where to run; defaults to the model's device.
     dtype:
         dtype of the returned tensors; defaults to float32 (ComfyUI returns ``.float()``).
+    final_norm:
+        Apply the final layer norm to the selected hidden state (ComfyUI ``layer_norm_hidden_state``).
+    pad_token:
+        Pad token of the empty row that weights are taken relative to.
+    project:
+        Return the pooled output through the model's ``text_projection``.
 
     Returns
     -------
     tuple[Tensor, Tensor]
-        ``cond`` ``[1, 77 * n, D]`` and ``pooled`` ``[1, D]`` (from the first row).
+        ``cond`` ``[1, 77 * n, D]`` and ``pooled`` ``[1, D]`` (or ``[1, P]`` projected; first row).
     """
     param = model.token_embedding.weight
     device = param.device if device is None else torch.device(device)
@@ -281,9 +294,11 @@ def encode_tokens(
     weighted = bool((weights != 1.0).any()) or not rows
     length = max((len(r) for r in rows), default=MAX_LENGTH)
     if weighted:
-        rows.append([BOS_TOKEN_ID, EOS_TOKEN_ID] + [EOS_TOKEN_ID] * (length - 2))
+        rows.append([BOS_TOKEN_ID, EOS_TOKEN_ID] + [pad_token] * (length - 2))
     tokens, embeds = _row_inputs(model, rows, device)
-    hidden, pooled, _ = model(tokens, embeds=embeds, layer=layer)
+    hidden, pooled, _ = model(tokens, embeds=embeds, layer=layer, final_norm_on_hidden=final_norm)
+    if project:
+        pooled = model.project(pooled)
     z = hidden.float()  # [B, T, D]
     pooled = pooled[:1].float()  # [1, D]
     n = len(chunks)

@@ -84,6 +84,25 @@ class UNetConfig:
         return cls()
 
     @classmethod
+    def sd21(cls) -> UNetConfig:
+        """Stable Diffusion 2.x (2.0, 2.1; 512 and 768): 866M parameters, 64-wide heads."""
+        return cls(context_dim=1024, num_heads=-1, num_head_channels=64, use_linear_in_transformer=True)
+
+    @classmethod
+    def sdxl(cls) -> UNetConfig:
+        """SDXL 1.0 base: 2.57B parameters, ``y`` of 2816."""
+        return cls(channel_mult=(1, 2, 4), transformer_depth=(0, 2, 10), context_dim=2048,
+                   num_heads=-1, num_head_channels=64, use_linear_in_transformer=True,
+                   adm_in_channels=2816)
+
+    @classmethod
+    def sdxl_refiner(cls) -> UNetConfig:
+        """SDXL 1.0 refiner: 2.3B parameters, 384 channels, ``y`` of 2560."""
+        return cls(model_channels=384, transformer_depth=(0, 4, 4, 0), context_dim=1280,
+                   num_heads=-1, num_head_channels=64, use_linear_in_transformer=True,
+                   adm_in_channels=2560)
+
+    @classmethod
     def sd1_tiny(cls) -> UNetConfig:
         """A tiny SD1-shaped UNet for tests (two levels, 32/64 channels)."""
         return cls(model_channels=32, channel_mult=(1, 2), num_res_blocks=1,

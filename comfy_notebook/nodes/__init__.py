@@ -20,9 +20,12 @@ from typing import Any
 # Node modules of the pack, in the order their nodes are listed.
 _MODULES = (
     "loaders",
+    "component_loaders",
     "conditioning",
+    "conditioning_sdxl",
     "controlnet",
     "sampling",
+    "model_sampling",
     "vae",
     "latent",
     "image",

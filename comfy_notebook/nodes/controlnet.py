@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from comfy_notebook.errors import NodeError
+from comfy_notebook.families.control import describe_control
 from comfy_notebook.nodes._services import folders, listing, model_manager, services
 from comfy_notebook.runtime.control_files import ControlNetValue, load_controlnet_value
 from comfy_notebook.runtime.control_run import AppliedControl
@@ -27,31 +28,10 @@ UNION_CONTROLNET_TYPES = {
 }
 
 
-def _describe(kind: str, tensors: Any) -> tuple[str | None, Any]:
-    """The family a control file was made for and its architecture's sizes, from its shapes.
-
-    Family facts (to move into comfy_notebook/families/): SDXL nets have a label embedding, SD2
-    ones attend to 1024-wide text; SD1 UNets use 8 heads, later ones 64-wide heads; SDXL
-    T2I-Adapters unshuffle 16x16 patches.
-    """
-    from comfy_notebook.models.controlnet import ControlNetConfig
-    from comfy_notebook.models.t2i_adapter import AdapterConfig
-
-    if kind == "t2i_adapter":
-        config = AdapterConfig.from_state_dict(tensors)
-        return ("sdxl" if config.kind == "full_xl" else None), config
-    attn = [k for k in tensors if k.endswith("attn2.to_k.weight")]
-    width = int(tensors[attn[0]].shape[1]) if attn else None
-    family = "sdxl" if "label_emb.0.0.weight" in tensors else "sd2" if width == 1024 else "sd1"
-    heads = {"num_heads": 8, "num_head_channels": -1} if family == "sd1" else {
-        "num_heads": -1, "num_head_channels": 64}
-    return family, ControlNetConfig.from_state_dict(tensors, **heads)
-
-
 def _load(control_net_name: str, model: Any = None) -> ControlNetValue:
     svc = services()
     path = folders(svc).resolve("controlnet", control_net_name)
-    return load_controlnet_value(model_manager(svc), path, describe=_describe,
+    return load_controlnet_value(model_manager(svc), path, describe=describe_control,
                                  name=str(control_net_name).rsplit(".", 1)[0], model=model)
 
 

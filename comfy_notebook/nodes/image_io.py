@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
-from comfy_notebook.folders import FolderError, Folders, folders_service
+from comfy_notebook.folders import FolderError, Folders, PathEscapeError, folders_service
 from comfy_notebook.nodes._services import listing, services
 from comfy_notebook.pnginfo import png_text_chunks
 
@@ -104,11 +104,11 @@ def _validate_image(folders: Folders, image: str) -> bool | str:
     try:
         _image_path(folders, image)
     except FolderError as exc:
+        if isinstance(exc, PathEscapeError):  # absolute or escaping: its own message and fix
+            return f"Invalid image file: {exc}"
         name, kind = _annotated(image)
-        close = folders.close_matches(kind, name)
-        hint = f"; close matches: {close}" if close else ""
-        reason = "" if "not found" in str(exc) else f" ({exc})"
-        return f"Invalid image file: {image}{reason}{hint}"
+        message, fix = folders.missing(kind, name)  # the folder looked in, its files, close first
+        return f"Invalid image file: {message}. Fix: {fix}"
     return True
 
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from comfy_notebook.families import load_checkpoint_values, load_vae_value
 from comfy_notebook.nodes._services import folders, listing, model_manager, services
-from comfy_notebook.runtime.values import (
-    ClipValue,
-    ModelValue,
-    load_checkpoint_values,
-    load_vae_value,
-)
+from comfy_notebook.runtime.values import ClipValue, ModelValue
 
 
 def _embedding_dirs() -> tuple[str, ...]:
@@ -65,11 +61,11 @@ class VAELoader:
 
 # LoRA key prefixes of text-encoder weights (kohya, diffusers/PEFT, LDM checkpoint names, ComfyUI)
 _TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder", "te_", "cond_stage_model.", "text_encoders.",
-                          "clip_l.", "clip_g.")
+                          "clip_l.", "clip_g.", "clip_h.", "conditioner.")
 
 
 def _unet_layout(model: ModelValue | None) -> Any:
-    """The block layout of ``model``'s UNet (read from its file's shapes), or None for SD1's.
+    """The block layout of ``model``'s UNet (read from its file's shapes), or None.
 
     kohya / diffusers LoRA names count blocks per level, so they map onto LDM names only with
     the model's real layout (a checkpoint with fewer levels or res blocks would otherwise get
@@ -78,15 +74,9 @@ def _unet_layout(model: ModelValue | None) -> Any:
     source = model.ref.base.source if model is not None else None
     if not source:
         return None
-    from comfy_notebook.models.detect import detect
-    from comfy_notebook.runtime.loading import open_state_dict
     from comfy_notebook.runtime.lora import UNetLayout
 
-    try:
-        info = detect(open_state_dict(source), source=source)
-    except Exception:  # not a file detect() knows: fall back to the SD1 layout
-        return None
-    return UNetLayout.from_config(info.unet) if info.unet is not None else None
+    return UNetLayout.from_config(model.unet_config) if model.unet_config is not None else None
 
 
 def _check_fit(lora_name: str, part: str, shapes: dict[str, Any], patches: dict[str, Any]) -> None:
@@ -103,20 +93,31 @@ def _check_fit(lora_name: str, part: str, shapes: dict[str, Any], patches: dict[
             raise NodeError(
                 f"LoRA {lora_name} does not fit this {part} at weight '{key}' ({exc.args[0].split('. Fix')[0]})",
                 input_name="lora_name", expected="a LoRA made for this checkpoint's model family",
-                received=lora_name, fix="use a LoRA trained for this model (an SD1 LoRA for an SD1 checkpoint)",
+                received=lora_name, fix="use a LoRA trained for this model's family",
             ) from None
 
 
 def _lora(model: ModelValue | None, clip: ClipValue | None, lora_name: str,
           strength_model: float, strength_clip: float) -> tuple[Any, Any]:
+    from comfy_notebook.errors import NodeError
+    from comfy_notebook.families import lora_mismatch
     from comfy_notebook.runtime.lora import load_lora_file, lora_patches
 
     path = folders().resolve("loras", lora_name)
     lora_sd = load_lora_file(path)
+    family = model.family if model is not None else clip.family if clip is not None else None
+    other = lora_mismatch(lora_sd, family)
+    if other is not None:
+        raise NodeError(
+            f"LoRA {lora_name} is a {other.title} LoRA; the model is {family.title}",
+            input_name="lora_name", expected=f"a LoRA trained for {family.title}", received=lora_name,
+            fix=f"pick a {family.title} LoRA, or load a {other.title} checkpoint for this LoRA")
     unet_keys = model.ref.base.parameter_names() if model is not None else set()
-    clip_keys = clip.ref.base.parameter_names() if clip is not None else set()
-    unet_patches, clip_patches, unknown = lora_patches(lora_sd, unet_keys=unet_keys, clip_keys=clip_keys,
-                                                       unet_layout=_unet_layout(model))
+    encoders = None
+    if clip is not None:
+        encoders = clip.family.lora_text_encoders({e: r.base.parameter_names() for e, r in clip.refs.items()})
+    unet_patches, clip_patches, unknown = lora_patches(lora_sd, unet_keys=unet_keys, unet_layout=_unet_layout(model),
+                                                       text_encoders=encoders)
     if clip is None:  # LoraLoaderModelOnly: text-encoder keys are expected and not "unknown"
         unknown = [k for k in unknown if not k.startswith(_TEXT_ENCODER_PREFIXES)]
     if unknown:
@@ -128,7 +129,8 @@ def _lora(model: ModelValue | None, clip: ClipValue | None, lora_name: str,
     if model is not None:
         _check_fit(lora_name, "MODEL", model.ref.base.parameter_shapes(), unet_patches)
     if clip is not None:
-        _check_fit(lora_name, "CLIP", clip.ref.base.parameter_shapes(), clip_patches)
+        for enc, patches in clip_patches.items():
+            _check_fit(lora_name, "CLIP", clip.refs[enc].base.parameter_shapes(), patches)
     new_model = model.with_patches(unet_patches, strength_model) if model is not None and strength_model else model
     new_clip = clip.with_patches(clip_patches, strength_clip) if clip is not None and strength_clip else clip
     return new_model, new_clip

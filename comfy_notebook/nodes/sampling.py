@@ -55,15 +55,15 @@ def common_ksampler(
         apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=_graphs_option(ctx))
 
         # ControlNets / T2I-Adapters the conditioning carries go on the device beside the UNet
-        with bind_controls(positive, negative, schedule=model.schedule, device=model.manager.device,
+        with bind_controls(positive, negative, schedule=model.model_sampling, device=model.manager.device,
                            unet=unet, unet_config=model.unet_config) as bind:
             return ksample(
-                apply_model, prediction=model.family.prediction, schedule=model.schedule,
+                apply_model, model_sampling=model.model_sampling, latent_format=model.latent_format,
                 latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,
                 sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
                 start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise,
-                latent_scale=model.family.latent_scale, device=model.manager.device,
-                callback=callback, in_channels=model.in_channels, control_fn=bind,
+                device=model.manager.device, callback=callback, model_inputs=model.model_inputs(),
+                control_fn=bind,
             )
 
     return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=cfg != 1.0)

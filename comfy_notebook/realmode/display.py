@@ -14,7 +14,7 @@ from typing import Any
 
 from comfy_notebook._units import human_bytes
 
-__all__ = ["grid", "mimebundle", "png_bytes", "summary"]
+__all__ = ["RunOutputs", "grid", "mimebundle", "png_bytes", "run_outputs", "summary"]
 
 _PREVIEW_SIDE = 256  # long side of a latent preview, pixels
 
@@ -112,7 +112,7 @@ def _image_array(value: Any) -> Any:
 
 
 def _latent_array(value: Any) -> Any:
-    """A LATENT value's SD1 latent-to-RGB preview, upscaled (nearest) to a visible size."""
+    """A LATENT value's latent-to-RGB preview (its format's factors), upscaled (nearest) to a visible size."""
     import numpy as np
 
     from comfy_notebook.widgets.preview import latent_to_rgb
@@ -147,8 +147,11 @@ def png_bytes(handle: Any) -> bytes | None:
         if kind == "MASK":
             return _encode_png(grid(_image_array(value[..., None] if value.ndim == 3 else value)))
         if kind == "LATENT" and isinstance(value, dict) and getattr(value.get("samples"), "ndim", 0) == 4:
-            if value["samples"].shape[1] != 4:
-                return None  # the preview factors are SD1's (4 channels)
+            from comfy_notebook.families import latent_format_for
+
+            fmt = latent_format_for(int(value["samples"].shape[1]))
+            if fmt is None or fmt.rgb_factors is None:
+                return None  # no preview factors for latents of this many channels
             return _encode_png(grid(_latent_array(value)))
     except (TypeError, ValueError, AttributeError, OSError):
         return None
@@ -162,3 +165,75 @@ def mimebundle(handle: Any) -> dict[str, Any]:
     if png is not None:
         bundle["image/png"] = png
     return bundle
+
+
+class RunOutputs:
+    """A whole-workflow run (``%%comfy``, ``Workflow.run``) shown as a cell shows handles: the
+    images inline and one summary line.  Attributes of the :class:`PromptResult` (``outputs``,
+    ``ui``, ``executed``, ``cached``, ...) are read through."""
+
+    def __init__(self, result: Any, images: list[Any], files: list[Any]) -> None:
+        self.result = result
+        self._images = images  # IMAGE values of the workflow's leaves
+        self._files = files  # files its output nodes saved or showed
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+    def summary(self) -> str:
+        """One line: what ran, what came from cache, what was saved."""
+        r = self.result
+        line = f"executed {len(r.executed)} nodes, {len(r.cached)} from cache in {r.seconds:.2f} s"
+        if self._files:
+            line += f"; images: {', '.join(f.name for f in self._files[:3])}" + (" ..." if len(self._files) > 3 else "")
+        elif self._images:
+            line += f"; {len(self._images)} image output(s)"
+        return line
+
+    def _png(self) -> bytes | None:
+        try:
+            files = [f for f in self._files if f.is_file()]
+            if files:
+                array = _files_array(files)
+            elif self._images:
+                import numpy as np
+
+                arrays = [_image_array(v) for v in self._images]
+                if any(a.shape[1:] != arrays[0].shape[1:] for a in arrays):
+                    arrays = arrays[:1]
+                array = grid(np.concatenate(arrays))
+            else:
+                return None
+            return _encode_png(array) if array is not None else None
+        except (TypeError, ValueError, AttributeError, OSError):
+            return None
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle: dict[str, Any] = {"text/plain": repr(self)}
+        png = self._png()
+        if png is not None:
+            bundle["image/png"] = png
+        return bundle
+
+    def __repr__(self) -> str:
+        return f"<{self.summary()}>"
+
+
+def run_outputs(result: Any, order: list[Any], ids: dict[int, str], folders: Any) -> RunOutputs:
+    """The :class:`RunOutputs` of a run of recorded nodes ``order`` (ids: ``id(node) -> node id``)."""
+    used = {id(v.node) for n in order for v in n.inputs.values() if hasattr(v, "node") and hasattr(v, "slot")}
+    files: list[Any] = []
+    images: list[Any] = []
+    roots = {"output": folders.output_dir, "temp": folders.temp_dir, "input": folders.input_dir}
+    for n in order:
+        node_id = ids[id(n)]
+        ui = result.ui.get(node_id)
+        for item in (ui or {}).get("images", []) if isinstance(ui, dict) else []:
+            if isinstance(item, dict) and item.get("filename") and item.get("type", "output") in roots:
+                files.append(roots[item.get("type", "output")] / (item.get("subfolder") or "") / item["filename"])
+        types = n.spec.return_types if n.spec is not None else ()
+        if id(n) not in used and node_id in result.outputs:
+            images += [v for t, v in zip(types, result.outputs[node_id], strict=False) if t == "IMAGE"]
+    return RunOutputs(result, images, files)

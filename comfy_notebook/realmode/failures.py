@@ -57,6 +57,11 @@ def _not_in_list(err: dict[str, Any], class_type: str, session: Any) -> NodeCall
     value = extra.get("received_value")
     config = extra.get("input_config")
     choices = list(config[0]) if config and isinstance(config[0], list | tuple) else []
+    if not config and session is not None:  # a long list is left out of the error: ask the spec
+        spec = session.registry.get(class_type)
+        inp = spec.inputs.get(str(name)) if spec is not None else None
+        if inp is not None and inp.is_combo:
+            choices = list(inp.type)
     from comfy_notebook.folders import FILE_INPUTS
 
     kind = FILE_INPUTS.get(str(name))
@@ -66,7 +71,7 @@ def _not_in_list(err: dict[str, Any], class_type: str, session: Any) -> NodeCall
             listed = folders.list(kind)
         except Exception:
             listed = None
-        if listed is not None and (not config or sorted(map(str, choices)) == listed):
+        if listed is not None and sorted(map(str, choices)) == listed:
             message, fix = folders.missing(kind, str(value))
             return NodeCallError(message, node_type=class_type, input_name=name, fix=fix)
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=3, cutoff=0.5)
@@ -101,6 +106,11 @@ def validation_error(class_type: str, exc: ValidationError, session: Any = None)
                 out = _not_in_list(err, node_type, session)
             elif kind == "return_type_mismatch":
                 out = _type_mismatch(err, node_type)
+            elif kind == "custom_validation_failed":  # the node's VALIDATE_INPUTS said why
+                details = str(err.get("details") or "")
+                text = details.split(" - ", 1)[1] if " - " in details else "the node's VALIDATE_INPUTS refused the inputs"
+                out = NodeCallError(text, node_type=node_type,
+                                    fix=None if _has_fix(text) else "change the inputs the message names")
             else:
                 extra = err.get("extra_info", {}) or {}
                 message = err.get("message", "invalid input")

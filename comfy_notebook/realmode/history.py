@@ -86,6 +86,11 @@ class CellImages:
             self._order.append((cell_id, run))
             kept = {id(r) for runs in self._runs.values() for r in runs}
             self._order = [(c, r) for c, r in self._order if id(r) in kept]
+        else:  # a repeat of a kept run: it is the newest again
+            key = CellRun(0, _distinct(handles)).key
+            again = [(c, r) for c, r in self._order if c == cell_id and r.key == key]
+            if again and key:
+                self._order = [o for o in self._order if o is not again[0]] + again[:1]
         return run
 
     def recent(self, limit: int | None = None) -> list[Any]:

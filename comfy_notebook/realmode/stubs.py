@@ -5,6 +5,13 @@ parameters in ``INPUT_TYPES`` order (required, then optional with their defaults
 typed as ``Literal[...]`` (up to :data:`MAX_LITERAL` options) or ``str``, return types named
 after ComfyUI's types, and a docstring with the display name, category, description and
 outputs.  Names that are not identifiers are sanitised with the enum rule.
+
+Where stubs go (:func:`default_stub_dir`): ``$COMFY_NOTEBOOK_STUBS``, else
+``$XDG_CACHE_HOME/comfy_notebook/stubs`` (default ``~/.cache/comfy_notebook/stubs``), as
+``<dir>/comfy_notebook/nodes/__init__.pyi`` — never into the installed package or a checkout
+of it.  Editors find that folder when told to: Pyright / Pylance ``"stubPath"`` (VS Code:
+``python.analysis.stubPath``), mypy ``MYPYPATH``.  The notebook's own completion needs no stub
+(``dir(comfy_notebook.nodes)`` lists the session's nodes).
 """
 
 from __future__ import annotations
@@ -15,9 +22,39 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from comfy_notebook.errors import ComfyNotebookError
 from comfy_notebook.realmode.enums import GLOBAL_ENUM_KINDS, member_name
 
-__all__ = ["MAX_LITERAL", "render_stub", "write_stub"]
+__all__ = ["MAX_LITERAL", "STUBS_ENV", "StubLocationError", "default_stub_dir", "render_stub", "write_stub"]
+
+STUBS_ENV = "COMFY_NOTEBOOK_STUBS"
+
+
+class StubLocationError(ComfyNotebookError):
+    """A stub was to be written into the installed package or an environment's site-packages."""
+
+
+def default_stub_dir() -> Path:
+    """The user folder stubs go to (see the module docstring)."""
+    env = os.environ.get(STUBS_ENV)
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "comfy_notebook" / "stubs"
+
+
+def _forbidden(target: Path) -> str | None:
+    """Why ``target`` is not a place for a user's stub (None: it is fine)."""
+    real = target.expanduser().absolute().resolve()
+    package = Path(__file__).resolve().parents[1]  # the comfy_notebook package
+    checkout = package.parent
+    if real.is_relative_to(package):
+        return f"it is inside the installed package {package}"
+    if "site-packages" in real.parts or "dist-packages" in real.parts:
+        return "it is inside an environment's site-packages"
+    if (checkout / "pyproject.toml").is_file() and real.is_relative_to(checkout / "comfy_notebook"):
+        return f"it is inside the checkout {checkout}"
+    return None
 
 MAX_LITERAL = 200
 _PRIMITIVES = {"INT": "int", "FLOAT": "float", "STRING": "str", "BOOLEAN": "bool"}
@@ -130,7 +167,7 @@ def render_stub(registry: Any, names: Iterable[str] | None = None) -> str:
     return "\n".join(head) + "\n\n" + "\n\n".join(body) + "\n"
 
 
-def write_stub(registry: Any, path: str | os.PathLike[str]) -> Path:
+def write_stub(registry: Any, path: str | os.PathLike[str] | None = None) -> Path:
     """Write the ``.pyi`` stub of every node in ``registry`` to ``path``.
 
     Parameters
@@ -138,14 +175,27 @@ def write_stub(registry: Any, path: str | os.PathLike[str]) -> Path:
     registry:
         A :class:`comfy_notebook.engine.Registry` (e.g. ``comfy_notebook.session().registry``).
     path:
-        Where to write, e.g. ``.../comfy_notebook/nodes/__init__.pyi``.
+        A ``.pyi`` file, or a folder (the stub goes to ``<folder>/comfy_notebook/nodes/__init__.pyi``);
+        default :func:`default_stub_dir`.
 
     Returns
     -------
     Path
         The written file.
+
+    Raises
+    ------
+    StubLocationError
+        When the target is inside the installed package, a checkout of it or site-packages.
     """
-    target = Path(path)
+    target = Path(path).expanduser() if path is not None else default_stub_dir()
+    if target.suffix != ".pyi":
+        target = target / "comfy_notebook" / "nodes" / "__init__.pyi"
+    reason = _forbidden(target)
+    if reason is not None:
+        raise StubLocationError(
+            f"not writing the stub to {target}: {reason}. Fix: write it to a user folder "
+            f"(default {default_stub_dir()}, or set ${STUBS_ENV}) and point the editor there")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render_stub(registry), encoding="utf-8")
     return target

@@ -88,7 +88,7 @@ class ModelInfo:
     keep_loaded: bool
     in_use: bool
     holders: tuple[str, ...]
-    family: str | None = None  # e.g. "sd1": what the registrant said the weights are
+    family: str | None = None  # a family name: what the registrant said the weights are
     world: str = "comfy_notebook"  # "comfyui" for the models of an attached ComfyUI
     graphs: int = 0  # captured sampling steps held for this model (runtime.graphs)
     graph_bytes: int = 0  # device memory those graphs hold
@@ -100,7 +100,7 @@ def estimate_unet_memory(
     """Heuristic activation memory of a UNet forward on ``latent_shape`` [B, C, H, W].
 
     Proportional to batch x latent area x element size (CFG doubles the batch); ``factor``
-    2.0 covers SD1 at 512 px with plain attention (~0.35 GB at fp16, batch 2).
+    2.0 covers a 512 px 860M-parameter UNet with plain attention (~0.35 GB at fp16, batch 2).
     """
     batch = latent_shape[0] * (2 if cfg else 1)
     area = batch * int(torch.tensor(latent_shape[2:]).prod())

@@ -6,7 +6,9 @@ called.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 
@@ -23,7 +25,7 @@ class UnknownModelKindError(ComfyNotebookError, ValueError):
 
 @dataclass(frozen=True)
 class DevicePolicy:
-    """Where models compute and where they wait.
+    """Where models compute and where they wait, and the dtype of each model kind.
 
     Parameters
     ----------
@@ -31,23 +33,30 @@ class DevicePolicy:
         The compute device (``cuda:0`` or ``cpu``).
     offload_device:
         Where offloaded weights are kept (always the CPU today).
-    unet_dtype, vae_dtype, clip_dtype:
-        The dtype each model kind is built in.
+    dtypes:
+        Model kind (``"unet"``, ``"vae"``, ``"clip"``) -> the dtype to build it in, for the
+        kinds the user (or a preset) fixes; other kinds take the first dtype their component
+        supports that the device runs (see :meth:`dtype_for`).
     pin_memory:
         Keep offloaded weights in one pinned host buffer per model, so that reloads run at
         PCIe speed.  Only meaningful when ``device`` is a CUDA device.
+    bf16:
+        Whether the device computes in bfloat16 (None: probe CUDA when first asked).
     """
 
     device: torch.device
     offload_device: torch.device = torch.device("cpu")  # noqa: RUF009 (immutable)
-    unet_dtype: torch.dtype = torch.float32
-    vae_dtype: torch.dtype = torch.float32
-    clip_dtype: torch.dtype = torch.float32
+    dtypes: Mapping[str, torch.dtype] = field(default_factory=dict)
     pin_memory: bool = False
+    bf16: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", torch.device(self.device))
         object.__setattr__(self, "offload_device", torch.device(self.offload_device))
+        bad = [k for k in self.dtypes if k not in KINDS]
+        if bad:
+            raise UnknownModelKindError(f"unknown model kinds {bad} in dtypes; expected {KINDS}")
+        object.__setattr__(self, "dtypes", MappingProxyType(dict(self.dtypes)))
 
     @classmethod
     def cpu(cls) -> DevicePolicy:
@@ -55,20 +64,14 @@ class DevicePolicy:
         return cls(device=torch.device("cpu"))
 
     @classmethod
-    def cuda(cls, index: int = 0, *, pin_memory: bool = True) -> DevicePolicy:
-        """fp16 UNet and CLIP on ``cuda:index``; bf16 VAE where the device has bf16, else fp32.
+    def cuda(cls, index: int = 0, *, pin_memory: bool = True, **dtypes: torch.dtype) -> DevicePolicy:
+        """fp16 diffusion models and text encoders on ``cuda:index``; the VAE in its component's
+        first supported dtype (bf16 where the GPU has it, else fp32: VAEs overflow in fp16).
 
-        SD1 VAEs overflow in fp16; bf16 has fp32's range and decodes about twice as fast, and
-        the VAE value reruns a decode in fp32 if the result is not finite (runtime.precision).
+        ``unet=``, ``vae=``, ``clip=`` override a kind's dtype.
         """
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return cls(
-            device=torch.device("cuda", index),
-            unet_dtype=torch.float16,
-            vae_dtype=torch.bfloat16 if bf16 else torch.float32,
-            clip_dtype=torch.float16,
-            pin_memory=pin_memory,
-        )
+        chosen = {"unet": torch.float16, "clip": torch.float16, **dtypes}
+        return cls(device=torch.device("cuda", index), dtypes=chosen, pin_memory=pin_memory)
 
     @classmethod
     def auto(cls) -> DevicePolicy:
@@ -82,14 +85,45 @@ class DevicePolicy:
         """True when the compute device is a CUDA device."""
         return self.device.type == "cuda"
 
-    def dtype_for(self, kind: str) -> torch.dtype:
-        """The dtype models of ``kind`` ("unet", "vae", "clip") are built in."""
+    def supports(self, dtype: torch.dtype) -> bool:
+        """Whether the compute device runs ``dtype`` (CPU: fp32 only, by policy)."""
+        if self.device.type == "cpu":
+            return dtype == torch.float32
+        if dtype == torch.bfloat16:
+            if self.bf16 is not None:
+                return self.bf16
+            return bool(self.is_cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        return True
+
+    def dtype_for(self, kind: str, supported: Sequence[torch.dtype] = ()) -> torch.dtype:
+        """The dtype a model of ``kind`` ("unet", "vae", "clip") is built in.
+
+        Parameters
+        ----------
+        kind:
+            The model kind.
+        supported:
+            The component's supported compute dtypes in preference order (a family fact, e.g.
+            bf16 then fp32 for a VAE); empty: any.
+
+        Returns
+        -------
+        torch.dtype
+            The policy's dtype for the kind when set and supported; else the first supported
+            dtype the device runs; else fp32.
+        """
         if kind not in KINDS:
             raise UnknownModelKindError(
                 f"unknown model kind {kind!r}; expected one of {KINDS}. "
                 "Fix: pass kind='unet', 'vae' or 'clip', or give dtype= explicitly."
             )
-        return {"unet": self.unet_dtype, "vae": self.vae_dtype, "clip": self.clip_dtype}[kind]
+        chosen = self.dtypes.get(kind)
+        if chosen is not None and (not supported or chosen in supported):
+            return chosen
+        for dtype in supported:
+            if self.supports(dtype):
+                return dtype
+        return torch.float32
 
 
 def attention_backend(device: torch.device | str, dtype: torch.dtype = torch.float16,

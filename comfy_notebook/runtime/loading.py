@@ -1,4 +1,4 @@
-"""Load LDM-layout checkpoints into our modules without a second copy of the weights.
+"""Load model files into our modules without a second copy of the weights.
 
 The recipe (gpt-fast ``_load_model``): build the module on the ``meta`` device, memory-map the
 file, and hand the file-backed tensors to ``load_state_dict(assign=True)``; only a dtype or device
@@ -14,29 +14,18 @@ import mmap
 import os
 import struct
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from comfy_notebook.errors import ModelLoadError, UnsupportedModelError
-from comfy_notebook.models.detect import CheckpointInfo, detect, is_known_extra
-from comfy_notebook.models.family import SD1
+from comfy_notebook.errors import ModelLoadError
+from comfy_notebook.models.detect import is_known_extra
 from comfy_notebook.models.unet import UNetModel
 from comfy_notebook.models.vae import AutoencoderKL
 
-if TYPE_CHECKING:
-    from comfy_notebook.models.clip import CLIPTextModel
-
-__all__ = [
-    "LoadedCheckpoint",
-    "load_checkpoint",
-    "load_text_encoder",
-    "load_vae",
-    "open_state_dict",
-]
+__all__ = ["SafetensorsFile", "build_component", "open_state_dict"]
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -44,7 +33,6 @@ _DTYPES = {
     "U8": torch.uint8, "BOOL": torch.bool,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-PARTS = ("unet", "vae", "clip")
 
 
 class SafetensorsFile(Mapping[str, Tensor]):
@@ -151,17 +139,6 @@ def open_state_dict(path: str | os.PathLike[str]) -> Mapping[str, Tensor]:
     return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
 
 
-@dataclass
-class LoadedCheckpoint:
-    """The parts of a checkpoint loaded by :func:`load_checkpoint` (``None``: not requested)."""
-
-    info: CheckpointInfo
-    unet: UNetModel | None
-    vae: AutoencoderKL | None
-    clip: CLIPTextModel | None
-    path: str
-
-
 def _default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.float16
 
@@ -172,6 +149,63 @@ def _fit(t: Tensor, like: Tensor, dtype: torch.dtype, device: torch.device) -> T
         t = t.view(like.shape)  # VAE attention stored as linear weights: same numbers, 1x1 conv
     target = dtype if t.is_floating_point() else t.dtype
     return t.to(device=device, dtype=target)
+
+
+def _architecture(component: Any) -> type[nn.Module]:
+    """The module class of a component: its own ``architecture`` or the one of its kind."""
+    arch = getattr(component, "architecture", None)
+    if arch is not None:
+        return arch  # type: ignore[no-any-return]
+    if component.kind == "unet":
+        return UNetModel
+    if component.kind == "vae":
+        return AutoencoderKL
+    if component.kind == "clip":
+        from comfy_notebook.models.clip import CLIPTextModel
+
+        return CLIPTextModel
+    raise ModelLoadError(f"no architecture for a component of kind {component.kind!r}")
+
+
+def build_component(
+    sd: Mapping[str, Tensor],
+    component: Any,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    source: str = "",
+) -> nn.Module:
+    """Build one component of a file on ``meta`` and assign the file's tensors (strict).
+
+    Parameters
+    ----------
+    sd:
+        The file's state dict (from :func:`open_state_dict`).
+    component:
+        A ``families.Component``: ``name``, ``kind``, ``prefix``, ``config``, ``layout``
+        (``"openclip"`` keys are renamed through :class:`~comfy_notebook.models.convert.OpenCLIPView`)
+        and optionally ``architecture`` (the module class).
+    dtype:
+        Floating-point weight dtype (None: float32 on CPU, float16 elsewhere).
+    device:
+        Where the weights go (``"cpu"`` keeps them memory-mapped when no cast is needed).
+    source:
+        The file, for messages.
+
+    Raises
+    ------
+    ModelLoadError
+        Missing or unexpected keys (listed), or shapes that do not match.
+    """
+    from comfy_notebook.models.convert import OpenCLIPView
+
+    dev = torch.device(device)
+    prefix = component.prefix
+    if component.layout == "openclip":
+        sd, prefix = OpenCLIPView(sd, prefix), ""
+    what = f"{component.name} in {source}" if source else component.name
+    return _load_part(_architecture(component), component.config, sd, prefix,
+                      dtype or _default_dtype(dev), dev, what)
 
 
 def _load_part(
@@ -244,120 +278,3 @@ def _reset_meta_buffers(model: nn.Module, device: torch.device, what: str) -> No
 def _listing(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return (shown + f", ... ({len(keys) - limit} more)") if len(keys) > limit else (shown or "none")
-
-
-def _dtype_for(part: str, dtype: Any, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, Mapping):
-        dtype = dtype.get(part)
-    return _default_dtype(device) if dtype is None else dtype
-
-
-def _require_sd1(info: CheckpointInfo, source: str) -> None:
-    if info.family is not SD1:
-        names = {"sd2": "Stable Diffusion 2.x", "sdxl": "SDXL"}
-        raise UnsupportedModelError(
-            f"{source} is a {names.get(info.family.name, info.family.name)} checkpoint, which is "
-            "not supported yet (only SD1.x). Fix: use an SD1.x checkpoint"
-        )
-
-
-def load_checkpoint(
-    path: str | os.PathLike[str],
-    *,
-    parts: tuple[str, ...] = PARTS,
-    dtype: torch.dtype | Mapping[str, torch.dtype | None] | None = None,
-    device: str | torch.device = "cpu",
-) -> LoadedCheckpoint:
-    """Load the UNet, VAE and CLIP text encoder of a single-file checkpoint.
-
-    Parameters
-    ----------
-    path:
-        A ComfyUI ``models/checkpoints`` file in the original LDM layout.
-    parts:
-        Which of ``"unet"``, ``"vae"``, ``"clip"`` to load; only those are built.
-    dtype:
-        Weight dtype, or a per-part dict; ``None`` picks float32 on CPU, float16 elsewhere.
-    device:
-        Where the weights go (``"cpu"`` keeps them memory-mapped when no cast is needed).
-
-    Returns
-    -------
-    LoadedCheckpoint
-
-    Raises
-    ------
-    ModelLoadError, UnsupportedModelError
-        Unreadable file, missing/unexpected keys (listed), SD2/SDXL/unknown checkpoints.
-    """
-    bad = [p for p in parts if p not in PARTS]
-    if bad:
-        raise ValueError(f"unknown parts {bad}; expected a subset of {PARTS}")
-    dev = torch.device(device)
-    sd = open_state_dict(path)
-    source = str(path)
-    info = detect(sd, source=source)
-    _require_sd1(info, source)
-    absent = [p for p in parts if p not in info.prefixes]
-    if absent:
-        raise ModelLoadError(
-            f"{source} has no {', '.join(absent)} weights (found parts: {sorted(info.prefixes)}). "
-            "Fix: load that part from its own file (load_vae, load_text_encoder)"
-        )
-    unet = vae = clip = None
-    if "unet" in parts:
-        unet = _load_part(UNetModel, info.unet, sd, info.prefixes["unet"],
-                          _dtype_for("unet", dtype, dev), dev, f"UNet in {source}")
-    if "vae" in parts:
-        vae = _load_part(AutoencoderKL, info.vae, sd, info.prefixes["vae"],
-                         _dtype_for("vae", dtype, dev), dev, f"VAE in {source}")
-    if "clip" in parts:
-        from comfy_notebook.models.clip import CLIPTextModel
-
-        clip = _load_part(CLIPTextModel, info.clip, sd, info.prefixes["clip"],
-                          _dtype_for("clip", dtype, dev), dev, f"CLIP text encoder in {source}")
-    return LoadedCheckpoint(info=info, unet=unet, vae=vae, clip=clip, path=source)  # type: ignore[arg-type]
-
-
-def load_vae(
-    path: str | os.PathLike[str], *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
-) -> AutoencoderKL:
-    """Load a VAE from a separate VAE file (keys without prefix) or from a full checkpoint.
-
-    ``dtype=None`` picks float32 on CPU, float16 elsewhere.  Raises :class:`ModelLoadError` when
-    the file holds no VAE.
-    """
-    dev = torch.device(device)
-    sd = open_state_dict(path)
-    info = detect(sd, source=str(path))
-    if "vae" not in info.prefixes:
-        raise ModelLoadError(
-            f"{path} holds no VAE (found parts: {sorted(info.prefixes)}); expected keys "
-            "encoder.*/decoder.* or first_stage_model.*"
-        )
-    model = _load_part(AutoencoderKL, info.vae, sd, info.prefixes["vae"],
-                       dtype or _default_dtype(dev), dev, f"VAE in {path}")
-    return model  # type: ignore[return-value]
-
-
-def load_text_encoder(
-    path: str | os.PathLike[str], *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
-) -> CLIPTextModel:
-    """Load the CLIP text encoder from a text-encoder file (``text_model.*``) or a checkpoint.
-
-    ``dtype=None`` picks float32 on CPU, float16 elsewhere.
-    """
-    from comfy_notebook.models.clip import CLIPTextModel
-
-    dev = torch.device(device)
-    sd = open_state_dict(path)
-    info = detect(sd, source=str(path))
-    if "clip" not in info.prefixes:
-        raise ModelLoadError(
-            f"{path} holds no CLIP text encoder (found parts: {sorted(info.prefixes)}); expected "
-            "keys text_model.* or cond_stage_model.transformer.text_model.*"
-        )
-    _require_sd1(info, str(path))
-    model = _load_part(CLIPTextModel, info.clip, sd, info.prefixes["clip"],
-                       dtype or _default_dtype(dev), dev, f"CLIP text encoder in {path}")
-    return model  # type: ignore[return-value]

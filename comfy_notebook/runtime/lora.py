@@ -1,6 +1,7 @@
-"""LoRA files: reading them and mapping their keys onto our (LDM-named) SD1 parameters.
+"""LoRA files: reading them and mapping their keys onto our (LDM-named) parameters.
 
-Supported key styles, for the UNet and the CLIP text encoder of SD1.x:
+Supported key styles, for the UNet and the CLIP text encoders (which kohya prefix names which
+encoder is the family's: ``Family.lora_te_prefixes``):
 
 - kohya: ``lora_unet_<diffusers module, dots as _>`` / ``lora_te_<transformers module>`` with
   ``.lora_down.weight``, ``.lora_up.weight``, ``.alpha`` (conv LoRA included); kohya names built
@@ -70,11 +71,6 @@ class UNetLayout:
     depth_middle: int = 1
 
     @classmethod
-    def sd1(cls) -> UNetLayout:
-        """Stable Diffusion 1.x."""
-        return cls()
-
-    @classmethod
     def from_config(cls, config: Any) -> UNetLayout:
         """From a :class:`comfy_notebook.models.unet.UNetConfig` (duck-typed)."""
         return cls(len(config.channel_mult), config.num_res_blocks,
@@ -100,7 +96,7 @@ def unet_diffusers_to_ldm(layout: UNetLayout | None = None) -> dict[str, str]:
     ``conv_shortcut`` appears for every ResBlock; it exists only where channels change, so
     filter by the model's real keys.
     """
-    lay = layout or UNetLayout.sd1()
+    lay = layout or UNetLayout()
     nrb = lay.num_res_blocks
     table = {
         "time_embedding.linear_1": "time_embed.0",
@@ -165,8 +161,10 @@ def load_lora_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 
 def _module_aliases(unet_modules: Iterable[str], clip_modules: Iterable[str],
-                    layout: UNetLayout | None) -> dict[str, tuple[str, str]]:
-    """Every accepted LoRA module name -> ("unet" | "clip", our module name)."""
+                    layout: UNetLayout | None,
+                    encoders: Mapping[str, tuple[Iterable[str], Iterable[str]]] | None = None,
+                    ) -> dict[str, tuple[str, str]]:
+    """Every accepted LoRA module name -> ("unet" | "clip" | encoder name, our module name)."""
     out: dict[str, tuple[str, str]] = {}
     unet_set = set(unet_modules)
     for ldm in unet_set:
@@ -184,6 +182,13 @@ def _module_aliases(unet_modules: Iterable[str], clip_modules: Iterable[str],
         out["lora_te_" + full.replace(".", "_")] = ("clip", mod)
         out["text_encoder." + full] = ("clip", mod)
         out["cond_stage_model.transformer." + full] = ("clip", mod)
+    for enc, (modules, prefixes) in (encoders or {}).items():
+        names = [*list(prefixes), f"text_encoders.{enc}.transformer.", f"{enc}.transformer."]
+        for mod in modules:
+            full = mod if mod.startswith("text_model.") else "text_model." + mod
+            for prefix in names:
+                # kohya prefixes end in "_" and join the module path with "_"
+                out[prefix + (full.replace(".", "_") if prefix.endswith("_") else full)] = (enc, mod)
     return out
 
 
@@ -192,9 +197,10 @@ def _modules(keys: Iterable[str]) -> set[str]:
 
 
 def lora_patches(
-    lora_sd: Mapping[str, Tensor], *, unet_keys: Iterable[str], clip_keys: Iterable[str],
+    lora_sd: Mapping[str, Tensor], *, unet_keys: Iterable[str], clip_keys: Iterable[str] = (),
     unet_layout: UNetLayout | None = None,
-) -> tuple[dict[str, Patch], dict[str, Patch], list[str]]:
+    text_encoders: Mapping[str, tuple[Iterable[str], Iterable[str]]] | None = None,
+) -> tuple[dict[str, Patch], Any, list[str]]:
     """Map a LoRA state dict onto our parameter names.
 
     Parameters
@@ -205,16 +211,23 @@ def lora_patches(
         Parameter names of our UNet (LDM names, relative to the UNet module) and CLIP text
         model (``text_model.encoder.layers.0.self_attn.q_proj.weight`` ...).
     unet_layout:
-        Block structure for diffusers/kohya UNet names (default SD1).
+        Block structure for diffusers/kohya UNet names (default: the dataclass defaults, four levels of two res blocks).
+    text_encoders:
+        For models with several text encoders: encoder name -> (its parameter names, the LoRA
+        name prefixes that address it, e.g. ``("lora_te1_", "text_encoder.")``; the family's
+        ``lora_te_prefixes``).  ``text_encoders.<name>.transformer.`` is always accepted.
 
     Returns
     -------
     (unet_patches, clip_patches, unknown_keys):
-        Parameter name -> patch for each model, and every LoRA key that matched nothing
-        (reported, never silently dropped).
+        Parameter name -> patch for each model (``clip_patches`` is ``{encoder: {name: patch}}``
+        when ``text_encoders`` is given), and every LoRA key that matched nothing (reported,
+        never silently dropped).
     """
     unet_keys, clip_keys = set(unet_keys), set(clip_keys)
-    aliases = _module_aliases(_modules(unet_keys), _modules(clip_keys), unet_layout)
+    enc_keys = {e: set(k) for e, (k, _) in (text_encoders or {}).items()}
+    aliases = _module_aliases(_modules(unet_keys), _modules(clip_keys), unet_layout,
+                              {e: (_modules(enc_keys[e]), p) for e, (_, p) in (text_encoders or {}).items()})
     groups: dict[str, dict[str, tuple[str, Tensor]]] = {}
     unknown: list[str] = []
     for key, tensor in lora_sd.items():
@@ -224,7 +237,7 @@ def lora_patches(
                 break
         else:
             unknown.append(key)
-    out: dict[str, dict[str, Patch]] = {"unet": {}, "clip": {}}
+    out: dict[str, dict[str, Patch]] = {"unet": {}, "clip": {}, **{e: {} for e in enc_keys}}
     for name, parts in groups.items():
         target = aliases.get(name)
         roles = {r: t for r, (_, t) in parts.items()}
@@ -232,7 +245,7 @@ def lora_patches(
             unknown.extend(k for k, _ in parts.values())
             continue
         which, module = target
-        keys = unet_keys if which == "unet" else clip_keys
+        keys = unet_keys if which == "unet" else clip_keys if which == "clip" else enc_keys[which]
         if "up" in roles and "down" in roles and f"{module}.weight" in keys:
             alpha = roles.get("alpha")
             out[which][f"{module}.weight"] = LoraPatch(
@@ -245,4 +258,5 @@ def lora_patches(
             unknown.append(parts["diff_b"][0])
         if not any(k.startswith(module + ".") for k in out[which]):
             unknown.extend(k for k, _ in parts.values())
-    return out["unet"], out["clip"], sorted(set(unknown))
+    clip_out: Any = {e: out[e] for e in enc_keys} if text_encoders is not None else out["clip"]
+    return out["unet"], clip_out, sorted(set(unknown))

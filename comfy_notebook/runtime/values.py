@@ -1,8 +1,9 @@
-"""MODEL, CLIP and VAE values: light handles onto managed models plus their family's facts.
+"""MODEL, CLIP and VAE values: light handles onto managed models plus their family.
 
-A value holds a :class:`~comfy_notebook.runtime.patches.ModelRef` (which model, which weight
-patches) and what the weights alone cannot say (the family: latent scale, prediction type,
-noise schedule; the tokenizer; the CLIP layer).  It never holds the weights: the
+A value holds :class:`~comfy_notebook.runtime.patches.ModelRef` s (which model, which weight
+patches) and what the weights alone cannot say: the family (a ``comfy_notebook.families``
+object, duck-typed here: latent format, model sampling, text-encoding recipe, extra model
+inputs), the tokenizer, the CLIP layer.  It never holds the weights: the
 :class:`~comfy_notebook.runtime.manager.ModelManager` does, so a value kept in a cache stays
 valid after the model is offloaded or unloaded, and reloads on its next use.
 
@@ -12,11 +13,9 @@ weights are the manager's.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import Any
 
 import torch
@@ -24,67 +23,104 @@ from torch import Tensor
 
 from comfy_notebook._units import human_bytes
 from comfy_notebook.errors import ModelMemoryError
-from comfy_notebook.models.family import SD1, ModelFamily
-from comfy_notebook.runtime.manager import ModelManager, estimate_unet_memory
+from comfy_notebook.runtime.manager import ModelManager
 from comfy_notebook.runtime.patches import ModelRef
 from comfy_notebook.runtime.precision import finite_or_upcast
 
-__all__ = ["ClipValue", "ModelValue", "VAEValue", "load_checkpoint_values", "load_vae_value"]
+__all__ = ["ClipValue", "ModelValue", "VAEValue", "register_part"]
 
 _load_lock = threading.Lock()
 
 
-def _summary(kind: str, ref: ModelRef, family: ModelFamily, extra: str = "") -> str:
+def _family_name(family: Any) -> str:
+    return str(getattr(family, "name", None) or "-")
+
+
+def _summary(kind: str, ref: ModelRef, family: Any, extra: str = "") -> str:
     base = ref.base
     dtype = str(base.dtype).replace("torch.", "") if base.dtype is not None else "?"
     patches = f", {len(ref.patches)} patched weights" if ref.patches else ""
-    return (f"{kind} {family.name} '{base.name}' {dtype} on {base.where} "
+    return (f"{kind} {_family_name(family)} '{base.name}' {dtype} on {base.where} "
             f"({human_bytes(base.nbytes)}{patches}){extra}")
 
 
 @dataclass(frozen=True, eq=False)
 class ModelValue:
-    """A MODEL: the diffusion UNet of a checkpoint, possibly with LoRA patches."""
+    """A MODEL: the diffusion model of a file, its family and model sampling, LoRA patches.
+
+    ``family`` is a :class:`comfy_notebook.families.Family` (latent format, extra model inputs,
+    memory estimate); ``model_sampling`` overrides the family's default (``ModelSamplingDiscrete``,
+    or what the file says: a v-prediction statistic, ``v_pred``/``ztsnr`` marker keys).
+    """
 
     ref: ModelRef
     manager: ModelManager = field(repr=False)
-    family: ModelFamily = SD1
+    family: Any = None
     unet_config: Any = field(default=None, repr=False)  # models.unet.UNetConfig read from the file
+    model_sampling: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.model_sampling is None and self.family is not None:
+            object.__setattr__(self, "model_sampling", self.family.model_sampling())
+
+    @property
+    def latent_format(self) -> Any:
+        """The family's latent format (channels, scale, preview factors, blank inpainting latent)."""
+        return self.family.latent_format
+
+    @property
+    def schedule(self) -> Any:
+        """The model sampling (it also answers the schedule questions: sigmas, timestep <-> sigma)."""
+        return self.model_sampling
 
     @property
     def in_channels(self) -> int:
-        """Input channels of the UNet: 4 for SD1, 9 for an inpainting UNet (latent + mask + masked latent)."""
+        """Input channels of the UNet: the latent's, or 2C + 1 for an inpainting UNet (latent + mask + masked latent)."""
         if self.unet_config is None:
-            return self.family.latent_channels
+            return int(self.latent_format.channels)
         return int(self.unet_config.in_channels)
 
     @property
     def concat_channels(self) -> int:
-        """Channels the UNet takes beyond the latent (ComfyUI's ``c_concat``): 0, or 5 for inpainting."""
-        return max(0, self.in_channels - self.family.latent_channels)
+        """Channels the UNet takes beyond the latent (ComfyUI's ``c_concat``): 0, or C + 1 for inpainting."""
+        return max(0, self.in_channels - self.latent_format.channels)
 
     @property
     def is_inpaint(self) -> bool:
         """Whether this is an inpainting model (ComfyUI's ``inpaint_model()``: in_channels > latent channels)."""
         return self.concat_channels > 0
 
-    @cached_property
-    def schedule(self) -> Any:
-        """The family's discrete noise schedule (sigmas, timestep <-> sigma)."""
-        from comfy_notebook.sampling import DiscreteSchedule
-
-        f = self.family
-        return DiscreteSchedule(beta_start=f.beta_start, beta_end=f.beta_end,
-                                num_timesteps=f.num_timesteps)
-
     def with_patches(self, patches: Mapping[str, Any], strength: float) -> ModelValue:
         """A clone carrying ``patches`` (scaled by ``strength``); shares the base weights."""
         return replace(self, ref=self.ref.with_patches(patches, strength))
 
+    def with_model_sampling(self, model_sampling: Any) -> ModelValue:
+        """A clone sampled through ``model_sampling`` (``ModelSamplingDiscrete``)."""
+        return replace(self, model_sampling=model_sampling)
+
+    def model_inputs(self) -> Callable[[dict[str, Any]], dict[str, Tensor]] | None:
+        """ComfyUI's ``extra_conds`` for ``ksample``: the family's inputs (``y``) and, for an
+        inpainting UNet, ``c_concat``; None when the model takes none."""
+        from comfy_notebook.sampling.ksampler import inpaint_inputs
+
+        concat = inpaint_inputs(self.in_channels, self.latent_format)
+        family, config = self.family, self.unet_config
+        adm = config is not None and getattr(config, "adm_in_channels", None) is not None
+        if concat is None and not adm:
+            return None
+
+        def inputs(params: dict[str, Any]) -> dict[str, Tensor]:
+            out = dict(family.model_inputs(config, params)) if adm else {}
+            if concat is not None:
+                out.update(concat(params))
+            return out
+
+        return inputs
+
     def run(self, fn: Callable[[Any], Any], *, latent_shape: tuple[int, ...], cfg: bool = True) -> Any:
         """``fn(unet)`` with the UNet on the compute device (out-of-memory recovery included)."""
         dtype = self.ref.base.dtype or torch.float32
-        need = estimate_unet_memory(tuple(latent_shape), dtype, cfg=cfg)
+        need = self.family.unet_memory(tuple(latent_shape), dtype, cfg=cfg)
         return self.manager.run(self.ref, fn, memory_required=need)
 
     def summary(self) -> str:
@@ -98,44 +134,83 @@ class ModelValue:
 
 @dataclass(frozen=True, eq=False)
 class ClipValue:
-    """A CLIP: the text encoder with its tokenizer, the layer to read and LoRA patches."""
+    """A CLIP: the family's text encoders (one managed model each), the layer, LoRA patches.
 
-    ref: ModelRef
+    ``refs`` maps encoder names (``"clip_l"``, ``"clip_g"``...) to their models; the family's
+    recipe (:class:`comfy_notebook.families.TextEncoderSpec` and ``Family.combine``) says which
+    layer each reads, how rows are padded and how outputs are joined.
+    """
+
+    refs: Mapping[str, ModelRef]
     manager: ModelManager = field(repr=False)
     tokenizer: Any = field(repr=False)
-    family: ModelFamily = SD1
+    family: Any = None
     layer: int | None = None
     embedding_dirs: tuple[str, ...] = ()
 
+    @property
+    def ref(self) -> ModelRef:
+        """The text encoder's model (families with one encoder); see ``refs``."""
+        if len(self.refs) != 1:
+            raise AttributeError(f"this CLIP has {len(self.refs)} text encoders ({list(self.refs)}); use .refs")
+        return next(iter(self.refs.values()))
+
     def with_layer(self, layer: int) -> ClipValue:
-        """``CLIPSetLastLayer``: read the hidden state of ``layer`` (-1 last, -2 penultimate)."""
+        """``CLIPSetLastLayer``: every encoder reads the hidden state of ``layer`` (-1 last, -2 penultimate)."""
         return replace(self, layer=layer)
 
     def with_patches(self, patches: Mapping[str, Any], strength: float) -> ClipValue:
-        """A clone carrying ``patches`` (scaled by ``strength``)."""
-        return replace(self, ref=self.ref.with_patches(patches, strength))
+        """A clone carrying ``patches`` (scaled by ``strength``).
 
-    def encode(self, text: str) -> tuple[Tensor, Tensor, list[str]]:
-        """Encode a ComfyUI prompt: ``(cond [1, 77k, D], pooled [1, D], missing_embeddings)``."""
-        from comfy_notebook.models.prompt import (
-            encode_tokens,
-            make_embedding_lookup,
-            tokenize_prompt,
-        )
+        ``patches`` is ``{encoder name: {parameter: patch}}``, or for a one-encoder CLIP the
+        parameter mapping itself.
+        """
+        if len(self.refs) == 1 and not all(k in self.refs for k in patches):
+            patches = {next(iter(self.refs)): patches}
+        refs = {k: (r.with_patches(patches[k], strength) if patches.get(k) else r) for k, r in self.refs.items()}
+        return replace(self, refs=refs)
 
-        lookup = make_embedding_lookup(self.embedding_dirs) if self.embedding_dirs else None
-        tokenized = tokenize_prompt(self.tokenizer, text, embedding_lookup=lookup)
+    def tokenize(self, text: str, encoder: str) -> Any:
+        """ComfyUI's ``tokenize_with_weights`` for one encoder: rows padded with its pad token."""
+        from comfy_notebook.models.prompt import make_embedding_lookup, tokenize_prompt
 
-        def run(model: Any) -> tuple[Tensor, Tensor]:
-            return encode_tokens(model, tokenized.chunks, layer=self.layer, device=self.manager.device)
+        spec = self.family.text_encoder(encoder)
+        lookup = make_embedding_lookup(self.embedding_dirs, key=encoder) if self.embedding_dirs else None
+        return tokenize_prompt(self.tokenizer, text, embedding_lookup=lookup, pad_token=spec.pad_token)
 
-        cond, pooled = self.manager.run(self.ref, run)
-        return cond.float().cpu(), pooled.float().cpu(), list(tokenized.missing_embeddings)
+    def encode_tokens(self, tokens: Mapping[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """Encode per-encoder token rows (from :meth:`tokenize`): the family's ``(cond, pooled)``."""
+        from comfy_notebook.models.prompt import encode_tokens
+
+        outputs = {}
+        for name in self.refs:
+            spec = self.family.text_encoder(name)
+            layer = spec.layer if self.layer is None else self.layer
+
+            def run(model: Any, spec: Any = spec, layer: Any = layer, name: str = name) -> tuple[Tensor, Tensor]:
+                cond, pooled = encode_tokens(model, tokens[name].chunks, layer=layer, device=self.manager.device,
+                                             final_norm=spec.final_norm, pad_token=spec.pad_token,
+                                             project=spec.projected_pooled)
+                return cond.float().cpu(), pooled.float().cpu()
+
+            outputs[name] = self.manager.run(self.refs[name], run)
+        return self.family.combine(outputs)  # type: ignore[no-any-return]
+
+    def encode(self, text: str | Mapping[str, str]) -> tuple[Tensor, Tensor | None, list[str]]:
+        """Encode a ComfyUI prompt: ``(cond [1, 77k, D], pooled [1, P], missing_embeddings)``.
+
+        ``text`` may be one prompt for every encoder or ``{encoder name: prompt}``.
+        """
+        texts = {n: (text if isinstance(text, str) else text[n]) for n in self.refs}
+        tokens = {n: self.tokenize(t, n) for n, t in texts.items()}
+        missing = sorted({m for t in tokens.values() for m in t.missing_embeddings})
+        cond, pooled = self.encode_tokens(tokens)
+        return cond, pooled, missing
 
     def summary(self) -> str:
-        """One line: family, name, dtype, where it lives, bytes, layer."""
+        """One line per encoder: family, name, dtype, where it lives, bytes, layer."""
         layer = "" if self.layer is None else f", layer {self.layer}"
-        return _summary("CLIP", self.ref, self.family, layer)
+        return "; ".join(_summary("CLIP", r, self.family, layer) for r in self.refs.values())
 
     def __repr__(self) -> str:
         return f"<{self.summary()}>"
@@ -147,7 +222,7 @@ class VAEValue:
 
     ref: ModelRef
     manager: ModelManager = field(repr=False)
-    family: ModelFamily = SD1
+    family: Any = None  # the checkpoint's family; None for a separate VAE file
 
     def _memory(self, pixels: int, *, encode: bool) -> int:
         dtype = self.ref.base.dtype or torch.float32
@@ -205,81 +280,11 @@ class VAEValue:
         return f"<{self.summary()}>"
 
 
-def _register(manager: ModelManager, name: str, kind: str, source: str,
-              factory: Callable[[], Any], module: Any | None, dtype: torch.dtype,
-              family: ModelFamily) -> ModelRef:
+def register_part(manager: ModelManager, name: str, kind: str, source: str,
+                  factory: Callable[[], Any], module: Any | None, dtype: torch.dtype,
+                  family: Any) -> ModelRef:
     """Reuse the managed model of ``name`` if this file part is known, else register it."""
     if name in manager:
         return manager[name].ref(holder=name)
     return manager.register(name, factory, kind=kind, source=source, dtype=dtype,
-                            module=module, family=family.name).ref(holder=name)
-
-
-def load_checkpoint_values(
-    manager: ModelManager, path: str | os.PathLike[str], *, name: str | None = None,
-    embedding_dirs: tuple[str, ...] = (),
-) -> tuple[ModelValue, ClipValue, VAEValue]:
-    """``CheckpointLoaderSimple``: MODEL, CLIP and VAE of a single-file checkpoint.
-
-    The file is read once; each part is registered with the manager under
-    ``"<name>/unet"``, ``"<name>/clip"``, ``"<name>/vae"`` with a factory that reloads only that
-    part after an unload.  Loading the same file again reuses the managed models.
-    """
-    from comfy_notebook.models.tokenizer import get_tokenizer
-    from comfy_notebook.runtime.loading import load_checkpoint
-
-    source = os.fspath(path)
-    name = name or os.path.splitext(os.path.basename(source))[0]
-    policy = manager.policy
-    dtypes = {kind: policy.dtype_for(kind) for kind in ("unet", "vae", "clip")}
-    keys = {kind: f"{name}/{kind}" for kind in dtypes}
-    # CUDA: read straight onto the device (pinned, pipelined reads); the manager keeps the master
-    read_to = manager.device if manager.device.type == "cuda" else torch.device("cpu")
-
-    def part_factory(kind: str) -> Callable[[], Any]:
-        def factory() -> Any:
-            return getattr(load_checkpoint(source, parts=(kind,), dtype=dtypes[kind],
-                                           device=read_to), kind)
-        return factory
-
-    with _load_lock:
-        missing = tuple(kind for kind in dtypes if keys[kind] not in manager)
-        loaded = (load_checkpoint(source, parts=missing, dtype=dtypes, device=read_to)
-                  if missing else None)
-        if loaded is not None:
-            info = loaded.info
-        else:  # every part is managed already: the keys' shapes still say the family
-            from comfy_notebook.models.detect import detect
-            from comfy_notebook.runtime.loading import open_state_dict
-
-            info = detect(open_state_dict(source), source=source)
-        family = info.family
-        refs = {}
-        for kind in dtypes:
-            module = getattr(loaded, kind) if loaded is not None and kind in missing else None
-            refs[kind] = _register(manager, keys[kind], kind, source, part_factory(kind),
-                                   module, dtypes[kind], family)
-    tokenizer = get_tokenizer()
-    return (
-        ModelValue(refs["unet"], manager, family, info.unet),
-        ClipValue(refs["clip"], manager, tokenizer, family, None, tuple(embedding_dirs)),
-        VAEValue(refs["vae"], manager, family),
-    )
-
-
-def load_vae_value(manager: ModelManager, path: str | os.PathLike[str], *,
-                   name: str | None = None) -> VAEValue:
-    """``VAELoader``: a separate VAE file (or a checkpoint's VAE) as a VAE value."""
-    from comfy_notebook.runtime.loading import load_vae
-
-    source = os.fspath(path)
-    key = (name or os.path.splitext(os.path.basename(source))[0]) + "/vae"
-    dtype = manager.policy.dtype_for("vae")
-
-    def factory() -> Any:
-        return load_vae(source, dtype=dtype)
-
-    with _load_lock:
-        ref = _register(manager, key, "vae", source, factory, None if key in manager else factory(),
-                        dtype, SD1)
-    return VAEValue(ref, manager, SD1)
+                            module=module, family=getattr(family, "name", None)).ref(holder=name)

@@ -6,7 +6,8 @@ from comfy_notebook.sampling.denoisers import (
     ModelDenoiser,
     resolve_conditioning,
 )
-from comfy_notebook.sampling.ksampler import ksample, prepare_mask
+from comfy_notebook.sampling.ksampler import inpaint_inputs, ksample, prepare_mask
+from comfy_notebook.sampling.model_sampling import EPS, LCM, X0, ModelSampling, VPrediction
 from comfy_notebook.sampling.noise import (
     BrownianTreeNoiseSampler,
     default_noise_sampler,
@@ -31,21 +32,27 @@ from comfy_notebook.sampling.schedules import (
 
 __all__ = [
     "DISCARD_PENULTIMATE_SIGMA_SAMPLERS",
+    "EPS",
+    "LCM",
     "SAMPLERS",
     "SAMPLER_NEEDS_SCHEDULE",
     "SAMPLER_NEEDS_UNCOND",
     "SAMPLER_NOISE",
     "SCHEDULERS",
+    "X0",
     "BrownianTreeNoiseSampler",
     "CFGDenoiser",
     "CondEntry",
     "DiscreteSchedule",
     "GuidedDenoiser",
     "ModelDenoiser",
+    "ModelSampling",
     "SamplingConfigError",
     "StepInfo",
+    "VPrediction",
     "calculate_sigmas",
     "default_noise_sampler",
+    "inpaint_inputs",
     "ksample",
     "ksampler_sigmas",
     "prepare_mask",

@@ -1,8 +1,8 @@
-"""Parameterisation (eps / v prediction) and classifier-free guidance over ComfyUI conditioning.
+"""Denoisers over a model sampling, and classifier-free guidance over ComfyUI conditioning.
 
-``ModelDenoiser`` turns ``apply_model(x, timestep, context, **kw) -> eps | v`` into
-``denoised = D(x, sigma, context)`` (ComfyUI ``model_sampling.py`` EPS / V_PREDICTION with
-sigma_data = 1, quantised timesteps).  ``CFGDenoiser`` evaluates every conditioning entry of
+``ModelDenoiser`` turns ``apply_model(x, timestep, context, **kw) -> output`` into
+``denoised = D(x, sigma, context)`` through a
+:class:`~comfy_notebook.sampling.model_sampling.ModelSampling` (ComfyUI ``model_sampling.py``).  ``CFGDenoiser`` evaluates every conditioning entry of
 the positive and negative lists and combines them as ComfyUI's ``calc_cond_batch`` does
 (strength / area / mask weighted average, timestep ranges, ControlNet / T2I-Adapter controls),
 then applies CFG.  Per step it is tensor arithmetic only, except for entries (and controls)
@@ -20,11 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from comfy_notebook.sampling.schedules import (
-    DiscreteSchedule,
-    SamplingConfigError,
-    nearest_timestep,
-)
+from comfy_notebook.sampling.model_sampling import ModelSampling
+from comfy_notebook.sampling.schedules import SamplingConfigError
 
 __all__ = ["NOISE_SHAPED", "CFGDenoiser", "CondEntry", "Control", "ModelDenoiser", "resolve_conditioning"]
 
@@ -37,23 +34,23 @@ Control = Callable[[Tensor, Tensor, Tensor, Tensor, int, dict[str, Tensor]], Any
 
 
 class ModelDenoiser:
-    """``denoised = model(x, sigma[B], context[B, T, D], **kw)`` for a discrete-time model.
+    """``denoised = model(x, sigma[B], context[B, T, D], **kw)`` through a model sampling.
 
     Parameters
     ----------
     apply_model:
-        ``apply_model(x_in, timestep[B], context, **kw) -> eps or v``.
-    schedule:
-        Gives the timestep of each sigma (nearest training timestep).
-    prediction:
-        ``"eps"`` or ``"v"``.
+        ``apply_model(x_in, timestep[B], context, **kw) -> network output``.
+    model_sampling:
+        A :class:`~comfy_notebook.sampling.model_sampling.ModelSampling`: network input scaling,
+        the timestep of each sigma and the denoised estimate from the output.
     """
 
-    def __init__(self, apply_model: ApplyModel, schedule: DiscreteSchedule, prediction: str = "eps") -> None:
-        if prediction not in ("eps", "v"):
-            raise SamplingConfigError(f"prediction must be 'eps' or 'v', received {prediction!r}")
-        self.apply_model, self.schedule, self.prediction = apply_model, schedule, prediction
-        self._log_sigmas: dict[torch.device, Tensor] = {}  # per device, so no copy per step
+    def __init__(self, apply_model: ApplyModel, model_sampling: ModelSampling) -> None:
+        if not hasattr(model_sampling, "calculate_denoised"):
+            raise SamplingConfigError(
+                f"ModelDenoiser needs a ModelSampling, received {type(model_sampling).__name__}. "
+                "Fix: pass ModelSampling(schedule, 'eps') or a family's model_sampling().")
+        self.apply_model, self.model_sampling = apply_model, model_sampling
 
     def __call__(self, x: Tensor, sigma: Tensor, context: Tensor, c_concat: Tensor | None = None,
                  control: Control | None = None, control_chunks: int = 1, **kw: Any) -> Tensor:
@@ -61,12 +58,9 @@ class ModelDenoiser:
         scaled input along channels, unscaled, as ComfyUI's ``BaseModel._apply_model`` does.
         ``control`` (see :data:`Control`) sees the scaled input without ``c_concat`` and the
         timestep, as ComfyUI's ``ControlNet.get_control``; ``control_chunks`` entries are batched."""
-        s = sigma.view(-1, *([1] * (x.ndim - 1)))  # [B, 1, 1, 1]
-        x_in = (x / (s**2 + 1.0) ** 0.5).to(x.dtype)
-        log_sigmas = self._log_sigmas.get(sigma.device)
-        if log_sigmas is None:
-            log_sigmas = self._log_sigmas[sigma.device] = self.schedule.log_sigmas.to(sigma.device)
-        t = nearest_timestep(sigma, log_sigmas).float()  # [B]
+        ms = self.model_sampling
+        x_in = ms.calculate_input(sigma, x)
+        t = ms.model_timestep(sigma)  # [B]
         if control is not None:
             residuals = control(x_in, t, sigma, context, control_chunks, kw)
             if residuals is not None:
@@ -74,9 +68,7 @@ class ModelDenoiser:
         if c_concat is not None:
             x_in = torch.cat([x_in, c_concat.to(x.dtype)], dim=1)  # [B, C + Cc, H, W]
         out = self.apply_model(x_in, t, context, **kw).to(x.dtype)
-        if self.prediction == "eps":
-            return x - out * s
-        return x / (s**2 + 1.0) - out * s / (s**2 + 1.0) ** 0.5
+        return ms.calculate_denoised(sigma, out, x)
 
 
 @dataclass(frozen=True)
@@ -107,7 +99,7 @@ def _resolve_area(area: Any, h: int, w: int) -> tuple[int, int, int, int]:
     return (int(area[0]), int(area[1]), int(area[2]), int(area[3]))
 
 
-def _entry(item: Any, h: int, w: int, schedule: DiscreteSchedule, device: Any, dtype: Any,
+def _entry(item: Any, h: int, w: int, schedule: ModelSampling, device: Any, dtype: Any,
            kwargs_fn: Callable[[dict[str, Any]], dict[str, Tensor]] | None,
            control_fn: Callable[[Any], Control] | None = None) -> CondEntry:
     if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], dict)):
@@ -202,22 +194,25 @@ def _controls_to_uncond(positive: list[Any], negative: list[Any]) -> list[Any]:
 
 
 def resolve_conditioning(positive: list[Any], negative: list[Any], latent_hw: tuple[int, int],
-                         schedule: DiscreteSchedule, device: Any = None, dtype: Any = None,
+                         schedule: ModelSampling, device: Any = None, dtype: Any = None,
                          kwargs_fn: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
+                         negative_kwargs_fn: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
                          control_fn: Callable[[Any], Control] | None = None,
                          ) -> tuple[list[CondEntry], list[CondEntry]]:
     """Resolve ComfyUI CONDITIONING lists into ``CondEntry`` lists for a latent of ``latent_hw``.
 
     Areas and masks are fixed to the latent size, percent ranges turned into sigmas, and each
     area entry gets a same-area counterpart in the other list (as ComfyUI's ``process_conds``).
-    ``kwargs_fn(options) -> {name: tensor}`` adds model inputs such as SDXL's ``y``;
+    ``kwargs_fn(options) -> {name: tensor}`` adds model inputs (a family's ``y`` vector, ...);
+    ``negative_kwargs_fn`` (default: ``kwargs_fn``) does so for the negative list;
     ``control_fn(options["control"]) -> Control`` binds an entry's control for this run (it
     should return the same object for the same control, so entries sharing one batch).
     """
     h, w = latent_hw
     negative = _controls_to_uncond(positive, negative)
     pos = [_entry(c, h, w, schedule, device, dtype, kwargs_fn, control_fn) for c in positive]
-    neg = [_entry(c, h, w, schedule, device, dtype, kwargs_fn, control_fn) for c in negative]
+    neg_fn = kwargs_fn if negative_kwargs_fn is None else negative_kwargs_fn
+    neg = [_entry(c, h, w, schedule, device, dtype, neg_fn, control_fn) for c in negative]
     _add_matching_areas(neg, pos)
     _add_matching_areas(pos, neg)
     return pos, neg

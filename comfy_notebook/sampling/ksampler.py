@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from comfy_notebook.sampling.denoisers import CFGDenoiser, ModelDenoiser, resolve_conditioning
+from comfy_notebook.sampling.model_sampling import ModelSampling
 from comfy_notebook.sampling.noise import (
     BrownianTreeNoiseSampler,
     default_noise_sampler,
@@ -26,13 +27,21 @@ from comfy_notebook.sampling.registry import (
     SAMPLERS,
 )
 from comfy_notebook.sampling.samplers import StepCallback
-from comfy_notebook.sampling.schedules import DiscreteSchedule, SamplingConfigError, ksampler_sigmas
+from comfy_notebook.sampling.schedules import SamplingConfigError, ksampler_sigmas
 
-__all__ = ["INPAINT_BLANK_LATENT", "inpaint_concat", "ksample", "prepare_mask"]
+__all__ = ["LatentFormatLike", "inpaint_concat", "inpaint_inputs", "ksample", "prepare_mask"]
 
-# The SD1 latent of an all-zero image ("black" in 0..1 pixels), already times 0.18215: the
-# masked-image input an inpainting UNet gets when no mask is given (ComfyUI ``set_inpaint``).
-INPAINT_BLANK_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
+
+class LatentFormatLike(Protocol):
+    """What the sampler core reads of a latent format (``families.base.LatentFormat``)."""
+
+    channels: int
+    downscale: int
+    inpaint_blank: tuple[float, ...] | None
+
+    def process_in(self, latent: Tensor) -> Tensor: ...
+
+    def process_out(self, latent: Tensor) -> Tensor: ...
 
 
 def prepare_mask(mask: Tensor, shape: tuple[int, ...], device: Any) -> Tensor:
@@ -73,7 +82,7 @@ def _resize_batch(t: Tensor, b: int) -> Tensor:
 
 
 def inpaint_concat(options: dict[str, Any], *, noise_shape: tuple[int, ...], latent_image: Tensor,
-                   denoise_mask: Tensor | None, latent_scale: float, device: Any = None) -> Tensor:
+                   denoise_mask: Tensor | None, latent_format: LatentFormatLike, device: Any = None) -> Tensor:
     """The extra UNet input of an inpainting model for one conditioning entry: [B, 1 + C, h, w].
 
     ComfyUI's ``BaseModel.concat_cond`` with ``concat_keys = ("mask", "masked_image")``: the
@@ -88,12 +97,13 @@ def inpaint_concat(options: dict[str, Any], *, noise_shape: tuple[int, ...], lat
     noise_shape:
         ``[B, C, h, w]`` of the sampled latent.
     latent_image:
-        The input latent in model scale (times ``latent_scale`` unless all zero), [B, C, h, w]:
+        The input latent in model scale (``process_in`` applied unless all zero), [B, C, h, w]:
         the masked image when ``concat_latent_image`` is absent.
     denoise_mask:
         The latent's ``noise_mask`` prepared by :func:`prepare_mask` ([B, C, h, w]), or None.
-    latent_scale:
-        Multiplies ``concat_latent_image`` (ComfyUI ``process_latent_in``).
+    latent_format:
+        ``process_in`` applies to ``concat_latent_image``; ``inpaint_blank`` is the masked image
+        when there is no mask at all.
     device:
         Where the result lives.
 
@@ -101,23 +111,25 @@ def inpaint_concat(options: dict[str, Any], *, noise_shape: tuple[int, ...], lat
     -------
     Tensor
         ``cat([mask.round(), masked_latent], dim=1)``; with no mask at all (neither
-        ``concat_mask`` nor a ``noise_mask``): a mask of ones and :data:`INPAINT_BLANK_LATENT`.
+        ``concat_mask`` nor a ``noise_mask``): a mask of ones and the format's blank latent.
     """
     b, c, h, w = noise_shape
     mask = options.get("concat_mask", denoise_mask)
     if mask is None:
-        blank = torch.tensor(INPAINT_BLANK_LATENT, dtype=torch.float32, device=device)
-        if c != len(INPAINT_BLANK_LATENT):
+        blank_values = latent_format.inpaint_blank
+        if blank_values is None or c != len(blank_values):
             raise SamplingConfigError(
-                f"the blank inpainting latent has {len(INPAINT_BLANK_LATENT)} channels, the latent "
-                f"has {c}. Fix: give the inpainting model a mask (InpaintModelConditioning).")
+                f"the latent format has no {c}-channel blank inpainting latent (it has "
+                f"{None if blank_values is None else len(blank_values)} values). Fix: give the "
+                "inpainting model a mask (InpaintModelConditioning or SetLatentNoiseMask).")
+        blank = torch.tensor(blank_values, dtype=torch.float32, device=device)
         return torch.cat([torch.ones((b, 1, h, w), device=device),
                           blank.view(1, c, 1, 1).expand(b, c, h, w)], dim=1)  # [B, 1 + C, h, w]
     image = options.get("concat_latent_image")
     if image is None:
         image = latent_image
     else:
-        image = image.to(device=device, dtype=torch.float32) * latent_scale
+        image = latent_format.process_in(image.to(device=device, dtype=torch.float32))
     image = image.to(device=device, dtype=torch.float32)
     if tuple(image.shape[1:]) != (c, h, w):
         image = _upscale_center(image, h, w)
@@ -132,16 +144,37 @@ def inpaint_concat(options: dict[str, Any], *, noise_shape: tuple[int, ...], lat
     return torch.cat([mask, image], dim=1)
 
 
-def _concat_channels(in_channels: int | None, latent_channels: int) -> int:
-    """Extra input channels of the UNet; only ComfyUI's inpainting layout (mask + latent) is known."""
-    extra = 0 if in_channels is None else in_channels - latent_channels
-    if extra not in (0, latent_channels + 1):
+def inpaint_inputs(in_channels: int | None, latent_format: LatentFormatLike
+                   ) -> Callable[[dict[str, Any]], dict[str, Tensor]] | None:
+    """Model inputs of a UNet taking ``in_channels``: ``c_concat`` for an inpainting UNet, else None.
+
+    The returned function reads ComfyUI's ``extra_conds`` parameters (``noise``,
+    ``latent_image``, ``denoise_mask``, ``device`` and the entry's options).  Only ComfyUI's
+    inpainting layout (latent + mask + masked latent) is known.
+    """
+    c = latent_format.channels
+    extra = 0 if in_channels is None else in_channels - c
+    if extra == 0:
+        return None
+    if extra != c + 1:
         raise SamplingConfigError(
-            f"the UNet takes {in_channels} input channels and the latent has {latent_channels}; "
-            f"expected {latent_channels} (a regular model) or {2 * latent_channels + 1} (an "
-            "inpainting model: latent, mask, masked-image latent). Fix: use a regular or an "
-            "inpainting checkpoint, with a latent of the model's family.")
-    return extra
+            f"the UNet takes {in_channels} input channels and the latent has {c}; "
+            f"expected {c} (a regular model) or {2 * c + 1} (an inpainting model: latent, mask, "
+            "masked-image latent). Fix: use a regular or an inpainting checkpoint, with a latent "
+            "of the model's family.")
+
+    def fn(params: dict[str, Any]) -> dict[str, Tensor]:
+        noise = params["noise"]
+        if noise.shape[1] != c:
+            raise SamplingConfigError(
+                f"the latent has {noise.shape[1]} channels, this inpainting model's latent format "
+                f"{c}. Fix: use a latent of the model's family.")
+        return {"c_concat": inpaint_concat(
+            params, noise_shape=tuple(noise.shape), latent_image=params["latent_image"],
+            denoise_mask=params.get("denoise_mask"), latent_format=latent_format,
+            device=params.get("device"))}
+
+    return fn
 
 
 class _Inpaint:
@@ -168,24 +201,27 @@ class _InpaintGuided(_Inpaint):
 
 
 def ksample(
-    apply_model: Callable[..., Tensor], *, prediction: str, schedule: DiscreteSchedule, latent: dict[str, Any],
-    positive: list[Any], negative: list[Any], seed: int, steps: int, cfg: float, sampler_name: str,
-    scheduler: str, denoise: float = 1.0, add_noise: bool = True, start_step: int | None = None,
-    end_step: int | None = None, force_full_denoise: bool = False, latent_scale: float = 0.18215,
+    apply_model: Callable[..., Tensor], *, model_sampling: ModelSampling, latent_format: LatentFormatLike,
+    latent: dict[str, Any], positive: list[Any], negative: list[Any], seed: int, steps: int, cfg: float,
+    sampler_name: str, scheduler: str, denoise: float = 1.0, add_noise: bool = True,
+    start_step: int | None = None, end_step: int | None = None, force_full_denoise: bool = False,
     device: Any = None, dtype: Any = None, callback: StepCallback | None = None, cpu_noise: bool = False,
-    model_kwargs: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
-    in_channels: int | None = None, control_fn: Callable[[Any], Any] | None = None,
+    model_inputs: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
+    control_fn: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Sample a LATENT as ComfyUI's KSampler / KSamplerAdvanced do.
 
     Parameters
     ----------
     apply_model:
-        ``apply_model(x, timestep[B], context[B, T, D], **kw) -> eps or v`` (the UNet forward).
-    prediction:
-        ``"eps"`` or ``"v"``.
-    schedule:
-        The model's ``DiscreteSchedule``.
+        ``apply_model(x, timestep[B], context[B, T, D], **kw) -> network output`` (the UNet forward).
+    model_sampling:
+        The model's :class:`~comfy_notebook.sampling.model_sampling.ModelSampling`
+        (parameterisation and schedule).
+    latent_format:
+        The model's latent format: ``process_in`` on the way in (unless the latent is all zero),
+        ``process_out`` on the way out; ``downscale`` gives the default ``width``/``height`` of
+        the model inputs.
     latent:
         LATENT dict: ``samples`` [B, C, H, W] (ComfyUI scale), optional ``noise_mask`` and
         ``batch_index``.
@@ -194,14 +230,11 @@ def ksample(
     seed, steps, cfg, sampler_name, scheduler, denoise:
         As the KSampler node.  CFG++ samplers (``registry.SAMPLER_NEEDS_UNCOND``) get a guided
         denoiser that also returns the unconditional prediction (even at cfg 1); SA-Solver
-        (``SAMPLER_NEEDS_SCHEDULE``) also gets ``schedule=``.  ``denoise < 1`` keeps the last ``steps + 1`` sigmas of a
-        ``int(steps / denoise)``-step schedule.
+        (``SAMPLER_NEEDS_SCHEDULE``) also gets ``schedule=``.  ``denoise < 1`` keeps the last
+        ``steps + 1`` sigmas of a ``int(steps / denoise)``-step schedule.
     add_noise, start_step, end_step, force_full_denoise:
         KSamplerAdvanced: ``add_noise=False`` samples from zero noise; the step window slices
         the sigmas; ``force_full_denoise`` (``return_with_leftover_noise`` off) ends at sigma 0.
-    latent_scale:
-        The family's latent scale: samples are multiplied by it on the way in (unless all zero)
-        and divided on the way out.
     device, dtype:
         Where and in what dtype to run (defaults: the latent's device, float32).
     callback:
@@ -209,12 +242,12 @@ def ksample(
     cpu_noise:
         Draw per-step (ancestral / SDE) noise on the CPU so that results do not depend on the
         device.  Off by default, as ComfyUI.
-    model_kwargs:
-        ``options -> {name: tensor}`` extra model inputs per conditioning entry (e.g. SDXL ``y``).
-    in_channels:
-        The UNet's input channels (``None``: as the latent).  ``2C + 1`` marks an inpainting
-        model: each entry gets ``c_concat`` = :func:`inpaint_concat` (built once per run), which
-        the denoiser appends to the UNet input.
+    model_inputs:
+        ComfyUI's ``extra_conds``: ``params -> {name: tensor}`` extra model inputs per
+        conditioning entry (a ``y`` vector, ``c_concat``).  ``params`` is the entry's options
+        plus ``width``/``height`` (default: the latent size times ``downscale``),
+        ``prompt_type`` (``"positive"``/``"negative"``), ``noise``, ``latent_image`` (model
+        scale), ``denoise_mask`` and ``device``; the function is called once per entry and run.
     control_fn:
         Binds an entry's ``control`` option (ControlNet / T2I-Adapter) for this run; see
         :func:`~comfy_notebook.sampling.denoisers.resolve_conditioning`.
@@ -242,6 +275,7 @@ def ksample(
     else:
         noise = torch.zeros(samples.shape, dtype=samples.dtype)
 
+    schedule = model_sampling
     sigmas = ksampler_sigmas(schedule, scheduler, sampler_name, steps, denoise)
     out = dict(latent)
     if end_step is not None and end_step < len(sigmas) - 1:
@@ -262,20 +296,30 @@ def ksample(
     noise = noise.to(device=device, dtype=torch.float32)
     x0 = samples.to(device=device, dtype=torch.float32)
     if torch.count_nonzero(x0) > 0:
-        x0 = x0 * latent_scale
+        x0 = latent_format.process_in(x0)
     mask = latent.get("noise_mask")
     denoise_mask = prepare_mask(mask, tuple(noise.shape), device) if mask is not None else None
-    kwargs_fn = model_kwargs
-    if _concat_channels(in_channels, samples.shape[1]):
-        def kwargs_fn(options: dict[str, Any]) -> dict[str, Tensor]:
-            extra = model_kwargs(options) if model_kwargs is not None else {}
-            return {**extra, "c_concat": inpaint_concat(
-                options, noise_shape=tuple(noise.shape), latent_image=x0, denoise_mask=denoise_mask,
-                latent_scale=latent_scale, device=device)}
-    pos, neg = resolve_conditioning(positive, negative, tuple(samples.shape[2:]), schedule, device, dtype, kwargs_fn,
-                                    control_fn)
+    pos_fn = neg_fn = None
+    if model_inputs is not None:
+        fn = model_inputs
+        ds = latent_format.downscale
+        base = {"device": device, "noise": noise, "latent_image": x0, "denoise_mask": denoise_mask}
+
+        def entry_inputs(prompt_type: str) -> Callable[[dict[str, Any]], dict[str, Tensor]]:
+            def inputs(options: dict[str, Any]) -> dict[str, Tensor]:
+                params = {**options, **base}  # as ComfyUI's encode_model_conds
+                params["width"] = options.get("width", noise.shape[3] * ds)
+                params["height"] = options.get("height", noise.shape[2] * ds)
+                params["prompt_type"] = options.get("prompt_type", prompt_type)
+                return fn(params)
+            return inputs
+
+        pos_fn, neg_fn = entry_inputs("positive"), entry_inputs("negative")
+    pos, neg = resolve_conditioning(positive, negative, tuple(samples.shape[2:]), schedule, device, dtype,
+                                    pos_fn, negative_kwargs_fn=neg_fn,
+                                    control_fn=control_fn)
     guided = sampler_name in SAMPLER_NEEDS_UNCOND  # CFG++: the sampler also gets uncond_denoised
-    cfg_model = CFGDenoiser(ModelDenoiser(apply_model, schedule, prediction), pos, neg, cfg, keep_uncond=guided)
+    cfg_model = CFGDenoiser(ModelDenoiser(apply_model, model_sampling), pos, neg, cfg, keep_uncond=guided)
     model: Callable[[Tensor, Tensor], Any] = cfg_model.guided if guided else cfg_model
 
     sampler = SAMPLERS[sampler_name]
@@ -290,7 +334,7 @@ def ksample(
     sigma_max = float(schedule.sigma_max)
     first = float(sigmas[0])
     max_denoise = math.isclose(sigma_max, first, rel_tol=1e-5) or first > sigma_max
-    x = noise * (math.sqrt(1.0 + first**2) if max_denoise else first) + x0
+    x = model_sampling.noise_scaling(sigmas[0], noise, x0, max_denoise)
 
     noise_sampler = None
     if kind == "ancestral":
@@ -302,5 +346,6 @@ def ksample(
     options = {"schedule": schedule} if sampler_name in SAMPLER_NEEDS_SCHEDULE else {}
     with torch.no_grad():
         result = sampler(model, x, sigmas, callback=callback, noise_sampler=noise_sampler, **options)
-    out["samples"] = (result.float() / latent_scale).cpu()
+    result = model_sampling.inverse_noise_scaling(sigmas[-1], result.float())
+    out["samples"] = latent_format.process_out(result).cpu()
     return out

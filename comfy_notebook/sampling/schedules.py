@@ -41,7 +41,7 @@ class SamplingConfigError(ComfyNotebookError, ValueError):
 
 @dataclass(frozen=True)
 class DiscreteSchedule:
-    """Scaled-linear DDPM schedule of an SD1/SD2/SDXL model.
+    """Scaled-linear DDPM schedule of a discrete-time (DDPM-trained) diffusion model.
 
     Parameters
     ----------
@@ -49,11 +49,15 @@ class DiscreteSchedule:
         First and last beta; betas are linear in sqrt(beta) (``scaled_linear``).
     num_timesteps:
         Number of training timesteps.
+    zsnr:
+        Rescale to zero terminal SNR (Lin et al. 2023, https://arxiv.org/abs/2305.08891), as
+        ComfyUI's ``rescale_zero_terminal_snr_sigmas`` (the last sigma becomes ~4519).
     """
 
     beta_start: float = 0.00085
     beta_end: float = 0.012
     num_timesteps: int = 1000
+    zsnr: bool = False
     sigmas: Tensor = field(init=False, repr=False, compare=False)
     log_sigmas: Tensor = field(init=False, repr=False, compare=False)
     alphas_cumprod: Tensor = field(init=False, repr=False, compare=False)
@@ -63,6 +67,9 @@ class DiscreteSchedule:
         betas = torch.linspace(self.beta_start**0.5, self.beta_end**0.5, n, dtype=torch.float64) ** 2
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # [N] float64
         sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        if self.zsnr:
+            sigmas = _zero_terminal_snr(sigmas)
+            alphas_cumprod = 1.0 / (sigmas * sigmas + 1.0)
         object.__setattr__(self, "alphas_cumprod", alphas_cumprod.float())
         object.__setattr__(self, "sigmas", sigmas.float())
         object.__setattr__(self, "log_sigmas", sigmas.log().float())
@@ -95,6 +102,16 @@ class DiscreteSchedule:
         if percent >= 1.0:
             return 0.0
         return float(self.sigma(torch.tensor((1.0 - percent) * 999.0)))
+
+
+def _zero_terminal_snr(sigmas: Tensor) -> Tensor:
+    """Shift and scale sqrt(alphas_cumprod) so the last timestep has zero SNR (float64)."""
+    abar_sqrt = (1.0 / (sigmas * sigmas + 1.0)).sqrt()
+    first, last = abar_sqrt[0].clone(), abar_sqrt[-1].clone()
+    abar_sqrt = (abar_sqrt - last) * (first / (first - last))
+    abar = abar_sqrt**2
+    abar[-1] = 4.8973451890853435e-08  # ComfyUI's value: keeps the last sigma finite
+    return ((1 - abar) / abar) ** 0.5
 
 
 def nearest_timestep(sigma: Tensor, log_sigmas: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 - :class:`Gallery`: images of runs with their generation parameters.
 - :class:`ModelPanel`: managed models, memory bars, load / offload / unload buttons.
 - :class:`RunView` over :class:`RunState`: per-node status, progress, preview, interrupt.
-- :func:`latent_to_rgb`: SD1 latent -> RGB preview (also used by real mode).
+- :func:`latent_to_rgb`: latent -> RGB preview (also used by real mode).
 
 Imports are lazy so ``import comfy_notebook.widgets`` does not load ipywidgets or torch.
 """

@@ -44,7 +44,7 @@ def to_images(value: Any) -> list[np.ndarray]:
 
     Accepts IMAGE tensors ``[B,H,W,C]`` (float 0..1), ``[H,W,C]`` tensors, numpy arrays of the
     same shapes (float 0..1 or uint8), MASK tensors ``[B,H,W]``, PIL images, LATENT dicts
-    (``{"samples": [B,4,h,w]}``, shown through the SD1 latent->RGB factors), real-mode handles
+    (``{"samples": [B,4,h,w]}``, shown through the latent->RGB factors of its latent format), real-mode handles
     (anything with ``.value``) and lists or tuples of these.
     """
     if hasattr(value, "value") and not isinstance(value, np.ndarray | Image.Image):

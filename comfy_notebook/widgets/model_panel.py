@@ -65,32 +65,65 @@ class ModelPanel(View):
         """ModelMoved events (from any thread): re-read the manager."""
         self.refresh()
 
+    def mode(self) -> str:
+        """``"gpu"`` (a real accelerator), ``"simulated"`` (a CPU manager with a fake capacity or a
+        budget: accounting mode) or ``"cpu"`` (models run from RAM: there is nowhere to load to)."""
+        device = getattr(self.manager, "device", None)
+        if getattr(device, "type", None) != "cpu":
+            return "gpu"
+        if getattr(self.manager, "capacity_bytes", None) is not None or getattr(self.manager, "budget_bytes", None) is not None:
+            return "simulated"
+        return "cpu"
+
     def refresh(self) -> None:
-        """Re-read rows and memory figures from the manager (the single source of truth)."""
+        """Re-read rows and memory figures from the manager (the single source of truth).
+
+        Every figure comes from the same rows: the device bar's "models" is the sum of the rows'
+        bytes on the device, so a ``partial`` row and the bar always agree.
+        """
+        mode = self.mode()
         rows = []
         for info in self.manager.list():
-            row = {f: getattr(info, f, None) for f in _ROW_FIELDS}
+            row: dict[str, Any] = {f: getattr(info, f, None) for f in _ROW_FIELDS}
             row["family"] = row["family"] or row["kind"]
             row["dtype"] = str(row["dtype"]).replace("torch.", "") if row["dtype"] else ""
+            size = int(row["bytes"] or 0)
+            on_device = int(row["loaded_bytes"] or 0) if mode != "cpu" else 0
+            location = str(row["location"])
+            row["bytes"] = size
+            row["device_bytes"] = on_device
+            row["host_bytes"] = max(0, size - on_device) if location != "unloaded" else 0
+            row["actions"] = self._actions(mode, location)
             rows.append(row)
         self.rows = rows
-        self.memory = self._memory(rows)
+        self.memory = self._memory(rows, mode)
 
-    def _memory(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    @staticmethod
+    def _actions(mode: str, location: str) -> list[str]:
+        """The buttons that do something for a row in this mode."""
+        if location == "unloaded":
+            return [] if mode == "cpu" else ["load"]
+        if mode == "cpu":
+            return ["unload"]  # the compute device is the CPU: load / offload would move nothing
+        if location == "gpu":
+            return ["offload", "unload"]
+        if location == "partial":
+            return ["load", "offload", "unload"]
+        return ["load", "unload"]
+
+    def _memory(self, rows: list[dict[str, Any]], mode: str) -> dict[str, Any]:
         """Bars: device (models, free, budget) and host (models, cache, free, total)."""
-        on_device = sum(int(r["loaded_bytes"] or 0) for r in rows if r["location"] != "unloaded"
-                        and r["location"] != "cpu")
-        on_host = sum(int(r["bytes"] or 0) for r in rows if r["location"] == "cpu") + sum(
-            int(r["bytes"] or 0) - int(r["loaded_bytes"] or 0)
-            for r in rows if r["location"] == "partial")
+        on_device = sum(r["device_bytes"] for r in rows)
+        on_host = sum(r["host_bytes"] for r in rows)
         device = getattr(self.manager, "device", None)
         budget = getattr(self.manager, "budget_bytes", None)
-        free: int | None
-        try:
-            free = int(self.manager.memory_free(device))
-            free = None if free >= 1 << 60 else free  # "no limit" (CPU without a capacity)
-        except Exception:  # memory figures are informative only
-            free = None
+        free: int | None = None
+        if mode != "cpu":
+            try:
+                free = int(self.manager.memory_free(device))
+                free = None if free >= 1 << 60 else free  # "no limit"
+            except Exception:  # memory figures are informative only
+                free = None
         cache_bytes = 0
         if self.cache is not None:
             stats = self.cache.stats()
@@ -98,6 +131,7 @@ class ModelPanel(View):
                               else getattr(stats, "bytes", 0))
         total, available = host_memory()
         return {
+            "mode": mode,
             "device": {"name": _device_label(self.manager, device), "models": on_device, "free": free,
                        "budget": budget},
             "host": {"models": on_host, "cache": cache_bytes, "free": available, "total": total},
@@ -112,12 +146,16 @@ class ModelPanel(View):
 
     def action_load(self, name: str) -> str:
         """The load button: put the model on the compute device."""
+        if self.mode() == "cpu":
+            return "no GPU here: models run from RAM, so load and offload move nothing"
         self.manager.load(self._model(name))
         self.refresh()
         return f"loaded {name}"
 
     def action_offload(self, name: str) -> str:
         """The offload button: move the model to the CPU."""
+        if self.mode() == "cpu":
+            return "no GPU here: models run from RAM, so load and offload move nothing"
         self.manager.offload(self._model(name))
         self.refresh()
         return f"offloaded {name}"
@@ -148,16 +186,20 @@ class ModelPanel(View):
 
     def text(self) -> str:
         """The model table as text (what ``%comfy models`` prints in a terminal)."""
-        header = f"{'name':<28} {'family':<8} {'dtype':<9} {'bytes':>9} {'location':<9}"
+        header = f"{'name':<28} {'family':<8} {'dtype':<9} {'size':>9} {'on device':>9} {'location':<9}"
         lines = [header, "-" * len(header)]
         for r in self.rows:
+            on_device = human_bytes(r["device_bytes"]) if self.memory.get("mode") != "cpu" else "-"
             lines.append(f"{r['name']:<28} {r['family'] or '':<8} {r['dtype']:<9} "
-                         f"{human_bytes(r['bytes']):>9} {r['location']:<9}")
+                         f"{human_bytes(r['bytes']):>9} {on_device:>9} {r['location']:<9}")
         if not self.rows:
             lines.append("(no models)")
         dev, host = self.memory["device"], self.memory["host"]
-        lines.append(f"{dev['name']}: models {human_bytes(dev['models'])}, free "
-                     f"{human_bytes(dev['free'])}, budget {human_bytes(dev['budget'])}")
+        if self.memory["mode"] == "cpu":
+            lines.append("compute device: cpu (no GPU: models run from RAM; load/offload do not apply)")
+        else:
+            lines.append(f"{dev['name']}: models {human_bytes(dev['models'])}, free "
+                         f"{human_bytes(dev['free'])}, budget {human_bytes(dev['budget'])}")
         lines.append(f"RAM: models {human_bytes(host['models'])}, cache {human_bytes(host['cache'])}"
                      f", free {human_bytes(host['free'])} of {human_bytes(host['total'])}")
         return "\n".join(lines)

@@ -1,8 +1,11 @@
-"""Fast latent -> RGB previews (no VAE): a linear map of the 4 SD1 latent channels to RGB.
+"""Fast latent -> RGB previews (no VAE): a linear map of the latent channels to RGB.
 
-The factors are the SD1.5 ``latent_rgb_factors`` of ComfyUI's ``comfy/latent_formats.py``
-(``SD15``), used by its "latent2rgb" sampling preview: ``rgb = latent^T @ F`` per pixel, then
-``(rgb + 1) / 2`` clamped to 0..1.  Real mode reuses this for inline LATENT display.
+The factors are the latent format's ``rgb_factors`` (and ``rgb_bias``), as ComfyUI's
+"latent2rgb" sampling preview uses its ``latent_formats``: ``rgb = latent^T @ F + bias`` per
+pixel, then ``(rgb + 1) / 2`` clamped to 0..1.  A LATENT carries no family, so without explicit
+factors the default format for its channel count is used
+(:func:`comfy_notebook.families.latent_format_for`).  Real mode reuses this for inline LATENT
+display.
 """
 
 from __future__ import annotations
@@ -11,20 +14,23 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SD15_LATENT_RGB_FACTORS", "latent_preview", "latent_to_rgb"]
+__all__ = ["latent_preview", "latent_to_rgb", "preview_factors"]
 
-# rows: latent channels 0..3; columns: R, G, B  (ComfyUI latent_formats.SD15)
-SD15_LATENT_RGB_FACTORS: tuple[tuple[float, float, float], ...] = (
-    (0.3512, 0.2297, 0.3227),
-    (0.3250, 0.4974, 0.2350),
-    (-0.2829, 0.1762, 0.2721),
-    (-0.2120, -0.2616, -0.7177),
-)
+
+def preview_factors(channels: int, family: str | None = None) -> tuple[Any, Any]:
+    """``(factors C x 3, bias or None)`` of the latent format for ``channels`` (or ``family``)."""
+    from comfy_notebook.families import latent_format_for
+
+    fmt = latent_format_for(channels, family)
+    if fmt is None or fmt.rgb_factors is None:
+        raise ValueError(f"no latent->RGB preview factors for {channels}-channel latents"
+                         + (f" of family {family!r}" if family else ""))
+    return fmt.rgb_factors, fmt.rgb_bias
 
 
 def latent_to_rgb(
     latent: Any,
-    factors: Any = SD15_LATENT_RGB_FACTORS,
+    factors: Any = None,
     bias: Any = None,
 ) -> np.ndarray:
     """Map latents to RGB previews with a per-pixel linear map.
@@ -32,11 +38,12 @@ def latent_to_rgb(
     Parameters
     ----------
     latent:
-        ``[B,C,h,w]`` or ``[C,h,w]`` tensor or array (C = 4 for SD1), or a LATENT dict with
+        ``[B,C,h,w]`` or ``[C,h,w]`` tensor or array, or a LATENT dict with
         ``"samples"``.  Tensors are mapped on their own device; only the small RGB result moves
         to the host.
     factors:
-        ``C x 3`` matrix (default: SD1.5's latent_rgb_factors).
+        ``C x 3`` matrix (default: :func:`preview_factors` of the latent's channel count,
+        with its bias).
     bias:
         Optional length-3 bias added after the matrix product.
 
@@ -54,6 +61,9 @@ def latent_to_rgb(
     if len(latent.shape) == 3:
         latent = latent[None]
     channels = latent.shape[1]
+    if factors is None:
+        factors, default_bias = preview_factors(int(channels))
+        bias = default_bias if bias is None else bias
     n_factors = len(factors)
     if channels != n_factors:
         raise ValueError(

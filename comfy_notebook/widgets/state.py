@@ -26,7 +26,7 @@ def preview_data_url(preview: Any, max_size: int = 256) -> str:
 
     samples = preview.get("samples") if isinstance(preview, dict) else preview
     shape = getattr(samples, "shape", None)
-    # a channels-first SD1 latent [B,4,h,w]; an IMAGE is channels-last with C = 1 or 3
+    # a channels-first latent [B,C,h,w]; an IMAGE is channels-last with C = 1 or 3
     if shape is not None and len(shape) in (3, 4) and shape[-3] == 4 and shape[-1] not in (1, 3):
         preview = latent_preview(samples, max_size=max_size)
     return data_url(to_images(preview)[0], max_size=max_size)

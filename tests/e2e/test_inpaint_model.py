@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from comfy_notebook._session import Session
-from comfy_notebook.models.detect import detect
+from comfy_notebook.families import detect
 from comfy_notebook.nodes import register_builtins
 from comfy_notebook.runtime.loading import open_state_dict
 from comfy_notebook.testing import make_checkpoint, make_masked_image, preset_configs

@@ -121,7 +121,7 @@ def test_quickstart_notebook(tmp_path, monkeypatch):
         # the model panel: the checkpoint's three models, on the CPU (no CUDA, no simulation)
         panel = _text(original[tagged["models"]])
         for part in ("unet", "vae", "clip"):
-            assert re.search(rf"tiny/{part}\s+sd1\s+float32\s+[\d.]+ MB\s+cpu", panel), panel
+            assert re.search(rf"tiny/{part}\s+sd1\s+float32\s+[\d.]+ MB\s+-\s+cpu", panel), panel
         assert per_cell[tagged["models"]] == [] and per_cell[tagged["unload"]] == []
         locations = run("print('LOC', sorted((i.name, i.location) for i in session.models.list()))")
         assert ("LOC [('tiny/clip', 'unloaded'), ('tiny/unet', 'unloaded'), ('tiny/vae', 'unloaded')]"

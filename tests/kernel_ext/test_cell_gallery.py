@@ -129,7 +129,7 @@ def test_history_holds_handles_until_dropped_or_cleared(shell, run_cell, capsys)
 def test_magic_shows_the_running_cell_with_its_current_run(shell, run_cell):
     from comfy_notebook.widgets import Gallery
 
-    code = "img = KSampler(seed={})\n%comfy gallery"
+    code = "img = KSampler(seed={})\n%comfy gallery this"
     result = run_cell(shell, code.format(3), cell_id="M")
     assert isinstance(result.result, Gallery)
     assert [item["label"] for item in result.result.items] == ["run 1"]
@@ -142,16 +142,36 @@ def test_magic_shows_the_running_cell_with_its_current_run(shell, run_cell):
 
 
 def test_magic_without_images_prints_one_line(shell, run_cell, capsys):
-    result = run_cell(shell, "x = Number(2)\n%comfy gallery", cell_id="N")
+    result = run_cell(shell, "x = Number(2)\n%comfy gallery this", cell_id="N")
     assert result.success and result.result is None
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
     assert lines == ["no images from this cell yet: none of its runs made an IMAGE with a node call"]
-    with pytest.raises(UsageError, match="takes no argument or 'clear'"):
-        shell.run_line_magic("comfy", "gallery everything")
+    result = run_cell(shell, "%comfy gallery", cell_id="N2")
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert lines == ["no images yet: node calls that make an IMAGE show up here"]
+    with pytest.raises(UsageError, match="takes no argument, 'this', a CELL_ID"):
+        shell.run_line_magic("comfy", "gallery one two")
     with pytest.raises(UsageError, match="no cell is running"):
-        shell.run_line_magic("comfy", "gallery")  # not from inside a cell
+        shell.run_line_magic("comfy", "gallery this")  # not from inside a cell
     shell.run_line_magic("comfy", "help")
     assert "%comfy gallery" in capsys.readouterr().out
+
+
+def test_gallery_in_a_new_cell_shows_the_sessions_recent_images(shell, run_cell):
+    """Defect 8: ``%comfy gallery`` in a fresh cell shows the session's images, newest last."""
+    from comfy_notebook.widgets import Gallery
+
+    run_cell(shell, "a = KSampler(seed=5)", cell_id="A")
+    run_cell(shell, "b = KSampler(seed=6)\nc = KSampler(seed=7)", cell_id="B")
+    run_cell(shell, "a = KSampler(seed=5)", cell_id="A")  # seed 5 again: moves to the end
+    result = run_cell(shell, "%comfy gallery", cell_id="NEW")
+    assert isinstance(result.result, Gallery)
+    assert [item["meta"]["seed"] for item in result.result.items] == [6, 7, 5]
+    result = run_cell(shell, "%comfy gallery B", cell_id="NEW")  # a cell by id: its runs
+    assert [item["label"] for item in result.result.items] == ["run 1", "run 1"]
+    assert [item["meta"]["seed"] for item in result.result.items] == [6, 7]
+    gallery = Gallery.recent(limit=2)
+    assert [item["meta"]["seed"] for item in gallery.items] == [7, 5]
 
 
 def test_for_cell_needs_a_cell(shell):

@@ -47,8 +47,11 @@ def test_errors_are_one_line_and_kernel_lives_on(ip, run_cell, capsys):
     lines = [ln for ln in text.splitlines() if ln.strip()]
     assert len(lines) == 1, text
     assert "NodeCallError: (Add): failed: ValueError: b must not be negative" in lines[0]
+    assert lines[0].count("Fix:") == 1 and lines[0].count("%comfy traceback") == 1  # defect 5
     run_cell(ip, "%comfy traceback")
-    assert "Traceback" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "Traceback" in text
+    assert text.count('raise ValueError("b must not be negative")') == 1  # the chain, once
     assert run_cell(ip, "ok = Add(Number(1), 1)").success
     assert ip.user_ns["ok"].value == 2
 
@@ -130,7 +133,7 @@ def test_help(ip, capsys):
 def test_cell_magic_runs_the_cell_as_one_workflow(ip, run_cell, session, calls, capsys):
     result = ip.run_cell_magic("comfy", "", "s = Add(Number(2), 3)\nShow(s)")
     assert calls == ["Number", "Add", "Show"]
-    assert result.outputs["2"] == (5,) and "executed 3 nodes" in capsys.readouterr().out
+    assert result.outputs["2"] == (5,) and repr(result).startswith("<executed 3 nodes, 0 from cache in ")
     calls.clear()
     run_cell(ip, "r = Add(Number(2), 3)")  # real mode shares the workflow's cache entries
     assert calls == [] and ip.user_ns["r"].value == 5

@@ -13,16 +13,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfy_notebook.errors import ModelLoadError, UnsupportedModelError
+from comfy_notebook.errors import ModelLoadError
+from comfy_notebook.families import load_checkpoint, load_text_encoder, load_vae
 from comfy_notebook.models.clip import CLIPTextModel
 from comfy_notebook.models.unet import UNetModel
 from comfy_notebook.models.vae import AutoencoderKL
-from comfy_notebook.runtime.loading import (
-    load_checkpoint,
-    load_text_encoder,
-    load_vae,
-    open_state_dict,
-)
+from comfy_notebook.runtime.loading import open_state_dict
 from comfy_notebook.testing import make_checkpoint, make_text_encoder_file, make_vae_file
 
 
@@ -63,7 +59,7 @@ def test_only_requested_parts_and_dtypes(tiny_ckpt):
     assert ck.vae.post_quant_conv.weight.dtype == torch.bfloat16
     ck = load_checkpoint(tiny_ckpt, parts=("unet", "clip"), dtype=torch.float16)
     assert ck.vae is None and ck.unet.out[2].weight.dtype == torch.float16
-    with pytest.raises(ValueError, match="unknown parts"):
+    with pytest.raises(ModelLoadError, match="has no text weights"):
         load_checkpoint(tiny_ckpt, parts=("text",))
 
 
@@ -76,10 +72,11 @@ def test_separate_vae_and_text_encoder_files(tmp_path, tiny_ckpt):
     assert isinstance(load_vae(tiny_ckpt), AutoencoderKL)  # a full checkpoint's VAE
     te = load_text_encoder(make_text_encoder_file(tmp_path / "te.safetensors"))
     assert isinstance(te, CLIPTextModel)
-    with pytest.raises(ModelLoadError, match="holds no VAE"):
+    with pytest.raises(ModelLoadError, match="has no vae weights"):
         load_vae(tmp_path / "te.safetensors")
     with pytest.raises(ModelLoadError, match="has no unet"):
-        load_checkpoint(vae_path)
+        load_checkpoint(vae_path, parts=("unet",))
+    assert load_checkpoint(vae_path).info.family is None
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path, tiny_ckpt):
@@ -139,7 +136,7 @@ def test_bad_header_json(tmp_path):
         open_state_dict(path)
 
 
-def test_sd2_and_sdxl_fail_clearly(tmp_path):
+def test_unet_only_sdxl_file_loads(tmp_path):
     import dataclasses
 
     from comfy_notebook.models.unet import UNetConfig
@@ -151,14 +148,14 @@ def test_sd2_and_sdxl_fail_clearly(tmp_path):
         m = UNetModel(cfg)
     sd = {"model.diffusion_model." + k: v for k, v in random_state_dict(m, 0).items()}
     save_file(sd, str(tmp_path / "xl.safetensors"))
-    with pytest.raises(UnsupportedModelError, match="SDXL checkpoint, which is not supported yet"):
-        load_checkpoint(tmp_path / "xl.safetensors")
+    ck = load_checkpoint(tmp_path / "xl.safetensors")  # a UNet-only SDXL file loads
+    assert ck.info.family.name == "sdxl" and ck.unet.config == cfg
 
 
 _RSS_SCRIPT = textwrap.dedent(
     """
     import os, sys, torch
-    from comfy_notebook.runtime.loading import load_checkpoint
+    from comfy_notebook.families import load_checkpoint
     from comfy_notebook.testing import make_checkpoint
 
     # Warm-up: the first load pulls in one-time library state (~70 MB the first time torch

@@ -59,9 +59,9 @@ def test_describe_reads_the_family_and_head_rule_from_shapes():
 
     import torch
 
+    from comfy_notebook.families.control import describe_control
     from comfy_notebook.models.controlnet import ControlNetConfig, ControlNetModel
     from comfy_notebook.models.unet import UNetConfig
-    from comfy_notebook.nodes.controlnet import _describe
 
     sd15 = dataclasses.replace(UNetConfig.sd15(), channel_mult=(1, 2), transformer_depth=(1, 1))
     cases = {"sd1": sd15,
@@ -71,5 +71,5 @@ def test_describe_reads_the_family_and_head_rule_from_shapes():
     for name, cfg in cases.items():
         with torch.device("meta"):
             sd = ControlNetModel(ControlNetConfig(cfg)).state_dict()
-        family, config = _describe("controlnet", sd)
+        family, config = describe_control("controlnet", sd)
         assert family == name and config.unet == cfg

@@ -86,8 +86,12 @@ def test_load_image_combo_hash_and_validation(session: Session, tmp_path: Path) 
     (tmp_path / "input" / "notes.txt").write_text("not an image")
     assert LoadImage.VALIDATE_INPUTS("photo.png") is True
     msg = LoadImage.VALIDATE_INPUTS("phot.png")
-    assert isinstance(msg, str) and msg.startswith("Invalid image file: phot.png")
-    assert "photo.png" in msg  # close match
+    assert isinstance(msg, str)
+    assert msg.startswith(f"Invalid image file: input image 'phot.png' is not in the input folder {tmp_path / 'input'}")
+    assert "files there: ['photo.png']" in msg and "notes.txt" not in msg  # images, close matches first
+    assert msg.count("Fix:") == 1 and "(closest: 'photo.png')" in msg
+    absolute = LoadImage.VALIDATE_INPUTS(str(tmp_path / "elsewhere.png"))
+    assert isinstance(absolute, str) and "e.g. 'photo.png'" in absolute and "safetensors" not in absolute
     escape = LoadImage.VALIDATE_INPUTS("../output/x.png")
     assert isinstance(escape, str) and ".." in escape
     h1 = LoadImage.IS_CHANGED("photo.png")

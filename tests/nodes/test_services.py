@@ -61,7 +61,7 @@ def test_session_run_accepts_a_workflow() -> None:
 
 
 def test_panel_rows_show_the_checkpoint_family(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from comfy_notebook.runtime.values import load_checkpoint_values
+    from comfy_notebook.families import load_checkpoint_values
     from comfy_notebook.testing import make_checkpoint
     from comfy_notebook.widgets import ModelPanel
 

@@ -32,7 +32,8 @@ def test_image_handle_is_png_and_batch_is_grid(session, nodes):
 
 
 def test_latent_preview_uses_sd1_factors(session, nodes):
-    from comfy_notebook.widgets.preview import SD15_LATENT_RGB_FACTORS
+    from comfy_notebook.families.sd1 import SD15_LATENT
+    SD15_LATENT_RGB_FACTORS = SD15_LATENT.rgb_factors
 
     latent = nodes.Empty(16, 16, 1)  # zeros [1,4,2,2]
     latent.value["samples"][0, 0] = 1.0  # channel 0 only: rgb = factors[0]

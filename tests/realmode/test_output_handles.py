@@ -15,7 +15,8 @@ from comfy_notebook.realmode import node_function
 @pytest.fixture
 def session(tmp_path):
     previous = comfy_notebook._session._current
-    s = comfy_notebook.use_session(comfy_notebook.Session(models_dir=tmp_path / "models", output_dir=tmp_path / "out"))
+    (tmp_path / "models").mkdir()  # a ComfyUI-style root: temp/ and input/ stay under tmp_path
+    s = comfy_notebook.use_session(comfy_notebook.Session(models_dir=tmp_path, output_dir=tmp_path / "out"))
     s.options = {"progress": False}
     yield s
     comfy_notebook._session._current = previous

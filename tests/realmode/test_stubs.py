@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from comfy_notebook.engine import Registry
 from comfy_notebook.nodes.image import NODE_CLASS_MAPPINGS as IMAGE_NODES
 from comfy_notebook.nodes.image_io import NODE_CLASS_MAPPINGS as IO_NODES
@@ -82,3 +84,24 @@ def test_stub_type_checks_a_call(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_stubs_go_to_a_user_folder_never_into_the_package(tmp_path, monkeypatch):
+    """Defect 9: the default target is a user folder; the package and site-packages are refused."""
+
+    import comfy_notebook
+    from comfy_notebook.realmode.stubs import StubLocationError, default_stub_dir
+
+    monkeypatch.delenv("COMFY_NOTEBOOK_STUBS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_stub_dir() == tmp_path / "cache" / "comfy_notebook" / "stubs"
+    written = write_stub(_registry())
+    assert written == tmp_path / "cache" / "comfy_notebook" / "stubs" / "comfy_notebook" / "nodes" / "__init__.pyi"
+    assert "def " in written.read_text()
+    monkeypatch.setenv("COMFY_NOTEBOOK_STUBS", str(tmp_path / "mine"))
+    assert write_stub(_registry()) == tmp_path / "mine" / "comfy_notebook" / "nodes" / "__init__.pyi"
+    package = Path(comfy_notebook.__file__).parent
+    for bad in (package / "nodes" / "__init__.pyi", package, tmp_path / "lib" / "site-packages" / "x.pyi"):
+        with pytest.raises(StubLocationError, match="Fix: write it to a user folder"):
+            write_stub(_registry(), bad)
+    assert not (package / "nodes" / "__init__.pyi").exists()

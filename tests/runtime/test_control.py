@@ -140,6 +140,7 @@ def _denoiser_with_control(device: str) -> tuple[Any, Any]:
     from comfy_notebook.models.controlnet import ControlNetConfig, ControlNetModel
     from comfy_notebook.models.unet import UNetConfig, UNetModel
     from comfy_notebook.sampling.denoisers import CFGDenoiser, ModelDenoiser, resolve_conditioning
+    from comfy_notebook.sampling.model_sampling import ModelSampling
     from comfy_notebook.testing import random_state_dict
 
     torch.manual_seed(0)
@@ -153,8 +154,8 @@ def _denoiser_with_control(device: str) -> tuple[Any, Any]:
     bound = BoundControl(applied, cn, None, sched, torch.device(device))
     ctx = torch.randn(1, 3, 32)
     pos, neg = resolve_conditioning([[ctx, {"control": applied}]], [[ctx * 0.5, {"control": applied}]],
-                                    (8, 8), sched, device, torch.float32, control_fn=lambda a: bound)
-    den = CFGDenoiser(ModelDenoiser(lambda x, t, c, **kw: unet(x, t, c, **kw), sched), pos, neg, 7.0)
+                                    (8, 8), ModelSampling(sched), device, torch.float32, control_fn=lambda a: bound)
+    den = CFGDenoiser(ModelDenoiser(lambda x, t, c, **kw: unet(x, t, c, **kw), ModelSampling(sched)), pos, neg, 7.0)
     return den, sched
 
 

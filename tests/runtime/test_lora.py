@@ -115,7 +115,7 @@ def test_sd15_table_covers_every_parameter() -> None:
     with torch.device("meta"):
         ours = set(UNetModel(UNetConfig.sd15()).state_dict())
         theirs = UNet2DConditionModel(cross_attention_dim=768).state_dict()
-    assert set(_to_ldm(theirs, UNetLayout.sd1())) == ours and len(ours) == 686
+    assert set(_to_ldm(theirs, UNetLayout())) == ours and len(ours) == 686
 
 
 def _clip_keys() -> set[str]:

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from comfy_notebook.families.sd1 import SD15_LATENT
 from comfy_notebook.sampling import (
     SAMPLER_NEEDS_UNCOND,
     SAMPLER_NOISE,
@@ -25,6 +26,7 @@ from comfy_notebook.sampling import (
     resolve_conditioning,
     unguided,
 )
+from comfy_notebook.sampling.model_sampling import ModelSampling
 
 S = DiscreteSchedule()
 W = 1.7  # guidance scale of the toy guided model
@@ -181,7 +183,7 @@ def _ctx(v):
 
 @pytest.mark.parametrize("cfg", [1.0, 6.0])
 def test_guided_cfg_denoiser_fast_and_general(cfg):
-    md = ModelDenoiser(Stub(), S, "eps")
+    md = ModelDenoiser(Stub(), ModelSampling(S, "eps"))
     pos, neg = resolve_conditioning([[_ctx(1.0), {}]], [[_ctx(-2.0), {}]], (4, 4), S)
     fast = CFGDenoiser(md, pos, neg, cfg, keep_uncond=True)
     general = CFGDenoiser(md, pos, neg, cfg, fast_path=False, keep_uncond=True)
@@ -199,7 +201,7 @@ def test_guided_cfg_denoiser_fast_and_general(cfg):
 
 def _run(name, cfg, negative=-1.0, model=None, **kw):
     model = model or Stub()
-    out = ksample(model, prediction="eps", schedule=S, latent=kw.pop("latent", {"samples": torch.zeros(1, 4, 8, 8)}),
+    out = ksample(model, model_sampling=ModelSampling(S), latent_format=SD15_LATENT, latent=kw.pop("latent", {"samples": torch.zeros(1, 4, 8, 8)}),
                   positive=[[_ctx(1.0), {}]], negative=[[_ctx(negative), {}]], seed=7, steps=4, cfg=cfg,
                   sampler_name=name, scheduler="karras", **kw)
     return out["samples"], model
@@ -220,7 +222,7 @@ def test_ksample_cfg_pp_equals_manual_composition():
     got, _ = _run("euler_ancestral_cfg_pp", 1.5)
     sigmas = calculate_sigmas(S, "karras", 4)
     pos, neg = resolve_conditioning([[_ctx(1.0), {}]], [[_ctx(-1.0), {}]], (8, 8), S)
-    model = CFGDenoiser(ModelDenoiser(Stub(), S, "eps"), pos, neg, 1.5, keep_uncond=True).guided
+    model = CFGDenoiser(ModelDenoiser(Stub(), ModelSampling(S, "eps")), pos, neg, 1.5, keep_uncond=True).guided
     torch.manual_seed(7)
     x = torch.randn(1, 4, 8, 8) * math.sqrt(1 + float(sigmas[0]) ** 2)
     ref = SAMPLERS["euler_ancestral_cfg_pp"](model, x, sigmas, noise_sampler=default_noise_sampler(x, 7))

@@ -15,12 +15,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from comfy_notebook.families.sd1 import SD15_LATENT
 from comfy_notebook.sampling import DiscreteSchedule, ksample
 from comfy_notebook.sampling.denoisers import CFGDenoiser, ModelDenoiser, resolve_conditioning
-from comfy_notebook.sampling.ksampler import INPAINT_BLANK_LATENT, inpaint_concat
+from comfy_notebook.sampling.ksampler import inpaint_concat, inpaint_inputs
+from comfy_notebook.sampling.model_sampling import ModelSampling
 from comfy_notebook.sampling.schedules import SamplingConfigError
 
+INPAINT_BLANK_LATENT = SD15_LATENT.inpaint_blank
+
 SCALE = 0.18215
+INPAINT_BLANK_LATENT = SD15_LATENT.inpaint_blank
 H = W = 8
 
 
@@ -42,9 +47,9 @@ def cond(value: float, **opts):
 
 def run(rec: Recorder, latent: dict, positive, negative, *, cfg: float = 7.0, in_channels: int | None = 9,
         steps: int = 2, device: str | None = None):
-    return ksample(rec, prediction="eps", schedule=DiscreteSchedule(), latent=latent, positive=positive,
+    return ksample(rec, model_sampling=ModelSampling(DiscreteSchedule()), latent_format=SD15_LATENT, latent=latent, positive=positive,
                    negative=negative, seed=3, steps=steps, cfg=cfg, sampler_name="euler",
-                   scheduler="normal", in_channels=in_channels, device=device)
+                   scheduler="normal", model_inputs=inpaint_inputs(in_channels, SD15_LATENT), device=device)
 
 
 def first_sigma(steps: int = 2) -> float:
@@ -92,7 +97,7 @@ def test_entry_with_concat_inputs_hand_built_comfy_order_and_scale():
 
 def test_model_denoiser_appends_c_concat_unscaled_after_the_input_scaling():
     seen = []
-    model = ModelDenoiser(lambda x, t, c: seen.append(x) or x[:, :4], DiscreteSchedule())
+    model = ModelDenoiser(lambda x, t, c: seen.append(x) or x[:, :4], ModelSampling(DiscreteSchedule()))
     x, concat = torch.randn(2, 4, 4, 4), torch.randn(2, 5, 4, 4)
     sigma = torch.tensor([2.0, 2.0])
     model(x, sigma, torch.zeros(2, 3, 8), c_concat=concat)
@@ -159,13 +164,13 @@ def test_concat_latent_other_aspect_is_centre_cropped_and_batch_resized():
     img = torch.randn(2, 4, H, 16)
     mask = torch.ones(1, 1, H, W)
     out = inpaint_concat({"concat_latent_image": img, "concat_mask": mask}, noise_shape=(3, 4, H, W),
-                         latent_image=torch.zeros(3, 4, H, W), denoise_mask=None, latent_scale=SCALE)
+                         latent_image=torch.zeros(3, 4, H, W), denoise_mask=None, latent_format=SD15_LATENT)
     want = (img[:, :, :, 4:12] * SCALE)[[0, 1, 1]]
     assert torch.equal(out[:, 1:], want) and torch.equal(out[:, :1], torch.ones(3, 1, H, W))
     # fewer items than the mask has: evenly spaced picks (round(i * (n-1) / (b-1)))
     masks = torch.stack([torch.full((1, H, W), float(i % 2)) for i in range(5)])  # [5, 1, H, W]
     out = inpaint_concat({"concat_mask": masks}, noise_shape=(3, 4, H, W),
-                         latent_image=torch.zeros(3, 4, H, W), denoise_mask=None, latent_scale=SCALE)
+                         latent_image=torch.zeros(3, 4, H, W), denoise_mask=None, latent_format=SD15_LATENT)
     assert [float(out[i, 0, 0, 0]) for i in range(3)] == [0.0, 0.0, 0.0]  # items 0, 2, 4
 
 
@@ -189,11 +194,11 @@ def test_general_path_equals_fast_path_with_concat():
 
     def kw(o):
         return {"c_concat": inpaint_concat(o, noise_shape=(2, 4, H, W), latent_image=latent,
-                                           denoise_mask=None, latent_scale=SCALE)}
+                                           denoise_mask=None, latent_format=SD15_LATENT)}
 
     pos, neg = resolve_conditioning([cond(0.5, **opts)], [cond(-0.5, **opts)], (H, W), schedule, kwargs_fn=kw)
     rec = Recorder()
-    model = ModelDenoiser(rec, schedule)
+    model = ModelDenoiser(rec, ModelSampling(schedule))
     x, sigma = torch.randn(2, 4, H, W), torch.tensor([3.0, 3.0])
     fast = CFGDenoiser(model, pos, neg, 5.0)
     slow = CFGDenoiser(model, pos, neg, 5.0, fast_path=False)

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from comfy_notebook.families.sd1 import SD15_LATENT
 from comfy_notebook.sampling import (
     SAMPLER_NOISE,
     SAMPLERS,
@@ -17,6 +18,7 @@ from comfy_notebook.sampling import (
     calculate_sigmas,
     ksample,
 )
+from comfy_notebook.sampling.model_sampling import ModelSampling
 from comfy_notebook.sampling.samplers_exp import sample_seeds_2, sample_seeds_3
 from comfy_notebook.sampling.schedules import get_sigmas_exponential
 
@@ -59,7 +61,7 @@ def test_ksample_seeded_ancestral_noise_for_seeds():
         def apply_model(x, t, context, **kw):
             return torch.tanh(x) * 0.5
 
-        return ksample(apply_model, prediction="eps", schedule=S, latent={"samples": torch.zeros(1, 4, 4, 4)},
+        return ksample(apply_model, model_sampling=ModelSampling(S), latent_format=SD15_LATENT, latent={"samples": torch.zeros(1, 4, 4, 4)},
                        positive=[[torch.ones(1, 3, 8), {}]], negative=[[torch.zeros(1, 3, 8), {}]], seed=seed,
                        steps=4, cfg=3.0, sampler_name="seeds_2", scheduler="karras")["samples"]
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from comfy_notebook.families.sd1 import SD15_LATENT
 from comfy_notebook.sampling import (
     SAMPLERS,
     DiscreteSchedule,
@@ -14,6 +15,7 @@ from comfy_notebook.sampling import (
     ksampler_sigmas,
     prepare_noise,
 )
+from comfy_notebook.sampling.model_sampling import ModelSampling
 
 S = DiscreteSchedule()
 
@@ -36,7 +38,7 @@ def cond(v, t=77):
 
 
 def run(**kw):
-    base = dict(prediction="eps", schedule=S, latent={"samples": torch.zeros(1, 4, 8, 8)},
+    base = dict(model_sampling=ModelSampling(S), latent_format=SD15_LATENT, latent={"samples": torch.zeros(1, 4, 8, 8)},
                 positive=[[cond(1.0), {}]], negative=[[cond(-1.0), {}]], seed=7, steps=4, cfg=5.0,
                 sampler_name="euler", scheduler="normal")
     base.update(kw)
@@ -94,7 +96,7 @@ def test_cfg_one_single_pass_and_cfg_batched():
 def test_cfg_formula_and_strength_weighted_average():
     from comfy_notebook.sampling import CFGDenoiser, ModelDenoiser, resolve_conditioning
 
-    md = ModelDenoiser(Stub(), S, "eps")
+    md = ModelDenoiser(Stub(), ModelSampling(S, "eps"))
     x, sigma = torch.randn(1, 4, 8, 8), torch.tensor([3.0])
     pos, neg = resolve_conditioning([[cond(1.0), {"strength": 2.0}], [cond(3.0), {"strength": 0.5}]],
                                     [[cond(-1.0), {}]], (8, 8), S)
@@ -111,7 +113,7 @@ def test_cfg_formula_and_strength_weighted_average():
 def test_area_entry_changes_only_its_region_and_timestep_range():
     from comfy_notebook.sampling import CFGDenoiser, ModelDenoiser, resolve_conditioning
 
-    md = ModelDenoiser(Stub(), S, "eps")
+    md = ModelDenoiser(Stub(), ModelSampling(S, "eps"))
     x, sigma = torch.randn(1, 4, 16, 16), torch.tensor([2.0])
     base_pos, _ = resolve_conditioning([[cond(1.0), {}]], [], (16, 16), S)
     base = CFGDenoiser(md, base_pos, [], 1.0)(x, sigma)
@@ -208,7 +210,7 @@ def test_cfg_fast_path_equals_general_path(cfg):
     def y_of(opts):
         return {"y": opts["pooled_output"]}
 
-    md = ModelDenoiser(Stub(), S, "eps")
+    md = ModelDenoiser(Stub(), ModelSampling(S, "eps"))
     pos, neg = resolve_conditioning([[cond(1.0), {"pooled_output": torch.ones(1, 3)}]],
                                     [[cond(-2.0), {"pooled_output": torch.zeros(1, 3)}]], (8, 8), S, kwargs_fn=y_of)
     fast, general = CFGDenoiser(md, pos, neg, cfg), CFGDenoiser(md, pos, neg, cfg, fast_path=False)
@@ -231,7 +233,7 @@ def test_general_path_plan_cache_follows_timestep_ranges():
     """Cached per-active-set plans give the same result as fresh denoisers at every sigma."""
     from comfy_notebook.sampling import CFGDenoiser, ModelDenoiser, resolve_conditioning
 
-    md = ModelDenoiser(Stub(), S, "eps")
+    md = ModelDenoiser(Stub(), ModelSampling(S, "eps"))
     conds = [[cond(1.0), {"strength": 0.6}], [cond(4.0), {"end_percent": 0.5}], [cond(2.0), {"area": (4, 4, 2, 2)}]]
     pos, neg = resolve_conditioning(conds, [[cond(-1.0), {}]], (8, 8), S)
     cached = CFGDenoiser(md, pos, neg, 5.0)
@@ -247,7 +249,7 @@ def test_offset_area_feathered_weights_hand_computed():
     """An area away from the origin: ComfyUI's feathered weights (rr = min(8, size // 4)) by hand."""
     from comfy_notebook.sampling import CFGDenoiser, ModelDenoiser, resolve_conditioning
 
-    md = ModelDenoiser(Stub(), S, "eps")
+    md = ModelDenoiser(Stub(), ModelSampling(S, "eps"))
     x, sigma = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5)), torch.tensor([2.0])
     pos, _ = resolve_conditioning([[cond(1.0), {}], [cond(5.0), {"area": (8, 8, 4, 4)}]], [], (16, 16), S)
     got = CFGDenoiser(md, pos, [], 1.0)(x, sigma)

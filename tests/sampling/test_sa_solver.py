@@ -12,6 +12,7 @@ import pytest
 import torch
 from scipy import integrate
 
+from comfy_notebook.families.sd1 import SD15_LATENT
 from comfy_notebook.sampling import (
     SAMPLER_NEEDS_SCHEDULE,
     SAMPLER_NOISE,
@@ -25,6 +26,7 @@ from comfy_notebook.sampling import (
     ksample,
     resolve_conditioning,
 )
+from comfy_notebook.sampling.model_sampling import ModelSampling
 from comfy_notebook.sampling.samplers_sa import adams_coeffs, sample_sa_solver, tau_window
 from comfy_notebook.sampling.schedules import get_sigmas_exponential
 
@@ -130,12 +132,12 @@ def test_ksample_passes_schedule_and_seeded_noise():
     def ctx(v):
         return torch.full((1, 5, 8), float(v))
 
-    got = ksample(apply_model, prediction="eps", schedule=S, latent={"samples": torch.zeros(1, 4, 8, 8)},
+    got = ksample(apply_model, model_sampling=ModelSampling(S), latent_format=SD15_LATENT, latent={"samples": torch.zeros(1, 4, 8, 8)},
                   positive=[[ctx(1.0), {}]], negative=[[ctx(-1.0), {}]], seed=5, steps=8, cfg=4.0,
                   sampler_name="sa_solver", scheduler="karras")["samples"]
     sigmas = calculate_sigmas(S, "karras", 8)
     pos, neg = resolve_conditioning([[ctx(1.0), {}]], [[ctx(-1.0), {}]], (8, 8), S)
-    model = CFGDenoiser(ModelDenoiser(apply_model, S, "eps"), pos, neg, 4.0)
+    model = CFGDenoiser(ModelDenoiser(apply_model, ModelSampling(S, "eps")), pos, neg, 4.0)
     torch.manual_seed(5)
     x = torch.randn(1, 4, 8, 8) * math.sqrt(1 + float(sigmas[0]) ** 2)
     ref = sample_sa_solver(model, x, sigmas, schedule=S, noise_sampler=default_noise_sampler(x, 5))

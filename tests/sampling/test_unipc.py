@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from comfy_notebook.families.sd1 import SD15_LATENT
 from comfy_notebook.sampling import (
     SAMPLERS,
     DiscreteSchedule,
@@ -14,6 +15,7 @@ from comfy_notebook.sampling import (
     calculate_sigmas,
     ksample,
 )
+from comfy_notebook.sampling.model_sampling import ModelSampling
 from comfy_notebook.sampling.schedules import get_sigmas_exponential
 
 S = DiscreteSchedule()
@@ -128,7 +130,7 @@ def test_ksample_discards_penultimate_sigma():
         calls.append(t.clone())
         return torch.tanh(x) * 0.5
 
-    ksample(apply_model, prediction="eps", schedule=S, latent={"samples": torch.zeros(1, 4, 4, 4)},
+    ksample(apply_model, model_sampling=ModelSampling(S), latent_format=SD15_LATENT, latent={"samples": torch.zeros(1, 4, 4, 4)},
             positive=[[torch.ones(1, 3, 8), {}]], negative=[[torch.zeros(1, 3, 8), {}]], seed=0, steps=5,
             cfg=1.0, sampler_name="uni_pc", scheduler="normal")
     full = calculate_sigmas(S, "normal", 6)

@@ -51,9 +51,9 @@ def test_text_table_and_unsubscribe(manager: Any) -> None:
     panel = ModelPanel(manager)
     manager.load("vae")
     lines = panel.text().splitlines()
-    assert lines[0].split() == ["name", "family", "dtype", "bytes", "location"]
+    assert lines[0].split() == ["name", "family", "dtype", "size", "on", "device", "location"]
     assert lines[2].split()[:2] == ["unet", "unet"] and lines[2].split()[-1] == "unloaded"
-    assert lines[3].split() == ["vae", "vae", "float32", "1.1", "KB", "gpu"]
+    assert lines[3].split() == ["vae", "vae", "float32", "1.1", "KB", "1.1", "KB", "gpu"]
     assert panel._repr_mimebundle_()[0]["text/plain"] == panel.text()
     panel.close()
     manager.offload("vae")
@@ -65,3 +65,38 @@ def test_show_models_for_a_session(manager: Any) -> None:
     cache = SimpleNamespace(stats=lambda: {"bytes": 1234})
     panel = show_models(SimpleNamespace(services=Services(models=manager), cache=cache))
     assert isinstance(panel, ModelPanel) and panel.memory["host"]["cache"] == 1234
+
+
+def test_panel_is_true_in_every_mode(manager: Any) -> None:
+    """Defect 7: CPU-only, simulated VRAM and partial loading all agree with the rows."""
+    import torch
+
+    from comfy_notebook.runtime import DevicePolicy, ModelManager
+
+    cpu = ModelManager(DevicePolicy.cpu())  # no GPU, no simulated capacity
+    cpu.register("unet", lambda: torch.nn.Linear(64, 64), kind="unet")
+    cpu.load("unet")
+    panel = ModelPanel(cpu)
+    row = panel.rows[0]
+    assert panel.memory["mode"] == "cpu" and row["location"] == "cpu"
+    assert row["bytes"] == (64 * 64 + 64) * 4 and row["actions"] == ["unload"]  # nothing to load to
+    assert panel.memory["host"]["models"] == row["bytes"] and panel.memory["device"]["free"] is None
+    assert "no GPU: models run from RAM" in panel.text() and "free -" not in panel.text()
+    panel._handle_custom_msg({"action": "load", "name": "unet"}, [])
+    assert panel.message.startswith("no GPU here")
+    # simulated VRAM, too small for the whole model: partial, and the bar shows its device bytes
+    small = ModelManager(DevicePolicy.cpu(), capacity_bytes=9000)
+    small.register("unet", lambda: torch.nn.Sequential(*[torch.nn.Linear(32, 32) for _ in range(4)]), kind="unet")
+    small.load("unet")
+    panel = ModelPanel(small)
+    row = panel.rows[0]
+    assert panel.memory["mode"] == "simulated" and row["location"] == "partial"
+    assert 0 < row["device_bytes"] < row["bytes"]
+    assert panel.memory["device"]["models"] == row["device_bytes"]
+    assert panel.memory["host"]["models"] == row["bytes"] - row["device_bytes"]
+    assert set(row["actions"]) == {"load", "offload", "unload"}
+    # on a (simulated) device, each row offers what moves something
+    panel = ModelPanel(manager)
+    manager.load("vae")
+    actions = {r["name"]: r["actions"] for r in panel.rows}
+    assert actions == {"unet": ["load"], "vae": ["offload", "unload"]}

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_notebook.widgets.preview import SD15_LATENT_RGB_FACTORS, latent_preview, latent_to_rgb
+from comfy_notebook.families.sd1 import SD15_LATENT
+from comfy_notebook.widgets.preview import latent_preview, latent_to_rgb
+
+SD15_LATENT_RGB_FACTORS = SD15_LATENT.rgb_factors
 
 # ComfyUI comfy/latent_formats.py SD15.latent_rgb_factors (rows: channels; columns: R, G, B)
 COMFY_SD15 = [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
@@ -55,7 +58,21 @@ def test_bias_and_clamp() -> None:
 
 def test_wrong_channels_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"expected a latent with 4 channels.*received shape \(1, 16, 2, 2\)"):
-        latent_to_rgb(np.zeros((1, 16, 2, 2), np.float32))
+        latent_to_rgb(np.zeros((1, 16, 2, 2), np.float32), SD15_LATENT_RGB_FACTORS)
+    with pytest.raises(ValueError, match="no latent->RGB preview factors for 7-channel latents"):
+        latent_to_rgb(np.zeros((1, 7, 2, 2), np.float32))
+
+
+def test_default_factors_come_from_the_latent_format() -> None:
+    from comfy_notebook.families.sdxl import SDXL_LATENT
+
+    latent = np.zeros((1, 4, 1, 1), np.float32)
+    latent[0, 1] = 1.0
+    want = latent_to_rgb(latent, SD15_LATENT.rgb_factors)
+    assert (latent_to_rgb(latent) == want).all()  # a bare 4-channel latent: SD1.5's factors
+    xl = latent_to_rgb(latent, SDXL_LATENT.rgb_factors, SDXL_LATENT.rgb_bias)
+    expect = np.rint(np.clip((np.array(SDXL_LATENT.rgb_factors[1]) + SDXL_LATENT.rgb_bias + 1) / 2, 0, 1) * 255)
+    assert xl[0, 0, 0].tolist() == expect.astype(np.uint8).tolist()
 
 
 def test_latent_preview_upscales_first_item() -> None:

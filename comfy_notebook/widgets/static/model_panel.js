@@ -43,30 +43,38 @@ function render({ model, el }) {
   function draw() {
     const rows = model.get("rows");
     const mem = model.get("memory");
+    const mode = mem.mode || "gpu";
     const dev = mem.device || {};
     const host = mem.host || {};
     const capacity = dev.budget || ((dev.models || 0) + (dev.free || 0));
-    const head = h("tr", {}, ["name", "family", "dtype", "size", "where", ""].map(
+    const head = h("tr", {}, ["name", "family", "dtype", "size", "on device", "where", ""].map(
       (t) => h("th", { text: t })));
     const body = rows.map((r) => h("tr", { class: "cn-model-row", "data-name": r.name }, [
       h("td", { text: r.name, title: r.source || "" }),
       h("td", { text: r.family || "" }),
       h("td", { text: r.dtype }),
-      h("td", { text: fmt(r.bytes) }),
+      h("td", { class: "cn-num", text: fmt(r.bytes) }),
+      h("td", { class: "cn-num", text: mode === "cpu" ? "–" : fmt(r.device_bytes) }),
       h("td", { class: `cn-loc cn-loc-${r.location}`, text: r.location }),
-      h("td", {}, ["load", "offload", "unload"].map((a) => h("button", {
-        class: `cn-${a}`, text: a, onclick: () => send(a, r.name),
+      h("td", { class: "cn-actions" }, (r.actions || []).map((a) => h("button", {
+        class: `cn-btn cn-${a}`, text: a, title: `${a} ${r.name}`, onclick: () => send(a, r.name),
       }))),
     ]));
+    const deviceBar = mode === "cpu"
+      ? h("div", { class: "cn-bar-row cn-cpu-note" }, [
+        h("div", { class: "cn-bar-title", text: "compute device: cpu" }),
+        h("div", { class: "cn-bar-legend", text: "no GPU: models run from RAM (load / offload do not apply)" }),
+      ])
+      : bar(`${dev.name || "device"}${dev.budget ? ` (budget ${fmt(dev.budget)})` : ""}`,
+        [{ kind: "models", bytes: dev.models }, { kind: "free", bytes: dev.free }], capacity);
     root.replaceChildren(
       h("table", { class: "cn-table" }, [h("thead", {}, [head]), h("tbody", {}, body)]),
-      bar(`${dev.name || "device"}${dev.budget ? ` (budget ${fmt(dev.budget)})` : ""}`,
-        [{ kind: "models", bytes: dev.models }, { kind: "free", bytes: dev.free }], capacity),
+      deviceBar,
       bar("RAM", [{ kind: "models", bytes: host.models }, { kind: "cache", bytes: host.cache },
         { kind: "free", bytes: host.free }], host.total),
       h("div", { class: "cn-buttons" }, [
-        h("button", { class: "cn-unload-all", text: "unload all", onclick: () => send("unload_all") }),
-        h("button", { class: "cn-refresh", text: "refresh", onclick: () => send("refresh") }),
+        h("button", { class: "cn-btn cn-unload-all", text: "unload all", onclick: () => send("unload_all") }),
+        h("button", { class: "cn-btn cn-refresh", text: "refresh", onclick: () => send("refresh") }),
       ]),
       h("div", { class: "cn-message", text: model.get("message") }),
     );

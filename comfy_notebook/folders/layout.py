@@ -1,265 +1,29 @@
-"""Model, input, output and temp folders in ComfyUI's layout.
-
-A user with a ComfyUI installation points the notebook at it (``Session(models_dir=...)``, the
-``COMFY_NOTEBOOK_MODELS`` environment variable or ``~/.config/comfy_notebook/config.toml``, in
-that order) and every model is found under the same folder names ComfyUI uses: ``checkpoints``,
-``vae``, ``loras``, ``embeddings``, ``text_encoders`` (and the old ``clip``), ``diffusion_models``
-(and ``unet``), ``upscale_models``, ``controlnet``.  ComfyUI's ``extra_model_paths.yaml`` adds more
-folders.  Names in combo lists use forward slashes for subfolders and are checked so that they
-can never leave their folder.
-
-Node code gets the session's :class:`Folders` from :func:`folders_service`, the one place that
-builds it lazily and stores it in the session's services under ``"folders"``.
-Reference for the behaviour: ComfyUI ``folder_paths.py`` and ``utils/extra_config.py``.
-"""
+"""The :class:`Folders` of a session: where each kind of file is searched, listed, resolved
+and saved, in ComfyUI's layout (reference: ComfyUI ``folder_paths.py``)."""
 
 from __future__ import annotations
 
 import builtins
 import difflib
 import os
-import time
-import tomllib
 from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from comfy_notebook.errors import ComfyNotebookError, NodeError
+from comfy_notebook.folders.config import _extra_paths_from_yaml, _read_config
+from comfy_notebook.folders.kinds import (
+    _IO_KINDS,
+    _LEGACY,
+    ENV_MODELS,
+    IMAGE_EXTENSIONS,
+    MODEL_EXTENSIONS,
+    MODEL_KINDS,
+    FolderError,
+    PathEscapeError,
+)
+from comfy_notebook.folders.names import _check_name, _inside, next_save_path
 
-__all__ = [
-    "FILE_INPUTS",
-    "IMAGE_EXTENSIONS",
-    "MODEL_EXTENSIONS",
-    "MODEL_KINDS",
-    "FolderError",
-    "Folders",
-    "PathEscapeError",
-    "configured_models_dir",
-    "folders_service",
-    "parse_extra_model_paths",
-]
-
-MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-
-# kind -> sub-folders of the models root that hold it (first is where new files go).
-MODEL_KINDS: dict[str, tuple[str, ...]] = {
-    "checkpoints": ("checkpoints",),
-    "vae": ("vae",),
-    "loras": ("loras",),
-    "embeddings": ("embeddings",),
-    "text_encoders": ("text_encoders", "clip"),
-    "diffusion_models": ("unet", "diffusion_models"),
-    "upscale_models": ("upscale_models",),
-    "controlnet": ("controlnet", "t2i_adapter"),
-    "clip_vision": ("clip_vision",),
-    "hypernetworks": ("hypernetworks",),
-    "configs": ("configs",),
-}
-# ComfyUI's legacy names, accepted everywhere a kind is.
-_LEGACY = {"clip": "text_encoders", "unet": "diffusion_models"}
-_IO_KINDS = ("input", "output", "temp")
-
-# ComfyUI's input names for files picked from a folder kind (how errors know where to look).
-FILE_INPUTS: dict[str, str] = {
-    "ckpt_name": "checkpoints",
-    "vae_name": "vae",
-    "lora_name": "loras",
-    "unet_name": "diffusion_models",
-    "clip_name": "text_encoders",
-    "clip_name1": "text_encoders",
-    "clip_name2": "text_encoders",
-    "control_net_name": "controlnet",
-    "model_name": "upscale_models",
-    "image": "input",
-}
-
-ENV_MODELS = "COMFY_NOTEBOOK_MODELS"
-
-
-class FolderError(ComfyNotebookError):
-    """A folder kind is unknown, a file is missing, or a config file is malformed."""
-
-
-class PathEscapeError(FolderError, NodeError):
-    """A file name or filename prefix would leave its folder (``..``, absolute, symlink out)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# extra_model_paths.yaml: the small YAML subset ComfyUI's example uses
-# ---------------------------------------------------------------------------------------------
-
-
-def _strip_comment(line: str) -> str:
-    """Drop a ``#`` comment that is not inside quotes."""
-    quote = ""
-    for i, ch in enumerate(line):
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
-            return line[:i]
-    return line
-
-
-def _scalar(text: str) -> Any:
-    """Interpret one YAML scalar: quoted string, bool, null or plain string."""
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    low = text.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    if low in ("", "~", "null"):
-        return None
-    return text
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
-
-
-def parse_extra_model_paths(text: str) -> dict[str, dict[str, Any]]:
-    """Parse the YAML subset of ComfyUI's ``extra_model_paths.yaml``.
-
-    Supported: top-level sections (``comfyui:``, ``a111:``, any name) holding ``key: value``
-    pairs, quoted or plain scalars, booleans, ``#`` comments, and ``|`` / ``>`` block scalars
-    whose lines are multi-line path lists.
-
-    Parameters
-    ----------
-    text:
-        The file's contents.
-
-    Returns
-    -------
-    dict
-        ``{section: {key: value}}``; block scalars are returned as newline-joined strings,
-        as a YAML parser would.
-
-    Raises
-    ------
-    FolderError
-        On a line that does not fit the subset (with its line number).
-    """
-    result: dict[str, dict[str, Any]] = {}
-    section: dict[str, Any] | None = None
-    lines = text.replace("\t", "    ").splitlines()
-    i = 0
-    while i < len(lines):
-        raw = _strip_comment(lines[i]).rstrip()
-        i += 1
-        if not raw.strip() or raw.strip() == "---":
-            continue
-        key, sep, value = raw.strip().partition(":")
-        if not sep:
-            raise FolderError(
-                f"extra_model_paths line {i}: expected 'key: value', received {raw.strip()!r}. "
-                "Fix: write one 'name: path' pair per line under a section"
-            )
-        key = _scalar(key)
-        if _indent(raw) == 0:
-            section = result.setdefault(str(key), {})
-            if value.strip():
-                raise FolderError(
-                    f"extra_model_paths line {i}: top-level key {key!r} must open a section, "
-                    f"received value {value.strip()!r}. Fix: indent the entries below it"
-                )
-            continue
-        if section is None:
-            raise FolderError(f"extra_model_paths line {i}: entry {key!r} outside any section")
-        value = value.strip()
-        if value[:1] in ("|", ">"):
-            base = _indent(raw)
-            block: list[str] = []
-            while i < len(lines):
-                nxt = _strip_comment(lines[i]).rstrip()
-                if nxt.strip() and _indent(nxt) <= base:
-                    break
-                if nxt.strip():
-                    block.append(nxt.strip())
-                i += 1
-            section[str(key)] = "\n".join(block) + ("\n" if block else "")
-        else:
-            section[str(key)] = _scalar(value)
-    return result
-
-
-def _extra_paths_from_yaml(path: Path) -> list[tuple[str, Path, bool]]:
-    """(kind, folder, is_default) triples from an ``extra_model_paths.yaml`` file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise FolderError(f"cannot read extra model paths file {path}: {exc}") from exc
-    out: list[tuple[str, Path, bool]] = []
-    yaml_dir = path.resolve().parent
-    for section in parse_extra_model_paths(text).values():
-        conf = dict(section)
-        base = conf.pop("base_path", None)
-        is_default = bool(conf.pop("is_default", False))
-        base_path: Path | None = None
-        if base:
-            base_path = Path(os.path.expandvars(os.path.expanduser(str(base))))
-            if not base_path.is_absolute():
-                base_path = yaml_dir / base_path
-        for kind, value in conf.items():
-            if value is None or isinstance(value, bool):
-                continue
-            for entry in str(value).split("\n"):
-                entry = entry.strip()
-                if not entry:
-                    continue
-                p = Path(os.path.expandvars(os.path.expanduser(entry)))
-                if not p.is_absolute():
-                    p = (base_path or yaml_dir) / p
-                out.append((kind, p, is_default))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Folders
-# ---------------------------------------------------------------------------------------------
-
-
-def _inside(child: Path, parent: Path) -> bool:
-    """Whether ``child`` (resolved) lies in ``parent`` (resolved)."""
-    try:
-        child.relative_to(parent)
-    except ValueError:
-        return False
-    return True
-
-
-def _check_name(name: str, what: str, kind: str = "checkpoints") -> str:
-    """Reject absolute paths and ``..`` parts; return the name with forward slashes."""
-    example = "'photo.png'" if kind in _IO_KINDS else "'sd15/model.safetensors'"
-    if not isinstance(name, str) or not name:
-        raise PathEscapeError(
-            f"{what} must be a non-empty string",
-            expected="a file name relative to its folder",
-            received=name,
-        )
-    norm = name.replace("\\", "/")
-    if norm.startswith("/") or os.path.isabs(name) or (len(norm) > 1 and norm[1] == ":"):
-        raise PathEscapeError(
-            f"{what} {name!r} is an absolute path",
-            expected=f"a name relative to its folder, e.g. {example}",
-            received=name,
-            fix="put the file into the folder and use its relative name",
-        )
-    if ".." in norm.split("/"):
-        raise PathEscapeError(
-            f"{what} {name!r} contains '..' and would leave its folder",
-            expected="a name inside the folder",
-            received=name,
-            fix="remove the '..' parts",
-        )
-    return norm
-
+__all__ = ["Folders", "folders_service"]
 
 class Folders:
     """The model / input / output / temp folders of one session, in ComfyUI's layout.
@@ -573,106 +337,13 @@ class Folders:
         PathEscapeError
             When the prefix would leave the folder.
         """
-        base_dir = self.paths(kind)[0]
-        if "%" in prefix:
-            prefix = _substitute(prefix, width, height)
-        norm = _check_name(prefix, "filename_prefix")
-        subfolder, _, filename = norm.rpartition("/")
-        if not filename:
-            raise PathEscapeError(
-                f"filename_prefix {prefix!r} has no file name part",
-                expected="e.g. 'ComfyUI' or 'portraits/ComfyUI'",
-                received=prefix,
-            )
-        full_dir = base_dir / subfolder if subfolder else base_dir
-        base_real = base_dir.resolve()
-        full_dir.mkdir(parents=True, exist_ok=True)
-        if not _inside(full_dir.resolve(), base_real):
-            raise PathEscapeError(
-                f"filename_prefix {prefix!r} leads outside {base_dir} (symlinked folder)",
-                expected=f"a subfolder of {base_dir}",
-                received=str(full_dir.resolve()),
-            )
-        counter = 0
-        stem = filename.lower()
-        for entry in os.listdir(full_dir):
-            # entry looks like "<filename>_<digits>_<anything>"
-            if entry[: len(filename) + 1].lower() != stem + "_":
-                continue
-            digits = entry[len(filename) + 1 :].split("_", 1)[0]
-            if digits.isdigit():
-                counter = max(counter, int(digits))
-        return full_dir, filename, counter + 1, subfolder
+        return next_save_path(self.paths(kind)[0], prefix, width, height)
 
     def __repr__(self) -> str:
         return (
             f"Folders(models_dir={str(self.models_dir)!r}, output_dir={str(self.output_dir)!r}, "
             f"input_dir={str(self.input_dir)!r})"
         )
-
-
-def _substitute(prefix: str, width: int, height: int) -> str:
-    """ComfyUI's ``%width%``/``%height%``/date variables (server and front-end forms)."""
-    now = time.localtime()
-    values = {
-        "%width%": str(width),
-        "%height%": str(height),
-        "%year%": str(now.tm_year),
-        "%month%": f"{now.tm_mon:02}",
-        "%day%": f"{now.tm_mday:02}",
-        "%hour%": f"{now.tm_hour:02}",
-        "%minute%": f"{now.tm_min:02}",
-        "%second%": f"{now.tm_sec:02}",
-    }
-    for key, val in values.items():
-        prefix = prefix.replace(key, val)
-    while "%date:" in prefix:
-        start = prefix.index("%date:")
-        end = prefix.find("%", start + 6)
-        if end < 0:
-            break
-        fmt = prefix[start + 6 : end]
-        for token, val in (
-            ("yyyy", f"{now.tm_year:04}"), ("yy", f"{now.tm_year % 100:02}"),
-            ("MM", f"{now.tm_mon:02}"), ("dd", f"{now.tm_mday:02}"),
-            ("hh", f"{now.tm_hour:02}"), ("mm", f"{now.tm_min:02}"), ("ss", f"{now.tm_sec:02}"),
-        ):
-            fmt = fmt.replace(token, val)
-        prefix = prefix[:start] + fmt + prefix[end + 1 :]
-    return prefix
-
-
-def _read_config(config_path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> dict[str, Any]:
-    """The user config file's table (empty when there is none)."""
-    if config_path is None:
-        home = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-        path = Path(home) / "comfy_notebook" / "config.toml"
-        if not path.is_file():
-            return {}
-    else:
-        path = Path(config_path).expanduser()
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise FolderError(
-            f"cannot read config file {path}: {exc}. Fix: keys are models_dir, output_dir, "
-            "input_dir, temp_dir, extra_model_paths"
-        ) from exc
-    table = data.get("comfy_notebook", data)
-    return dict(table) if isinstance(table, Mapping) else {}
-
-
-def configured_models_dir(environ: Mapping[str, str] | None = None) -> str | None:
-    """The models folder named by ``$COMFY_NOTEBOOK_MODELS`` or the config file, else ``None``."""
-    env = os.environ if environ is None else environ
-    if env.get(ENV_MODELS):
-        return env[ENV_MODELS]
-    try:
-        found = _read_config(None, env).get("models_dir")
-    except FolderError:
-        return None
-    return str(found) if found else None
 
 
 def folders_service(services: Any) -> Folders:
