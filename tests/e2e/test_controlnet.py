@@ -258,3 +258,37 @@ def test_hint_batches_follow_the_latent_batch(shared: Session, scribble_images: 
     # instead of 1 broadcast: equal up to rounding)
     assert (paired[0] - two[0]).abs().max() < 1e-4
     assert (paired[1] - two[1]).abs().max() > 1e-2
+
+
+def test_sdxl_controlnet_and_its_diffusers_layout(tmp_path: pathlib.Path) -> None:
+    """An SDXL ControlNet (label embedding fed the model's ``y``, 64-wide heads) on the tiny SDXL
+    checkpoint; the diffusers layout of the same tensors gives the same image."""
+    models = tmp_path / "models"
+    ckpt = make_checkpoint(models / "checkpoints" / "xl.safetensors", preset="sdxl", seed=0)
+    make_controlnet(models / "controlnet" / "xl_canny.safetensors", ckpt, seed=7)
+    make_controlnet(models / "controlnet" / "xl_canny_diffusers.safetensors", ckpt, seed=7, layout="diffusers")
+    _scribble(tmp_path / "input" / "edges.png", 64, 64, 3)
+    s = new_session(tmp_path)
+    api = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "xl.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a house", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "11": {"class_type": "LoadImage", "inputs": {"image": "edges.png"}},
+        "12": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "xl_canny.safetensors"}},
+        "10": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["6", 0], "negative": ["7", 0], "control_net": ["12", 0], "image": ["11", 0],
+            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "model": ["4", 0], "seed": 3, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["10", 0], "negative": ["10", 1], "latent_image": ["5", 0], "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+    }
+    controlled = image(s, api)
+    control_net = s.run_prompt(api, targets=["12"]).outputs["12"][0]
+    assert control_net.family == "sdxl" and control_net.config.unet.adm_in_channels is not None
+    plain = image(s, without_control(api, "10", "6") | {"3": {**api["3"], "inputs": {
+        **api["3"]["inputs"], "positive": ["6", 0], "negative": ["7", 0]}}})
+    assert (controlled - plain).abs().max() > 1e-2
+    api["12"]["inputs"]["control_net_name"] = "xl_canny_diffusers.safetensors"
+    assert torch.equal(image(s, api), controlled)
