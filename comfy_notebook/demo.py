@@ -54,12 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from comfy_notebook._session import Session
-    from comfy_notebook.nodes import register_builtins
 
     models_dir = Path(args.models_dir) if args.models_dir else _demo_models_dir()
     ckpt = args.ckpt or (DEMO_CKPT if not args.models_dir else None)
-    session = Session(models_dir=models_dir, output_dir=args.output_dir)
-    register_builtins(session)
+    session = Session(models_dir=models_dir, output_dir=args.output_dir)  # with the built-in nodes
     if ckpt is None:
         names = session.registry.current("CheckpointLoaderSimple").inputs["ckpt_name"].type
         if not names:

@@ -95,6 +95,20 @@ class Services:
         """The model manager if one was made, else ``None`` (never makes one)."""
         return self._models
 
+    # -- code written for the old string-keyed services ------------------------------------
+    _NAMES = ("session", "folders", "models")
+
+    def __getitem__(self, name: str) -> Any:
+        """``services["models"]`` as ``services.models`` (only the three typed members)."""
+        if name not in self._NAMES:
+            raise KeyError(f"no service {name!r}; the services are {', '.join(self._NAMES)} (attributes)")
+        return getattr(self, name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if name not in self._NAMES:
+            raise KeyError(f"no service {name!r}; the services are {', '.join(self._NAMES)} (attributes)")
+        setattr(self, name, value)
+
     def __repr__(self) -> str:
         made = [n for n, v in (("folders", self._folders), ("models", self._models)) if v is not None]
         return f"Services({', '.join(made) or 'nothing made yet'})"

@@ -229,7 +229,7 @@ from comfy_notebook.runtime.manager import ModelManager
 
 SIMULATED_GPU = not torch.cuda.is_available()
 if SIMULATED_GPU:
-    session.services["models"] = ModelManager(DevicePolicy.cpu(), capacity_bytes=4 << 30)
+    session.services.models = ModelManager(DevicePolicy.cpu(), capacity_bytes=4 << 30)
 print("simulated GPU:", SIMULATED_GPU)"""),
         new_code_cell(TXT2IMG),
         new_code_cell("""\

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import keyword
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from functools import lru_cache
@@ -117,7 +118,7 @@ def member_names(values: Iterable[str]) -> dict[str, str]:
 def _cached_enum(cls_name: str, values: tuple[str, ...]) -> type[StrEnum]:
     members = list(member_names(values).items())
     enum = StrEnum(cls_name, members)  # type: ignore[misc]
-    enum.__module__ = "comfy_notebook.enums"
+    enum.__module__ = "comfy_notebook.realmode.enums"
     return enum
 
 
@@ -136,24 +137,17 @@ def make_enum(cls_name: str, values: Iterable[str]) -> type[StrEnum]:
 
 
 def sampler_names() -> tuple[str, ...]:
-    """The sampling package's sampler names, or ComfyUI's list when it has none."""
-    try:
-        from comfy_notebook import sampling
-
-        names = getattr(sampling, "SAMPLER_NAMES", None)
-    except Exception:
-        names = None
+    """The sampling package's sampler names once it is imported, else ComfyUI's list (the same
+    names: enums never import torch by themselves)."""
+    sampling = sys.modules.get("comfy_notebook.sampling")
+    names = getattr(sampling, "SAMPLER_NAMES", None)
     return tuple(names) if names else SAMPLER_NAMES
 
 
 def scheduler_names() -> tuple[str, ...]:
-    """The sampling package's scheduler names, or ComfyUI's list when it has none."""
-    try:
-        from comfy_notebook import sampling
-
-        names = getattr(sampling, "SCHEDULER_NAMES", None)
-    except Exception:
-        names = None
+    """The sampling package's scheduler names once it is imported, else ComfyUI's list."""
+    sampling = sys.modules.get("comfy_notebook.sampling")
+    names = getattr(sampling, "SCHEDULER_NAMES", None)
     return tuple(names) if names else SCHEDULER_NAMES
 
 

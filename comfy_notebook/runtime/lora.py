@@ -183,7 +183,7 @@ def _module_aliases(unet_modules: Iterable[str], clip_modules: Iterable[str],
         out["text_encoder." + full] = ("clip", mod)
         out["cond_stage_model.transformer." + full] = ("clip", mod)
     for enc, (modules, prefixes) in (encoders or {}).items():
-        names = [*list(prefixes), f"text_encoders.{enc}.transformer.", f"{enc}.transformer."]
+        names = [*prefixes, f"text_encoders.{enc}.transformer.", f"{enc}.transformer."]
         for mod in modules:
             full = mod if mod.startswith("text_model.") else "text_model." + mod
             for prefix in names:

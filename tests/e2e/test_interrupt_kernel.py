@@ -323,7 +323,7 @@ def test_interrupt_on_a_real_kernel(kernel: Kernel, tmp_path: Path) -> None:
     assert after_interrupt == set(upstream), (after_interrupt, upstream)  # no KSampler entry
     assert kernel.run("print([k for k in ('latent', 'image') if k in dir()])").strip() == "[]"
     shown = kernel.run("%comfy traceback")  # the text survives the frames being released
-    assert "ExecutionInterrupted: interrupted at step" in shown and "realmode.py" in shown, shown
+    assert "ExecutionInterrupted: interrupted at step" in shown and "realmode/calls.py" in shown, shown
     freed = kernel.run(FREED)
     assert "FREED True ['unloaded', 'unloaded', 'unloaded']" in freed, freed
 

@@ -83,3 +83,36 @@ def test_validate_node_input(received, expected, ok):
 def test_validate_node_input_strict():
     assert validate_node_input("IMAGE,FLOAT", "IMAGE,FLOAT,INT", strict=True)
     assert not validate_node_input("IMAGE,MASK", "IMAGE,FLOAT", strict=True)
+
+
+def test_deferred_pack_loads_on_first_lookup_and_never_replaces_explicit_classes():
+    """Session(builtins=True) defers the built-in pack; a class registered meanwhile wins."""
+    from comfy_notebook.engine import Registry
+
+    class Mine:
+        RETURN_TYPES = ("INT",)
+        FUNCTION = "run"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {}}
+
+        def run(self):
+            return (1,)
+
+    class Theirs(Mine):
+        pass
+
+    loads = []
+
+    def pack(registry):
+        loads.append(1)
+        registry.register({"Shared": Theirs, "Other": Theirs})
+
+    reg = Registry()
+    reg.defer(pack)
+    assert loads == [] and reg.deferred
+    reg.register({"Shared": Mine})
+    assert loads == []  # registering does not load the pack
+    assert reg["Shared"].cls is Mine and reg["Other"].cls is Theirs and loads == [1]
+    assert not reg.deferred and len(reg) == 2

@@ -186,3 +186,13 @@ def test_for_cell_needs_a_cell(shell):
             Gallery.for_cell("A")
     finally:
         shell.run_line_magic("load_ext", "comfy_notebook")
+
+
+def test_cell_magic_shows_the_images_and_one_line(shell):
+    """Defect 4: ``%%comfy`` shows its outputs as a cell shows handles, not a PromptResult dump."""
+    result = shell.run_cell_magic("comfy", "", "img = KSampler(seed=9)")
+    bundle = result._repr_mimebundle_()
+    assert bundle["text/plain"].startswith("<executed 1 nodes, 0 from cache in ") and "\n" not in bundle["text/plain"]
+    assert bundle["image/png"].startswith(b"\x89PNG")
+    assert len(repr(result)) < 120 and "tensor(" not in repr(result)
+    assert result.outputs["1"][0].shape == (1, 4, 4, 3)  # the PromptResult is still there

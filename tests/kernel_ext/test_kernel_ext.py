@@ -195,3 +195,16 @@ def test_star_import_lists_session_nodes(session):
     names = dir(nodes)
     assert set(session.registry.names()) <= set(names)
     assert "register_builtins" in names
+
+
+def test_models_dir_magic_takes_effect_in_the_running_session(ip, session, tmp_path, capsys):
+    """Defect 2: a models folder named after the session started is used at once."""
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "a.safetensors").write_bytes(b"")
+    ip.run_line_magic("comfy", f"models-dir {tmp_path}")
+    assert capsys.readouterr().out.strip() == f"models folder: {tmp_path}"
+    assert session.folders.list("checkpoints") == ["a.safetensors"]
+    ip.run_line_magic("comfy", "status")
+    assert f"models folder: {tmp_path}\n" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="does not exist"):
+        ip.run_line_magic("comfy", f"models-dir {tmp_path / 'nope'}")

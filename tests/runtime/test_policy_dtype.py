@@ -14,8 +14,8 @@ from torch import nn
 
 from comfy_notebook.runtime import DevicePolicy, LoraPatch, ModelManager
 
-HALF_CPU = DevicePolicy(device=torch.device("cpu"), unet_dtype=torch.float16,
-                        clip_dtype=torch.float16)
+HALF_CPU = DevicePolicy(device=torch.device("cpu"),
+                        dtypes={"unet": torch.float16, "clip": torch.float16})
 
 
 def _model() -> nn.Module:

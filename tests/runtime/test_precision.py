@@ -51,7 +51,7 @@ def test_a_finite_result_runs_once() -> None:
 
 
 def test_partially_loaded_model_streams_fp32_weights_in_the_fallback() -> None:
-    policy = DevicePolicy(device=torch.device("cpu"), vae_dtype=torch.float16)
+    policy = DevicePolicy(device=torch.device("cpu"), dtypes={"vae": torch.float16})
     mgr = ModelManager(policy, capacity_bytes=1 << 30)
     m = mgr.register("vae", lambda: _big(torch.float32), kind="vae")
     m.parameter_names()
