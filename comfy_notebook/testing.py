@@ -453,6 +453,7 @@ def _unet_config_of(checkpoint_path: str | os.PathLike[str]) -> UNetConfig:
 def make_controlnet(
     path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str], *, layout: str = "original",
     seed: int = 0, hint_channels: int = 3, dtype: torch.dtype = torch.float32, difference: bool = False,
+    union_types: int | None = None,
 ) -> str:
     """Write a random ControlNet for the UNet of the checkpoint at ``checkpoint_path``.
 
@@ -465,6 +466,9 @@ def make_controlnet(
     difference:
         Write a "diff" ControlNet (original layout): weights minus the checkpoint's UNet weights
         where both have the key, plus a ``difference`` marker, as the old diff files hold.
+    union_types:
+        Write a union (ControlNet++) net knowing this many control types (xinsir's files are in
+        the diffusers layout, whose attention is ``attn.in_proj_weight`` / ``in_proj_bias``).
 
     Returns
     -------
@@ -475,7 +479,8 @@ def make_controlnet(
 
     if layout not in ("original", "bare", "diffusers"):
         raise ValueError(f"unknown ControlNet layout {layout!r}; expected 'original', 'bare' or 'diffusers'")
-    config = ControlNetConfig(_unet_config_of(checkpoint_path), hint_channels=hint_channels)
+    config = ControlNetConfig(_unet_config_of(checkpoint_path), hint_channels=hint_channels,
+                              union_types=union_types)
     sd = random_state_dict(_meta(ControlNetModel, config), seed, dtype, "controlnet")
     if difference:
         from comfy_notebook.runtime.loading import open_state_dict
@@ -490,7 +495,10 @@ def make_controlnet(
         out = {}
         for k, v in sd.items():
             module, _, leaf = k.rpartition(".")
-            out[f"{to_diffusers[module]}.{leaf}"] = v
+            if module in to_diffusers:
+                out[f"{to_diffusers[module]}.{leaf}"] = v
+            else:  # union parts keep their names; the attention is packed as nn.MultiheadAttention
+                out[k.replace(".attn.in_proj.", ".attn.in_proj_")] = v
         sd = out
     elif layout == "original":
         sd = {"control_model." + k: v for k, v in sd.items()}

@@ -35,5 +35,6 @@ def describe_control(kind: str, tensors: Mapping[str, Any]) -> tuple[str | None,
         return (SDXL.name if config.kind == "full_xl" else None), config
     found = detect({k: v for k, v in tensors.items() if k != "difference"})
     hint_channels = int(tensors["input_hint_block.0.weight"].shape[1])
+    union = int(tensors["task_embedding"].shape[0]) if "task_embedding" in tensors else None
     family = found.family.name if found.family is not None else None
-    return family, ControlNetConfig(found.unet, hint_channels)
+    return family, ControlNetConfig(found.unet, hint_channels, union_types=union)

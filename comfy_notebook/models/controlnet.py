@@ -13,12 +13,13 @@ dict holds, as :class:`~comfy_notebook.models.unet.ControlResiduals`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
+from comfy_notebook.models.controlnet_union import add_union_parts, check_control_type, union_merge
 from comfy_notebook.models.layers import Conv1x1
 from comfy_notebook.models.unet import ControlResiduals, UNetConfig, UNetEncoder
 
@@ -37,6 +38,7 @@ class ControlNetConfig:
 
     unet: UNetConfig
     hint_channels: int = 3
+    union_types: int | None = None  # a union (ControlNet++) net: how many control types it knows
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Any], prefix: str = "", *, num_heads: int = 8,
@@ -47,7 +49,9 @@ class ControlNetConfig:
 
         keys = [k for k in sd if k.startswith(prefix)]
         unet = read_unet_config(sd, keys, prefix, num_heads=num_heads, num_head_channels=num_head_channels)
-        return cls(unet=unet, hint_channels=int(sd[prefix + "input_hint_block.0.weight"].shape[1]))
+        union = int(sd[prefix + "task_embedding"].shape[0]) if prefix + "task_embedding" in sd else None
+        return cls(unet=unet, hint_channels=int(sd[prefix + "input_hint_block.0.weight"].shape[1]),
+                   union_types=union)
 
 
 def _hint_block(hint_channels: int, model_channels: int) -> nn.Sequential:
@@ -71,9 +75,12 @@ class ControlNetModel(UNetEncoder):
         self.input_hint_block = _hint_block(config.hint_channels, config.unet.model_channels)
         ch = self.skip_channels[-1]
         self.middle_block_out = nn.Sequential(Conv1x1(ch, ch))
+        if config.union_types is not None:
+            mc = config.unet.model_channels
+            add_union_parts(self, config.union_types, mc, 4 * mc)
 
     def forward(self, x: Tensor, hint: Tensor, timesteps: Tensor, context: Tensor,
-                y: Tensor | None = None) -> ControlResiduals:
+                y: Tensor | None = None, control_type: Sequence[int] = ()) -> ControlResiduals:
         """Residuals for the UNet.
 
         Parameters
@@ -84,6 +91,8 @@ class ControlNetModel(UNetEncoder):
             The control image, [B, hint_channels, 8h, 8w] (values as the model was trained: 0..1).
         timesteps, context, y:
             As the UNet's.
+        control_type:
+            Union nets: the control type (``SetUnionControlNetType``), or none ("auto").
 
         Returns
         -------
@@ -94,6 +103,11 @@ class ControlNetModel(UNetEncoder):
         dtype = emb.dtype
         context = context.to(dtype)
         guided = self.input_hint_block(hint.to(dtype))  # [B, mc, h, w]
+        if self.control_config.union_types is not None:
+            check_control_type(self.control_config.union_types, control_type)
+            emb = emb + self.control_add_embedding(control_type, dtype, emb.device)
+            if control_type:
+                guided = union_merge(self, guided, control_type)
         h = x.to(dtype)
         outs = []
         for i, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs, strict=True)):

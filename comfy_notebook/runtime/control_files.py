@@ -16,8 +16,9 @@ UNet families, in our words:
   (:func:`build_control_lora`); the file is read lazily, the value holds no weights.
 
 A file whose name ends in ``_shuffle`` (``_shuffle_fp16``) pools its residuals globally, as
-ComfyUI does for the shuffle ControlNet.  Union (ControlNet++) files are refused with a clear
-error.
+ComfyUI does for the shuffle ControlNet.  Union (ControlNet++) files (diffusers keys plus
+``task_embedding``, ``transformer_layes``, ...) load as ComfyUI loads them; their control type
+comes from ``SetUnionControlNetType`` (``extra_args["control_type"]``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = ["ControlNetValue", "build_control_lora", "convert_diffusers_controlne
 
 _lock = threading.Lock()
 _PTH_PREFIX = "control_model."
+_UNION_KEYS = ("task_embedding", "transformer_layes.", "spatial_ch_projs.", "control_add_embedding.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,6 +137,8 @@ def convert_diffusers_controlnet(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
         module, _, leaf = key.rpartition(".")
         if module in modules:
             out[f"{modules[module]}.{leaf}"] = value
+        elif key.startswith(_UNION_KEYS):  # union (ControlNet++) parts keep their names
+            out[key.replace(".attn.in_proj_", ".attn.in_proj.")] = value
         else:
             unknown.append(key)
     if unknown:
@@ -163,10 +167,6 @@ def read_control_file(sd: Mapping[str, Tensor], source: str = "") -> tuple[str, 
     where = f" {source}" if source else ""
     if "lora_controlnet" in sd:
         return "control_lora", {}
-    if "task_embedding" in sd or "control_add_embedding.linear_1.weight" in sd:
-        raise UnsupportedModelError(
-            f"union ControlNet (ControlNet++ / ProMax) file{where} is not supported yet. Fix: use a "
-            "single-type ControlNet file")
     if "controlnet_cond_embedding.conv_in.weight" in sd:
         return "controlnet", convert_diffusers_controlnet(sd)
     if _PTH_PREFIX + "zero_convs.0.0.weight" in sd:

@@ -172,8 +172,11 @@ class BoundControl:
                 f"conditioning is {context.shape[-1]} wide. Fix: use a ControlNet made for the "
                 "checkpoint's model family")
         y = kw.get("y")
+        extra = {}
+        if getattr(getattr(self.module, "control_config", None), "union_types", None) is not None:
+            extra["control_type"] = tuple(self.net.extra_args.get("control_type", ()))
         res = self.module(x_in.to(self.dtype), hint, t.to(self.dtype), context.to(self.dtype),
-                          y=None if y is None else y.to(self.dtype))
+                          y=None if y is None else y.to(self.dtype), **extra)
         return self._scale(res, None)
 
     def __call__(self, x_in: Tensor, t: Tensor, sigma: Tensor, context: Tensor, chunks: int,

@@ -83,6 +83,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     make_controlnet(cn / "control_scribble_diffusers.safetensors", ckpt, seed=1, layout="diffusers")
     make_controlnet(cn / "control_scribble_diff.safetensors", ckpt, seed=1, difference=True)
     make_controlnet(cn / "control_openpose.safetensors", ckpt, seed=2)
+    make_controlnet(cn / "controlnet_union_tiny.safetensors", ckpt, seed=8, layout="diffusers", union_types=6)
     lora = make_control_lora(cn / "control-lora-scribble-rank4.safetensors", ckpt, seed=6)
     _merged_control_lora(cn / "control_lora_merged.safetensors", lora, ckpt)
     make_t2i_adapter(cn / "t2iadapter_depth_tiny.safetensors", ckpt2, seed=3)
@@ -292,3 +293,20 @@ def test_sdxl_controlnet_and_its_diffusers_layout(tmp_path: pathlib.Path) -> Non
     assert (controlled - plain).abs().max() > 1e-2
     api["12"]["inputs"]["control_net_name"] = "xl_canny_diffusers.safetensors"
     assert torch.equal(image(s, api), controlled)
+
+
+def test_union_controlnet_takes_its_type_from_set_union_controlnet_type(shared: Session, scribble_images: Any) -> None:
+    from comfy_notebook.errors import NodeExecutionError
+
+    api = scribble_prompt(control_net="controlnet_union_tiny.safetensors")
+    api["15"] = {"class_type": "SetUnionControlNetType", "inputs": {"control_net": ["12", 0], "type": "auto"}}
+    api["10"]["inputs"]["control_net"] = ["15", 0]
+    auto = image(shared, api)
+    api["15"]["inputs"]["type"] = "hed/pidi/scribble/ted"
+    result = shared.run_prompt(api, targets=["8"])
+    assert {"15", "10", "3", "8"} <= set(result.executed) and "12" in result.cached
+    scribble = result.outputs["8"][0]
+    assert (auto - scribble).abs().max() > 1e-3 and (auto - scribble_images["plain"]).abs().max() > 1e-2
+    api["15"]["inputs"]["type"] = "repaint"  # type 7: only the 8-type ProMax model knows it
+    with pytest.raises(NodeExecutionError, match=r"out of range.*knows 6"):
+        shared.run_prompt(api, targets=["8"])

@@ -196,3 +196,56 @@ def test_controlnet_of_another_family_is_named():
     b = BoundControl(AppliedControl(_net(), torch.rand(1, 3, 8, 8)), cn, None, DiscreteSchedule(), torch.device("cpu"))
     with pytest.raises(ValueError, match=r"attends to 32-wide text.*48 wide.*Fix"):
         b(torch.rand(1, 4, 1, 1), torch.zeros(1), torch.ones(1), torch.zeros(1, 2, 48), 1, {})
+
+
+def _diffusers_union(seed: int = 0) -> tuple[Any, dict[str, torch.Tensor]]:
+    from diffusers import ControlNetUnionModel
+
+    from comfy_notebook.testing import random_state_dict
+
+    ref = ControlNetUnionModel(
+        in_channels=4, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
+        transformer_layers_per_block=1, conditioning_embedding_out_channels=(16, 32, 96, 256),
+        addition_time_embed_dim=256, num_control_type=6, num_trans_channel=32, num_trans_head=8,
+        num_proj_channel=32).eval()
+    sd = random_state_dict(ref, seed, tag="union")
+    ref.load_state_dict(sd, strict=True)
+    return ref, sd
+
+
+def test_union_controlnet_loads_from_diffusers_keys_and_its_block_matches():
+    from comfy_notebook.families.control import describe_control
+    from comfy_notebook.runtime.control_files import _build, convert_diffusers_controlnet, read_control_file
+
+    ref, dsd = _diffusers_union()
+    kind, tensors = read_control_file(dsd)
+    assert kind == "controlnet" and "transformer_layes.0.attn.in_proj.weight" in tensors
+    assert tensors.keys() == convert_diffusers_controlnet(dsd).keys()
+    _, config = describe_control(kind, tensors)
+    assert config.union_types == 6
+    ours = _build(kind, tensors, config, torch.float32)  # strict: every key used, none missing
+    # the transformer block on one control token (as ComfyUI runs it) equals diffusers' block
+    x = torch.randn(1, 1, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.transformer_layes[0](x), ref.transformer_layes[0](x), rtol=0, atol=1e-6)
+
+
+def test_union_control_type_changes_the_residuals_and_is_checked():
+    from comfy_notebook.families.control import describe_control
+    from comfy_notebook.runtime.control_files import _build, read_control_file
+
+    _, dsd = _diffusers_union(1)
+    kind, tensors = read_control_file(dsd)
+    net = _build(kind, tensors, describe_control(kind, tensors)[1], torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    x, hint = torch.randn(2, 4, 8, 8, generator=gen), torch.rand(2, 3, 64, 64, generator=gen)
+    t, ctx = torch.tensor([10.0, 10.0]), torch.randn(2, 3, 32, generator=gen)
+    with torch.no_grad():
+        auto = net(x, hint, t, ctx)
+        depth = net(x, hint, t, ctx, control_type=(1,))
+        canny = net(x, hint, t, ctx, control_type=(3,))
+    assert (auto.middle - depth.middle).abs().max() > 1e-3
+    assert (depth.middle - canny.middle).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"control type \[7\] is out of range.*knows 6.*Fix"):
+        net(x, hint, t, ctx, control_type=(7,))
