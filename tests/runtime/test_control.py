@@ -216,7 +216,11 @@ def _diffusers_union(seed: int = 0) -> tuple[Any, dict[str, torch.Tensor]]:
 
 def test_union_controlnet_loads_from_diffusers_keys_and_its_block_matches():
     from comfy_notebook.families.control import describe_control
-    from comfy_notebook.runtime.control_files import _build, convert_diffusers_controlnet, read_control_file
+    from comfy_notebook.runtime.control_files import (
+        _build,
+        convert_diffusers_controlnet,
+        read_control_file,
+    )
 
     ref, dsd = _diffusers_union()
     kind, tensors = read_control_file(dsd)
