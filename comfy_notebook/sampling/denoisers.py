@@ -20,17 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from comfy_notebook.sampling.controls import Control, controls_to_uncond
 from comfy_notebook.sampling.model_sampling import ModelSampling
 from comfy_notebook.sampling.schedules import SamplingConfigError
 
 __all__ = ["NOISE_SHAPED", "CFGDenoiser", "CondEntry", "Control", "ModelDenoiser", "resolve_conditioning"]
 
 ApplyModel = Callable[..., Tensor]
-# A conditioning entry's control, bound for one sampling run:
-# ``control(x_in, timestep, sigma, context, chunks, model_kwargs) -> residuals | None``, where
-# ``x_in`` is the scaled model input [n*B, C, h, w] of ``chunks`` batched entries.  The
-# residuals (or None when inactive at ``sigma``) are passed to ``apply_model`` as ``control=``.
-Control = Callable[[Tensor, Tensor, Tensor, Tensor, int, dict[str, Tensor]], Any]
 
 
 class ModelDenoiser:
@@ -168,31 +164,6 @@ def _add_matching_areas(conds: list[CondEntry], others: list[CondEntry]) -> None
                                model_kwargs=smallest.model_kwargs, control=c.control))
 
 
-def _controls_to_uncond(positive: list[Any], negative: list[Any]) -> list[Any]:
-    """ComfyUI's ``apply_empty_x_to_equal_area`` for controls (``samplers.py`` at a125cd8).
-
-    Controls of positive entries marked ``control_apply_to_uncond`` (``ControlNetApply``) go to
-    the negative entries without area when no negative entry has a control of its own; with
-    more controls than such entries they are dealt round-robin and the last one wins.
-    """
-    def plain(item: Any) -> bool:
-        return isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], dict) and (
-            "area" not in item[1])
-
-    cond_cnets = [item[1]["control"] for item in positive if plain(item)
-                  and item[1].get("control_apply_to_uncond", False) and item[1].get("control") is not None]
-    if not cond_cnets or any(plain(i) and i[1].get("control") is not None for i in negative):
-        return negative
-    others = [j for j, item in enumerate(negative) if plain(item)]
-    if not others:
-        return negative
-    out = list(negative)
-    for n, control in enumerate(cond_cnets):
-        j = others[n % len(others)]
-        out[j] = [negative[j][0], {**negative[j][1], "control": control}]
-    return out
-
-
 def resolve_conditioning(positive: list[Any], negative: list[Any], latent_hw: tuple[int, int],
                          schedule: ModelSampling, device: Any = None, dtype: Any = None,
                          kwargs_fn: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
@@ -209,7 +180,7 @@ def resolve_conditioning(positive: list[Any], negative: list[Any], latent_hw: tu
     should return the same object for the same control, so entries sharing one batch).
     """
     h, w = latent_hw
-    negative = _controls_to_uncond(positive, negative)
+    negative = controls_to_uncond(positive, negative)
     pos = [_entry(c, h, w, schedule, device, dtype, kwargs_fn, control_fn) for c in positive]
     neg_fn = kwargs_fn if negative_kwargs_fn is None else negative_kwargs_fn
     neg = [_entry(c, h, w, schedule, device, dtype, neg_fn, control_fn) for c in negative]

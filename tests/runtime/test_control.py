@@ -17,7 +17,7 @@ from comfy_notebook.runtime.control_run import (
     broadcast_image_to,
     resize_hint,
 )
-from comfy_notebook.sampling.denoisers import _controls_to_uncond
+from comfy_notebook.sampling.controls import controls_to_uncond
 from comfy_notebook.sampling.schedules import DiscreteSchedule
 
 
@@ -50,13 +50,13 @@ def test_merge_sums_chains_entry_by_entry():
 def test_controls_go_to_uncond_only_for_control_net_apply():
     pos = [[torch.zeros(1), {"control": "A", "control_apply_to_uncond": True}]]
     neg = [[torch.zeros(1), {}], [torch.zeros(1), {"area": (8, 8, 0, 0)}]]
-    out = _controls_to_uncond(pos, neg)
+    out = controls_to_uncond(pos, neg)
     assert out[0][1]["control"] == "A" and "control" not in out[1][1]
     assert "control" not in neg[0][1]  # the input list is not modified
     advanced = [[torch.zeros(1), {"control": "A", "control_apply_to_uncond": False}]]
-    assert _controls_to_uncond(advanced, neg) is neg
+    assert controls_to_uncond(advanced, neg) is neg
     has_own = [[torch.zeros(1), {"control": "B"}]]
-    assert _controls_to_uncond(pos, has_own) is has_own
+    assert controls_to_uncond(pos, has_own) is has_own
 
 
 class _Echo(torch.nn.Module):
@@ -124,13 +124,11 @@ def test_diffusers_table_agrees_with_diffusers_converter(tmp_path: pathlib.Path)
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_refused_files_say_what_they_are():
+def test_control_lora_marker_and_unknown_files():
     from comfy_notebook.errors import UnsupportedModelError
     from comfy_notebook.runtime.control_files import read_control_file
 
     assert read_control_file({"lora_controlnet": torch.zeros(1)})[0] == "control_lora"
-    with pytest.raises(UnsupportedModelError, match="union"):
-        read_control_file({"task_embedding": torch.zeros(1)})
     with pytest.raises(UnsupportedModelError, match=r"not a ControlNet.*Fix"):
         read_control_file({"model.diffusion_model.x": torch.zeros(1)})
 
