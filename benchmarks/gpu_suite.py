@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import os
 import platform
@@ -108,13 +109,19 @@ class Suite:
         return api
 
 
-def _ksampler_seconds(session: Session, api: dict[str, Any]) -> tuple[float, float]:
-    """(seconds of the whole run_prompt, seconds of the KSampler node) for one prompt."""
+def _ksampler_seconds(session: Session, api: dict[str, Any],
+                      nodes: dict[str, float] | None = None) -> tuple[float, float]:
+    """(seconds of the whole run_prompt, seconds of the KSampler node) for one prompt.
+
+    ``nodes`` receives every node's seconds ("<id> <class>").
+    """
     seconds: dict[str, float] = {}
 
     def on(event: Any) -> None:
         if isinstance(event, NodeFinished):
             seconds[event.node_id] = event.seconds
+            if nodes is not None:
+                nodes[f"{event.node_id} {event.class_type}"] = event.seconds
 
     unsubscribe = session.subscribe(on)
     t0 = time.perf_counter()
@@ -128,6 +135,15 @@ def _ksampler_seconds(session: Session, api: dict[str, Any]) -> tuple[float, flo
 def _unet_ref(session: Session) -> Any:
     name = next(i.name for i in session.models.list() if i.kind == "unet")
     return session.models[name].ref()
+
+
+def _loaded(s: Suite, out: str) -> Session:
+    """The suite's session with the checkpoint's models registered (runs the prompt once if not)."""
+    if s.session is None:
+        s.session = s.new_session(out)
+    if not any(i.kind == "unet" for i in s.session.models.list()):
+        s.session.run_prompt(s.prompt(seed=2))
+    return s.session
 
 
 # -- parts --------------------------------------------------------------------------------------
@@ -144,16 +160,21 @@ def part_checkpoint(s: Suite) -> None:
 
 def part_cold(s: Suite) -> None:
     session = s.new_session("out_cold")
-    wall, ks = _ksampler_seconds(session, s.prompt(seed=1))
+    moves: list[str] = []
+    session.models.subscribe(lambda e: moves.append(
+        f"{e.name} {e.source}->{e.target} {e.nbytes / 1e9:.2f} GB {e.seconds * 1e3:.0f} ms ({e.reason})"))
+    nodes: dict[str, float] = {}
+    wall, ks = _ksampler_seconds(session, s.prompt(seed=1), nodes)
     s.session = session
+    s.out("  cold nodes: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in nodes.items()))
+    s.out("  cold moves: " + "; ".join(moves))
     s.fig["cold_s"] = wall
     s.out(f"cold start      new session, file in page cache -> first image: {wall:.2f} s (KSampler {ks:.2f} s incl. "
           f"capture)  goal <= {GOALS['cold_s']} s")
 
 
 def part_e2e(s: Suite) -> None:
-    session = s.session or s.new_session("out_e2e")
-    s.session = session
+    session = _loaded(s, "out_e2e")
     rates = {}
     for graphs in (True, False):
         session.options["cuda_graphs"] = graphs
@@ -164,11 +185,24 @@ def part_e2e(s: Suite) -> None:
         rates[graphs] = s.steps / best
     session.options.pop("cuda_graphs", None)
     s.fig["e2e_its"] = rates[True]
+    one = s.prompt(seed=40)
+    one["3"]["inputs"]["steps"] = 1  # same shapes: a replayed step plus the node's fixed cost
+    _, ks1 = _ksampler_seconds(session, one)
+    extra = [f"1-step KSampler {ks1 * 1e3:.1f} ms (fixed cost ~{(ks1 - 1 / rates[True]) * 1e3:.1f} ms a run)"]
+    # samplers with per-step noise, graphs on: the noise's cost per step in the run
+    for name in ("euler_ancestral", "dpmpp_2m_sde_gpu"):
+        api = s.prompt(seed=50)
+        api["3"]["inputs"]["sampler_name"] = name
+        _, ks = _ksampler_seconds(session, api)
+        its = s.steps / ks
+        extra.append(f"{name} {its:.1f} it/s ({100 * (1 / its - 1 / rates[True]) * rates[True]:+.1f} % per step "
+                     "vs euler)")
     g = session.models.graphs
     held = ", ".join(f"{h.model} [{h.shapes}] {h.nbytes / 2**20:.0f} MiB" for h in g.held()) or "none"
     s.out(f"e2e run_prompt  KSampler {s.px}px cfg 8, {s.steps} euler steps: {rates[True]:.1f} it/s with "
           f"graphs, {rates[False]:.1f} it/s eager (x{rates[True] / rates[False]:.2f}); graphs held: {held}; "
           f"fallbacks {g.fallbacks}")
+    s.out("e2e samplers    " + ", ".join(extra) + "  goal: noise <= 5 % of a step")
 
 
 def _unet_inputs(s: Suite, ctx_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -180,8 +214,7 @@ def _unet_inputs(s: Suite, ctx_dim: int) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 def part_captured_step(s: Suite) -> None:
-    session = s.session or s.new_session("out_step")
-    s.session = session
+    session = _loaded(s, "out_step")
     mgr = session.models
     ref = _unet_ref(session)
     with torch.no_grad(), mgr.use(ref) as unet:
@@ -209,6 +242,41 @@ def part_captured_step(s: Suite) -> None:
           f"(captures {mgr.graphs.captures}, fallbacks {mgr.graphs.fallbacks})")
 
 
+def part_first_call(s: Suite) -> None:
+    """First-call latency of a UNet forward at a new shape, per SDPA backend order.
+
+    A cold start pays for every kernel's first use (cuDNN attention builds a plan per shape);
+    fresh latent sizes per backend order show what that costs, and the steady state after.
+    """
+    if not s.cuda:
+        s.out("first call      skipped: CUDA only (SDPA backend order)")
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    session = _loaded(s, "out_first")
+    mgr = session.models
+    ref = _unet_ref(session)
+    orders = {"default": None,
+              "flash first": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                              SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]}
+    parts = []
+    with torch.no_grad(), mgr.use(ref) as unet:
+        for (label, order), hw in zip(orders.items(), (72, 80), strict=True):
+            x = torch.randn(2, 4, hw, hw, device=s.device, dtype=s.dtype)
+            ctx = torch.randn(2, 77, unet.config.context_dim, device=s.device, dtype=s.dtype)
+            t = torch.full((2,), 500.0, device=s.device)
+            scope = contextlib.nullcontext() if order is None else sdpa_kernel(order, set_priority=True)
+            with scope:
+                s.sync()
+                t0 = time.perf_counter()
+                unet(x, t, ctx)
+                s.sync()
+                first = time.perf_counter() - t0
+                steady = s.timeit(lambda x=x, ctx=ctx, t=t: unet(x, t, ctx), budget=3)
+            parts.append(f"{label} ({hw * 8}px): first {first * 1e3:.0f} ms, then {steady * 1e3:.1f} ms")
+    s.out("first call      UNet forward at a new shape: " + "; ".join(parts))
+
+
 def part_diffusers(s: Suite) -> None:
     try:
         import diffusers  # noqa: F401
@@ -217,7 +285,7 @@ def part_diffusers(s: Suite) -> None:
         return
     from models_speed import _diffusers_unet
 
-    from comfy_notebook.runtime.loading import load_checkpoint
+    from comfy_notebook.families import load_checkpoint
 
     unet = load_checkpoint(s.ckpt, parts=("unet",), dtype=s.dtype).unet
     assert unet is not None
@@ -258,8 +326,9 @@ def part_diffusers(s: Suite) -> None:
 
 
 def part_file_to_gpu(s: Suite) -> None:
+    from comfy_notebook.families import load_checkpoint
     from comfy_notebook.runtime import fastread
-    from comfy_notebook.runtime.loading import SafetensorsFile, load_checkpoint
+    from comfy_notebook.runtime.loading import SafetensorsFile
 
     sf = SafetensorsFile(s.ckpt)
     keys = [k for k in sf if k.startswith("model.diffusion_model.")]
@@ -278,15 +347,23 @@ def part_file_to_gpu(s: Suite) -> None:
     t_plain = s.timeit(plain, budget=20, repeat=3)
     t_load = s.timeit(lambda: load_checkpoint(s.ckpt, parts=("unet",), dtype=s.dtype, device=s.device),
                       budget=15, repeat=3)
+    sweep = []  # reader threads x chunk size, to tune the defaults from one run
+    for threads, chunk in ((2, 64), (4, 64), (16, 64), (8, 16), (8, 256)):
+        if s.left() < 30:
+            break
+        t = s.timeit(lambda th=threads, ch=chunk: fastread.read_spans(
+            s.ckpt, fastread.spans_for(sf, wanted), s.device, threads=th, chunk_bytes=ch << 20),
+            budget=4, repeat=2)
+        sweep.append(f"{threads}t/{chunk}MB {nbytes / t / 1e9:.1f}")
     s.fig["file_gbs"] = nbytes / t_fast / 1e9
     s.out(f"file -> {s.device.type:4s}    UNet {nbytes / 1e9:.2f} GB: fastread {s.fig['file_gbs']:.1f} GB/s, "
           f"plain mmap .to() {nbytes / t_plain / 1e9:.1f} GB/s (x{t_plain / t_fast:.1f}); load_checkpoint(unet) "
           f"{t_load * 1e3:.0f} ms  goal >= {GOALS['file_gbs']} GB/s")
+    s.out(f"  fastread GB/s by threads/chunk (default {min(8, os.cpu_count() or 1)}t/64MB): {', '.join(sweep)}")
 
 
 def part_offload(s: Suite) -> None:
-    session = s.session or s.new_session("out_offload")
-    s.session = session
+    session = _loaded(s, "out_offload")
     mgr = session.models
     ref = _unet_ref(session)
     m = ref.base
@@ -302,8 +379,7 @@ def part_offload(s: Suite) -> None:
 
 
 def part_vae_clip(s: Suite) -> None:
-    session = s.session or s.new_session("out_vae")
-    s.session = session
+    session = _loaded(s, "out_vae")
     mgr = session.models
     vae_ref = next(mgr[i.name].ref() for i in mgr.list() if i.kind == "vae")
     clip_ref = next(mgr[i.name].ref() for i in mgr.list() if i.kind == "clip")
@@ -321,27 +397,42 @@ def part_vae_clip(s: Suite) -> None:
             peer = f", diffusers {t_peer * 1e3:.1f} ms (x{t_peer / t_vae:.2f})"
         except ImportError:
             peer = ", diffusers not importable"
+        # variants for the next step (not the product path yet): channels-last input, and a
+        # channels-last copy of the weights as well
+        z_cl = z.to(memory_format=torch.channels_last)
+        t_in_cl = s.timeit(lambda: vae.decode(z_cl), budget=5)
+        vae_cl = copy.deepcopy(vae).to(memory_format=torch.channels_last)
+        t_all_cl = s.timeit(lambda: vae_cl.decode(z_cl), budget=5)
     s.fig["vae_ms"] = t_vae * 1e3
     s.out(f"VAE decode      {s.px}px {str(dtype).removeprefix('torch.')}: {s.fig['vae_ms']:.1f} ms{peer}  "
           f"goal <= {GOALS['vae_ms']} ms")
+    s.out(f"  VAE variants: channels-last input {t_in_cl * 1e3:.1f} ms, channels-last input and weights "
+          f"{t_all_cl * 1e3:.1f} ms")
     tokens = torch.randint(0, 49406, (2, 77), device=s.device)
     with torch.no_grad(), mgr.use(clip_ref) as clip:
         t_clip = s.timeit(lambda: clip(tokens), budget=10, repeat=11)
+        graphed = mgr.graphs.wrap(clip_ref, clip, lambda tok: clip(tok)[0], enabled=True)
+        t_graph = s.timeit(lambda: graphed(tokens), budget=10, repeat=11)
     s.fig["clip_ms"] = t_clip * 1e3
-    s.out(f"CLIP encode     batch 2 x 77 tokens: {s.fig['clip_ms']:.2f} ms  goal <= {GOALS['clip_ms']} ms")
+    s.out(f"CLIP encode     batch 2 x 77 tokens: {s.fig['clip_ms']:.2f} ms eager, {t_graph * 1e3:.2f} ms "
+          f"captured (runtime.graphs; not wired into CLIPTextEncode yet)  goal <= {GOALS['clip_ms']} ms")
 
 
 def part_sampler_overhead(s: Suite) -> None:
     import sampling_overhead as so
 
+    from comfy_notebook.families.sd1 import SD15_LATENT
     from comfy_notebook.sampling import DiscreteSchedule
+    from comfy_notebook.sampling.model_sampling import ModelSampling
 
     hw = s.px // 8
     x = {"samples": torch.zeros(1, 4, hw, hw)}
     ctx = torch.zeros(1, 77, 768)
-    kw = dict(prediction="eps", schedule=DiscreteSchedule(), latent=x, positive=[[ctx, {}]],
+    kw = dict(model_sampling=ModelSampling(DiscreteSchedule()), latent_format=SD15_LATENT, latent=x,
+              positive=[[ctx, {}]],
               negative=[[ctx, {}]], seed=0, cfg=8.0, scheduler="normal", device=s.device)
-    step_ms = 1e3 / s.fig.get("limit_its", s.fig.get("ours_graph_its", 81.0))
+    # % of the GPU step at the limit (measured above, else performance.md's 12.3 ms replay step)
+    step_ms = 1e3 / s.fig["limit_its"] if "limit_its" in s.fig else 12.3
     parts = []
     for name in ("euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde_gpu"):
         us, _ = so._time({**kw, "sampler_name": name}, s.steps, s.device, 3)
@@ -358,27 +449,38 @@ def part_attention(s: Suite) -> None:
 
 
 def part_sdxl(s: Suite) -> None:
-    preset = "sdxl-tiny" if s.tiny else "sdxl"
-    if preset not in PRESETS and "sdxl" not in PRESETS:
-        s.out("SDXL            skipped: comfy_notebook.testing has no sdxl preset on this tree")
+    preset = "sdxl" if s.tiny else "sdxl-full"  # "sdxl" is the tiny SDXL-shaped preset
+    if preset not in PRESETS:
+        s.out(f"SDXL            skipped: comfy_notebook.testing has no {preset} preset on this tree")
         return
     path = s.tmp / "models" / "checkpoints" / "sdxl.safetensors"
-    make_checkpoint(path, preset=preset if preset in PRESETS else "sdxl", seed=0)
+    t0 = time.perf_counter()
+    make_checkpoint(path, preset=preset, seed=0)
+    made = time.perf_counter() - t0
     session = s.new_session("out_sdxl")
     api = s.prompt(seed=3, px=128 if s.tiny else 1024)
     api["4"]["inputs"]["ckpt_name"] = path.name
-    _ksampler_seconds(session, api)
-    _, ks = _ksampler_seconds(session, {**api, "3": {**api["3"], "inputs": {**api["3"]["inputs"], "seed": 4}}})
-    s.fig["sdxl_its"] = s.steps / ks
-    s.out(f"SDXL            {api['5']['inputs']['width']}px e2e: {s.fig['sdxl_its']:.1f} it/s  goal >= {GOALS['sdxl_its']}")
+    cold, _ = _ksampler_seconds(session, api)
+    rates = {}
+    for graphs in (True, False):
+        session.options["cuda_graphs"] = graphs
+        api["3"]["inputs"]["seed"] = 4 if graphs else 5
+        _, ks = _ksampler_seconds(session, api)
+        rates[graphs] = s.steps / ks
+    s.fig["sdxl_its"] = rates[True]
+    held = ", ".join(f"[{h.shapes}] {h.nbytes / 2**20:.0f} MiB" for h in session.models.graphs.held()) or "none"
+    s.out(f"SDXL            {preset} {path.stat().st_size / 1e9:.1f} GB (made in {made:.0f} s), "
+          f"{api['5']['inputs']['width']}px e2e: {rates[True]:.1f} it/s with graphs, {rates[False]:.1f} eager; "
+          f"first image {cold:.1f} s; graphs {held}  goal >= {GOALS['sdxl_its']}")
 
 
 PARTS: list[tuple[str, Callable[[Suite], None], float]] = [  # name, function, seconds it needs
     ("checkpoint", part_checkpoint, 25), ("cold", part_cold, 20), ("e2e", part_e2e, 20),
-    ("captured_step", part_captured_step, 20), ("diffusers", part_diffusers, 40),
+    ("captured_step", part_captured_step, 20), ("first_call", part_first_call, 8),
+    ("diffusers", part_diffusers, 40),
     ("file_to_gpu", part_file_to_gpu, 20), ("offload", part_offload, 8), ("vae_clip", part_vae_clip, 20),
     ("sampler_overhead", part_sampler_overhead, 10), ("attention", part_attention, 2),
-    ("sdxl", part_sdxl, 45),
+    ("sdxl", part_sdxl, 60),
 ]
 
 

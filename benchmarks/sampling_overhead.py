@@ -29,8 +29,10 @@ from typing import Any
 
 import torch
 
+from comfy_notebook.families.sd1 import SD15_LATENT
 from comfy_notebook.sampling import SAMPLERS as OFFERED
 from comfy_notebook.sampling import DiscreteSchedule, ksample
+from comfy_notebook.sampling.model_sampling import ModelSampling
 
 SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde_gpu", "heun", "uni_pc", "euler_cfg_pp",
             "dpmpp_2m_cfg_pp", "sa_solver")
@@ -90,7 +92,8 @@ def main() -> None:
     for hw in (64, 8):
         for case, (pos, neg) in cases.items():
             for sampler in [n for n in SAMPLERS if n in OFFERED] if case == "fast" else ("euler",):
-                kw = dict(prediction="eps", schedule=DiscreteSchedule(), latent={"samples": torch.zeros(1, 4, hw, hw)},
+                kw = dict(model_sampling=ModelSampling(DiscreteSchedule()), latent_format=SD15_LATENT,
+                          latent={"samples": torch.zeros(1, 4, hw, hw)},
                           positive=pos, negative=neg, seed=1, cfg=8.0, sampler_name=sampler, scheduler="karras",
                           device=device)
                 _time(kw, 3, device, 1)  # warm-up

@@ -56,9 +56,16 @@ __all__ = [
     "use_session",
 ]
 
-_LAZY = {
-    "read_prompt": ("comfy_notebook.pnginfo", "read_prompt"),
-}
+def read_prompt(png_path: Any, registry: Any = None) -> Any:
+    """The API prompt of a PNG saved by ComfyUI (see :func:`comfy_notebook.pnginfo.read_prompt`).
+
+    Checked against the current session's nodes (or ``registry``): a prompt saved by an older
+    ComfyUI that lacks inputs with defaults falls back to the PNG's workflow chunk, and a
+    warning says which defaults were filled.
+    """
+    from comfy_notebook.pnginfo import read_prompt as _read
+
+    return _read(png_path, registry if registry is not None else session().registry)
 
 
 def _node_namespace(name: str) -> Any:
@@ -76,11 +83,6 @@ del _name
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module_name, attr = _LAZY[name]
-        return getattr(importlib.import_module(module_name), attr)
     raise AttributeError(f"module 'comfy_notebook' has no attribute {name!r}")
 
 

@@ -18,15 +18,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import IO, Any, TypeGuard
 
 from comfy_notebook.errors import ComfyNotebookError, GraphError
 
 __all__ = [
     "UI_ONLY_NODES",
+    "FilledDefault",
+    "FilledDefaultsWarning",
     "MetadataError",
+    "PngPrompt",
     "api_to_workflow",
+    "missing_defaults",
     "png_text_chunks",
     "read_prompt",
     "read_workflow",
@@ -72,18 +78,75 @@ def _text_chunk(path: str | os.PathLike[str] | IO[bytes], key: str) -> Any:
         raise MetadataError(f"the {key!r} chunk of {path!s} is not valid JSON: {exc}") from exc
 
 
-def read_prompt(png_path: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
+class FilledDefaultsWarning(UserWarning):
+    """A PNG's prompt lacked inputs added to ComfyUI later; their defaults were filled in."""
+
+
+@dataclass(frozen=True)
+class FilledDefault:
+    """One input an older prompt or workflow lacked, and the default it was given."""
+
+    node_id: str
+    class_type: str
+    input: str
+    value: Any
+
+    def __str__(self) -> str:
+        return f"node {self.node_id} ({self.class_type}).{self.input}={self.value!r}"
+
+
+class PngPrompt(dict):  # type: ignore[type-arg]
+    """The prompt read from a PNG (a plain API prompt dict) and how it was obtained.
+
+    ``source`` is ``"prompt"`` (the ``prompt`` chunk as stored), ``"workflow"`` (the
+    ``workflow`` chunk converted, because the prompt lacked inputs that have defaults) or
+    ``"prompt+defaults"`` (no usable workflow: the defaults were filled into the prompt);
+    ``filled_defaults`` lists what was filled.
+    """
+
+    source: str = "prompt"
+    filled_defaults: tuple[FilledDefault, ...] = ()
+
+
+def missing_defaults(api: Mapping[str, Any], registry: Any) -> list[FilledDefault]:
+    """Required inputs with a default that ``api``'s nodes lack (older ComfyUI versions' prompts).
+
+    Nodes whose class is not registered are skipped (validation reports them).
+    """
+    out = []
+    for node_id, node in api.items():
+        if not isinstance(node, Mapping):
+            continue
+        spec = _spec(registry, str(node.get("class_type")))
+        if spec is None:
+            continue
+        inputs = node.get("inputs") or {}
+        for inp in spec.inputs.values():
+            if inp.category == "required" and inp.name not in inputs and "default" in inp.options:
+                out.append(FilledDefault(str(node_id), str(node.get("class_type")), inp.name,
+                                         inp.options["default"]))
+    return out
+
+
+def read_prompt(png_path: str | os.PathLike[str] | IO[bytes], registry: Any = None) -> PngPrompt:
     """The API-format prompt stored in a PNG's ``prompt`` chunk.
 
     Parameters
     ----------
     png_path:
         A path or binary file object of a PNG saved by ComfyUI or ``SaveImage``.
+    registry:
+        A session's registry (``comfy_notebook.read_prompt`` passes the current session's).
+        With it, a prompt saved by an older ComfyUI that lacks inputs added since (e.g.
+        ``VAEEncodeForInpaint.grow_mask_by``) is replaced by the conversion of the PNG's
+        ``workflow`` chunk, where those inputs get their defaults, as ComfyUI's web UI does;
+        a :class:`FilledDefaultsWarning` names each default filled.
 
     Returns
     -------
-    dict
-        ``{node_id: {"class_type", "inputs", "_meta"?}}``, ready for ``Session.run_prompt``.
+    PngPrompt
+        ``{node_id: {"class_type", "inputs", "_meta"?}}``, ready for ``Session.run_prompt``;
+        ``.source`` and ``.filled_defaults`` say whether defaults were filled.
 
     Raises
     ------
@@ -99,7 +162,32 @@ def read_prompt(png_path: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
     prompt = _text_chunk(png_path, "prompt")
     if not isinstance(prompt, dict):
         raise MetadataError(f"the prompt chunk of {png_path!s} is {type(prompt).__name__}, not a dict")
-    return prompt
+    result = PngPrompt(prompt)
+    if registry is None:
+        return result
+    missing = missing_defaults(prompt, registry)
+    if not missing:
+        return result
+    filled: list[FilledDefault] = []
+    try:
+        if hasattr(png_path, "seek"):
+            png_path.seek(0)
+        result = PngPrompt(workflow_to_api(read_workflow(png_path), registry, filled=filled))
+        result.source = "workflow"
+    except (MetadataError, GraphError) as exc:  # no usable workflow: fill the prompt itself
+        log.info("workflow chunk of %s not used: %s", png_path, exc)
+        result = PngPrompt({k: dict(v) for k, v in prompt.items()})
+        for item in missing:
+            node = result[item.node_id] = dict(result[item.node_id])
+            node["inputs"] = {**node.get("inputs", {}), item.input: _wrap(item.value)}
+        filled, result.source = missing, "prompt+defaults"
+    result.filled_defaults = tuple(filled)
+    how = "converted its workflow chunk" if result.source == "workflow" else "filled them into the prompt"
+    warnings.warn(
+        f"{png_path!s}: the stored API prompt lacks inputs that newer ComfyUI versions require "
+        f"({', '.join(str(m) for m in missing)}); {how}, with these defaults: "
+        f"{', '.join(str(f) for f in filled) or 'none'}", FilledDefaultsWarning, stacklevel=2)
+    return result
 
 
 def read_workflow(png_path: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
@@ -406,7 +494,8 @@ def _wrap(value: Any) -> Any:
     return {"__value__": value} if isinstance(value, list) else value
 
 
-def workflow_to_api(workflow: Mapping[str, Any], registry: Any = None) -> dict[str, Any]:
+def workflow_to_api(workflow: Mapping[str, Any], registry: Any = None, *,
+                    filled: list[FilledDefault] | None = None) -> dict[str, Any]:
     """Convert a ComfyUI UI-format workflow into an API-format prompt.
 
     Parameters
@@ -415,6 +504,9 @@ def workflow_to_api(workflow: Mapping[str, Any], registry: Any = None) -> dict[s
         A UI workflow (``nodes``, ``links``, ``widgets_values``), e.g. from :func:`read_workflow`.
     registry:
         The session's registry: it gives each node's input order and widget kinds.
+    filled:
+        When given, every widget input the workflow has no value for (a workflow saved by an
+        older version) is appended as a :class:`FilledDefault`.
 
     Returns
     -------
@@ -451,10 +543,15 @@ def workflow_to_api(workflow: Mapping[str, Any], registry: Any = None) -> dict[s
             for inp in spec.inputs.values():
                 if _is_widget(inp):
                     if isinstance(raw_values, Mapping):
+                        absent = inp.name not in raw_values
                         value = raw_values.get(inp.name, _default(inp))
                     else:
-                        value = values[k] if k < len(values) else _default(inp)
+                        absent = k >= len(values)
+                        value = _default(inp) if absent else values[k]
                     k += 2 if _has_control(inp) else 1
+                    if absent and filled is not None and inp.name not in linked:
+                        filled.append(FilledDefault(str(props.get(_PROP_ID, node["id"])),
+                                                    str(class_type), inp.name, value))
                     if inp.name not in linked:
                         inputs[inp.name] = _wrap(value)
                 if inp.name in linked:

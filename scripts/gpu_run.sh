@@ -11,8 +11,8 @@
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
-exec > >(tee -a "$OUT/gpu_log.txt") 2>&1
 
+main() {
 export PYTHONPATH="$PWD"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
@@ -52,3 +52,6 @@ timeout -k 10 90 python3 -m pytest -v -p no:cacheprovider \
   "tests/e2e/test_lora_embeddings.py::test_unpatched_model_after_a_lora_clone_in_accounting_mode[cuda]" \
   "tests/e2e/test_sd_pipeline.py::test_tight_cpu_budget_partial_loading_gives_the_same_image[cuda]"
 echo "e2e tests exit $?"
+}
+
+main 2>&1 | tee -a "$OUT/gpu_log.txt"

@@ -24,3 +24,7 @@ if [ "${1:-}" = "test" ]; then
 else
   $PIP install -q -e ".[notebook]"
 fi
+# spandrel (upscale models) declares torchvision, which would pull CUDA torch; it imports
+# without it (comfy_notebook.runtime.upscale), so install it alone.  Its other deps
+# (safetensors, numpy, einops, typing_extensions) come with comfy_notebook.
+$PIP install -q --no-deps "spandrel==0.4.2"

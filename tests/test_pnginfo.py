@@ -239,7 +239,13 @@ def test_read_prompt_and_errors(tmp_path: Path, registry: Registry) -> None:
     assert "prompt" not in png_text_chunks({"1": {"inputs": {"x": object()}}}, None)
 
 
-def test_lazy_export() -> None:
+def test_top_level_read_prompt_uses_the_current_session(tmp_path: Path, registry: Registry) -> None:
     import comfy_notebook
 
-    assert comfy_notebook.read_prompt is read_prompt
+    path = tmp_path / "p.png"
+    api = {"1": {"class_type": "Anything", "inputs": {}}}
+    meta = PngInfo()
+    meta.add_text("prompt", json.dumps(api))
+    Image.new("RGB", (4, 4)).save(path, pnginfo=meta)
+    assert comfy_notebook.read_prompt(path) == api
+    assert comfy_notebook.read_prompt(path, registry) == api

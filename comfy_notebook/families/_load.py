@@ -132,8 +132,7 @@ def _part_key(name: str, family: Family | None, component: Component) -> str:
 def _register(manager: ModelManager, key: str, source: str, sd: Mapping[str, Any] | None,
               component: Component, family: Family | None) -> Any:
     dtype = manager.policy.dtype_for(component.kind, component.dtypes)
-    # CUDA: read straight onto the device (pinned, pipelined reads); the manager keeps the master
-    device = manager.device if manager.device.type == "cuda" else torch.device("cpu")
+    device = manager.read_device()  # CUDA: pinned, pipelined reads straight onto the device
 
     def factory() -> nn.Module:
         return build_component(open_state_dict(source), component, dtype=dtype, device=device,

@@ -201,6 +201,14 @@ class Family:
     memory_factor:
         Activation-memory factor of one diffusion-model forward (see
         :func:`comfy_notebook.runtime.manager.estimate_unet_memory`).
+    merge_blocks:
+        The per-block ratio inputs of ComfyUI's ``ModelMerge<family>`` node: UNet key prefixes.
+    checkpoint_layout:
+        Component name -> (key prefix, key layout ``"ldm"``/``"hf"``/``"openclip"``) of the
+        single-file checkpoint ``CheckpointSave`` writes, as ComfyUI saves it (empty: not supported).
+    modelspec_architecture:
+        The ``modelspec.architecture`` ComfyUI writes into a saved checkpoint's metadata (None:
+        ComfyUI writes no modelspec block for this family).
     """
 
     name: str = ""
@@ -214,6 +222,9 @@ class Family:
     clip_types: Mapping[str, tuple[str, ...]] = {}
     lora_te_prefixes: Mapping[str, str] = {}
     memory_factor: float = 2.0
+    merge_blocks: tuple[str, ...] = ()
+    checkpoint_layout: Mapping[str, tuple[str, str]] = {}
+    modelspec_architecture: str | None = None
     #: cross-attention width of the released models (tells a LoRA's family from its shapes)
     context_dim: int | None = None
     #: LoRA key prefixes only this family's LoRAs use (kohya's two text encoders ...)

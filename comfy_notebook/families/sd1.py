@@ -35,6 +35,14 @@ class SD1Family(Family):
                                          "cond_stage_model.transformer.": "clip_l"})
     memory_factor = 2.0
     context_dim = 768
+    # ComfyUI's ModelMergeSD1 inputs (comfy_extras/nodes_model_merging_model_specific.py at
+    # Comfy-Org/ComfyUI@a125cd8): the trailing dot keeps input_blocks.1. off input_blocks.10
+    merge_blocks = ("time_embed.", "label_emb.", *(f"input_blocks.{i}." for i in range(12)),
+                    *(f"middle_block.{i}." for i in range(3)),
+                    *(f"output_blocks.{i}." for i in range(12)), "out.")
+    # what ComfyUI's SD15 model writes when saving (model_base.state_dict_for_saving)
+    checkpoint_layout = MappingProxyType({"unet": ("model.diffusion_model.", "ldm"),
+                                          "vae": ("first_stage_model.", "ldm"), "clip_l": (CLIP_PREFIX, "hf")})
 
     def matches(self, survey: Survey) -> bool:
         if survey.has_prefix(CLIP_PREFIX):

@@ -30,6 +30,12 @@ _MODULES = (
     "latent",
     "image",
     "image_io",
+    "mask",
+    "postprocessing",
+    "latent_ops",
+    "upscale",
+    "merging",
+    "clip_vision",
 )
 
 _mappings: dict[str, type] | None = None

@@ -195,6 +195,24 @@ class ConditioningSetAreaPercentage:
                                            "set_area_to_bounds": False}),)
 
 
+class ConditioningSetAreaStrength:
+    """Set the ``strength`` of every entry (how much an area conditioning weighs where it overlaps)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "conditioning": ("CONDITIONING",),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+        }}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "append"
+    CATEGORY = "conditioning"
+
+    def append(self, conditioning: Conditioning, strength: float) -> tuple[Conditioning]:
+        return (_set_values(conditioning, {"strength": strength}),)
+
+
 class ConditioningSetMask:
     """Restrict a conditioning to a MASK (optionally to the mask's bounding box)."""
 
@@ -267,6 +285,7 @@ NODE_CLASS_MAPPINGS = {
     "ConditioningConcat": ConditioningConcat,
     "ConditioningSetArea": ConditioningSetArea,
     "ConditioningSetAreaPercentage": ConditioningSetAreaPercentage,
+    "ConditioningSetAreaStrength": ConditioningSetAreaStrength,
     "ConditioningSetMask": ConditioningSetMask,
     "ConditioningZeroOut": ConditioningZeroOut,
     "ConditioningSetTimestepRange": ConditioningSetTimestepRange,

@@ -179,10 +179,20 @@ def apply_overrides(api: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
 
 
 def run_file(path: str | os.PathLike[str], overrides: Iterable[str] = (), session: Any = None) -> Any:
-    """Run an API-format prompt file (or a ``/prompt`` request body) with overrides applied."""
+    """Run an API-format prompt file (or a ``/prompt`` request body) with overrides applied.
+
+    A ``.png`` runs the prompt ComfyUI stored in it; a prompt from an older ComfyUI that lacks
+    inputs added since is replaced by the PNG's workflow converted with defaults (see
+    :func:`comfy_notebook.pnginfo.read_prompt`, which warns which defaults it filled).
+    """
     try:
-        api = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        if os.fspath(path).lower().endswith(".png"):
+            from comfy_notebook.pnginfo import read_prompt
+
+            api: Any = dict(read_prompt(path, _session(session).registry))
+        else:
+            api = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, ComfyNotebookError) as exc:  # bad JSON, no PNG metadata
         raise CommandError(f"cannot read {path}: {exc}") from None
     if isinstance(api, dict) and isinstance(api.get("prompt"), dict):
         api = api["prompt"]  # a /prompt request body

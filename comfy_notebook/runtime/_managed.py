@@ -155,6 +155,11 @@ class ManagedModel:
             mgr._ensure_built(self)
         return set(self._master)
 
+    def host_weight(self, key: str) -> torch.Tensor:
+        """The unpatched host (master) copy of parameter ``key`` (builds the model if unloaded)."""
+        self.parameter_names()
+        return self._master[key]
+
     def parameter_shapes(self) -> dict[str, torch.Size]:
         """Canonical parameter name -> shape (builds the model like :meth:`parameter_names`)."""
         self.parameter_names()

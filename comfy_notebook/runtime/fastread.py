@@ -103,6 +103,10 @@ class Copier:
     def stream(self) -> AbstractContextManager[Any]:
         return nullcontext()
 
+    def copy(self, dst: Tensor, src: Tensor) -> None:
+        """``dst.copy_(src)`` (a transfer or a cast), in the pipeline's order."""
+        dst.copy_(src)
+
     def record(self) -> Any:
         """A marker for 'everything issued so far' (None when copies are synchronous)."""
         return None
@@ -135,6 +139,9 @@ class CudaCopier(Copier):
 
     def stream(self) -> AbstractContextManager[Any]:
         return torch.cuda.stream(self._stream)
+
+    def copy(self, dst: Tensor, src: Tensor) -> None:
+        dst.copy_(src, non_blocking=True)
 
     def record(self) -> Any:
         event = torch.cuda.Event()
@@ -286,19 +293,19 @@ def read_spans(
                     fut.result()
                 with copier.stream():
                     if w.out_lo is not None:  # one DMA straight into the output buffer
-                        out[w.out_lo:w.out_lo + w.used].copy_(host[b][:w.used], non_blocking=True)
+                        copier.copy(out[w.out_lo:w.out_lo + w.used], host[b][:w.used])
                     else:
                         src_buf = host[b]
                         if device.type != "cpu":
                             if staged[b] is None:
                                 staged[b] = torch.empty(size, dtype=torch.uint8, device=device)
                             src_buf = staged[b]
-                            src_buf[:w.used].copy_(host[b][:w.used], non_blocking=True)
+                            copier.copy(src_buf[:w.used], host[b][:w.used])
                         for p in w.pieces:
                             sp = cast[p.span]
                             count = p.nbytes // sp.src.itemsize
                             src = src_buf[p.slot:p.slot + p.nbytes].view(sp.src)
-                            flat_out[sp.key][p.first:p.first + count].copy_(src)  # cast on the device
+                            copier.copy(flat_out[sp.key][p.first:p.first + count], src)  # cast on the device
                     markers[b] = copier.record()
             for marker in markers:
                 copier.wait(marker)

@@ -19,6 +19,7 @@ CPU-resident inputs, a capture that failed.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -63,11 +64,14 @@ class CudaCapturer(Capturer):
         return device.type == "cuda" and torch.cuda.is_available()
 
     def warmup_and_capture(self, fn: Callable[[], Tensor], device: torch.device) -> tuple[Tensor, Captured]:
+        current = torch.cuda.current_stream(device)
         side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
+        side.wait_stream(current)
         with torch.cuda.stream(side):
-            warm = fn().clone()
-        torch.cuda.current_stream(device).wait_stream(side)
+            out = fn()
+        current.wait_stream(side)
+        out.record_stream(current)  # allocated on the side stream, read on the caller's
+        warm = out.clone()
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_reserved(device)
         graph = torch.cuda.CUDAGraph()
@@ -88,7 +92,7 @@ class GraphInfo:
 
 
 class _Entry:
-    __slots__ = ("calls", "captured", "failed", "replays", "statics")
+    __slots__ = ("calls", "captured", "failed", "replays", "sources", "statics")
 
     def __init__(self) -> None:
         self.calls = 0
@@ -96,6 +100,8 @@ class _Entry:
         self.statics: tuple[list[Tensor], dict[str, Tensor]] | None = None
         self.failed: str | None = None
         self.replays = 0
+        # (tensor, version) last copied in; a weakref, as an address may be reused by a new tensor
+        self.sources: list[tuple[weakref.ref[Tensor], int] | None] = []
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -210,10 +216,13 @@ class StepGraphs:
                 return self._capture(entry, fn, args, kwargs, device)
             assert entry.statics is not None
             s_args, s_kwargs = entry.statics
-            for dst, src in zip(s_args, args, strict=True):
-                dst.copy_(src)
-            for k, dst in s_kwargs.items():
-                dst.copy_(kwargs[k])
+            sources = entry.sources
+            for j, (dst, src) in enumerate(zip([*s_args, *s_kwargs.values()],
+                                               [*args, *(kwargs[k] for k in s_kwargs)], strict=True)):
+                last = sources[j]
+                if last is None or last[0]() is not src or last[1] != src._version:
+                    dst.copy_(src)  # (the same tensor, unchanged since, e.g. the context: no copy)
+                    sources[j] = (weakref.ref(src), src._version)
             entry.captured.replay()
             entry.replays += 1
             self.replays += 1
@@ -233,6 +242,7 @@ class StepGraphs:
             self._fallback("capture failed")
             return fn(*args, **kwargs)
         entry.captured, entry.statics = captured, (s_args, s_kwargs)
+        entry.sources = [None] * (len(s_args) + len(s_kwargs))
         self.captures += 1
         return warm
 

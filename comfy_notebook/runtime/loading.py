@@ -235,7 +235,11 @@ def _load_part(
         )
     tensors = _read_fast(sd, found, expected, dtype, device)
     if tensors is None:
-        tensors = {k: _fit(sd[found[k]], expected[k], dtype, device) for k in expected}
+        try:
+            tensors = {k: _fit(sd[found[k]], expected[k], dtype, device) for k in expected}
+        except torch.OutOfMemoryError:  # no room on the device: the host (the manager places it)
+            device = torch.device("cpu")
+            tensors = {k: _fit(sd[found[k]], expected[k], dtype, device) for k in expected}
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as exc:
@@ -256,6 +260,8 @@ def _read_fast(sd: Mapping[str, Tensor], found: Mapping[str, str], expected: Map
     from comfy_notebook.runtime import fastread
 
     wanted = {k: (found[k], dtype, tuple(expected[k].shape)) for k in expected}
+    if any(sd.entry(f)[3] != expected[k].numel() for k, (f, _, _) in wanted.items()):
+        return None  # a shape mismatch: the mmap path names it (ModelLoadError)
     try:
         return fastread.read_spans(sd.path, fastread.spans_for(sd, wanted), device)
     except torch.OutOfMemoryError:

@@ -220,6 +220,14 @@ class ModelManager:
         return "\n".join(lines)
 
     # -- memory -------------------------------------------------------------------------------
+    def read_device(self) -> torch.device:
+        """Where model files are read to before registering: straight onto a CUDA compute device
+        (pinned, pipelined reads; :meth:`register` then keeps the pinned host master), unless a
+        budget or a simulated capacity limits the device, which the temporary copy could breach."""
+        if self.device.type == "cuda" and self.budget_bytes is None and self.capacity_bytes is None:
+            return self.device
+        return torch.device("cpu")
+
     def _resident_bytes(self) -> int:
         return sum(m.loaded_bytes for m in self._models.values())
 

@@ -22,7 +22,8 @@ from comfy_notebook.errors import ComfyNotebookError
 if TYPE_CHECKING:
     from comfy_notebook.runtime.manager import ManagedModel
 
-__all__ = ["DiffPatch", "LoraPatch", "ModelRef", "Patch", "PatchShapeError", "apply_patches"]
+__all__ = ["DiffPatch", "LoraPatch", "ModelRef", "Patch", "PatchShapeError", "apply_patches",
+           "patched_fp32"]
 
 _uids = itertools.count(1)
 
@@ -86,12 +87,25 @@ class DiffPatch:
 Patch = Union[LoraPatch, DiffPatch]  # noqa: UP007
 
 
-def apply_patches(weight: Tensor, patches: Iterable[Patch]) -> Tensor:
-    """Return a new tensor ``weight + sum(deltas)``, computed in fp32, stored in weight's dtype."""
+def patched_fp32(weight: Tensor, patches: Iterable[Patch]) -> Tensor:
+    """``weight`` with ``patches`` applied in order, as a new fp32 tensor.
+
+    Each patch first scales the weight so far by its ``strength_model`` (1 unless set: the
+    model merges' ``W = strength_model * W + strength * W2``, ComfyUI's ``calculate_weight``
+    order), then adds its delta.
+    """
     acc = weight.to(torch.float32, copy=True)  # [*shape] fp32
     for patch in patches:
+        scale = getattr(patch, "strength_model", 1.0)
+        if scale != 1.0:
+            acc *= scale
         acc += patch.delta(weight.shape, weight.device)
-    return acc.to(weight.dtype)
+    return acc
+
+
+def apply_patches(weight: Tensor, patches: Iterable[Patch]) -> Tensor:
+    """Return a new tensor: ``weight`` patched (see :func:`patched_fp32`), in weight's dtype."""
+    return patched_fp32(weight, patches).to(weight.dtype)
 
 
 class ModelRef:
@@ -147,7 +161,7 @@ class ModelRef:
             )
         merged = {k: tuple(v) for k, v in self._patches.items()}
         for key, value in patches.items():
-            items = (value,) if isinstance(value, (LoraPatch, DiffPatch)) else tuple(value)
+            items = (value,) if hasattr(value, "delta") else tuple(value)
             scaled = tuple(replace(p, strength=p.strength * strength, uid=next(_uids)) for p in items)
             merged[key] = merged.get(key, ()) + scaled
         return ModelRef(self.base, merged, holder=self.holder)

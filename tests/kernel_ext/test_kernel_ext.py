@@ -208,3 +208,22 @@ def test_models_dir_magic_takes_effect_in_the_running_session(ip, session, tmp_p
     assert f"models folder: {tmp_path}\n" in capsys.readouterr().out
     with pytest.raises(UsageError, match="does not exist"):
         ip.run_line_magic("comfy", f"models-dir {tmp_path / 'nope'}")
+
+
+def test_run_png_fills_defaults_an_older_prompt_lacks(ip, run_cell, session, calls, tmp_path):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from comfy_notebook.pnginfo import FilledDefaultsWarning
+
+    # an "older" prompt: Add.b (default 0) did not exist yet
+    meta = PngInfo()
+    meta.add_text("prompt", json.dumps({
+        "1": {"class_type": "Number", "inputs": {"value": 4}},
+        "2": {"class_type": "Add", "inputs": {"a": ["1", 0]}},
+        "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}))
+    png = tmp_path / "old.png"
+    Image.new("RGB", (2, 2)).save(png, pnginfo=meta)
+    with pytest.warns(FilledDefaultsWarning, match=r"node 2 \(Add\)\.b=0"):
+        result = ip.run_line_magic("comfy", f"run {png}")
+    assert result.outputs["2"] == (4,)

@@ -129,7 +129,7 @@ def test_cuda_reads_match_the_mmap_path(tmp_path: pathlib.Path, chunk: int) -> N
 
 @pytest.mark.gpu
 def test_load_checkpoint_on_cuda_uses_fast_reads_and_matches(tmp_path: pathlib.Path) -> None:
-    from comfy_notebook.runtime.loading import load_checkpoint
+    from comfy_notebook.families import load_checkpoint
     from comfy_notebook.testing import make_checkpoint
 
     path = make_checkpoint(tmp_path / "tiny.safetensors")
@@ -163,3 +163,66 @@ def test_short_reads_and_scatter_jobs(tmp_path: pathlib.Path, monkeypatch: pytes
             start += n
     want = {f + j: so + j for f, so, n in reads for j in range(n)}
     assert covered == want
+
+
+class DeferredCopier(fastread.SyncCopier):
+    """Copies run only when a marker is waited on: a staging chunk refilled too early shows."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.done = 0
+        self.max_in_flight = 0
+
+    def copy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        self.pending.append((dst, src))
+        self.max_in_flight = max(self.max_in_flight, len(self.pending) - self.done)
+
+    def record(self) -> int:
+        return len(self.pending)
+
+    def wait(self, marker: object) -> None:
+        if marker is not None:
+            assert isinstance(marker, int)
+            for dst, src in self.pending[self.done:marker]:
+                dst.copy_(src)
+            self.done = max(self.done, marker)
+
+    def finish(self) -> None:
+        self.wait(len(self.pending))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_double_buffering_waits_before_refilling_a_staging_chunk(tmp_path: pathlib.Path, depth: int) -> None:
+    sf = SafetensorsFile(mixed(tmp_path))
+    for dst in (torch.float32, torch.float16):  # direct windows, and casts
+        copier = DeferredCopier()
+        wanted = {k: (k, dst, sf.entry(k)[1]) for k in sf}
+        got = fastread.read_spans(sf.path, fastread.spans_for(sf, wanted), "cpu", copier=copier,
+                                  chunk_bytes=256, threads=2, depth=depth)
+        for k, t in expected(sf, dst).items():
+            assert torch.equal(got[k].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)), k
+        assert copier.max_in_flight > 1  # copies really were deferred across chunks
+
+
+def test_a_part_that_does_not_fit_the_device_loads_on_the_host(tmp_path: pathlib.Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from comfy_notebook.families import load_checkpoint
+    from comfy_notebook.runtime import loading
+    from comfy_notebook.testing import make_checkpoint
+
+    path = make_checkpoint(tmp_path / "tiny.safetensors")
+    ref = load_checkpoint(path, parts=("vae",)).vae
+
+    def fit(t: torch.Tensor, like: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        if device.type != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_fit(t, like, dtype, device)
+
+    real_fit = loading._fit
+    monkeypatch.setattr(loading, "_fit", fit)  # the "device" (meta here) has no room at all
+    vae = loading._load_part(type(ref), ref.config, loading.open_state_dict(path), "first_stage_model.",
+                             torch.float32, torch.device("meta"), "VAE")
+    assert all(p.device.type == "cpu" for p in vae.parameters())
+    for (k, a), (_, b) in zip(ref.state_dict().items(), vae.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k

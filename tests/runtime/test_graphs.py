@@ -201,19 +201,24 @@ def test_close_unsubscribes() -> None:
     assert graphs.invalidations == 0
 
 
-def test_the_sampler_path_uses_captured_steps_and_gives_the_same_image(tmp_path: pathlib.Path) -> None:
-    from comfy_notebook._session import Session
-    from comfy_notebook.nodes import register_builtins
+def _tiny_prompt(tmp_path: pathlib.Path) -> dict[str, Any]:
+    from comfy_notebook.demo import default_prompt
     from comfy_notebook.testing import make_checkpoint
 
     (tmp_path / "checkpoints").mkdir()
     make_checkpoint(tmp_path / "checkpoints" / "tiny.safetensors")
-    from comfy_notebook.demo import default_prompt
-
     api = default_prompt()
     api["4"]["inputs"]["ckpt_name"] = "tiny.safetensors"
     api["5"]["inputs"].update(width=64, height=64)
     api["3"]["inputs"].update(steps=5)
+    return api
+
+
+def test_the_sampler_path_uses_captured_steps_and_gives_the_same_image(tmp_path: pathlib.Path) -> None:
+    from comfy_notebook._session import Session
+    from comfy_notebook.nodes import register_builtins
+
+    api = _tiny_prompt(tmp_path)
     images = {}
     for on in (False, True):
         s = Session(models_dir=tmp_path, output_dir=tmp_path / f"out{on}")
@@ -248,3 +253,34 @@ def test_cuda_replay_is_bit_identical_to_eager() -> None:
     assert mgr.graphs.captures == 1 and mgr.graphs.replays == 3 and mgr.graphs.nbytes("mlp") >= 0
     mgr.offload(m)
     assert mgr.graphs.held() == []
+
+
+def test_an_unchanged_input_is_not_copied_again_but_an_in_place_change_is() -> None:
+    mgr, m, _ = _setup()
+    x, t, c = _inputs()
+    with torch.no_grad(), mgr.use(m) as module:
+        f = mgr.graphs.wrap(m.ref(), module, module, enabled=True)
+        for _ in range(3):
+            f(x, t, c)
+        c.mul_(2.0)  # same tensor, new contents: its version counter moved
+        assert torch.equal(f(x, t, c), module(x, t, c))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m_sde_gpu"])
+def test_cuda_session_images_are_the_same_with_and_without_graphs(tmp_path: pathlib.Path, sampler: str) -> None:
+    from comfy_notebook._session import Session
+    from comfy_notebook.nodes import register_builtins
+
+    api = _tiny_prompt(tmp_path)
+    api["3"]["inputs"]["sampler_name"] = sampler
+    images, graphs = {}, {}
+    for on in (False, True):
+        s = Session(models_dir=tmp_path, output_dir=tmp_path / f"out{on}")
+        register_builtins(s)
+        s.options["cuda_graphs"] = on
+        images[on] = s.run_prompt(api).outputs["8"][0]
+        graphs[on] = s.models.graphs
+    assert graphs[True].captures == 1 and graphs[True].replays == 3, graphs[True].fallbacks
+    assert graphs[False].captures == 0
+    assert torch.equal(images[False], images[True])

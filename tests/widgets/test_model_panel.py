@@ -67,6 +67,20 @@ def test_show_models_for_a_session(manager: Any) -> None:
     assert isinstance(panel, ModelPanel) and panel.memory["host"]["cache"] == 1234
 
 
+def test_rows_carry_the_captured_graphs_of_each_model() -> None:
+    from torch import nn
+
+    from comfy_notebook.runtime import DevicePolicy, ModelManager
+    from comfy_notebook.runtime.graphs import GraphInfo
+    from comfy_notebook.widgets.model_panel import ModelPanel
+
+    mgr = ModelManager(DevicePolicy.cpu())
+    mgr.register("u", lambda: nn.Linear(2, 2), kind="unet")
+    mgr.graphs.held = lambda model=None: [GraphInfo("u", "2x4", 4096, 3)] if model in (None, "u") else []
+    panel = ModelPanel(mgr)
+    assert (panel.rows[0]["graphs"], panel.rows[0]["graph_bytes"]) == (1, 4096)
+
+
 def test_panel_is_true_in_every_mode(manager: Any) -> None:
     """Defect 7: CPU-only, simulated VRAM and partial loading all agree with the rows."""
     import torch

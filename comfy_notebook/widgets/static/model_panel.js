@@ -55,7 +55,10 @@ function render({ model, el }) {
       h("td", { text: r.dtype }),
       h("td", { class: "cn-num", text: fmt(r.bytes) }),
       h("td", { class: "cn-num", text: mode === "cpu" ? "–" : fmt(r.device_bytes) }),
-      h("td", { class: `cn-loc cn-loc-${r.location}`, text: r.location }),
+      h("td", {
+        class: `cn-loc cn-loc-${r.location}`, text: r.location,
+        title: r.graphs ? `${r.graphs} captured sampling step(s), ${fmt(r.graph_bytes)}` : "",
+      }),
       h("td", { class: "cn-actions" }, (r.actions || []).map((a) => h("button", {
         class: `cn-btn cn-${a}`, text: a, title: `${a} ${r.name}`, onclick: () => send(a, r.name),
       }))),

@@ -1,0 +1,92 @@
+"""CLIP vision nodes: ``CLIPVisionLoader``, ``CLIPVisionEncode`` and ``unCLIPConditioning``.
+
+Names, inputs and outputs follow ComfyUI's ``nodes.py`` (Comfy-Org/ComfyUI@a125cd8); the tower
+and its preprocessing are :mod:`comfy_notebook.models.clip_vision` and
+:mod:`comfy_notebook.runtime.clip_vision`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from comfy_notebook.nodes._services import folders, listing, model_manager, services
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+
+class CLIPVisionLoader:
+    """Load a CLIP image encoder (ViT-L/14, ViT-H/14, ViT-bigG/14) from models/clip_vision."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"clip_name": (listing("clip_vision"),)}}
+
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "load_clip"
+    CATEGORY = "loaders"
+
+    def load_clip(self, clip_name: str) -> tuple[Any]:
+        from comfy_notebook.runtime.clip_vision import load_clip_vision_value
+
+        svc = services()
+        path = folders(svc).resolve("clip_vision", clip_name)
+        return (load_clip_vision_value(model_manager(svc), path, name=str(clip_name).rsplit(".", 1)[0]),)
+
+
+class CLIPVisionEncode:
+    """Encode an image: ``crop="center"`` crops to a square first, ``"none"`` squashes it."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"clip_vision": ("CLIP_VISION",), "image": ("IMAGE",),
+                             "crop": (["center", "none"],)}}
+
+    RETURN_TYPES = ("CLIP_VISION_OUTPUT",)
+    FUNCTION = "encode"
+    CATEGORY = "conditioning"
+
+    def encode(self, clip_vision: Any, image: torch.Tensor, crop: str) -> tuple[Any]:
+        return (clip_vision.encode_image(image, crop=crop == "center"),)
+
+
+class unCLIPConditioning:
+    """Append an image embedding to every conditioning entry (``unclip_conditioning``).
+
+    Only unCLIP models read it (their ``adm`` input); other models ignore it, as in ComfyUI.
+    Strength 0 returns the conditioning unchanged.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "conditioning": ("CONDITIONING",), "clip_vision_output": ("CLIP_VISION_OUTPUT",),
+            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
+            "noise_augmentation": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+        }}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "apply_adm"
+    CATEGORY = "conditioning"
+
+    def apply_adm(self, conditioning: list[Any], clip_vision_output: Any, strength: float,
+                  noise_augmentation: float) -> tuple[list[Any]]:
+        if strength == 0:
+            return (conditioning,)
+        entry = {"clip_vision_output": clip_vision_output, "strength": strength,
+                 "noise_augmentation": noise_augmentation}
+        return ([[cond, {**opts, "unclip_conditioning": [*opts.get("unclip_conditioning", []), entry]}]
+                 for cond, opts in conditioning],)
+
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "CLIPVisionLoader": CLIPVisionLoader,
+    "CLIPVisionEncode": CLIPVisionEncode,
+    "unCLIPConditioning": unCLIPConditioning,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "CLIPVisionLoader": "Load CLIP Vision",
+    "CLIPVisionEncode": "CLIP Vision Encode",
+}
