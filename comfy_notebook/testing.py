@@ -576,6 +576,7 @@ def make_control_lora(
         down = torch.randn((rank, i, *kernel), generator=gen) * 0.1 * value[0].numel() ** -0.5
         out[module + ".down"] = down.to(dtype)
     _save(out, path)
+    return str(path)
 
 
 def make_esrgan(path: str | os.PathLike[str], *, layout: str = "realesrgan", scale: int = 4,
