@@ -96,6 +96,8 @@ class TextEncoderSpec:
         Token that pads each 77-token row (the end token 49407, or 0 for OpenCLIP encoders).
     projected_pooled:
         The pooled output goes through the encoder's ``text_projection``.
+    tokenizer, min_length:
+        The tokenizer kind and, for T5, the padded length (ComfyUI: 256 for Flux, 77 for SD3).
     """
 
     name: str
@@ -103,6 +105,10 @@ class TextEncoderSpec:
     final_norm: bool = True
     pad_token: int = 49407
     projected_pooled: bool = False
+    #: ``"clip"`` (77-token BPE rows) or ``"t5"`` (one SentencePiece row, see ``models.t5_tokenizer``)
+    tokenizer: str = "clip"
+    #: t5: pad the row with ``pad_token`` to at least this many tokens
+    min_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,11 @@ class Component:
     config: Any
     layout: str = "ldm"
     dtypes: tuple[torch.dtype, ...] = HALF_DTYPES
+    #: the module class, when not the one of its kind (``models.flux.Flux``, ``models.t5.T5Encoder``)
+    architecture: Any = None
+    #: ComfyUI's UNETLoader ``weight_dtype`` (``default`` / ``fp8_e4m3fn`` / ``fp8_e4m3fn_fast`` /
+    #: ``fp8_e5m2``); fp8 storage needs an architecture that takes a ``linear`` factory
+    weight_dtype: str = "default"
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from comfy_notebook.engine import current_context
 from comfy_notebook.runtime.control_run import bind_controls
 from comfy_notebook.runtime.values import ModelValue
-from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, ksample
+from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, fix_empty_latent_channels, ksample
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+T = TypeVar("T")
 
 
 def sampler_names() -> list[str]:
@@ -30,13 +32,16 @@ def _graphs_option(ctx: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
-def common_ksampler(
-    model: ModelValue, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
-    positive: list[Any], negative: list[Any], latent: dict[str, Any], *, denoise: float = 1.0,
-    add_noise: bool = True, start_step: int | None = None, last_step: int | None = None,
-    force_full_denoise: bool = False,
-) -> dict[str, Any]:
-    """Sample ``latent`` with ``model``; progress and interrupts go through the node context."""
+def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..., T], *,
+                    evaluates_negative: bool = True, conditionings: Sequence[list[Any]] = ()) -> T:
+    """``body(apply_model, callback=..., control_fn=..., **facts)`` with the UNet on the compute device.
+
+    ``facts`` are what the sampling core needs to know about ``model`` (its model sampling,
+    latent format, device and extra model inputs); progress and interrupts go through the node
+    context.  The ControlNets / T2I-Adapters that ``conditionings`` carry are put on the device
+    beside the UNet for the run; ``control_fn`` binds an entry's control (None without any).
+    ``evaluates_negative`` sizes the memory estimate (a doubled batch per step).
+    """
     ctx = current_context()
 
     def callback(info: Any) -> None:
@@ -44,7 +49,7 @@ def common_ksampler(
         # demand, so no host copy happens here.
         ctx.progress(info.step + 1, info.total, preview=info.denoised[:1])
 
-    def run(unet: Any) -> dict[str, Any]:
+    def run(unet: Any) -> T:
         weight_dtype = model.ref.base.dtype
 
         def eager(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
@@ -53,20 +58,35 @@ def common_ksampler(
         # captured as a CUDA graph per shape where possible (runtime.graphs); eager otherwise
         # (a step with control residuals runs eagerly: they are not plain tensor inputs)
         apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=_graphs_option(ctx))
-
-        # ControlNets / T2I-Adapters the conditioning carries go on the device beside the UNet
-        with bind_controls(positive, negative, schedule=model.model_sampling, device=model.manager.device,
+        with bind_controls(conditionings, schedule=model.model_sampling, device=model.manager.device,
                            unet=unet, unet_config=model.unet_config) as bind:
-            return ksample(
-                apply_model, model_sampling=model.model_sampling, latent_format=model.latent_format,
-                latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,
-                sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
-                start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise,
-                device=model.manager.device, callback=callback, model_inputs=model.model_inputs(),
-                control_fn=bind,
-            )
+            return body(apply_model, callback=callback, control_fn=bind, **model_facts(model))
 
-    return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=cfg != 1.0)
+    return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=evaluates_negative)
+
+
+def model_facts(model: ModelValue) -> dict[str, Any]:
+    """The sampling core's keywords that describe ``model`` (the one place that reads them)."""
+    return {"model_sampling": model.model_sampling, "latent_format": model.latent_format,
+            "device": model.manager.device, "model_inputs": model.model_inputs()}
+
+
+def common_ksampler(
+    model: ModelValue, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+    positive: list[Any], negative: list[Any], latent: dict[str, Any], *, denoise: float = 1.0,
+    add_noise: bool = True, start_step: int | None = None, last_step: int | None = None,
+    force_full_denoise: bool = False,
+) -> dict[str, Any]:
+    """Sample ``latent`` with ``model``; progress and interrupts go through the node context."""
+    latent = {**latent, "samples": fix_empty_latent_channels(latent["samples"], model.latent_format.channels)}
+
+    def body(apply_model: Any, **facts: Any) -> dict[str, Any]:
+        return ksample(
+            apply_model, latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,
+            sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
+            start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise, **facts)
+
+    return sample_on_model(model, latent, body, evaluates_negative=cfg != 1.0, conditionings=(positive, negative))
 
 
 class KSampler:

@@ -20,7 +20,7 @@ timestep: they are computed once per size and batch.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,7 +202,7 @@ def _key(net: ControlNetValue) -> str:
 
 
 @contextmanager
-def bind_controls(positive: list[Any], negative: list[Any], *, schedule: Any, device: Any,
+def bind_controls(conditionings: Sequence[list[Any]], *, schedule: Any, device: Any,
                   unet: torch.nn.Module | None = None, unet_config: Any = None,
                   memory_required: int = 0) -> Iterator[Callable[[Any], BoundControl] | None]:
     """Put the nets the conditioning uses on the device; yield ``bind(applied) -> BoundControl``.
@@ -214,7 +214,7 @@ def bind_controls(positive: list[Any], negative: list[Any], *, schedule: Any, de
     """
     from comfy_notebook.runtime.control_files import build_control_lora
 
-    applied = list({id(a): a for a in [*_applied(positive), *_applied(negative)]}.values())
+    applied = list({id(a): a for c in conditionings for a in _applied(c)}.values())
     if not applied:
         yield None
         return
