@@ -240,5 +240,12 @@ class FluxFamily(Family):
     def model_inputs(self, unet_config: Any, params: Mapping[str, Any]) -> dict[str, Tensor]:
         return flux_model_kwargs(params, batch=1)
 
+    def unet_lora_patches(self, lora_sd: Mapping[str, Tensor], unet_config: Any,
+                          unet_keys: Any) -> tuple[dict[str, Any], list[str]]:
+        """Flux LoRAs in ComfyUI/BFL, kohya and diffusers/PEFT styles (``families/flux_lora.py``)."""
+        from comfy_notebook.families.flux_lora import flux_lora_patches
+
+        return flux_lora_patches(lora_sd, unet_config, unet_keys)
+
 
 FLUX = FluxFamily()

@@ -124,7 +124,7 @@ def _latent_array(value: Any) -> Any:
     """A LATENT value's latent-to-RGB preview (its format's factors), upscaled (nearest) to a visible size."""
     import numpy as np
 
-    from comfy_notebook.widgets.preview import latent_to_rgb
+    from comfy_notebook.families.preview import latent_to_rgb
 
     samples = value["samples"] if isinstance(value, dict) else value
     rgb = latent_to_rgb(samples)  # [B,h,w,3] uint8

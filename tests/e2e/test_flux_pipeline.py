@@ -163,7 +163,6 @@ def flux_custom_prompt(unet: str = "flux1-dev.safetensors", scheduler: str = "si
 
 @pytest.mark.parametrize("unet", ["flux1-dev.safetensors", "flux1-schnell.safetensors"])
 def test_sampler_custom_advanced_equals_ksampler(root, unet):
-    pytest.importorskip("comfy_notebook.nodes.custom_sampling", reason="the custom-sampling nodes are not merged yet")
     custom = _image(session(root).run_prompt(flux_custom_prompt(unet=unet)))
     plain = _image(session(root).run_prompt(flux_dev_prompt(unet=unet)))
     assert torch.equal(custom, plain)  # cfg 1: the negative of the KSampler graph is never evaluated
@@ -188,3 +187,31 @@ def test_budget_below_the_model_runs_partially_loaded(root, weight_dtype):
     assert torch.equal(_image(tight.run_prompt(copy.deepcopy(api))), reference)
     stats = tight.models.stats
     assert stats.partial_loads >= 1 and stats.bytes_streamed > 0
+
+
+def test_flux_lora_in_diffusers_style_patches_the_fused_weights(root):
+    from safetensors.torch import save_file
+
+    from comfy_notebook.families.flux_lora import diffusers_to_flux
+    from comfy_notebook.models.flux import FluxConfig
+
+    gen = torch.Generator().manual_seed(5)
+    lora = {}
+    cfg = FluxConfig.tiny()
+    for name, (_, _, rows) in diffusers_to_flux(cfg).items():
+        if not name.startswith(("transformer_blocks.0.attn.to_", "single_transformer_blocks.0.proj_mlp")):
+            continue
+        out = rows if rows is not None else cfg.hidden_size
+        lora[f"transformer.{name}.lora_A.weight"] = torch.randn(4, cfg.hidden_size, generator=gen) * 0.3
+        lora[f"transformer.{name}.lora_B.weight"] = torch.randn(out, 4, generator=gen) * 0.3
+    path = root / "models" / "loras" / "flux_diffusers_lora.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(lora, str(path))
+    base = _image(session(root).run_prompt(flux_dev_prompt()))
+    for strength, same in ((0.0, True), (1.0, False)):
+        api = flux_dev_prompt()
+        api["50"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+            "model": ["12", 0], "lora_name": "flux_diffusers_lora.safetensors", "strength_model": strength}}
+        api["31"]["inputs"]["model"] = ["50", 0]
+        img = _image(session(root).run_prompt(api))
+        assert torch.equal(img, base) == same
