@@ -20,9 +20,9 @@ from comfy_notebook.models.detect import UNET_PREFIX, VAE_PREFIX
 from comfy_notebook.models.unet import UNetConfig, UNetModel
 from comfy_notebook.models.vae import AutoencoderKL, VAEConfig
 
-__all__ = ["PRESETS", "Preset", "get_preset", "make_checkpoint", "make_embedding", "make_esrgan",
-           "make_lora", "make_text_encoder_file", "make_unet_file", "make_vae_file", "preset_configs",
-           "random_state_dict", "schedule_buffers"]
+__all__ = ["PRESETS", "Preset", "get_preset", "make_checkpoint", "make_control_lora", "make_controlnet",
+           "make_embedding", "make_esrgan", "make_lora", "make_t2i_adapter", "make_text_encoder_file",
+           "make_unet_file", "make_vae_file", "preset_configs", "random_state_dict", "schedule_buffers"]
 
 
 @dataclass(frozen=True)
@@ -438,6 +438,145 @@ def make_masked_image(path: str | os.PathLike[str], size: int = 64, seed: int = 
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     Image.fromarray(rgba, "RGBA").save(path)
     return os.fspath(path)
+
+
+def _unet_config_of(checkpoint_path: str | os.PathLike[str]) -> UNetConfig:
+    from comfy_notebook.families import detect
+    from comfy_notebook.runtime.loading import open_state_dict
+
+    info = detect(open_state_dict(checkpoint_path), source=os.fspath(checkpoint_path))
+    if info.unet is None:
+        raise ValueError(f"{checkpoint_path} has no UNet to build a control model for")
+    return info.unet
+
+
+def make_controlnet(
+    path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str], *, layout: str = "original",
+    seed: int = 0, hint_channels: int = 3, dtype: torch.dtype = torch.float32, difference: bool = False,
+    union_types: int | None = None,
+) -> str:
+    """Write a random ControlNet for the UNet of the checkpoint at ``checkpoint_path``.
+
+    Parameters
+    ----------
+    layout:
+        ``"original"``: keys ``control_model.*`` (lllyasviel's files); ``"bare"``: the same keys
+        without the prefix; ``"diffusers"``: diffusers ``ControlNetModel`` keys
+        (``controlnet_cond_embedding.*``, ``controlnet_down_blocks.*``, ``down_blocks.*``).
+    difference:
+        Write a "diff" ControlNet (original layout): weights minus the checkpoint's UNet weights
+        where both have the key, plus a ``difference`` marker, as the old diff files hold.
+    union_types:
+        Write a union (ControlNet++) net knowing this many control types (xinsir's files are in
+        the diffusers layout, whose attention is ``attn.in_proj_weight`` / ``in_proj_bias``).
+
+    Returns
+    -------
+    str
+        The path written.  Same seed, checkpoint and options give the same file.
+    """
+    from comfy_notebook.models.controlnet import ControlNetConfig, ControlNetModel
+
+    if layout not in ("original", "bare", "diffusers"):
+        raise ValueError(f"unknown ControlNet layout {layout!r}; expected 'original', 'bare' or 'diffusers'")
+    config = ControlNetConfig(_unet_config_of(checkpoint_path), hint_channels=hint_channels,
+                              union_types=union_types)
+    sd = random_state_dict(_meta(ControlNetModel, config), seed, dtype, "controlnet")
+    if difference:
+        from comfy_notebook.runtime.loading import open_state_dict
+
+        base = open_state_dict(checkpoint_path)
+        sd = {k: (v - base[UNET_PREFIX + k].to(v.dtype)) if UNET_PREFIX + k in base else v for k, v in sd.items()}
+    if layout == "diffusers":
+        from comfy_notebook.runtime.control_files import diffusers_controlnet_modules
+        from comfy_notebook.runtime.lora import UNetLayout
+
+        to_diffusers = {ldm: diff for diff, ldm in diffusers_controlnet_modules(UNetLayout.from_config(config.unet)).items()}
+        out = {}
+        for k, v in sd.items():
+            module, _, leaf = k.rpartition(".")
+            if module in to_diffusers:
+                out[f"{to_diffusers[module]}.{leaf}"] = v
+            else:  # union parts keep their names; the attention is packed as nn.MultiheadAttention
+                out[k.replace(".attn.in_proj.", ".attn.in_proj_")] = v
+        sd = out
+    elif layout == "original":
+        sd = {"control_model." + k: v for k, v in sd.items()}
+    if difference:
+        sd["difference"] = torch.tensor(1.0)
+    _save(sd, path)
+    return str(path)
+
+
+def make_t2i_adapter(
+    path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str], *, kind: str = "full",
+    layout: str = "original", input_channels: int = 3, seed: int = 0, dtype: torch.dtype = torch.float32,
+) -> str:
+    """Write a random T2I-Adapter whose levels match the checkpoint's UNet widths.
+
+    ``kind`` is ``"full"`` (TencentARC's t2iadapter_*_sd14v1 layout: 1x1 ``in_conv``/``block2``,
+    average-pool downsampling) or ``"light"``; ``layout`` ``"original"`` (``conv_in``, ``body.N.*``)
+    or ``"diffusers"`` (``adapter.body.N.resnets.M.*``).  The features land after the last
+    ResBlock of each level only when the UNet has 2 ResBlocks per level, as SD1/SD2 do.
+    Returns the path.
+    """
+    from comfy_notebook.models.t2i_adapter import AdapterConfig, T2IAdapter
+
+    if kind not in ("full", "light") or layout not in ("original", "diffusers"):
+        raise ValueError(f"unknown adapter kind/layout {kind!r}/{layout!r}; expected full|light and original|diffusers")
+    c = _unet_config_of(checkpoint_path).model_channels
+    config = AdapterConfig(kind=kind, cin=input_channels * 64, channels=(c, 2 * c, 4 * c, 4 * c),
+                           nums_rb=2 if kind == "full" else 4)
+    sd = random_state_dict(_meta(T2IAdapter, config), seed, dtype, "t2i")
+    if layout == "diffusers":
+        out = {}
+        for k, v in sd.items():
+            parts = k.split(".")
+            if parts[0] == "body" and kind == "full":
+                i = int(parts[1])
+                level, block = divmod(i, config.nums_rb)
+                if parts[2] == "in_conv":
+                    parts = ["body", str(level), *parts[2:]]
+                else:
+                    parts = ["body", str(level), "resnets", str(block), *parts[2:]]
+            elif parts[0] == "body" and parts[2] == "body":
+                parts = ["body", parts[1], "resnets", *parts[3:]]
+            out["adapter." + ".".join(parts)] = v
+        sd = out
+    _save(sd, path)
+    return str(path)
+
+
+def make_control_lora(
+    path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str], *, rank: int = 4, seed: int = 0,
+    hint_channels: int = 3, dtype: torch.dtype = torch.float32,
+) -> str:
+    """Write a random control-LoRA for the checkpoint's UNet, in Stability's control-lora layout.
+
+    Keys: ``lora_controlnet`` (the marker), the hint block, zero convs and every 1-d weight
+    (norms, biases) of the ControlNet in full, and ``<module>.up`` [out, rank(, 1, 1)] /
+    ``<module>.down`` [rank, in(, kh, kw)] for each matrix / conv kernel of the UNet encoder the
+    ControlNet copies.  Returns the path.
+    """
+    from comfy_notebook.models.controlnet import ControlNetConfig, ControlNetModel
+
+    config = ControlNetConfig(_unet_config_of(checkpoint_path), hint_channels=hint_channels)
+    full = random_state_dict(_meta(ControlNetModel, config), seed, dtype, "controlnet")
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(b"control-lora"))
+    out: dict[str, Tensor] = {"lora_controlnet": torch.tensor([])}
+    for key, value in full.items():
+        own = key.startswith(("input_hint_block.", "zero_convs.", "middle_block_out."))
+        if own or value.dim() < 2:
+            out[key] = value
+            continue
+        module = key.removesuffix(".weight")
+        o, i = value.shape[0], value.shape[1]
+        kernel = tuple(value.shape[2:])
+        out[module + ".up"] = (torch.randn((o, rank, *(1 for _ in kernel)), generator=gen) * rank**-0.5).to(dtype)
+        down = torch.randn((rank, i, *kernel), generator=gen) * 0.1 * value[0].numel() ** -0.5
+        out[module + ".down"] = down.to(dtype)
+    _save(out, path)
+    return str(path)
 
 
 def make_esrgan(path: str | os.PathLike[str], *, layout: str = "realesrgan", scale: int = 4,

@@ -23,6 +23,7 @@ _MODULES = (
     "component_loaders",
     "conditioning",
     "conditioning_sdxl",
+    "controlnet",
     "sampling",
     "model_sampling",
     "flux",

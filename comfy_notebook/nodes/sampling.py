@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from comfy_notebook.engine import current_context
+from comfy_notebook.runtime.control_run import bind_controls
 from comfy_notebook.runtime.values import ModelValue
 from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, fix_empty_latent_channels, ksample
 
@@ -32,12 +33,13 @@ def _graphs_option(ctx: Any) -> bool | None:
 
 
 def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..., T], *,
-                    evaluates_negative: bool = True) -> T:
-    """``body(apply_model, callback=..., **facts)`` with the UNet on the compute device.
+                    evaluates_negative: bool = True, conditionings: Sequence[list[Any]] = ()) -> T:
+    """``body(apply_model, callback=..., control_fn=..., **facts)`` with the UNet on the compute device.
 
     ``facts`` are what the sampling core needs to know about ``model`` (its model sampling,
     latent format, device and extra model inputs); progress and interrupts go through the node
-    context.
+    context.  The ControlNets / T2I-Adapters that ``conditionings`` carry are put on the device
+    beside the UNet for the run; ``control_fn`` binds an entry's control (None without any).
     ``evaluates_negative`` sizes the memory estimate (a doubled batch per step).
     """
     ctx = current_context()
@@ -55,8 +57,11 @@ def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..
             return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
 
         # captured as a CUDA graph per shape where possible (runtime.graphs); eager otherwise
+        # (a step with control residuals runs eagerly: they are not plain tensor inputs)
         apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=_graphs_option(ctx))
-        return body(apply_model, callback=callback, **model_facts(model))
+        with bind_controls(conditionings, schedule=model.model_sampling, device=model.manager.device,
+                           unet=unet, unet_config=model.unet_config) as bind:
+            return body(apply_model, callback=callback, control_fn=bind, **model_facts(model))
 
     return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=evaluates_negative)
 
@@ -82,7 +87,7 @@ def common_ksampler(
             sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
             start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise, **facts)
 
-    return sample_on_model(model, latent, body, evaluates_negative=cfg != 1.0)
+    return sample_on_model(model, latent, body, evaluates_negative=cfg != 1.0, conditionings=(positive, negative))
 
 
 class KSampler:
