@@ -36,6 +36,7 @@ class Preset:
     v_probe_std: float | None = None  # SD2: std of the norm bias ComfyUI's v detection reads
     markers: tuple[str, ...] = ()  # SDXL: "v_pred" / "ztsnr" marker keys
     full: bool = False
+    vision: Any = None  # unCLIP: the image tower's CLIPVisionConfig (under embedder.model.visual.)
 
 
 def _tiny_clip(activation: str = "quick_gelu", projection: bool = False) -> CLIPTextConfig:
@@ -102,11 +103,19 @@ def get_preset(name: str) -> Preset:
     if name == "sdxl-refiner-full":
         return Preset("sdxl_refiner", UNetConfig.sdxl_refiner(), VAEConfig.sd(),
                       {"clip_g": (_REFINER_G, "openclip", CLIPTextConfig.clip_g())}, full=True)
+    if name in ("sd2-unclip", "sd2-unclip-v"):
+        from comfy_notebook.models.clip_vision import CLIPVisionConfig
+
+        vision = CLIPVisionConfig(width=64, layers=2, heads=16, intermediate=128, patch_size=7,
+                                  image_size=28, projection_dim=32, activation="quick_gelu")
+        unet = dataclasses.replace(_sd2_tiny(), adm_in_channels=2 * vision.projection_dim)
+        return Preset("sd2_unclip", unet, tiny, {"clip_h": (_SD2_CLIP, "openclip", _tiny_clip("gelu", True))},
+                      v_probe_std=0.2 if name == "sd2-unclip-v" else 0.03, vision=vision)
     raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
 
 
 PRESETS = ("sd1-tiny", "sd1-tiny-linear", "sd1-full", "sd1-comfyui", "sd2", "sd2-v", "sd2-full", "sdxl", "sdxl-full",
-           "sdxl-refiner", "sdxl-refiner-full")
+           "sdxl-refiner", "sdxl-refiner-full", "sd2-unclip", "sd2-unclip-v")
 
 
 def preset_configs(preset: str) -> tuple[UNetConfig, VAEConfig, Any]:
@@ -241,7 +250,9 @@ def make_checkpoint(
         tag = "clip" if i == 0 else name
         for k, v in _clip_tensors(config, seed, dtype, layout, tag).items():
             tensors[prefix + k] = v
-    if p.family in ("sd1", "sd2"):
+    if p.vision is not None:
+        tensors.update(_unclip_tensors(p.vision, seed, dtype))
+    if p.family in ("sd1", "sd2", "sd2_unclip"):
         tensors.update(schedule_buffers())
         tensors["model_ema.decay"] = torch.tensor(0.9999)
         tensors["model_ema.num_updates"] = torch.tensor(0, dtype=torch.int32)
@@ -249,6 +260,23 @@ def make_checkpoint(
         tensors[marker] = torch.tensor([])
     _save(tensors, path)
     return str(path)
+
+
+def _unclip_tensors(vision: Any, seed: int, dtype: torch.dtype) -> dict[str, Tensor]:
+    """An SD 2.1 unCLIP file's extra parts: the OpenCLIP image tower under ``embedder.model.visual.``
+    (plus the embedder's other leftovers) and the ``noise_augmentor`` schedule buffers."""
+    from comfy_notebook.models.clip_vision import CLIPVisionModel
+    from comfy_notebook.models.convert import hf_vision_to_openclip
+    from comfy_notebook.models.noise_augment import cosine_schedule
+
+    tower = random_state_dict(_meta(CLIPVisionModel, vision), seed, dtype, "clip_vision")
+    out = {"embedder.model.visual." + k: v for k, v in hf_vision_to_openclip(tower).items()}
+    out["embedder.model.logit_scale"] = torch.tensor(4.6052, dtype=dtype)
+    a, b = cosine_schedule()
+    out["noise_augmentor.sqrt_alphas_cumprod"] = a
+    out["noise_augmentor.sqrt_one_minus_alphas_cumprod"] = b
+    out["noise_augmentor.alphas_cumprod"] = a * a
+    return out
 
 
 def make_unet_file(path: str | os.PathLike[str], preset: str = "sdxl", seed: int = 0, *,
