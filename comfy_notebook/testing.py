@@ -7,6 +7,7 @@ Nothing here downloads anything.  Every tensor is drawn per key from a generator
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import zlib
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from comfy_notebook.models.unet import UNetConfig, UNetModel
 from comfy_notebook.models.vae import AutoencoderKL, VAEConfig
 
 __all__ = ["PRESETS", "Preset", "get_preset", "make_checkpoint", "make_embedding", "make_esrgan",
-           "make_lora", "make_text_encoder_file", "make_unet_file", "make_vae_file", "preset_configs",
+           "make_hypernetwork", "make_lora", "make_text_encoder_file", "make_unet_file", "make_vae_file", "preset_configs",
            "random_state_dict", "schedule_buffers"]
 
 
@@ -277,6 +278,42 @@ def _unclip_tensors(vision: Any, seed: int, dtype: torch.dtype) -> dict[str, Ten
     out["noise_augmentor.sqrt_one_minus_alphas_cumprod"] = b
     out["noise_augmentor.alphas_cumprod"] = a * a
     return out
+
+
+def make_hypernetwork(path: str | os.PathLike[str], widths: tuple[int, ...] = (64, 320), seed: int = 0, *,
+                      layer_structure: tuple[float, ...] = (1, 2, 1), activation_func: str = "relu",
+                      is_layer_norm: bool = False, use_dropout: bool = False, last_layer_dropout: bool = False,
+                      activate_output: bool = False) -> str:
+    """Write a random hypernetwork in the A1111 format (``torch.save`` of a dict: width -> [key MLP
+    state dict, value MLP state dict] with ``linear.N.*`` keys, plus the option keys A1111 saves)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd: dict[Any, Any] = {}
+    for width in widths:
+        pair = []
+        for _ in range(2):
+            mlp: dict[str, Tensor] = {}
+            index = 0
+            sizes = [round(width * f) for f in layer_structure]
+            for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+                last = i == len(sizes) - 2
+                mlp[f"linear.{index}.weight"] = torch.randn(b, a, generator=gen) * (0.3 / a ** 0.5)
+                mlp[f"linear.{index}.bias"] = torch.randn(b, generator=gen) * 0.05
+                index += 1 + (activation_func != "linear" and (not last or activate_output))
+                if is_layer_norm:
+                    mlp[f"linear.{index}.weight"] = 1 + 0.1 * torch.randn(b, generator=gen)
+                    mlp[f"linear.{index}.bias"] = 0.1 * torch.randn(b, generator=gen)
+                    index += 1
+                index += int(use_dropout and not last)
+            pair.append(mlp)
+        sd[width] = pair
+    sd.update({"layer_structure": list(layer_structure), "activation_func": activation_func,
+               "is_layer_norm": is_layer_norm, "weight_initialization": "Normal", "use_dropout": use_dropout,
+               "last_layer_dropout": last_layer_dropout, "activate_output": activate_output,
+               "name": os.path.splitext(os.path.basename(os.fspath(path)))[0], "step": 1000,
+               "sd_checkpoint": "0123abcd", "sd_checkpoint_name": "tiny"})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save(sd, os.fspath(path))
+    return str(path)
 
 
 def make_unet_file(path: str | os.PathLike[str], preset: str = "sdxl", seed: int = 0, *,

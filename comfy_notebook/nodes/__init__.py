@@ -35,6 +35,7 @@ _MODULES = (
     "upscale",
     "merging",
     "clip_vision",
+    "hypernetwork",
 )
 
 _mappings: dict[str, type] | None = None

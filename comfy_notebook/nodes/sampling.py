@@ -46,11 +46,25 @@ def common_ksampler(
     def run(unet: Any) -> dict[str, Any]:
         weight_dtype = model.ref.base.dtype
 
+        from comfy_notebook.models.layers import ATTN_KV_PATCHES
+
+        patches = tuple(tuple(p for w, p in model.attn_patches if w == a) for a in ("attn1", "attn2"))
+        patched = any(patches)
+
         def eager(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
-            return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
+            if not patched:
+                return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
+            token = ATTN_KV_PATCHES.set(patches)
+            try:
+                return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
+            finally:
+                ATTN_KV_PATCHES.reset(token)
 
         # captured as a CUDA graph per shape where possible (runtime.graphs); eager otherwise
-        apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=_graphs_option(ctx))
+        # (always with attention patches: a graph captured for the same weights without them
+        # would be replayed)
+        graphs = False if patched else _graphs_option(ctx)
+        apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=graphs)
 
         return ksample(
             apply_model, model_sampling=model.model_sampling, latent_format=model.latent_format,

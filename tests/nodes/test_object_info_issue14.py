@@ -32,7 +32,7 @@ OURS = {
     "FeatherMask", "GrowMask", "ThresholdMask", "LatentAdd", "LatentSubtract", "LatentMultiply",
     "LatentInterpolate", "LatentBatch", "LatentCrop", "LatentFlip", "LatentRotate",
     "RebatchLatents", "RebatchImages", "ConditioningSetAreaStrength", "CLIPVisionLoader",
-    "CLIPVisionEncode", "unCLIPConditioning", "unCLIPCheckpointLoader",
+    "CLIPVisionEncode", "unCLIPConditioning", "unCLIPCheckpointLoader", "HypernetworkLoader",
 }
 
 
