@@ -22,7 +22,7 @@ from comfy_notebook.models.unet import UNetConfig, UNetModel
 from comfy_notebook.models.vae import AutoencoderKL, VAEConfig
 
 __all__ = ["PRESETS", "Preset", "get_preset", "make_checkpoint", "make_embedding", "make_esrgan",
-           "make_hypernetwork", "make_lora", "make_text_encoder_file", "make_unet_file", "make_vae_file", "preset_configs",
+           "make_gligen", "make_hypernetwork", "make_lora", "make_text_encoder_file", "make_unet_file", "make_vae_file", "preset_configs",
            "random_state_dict", "schedule_buffers"]
 
 
@@ -278,6 +278,34 @@ def _unclip_tensors(vision: Any, seed: int, dtype: torch.dtype) -> dict[str, Ten
     out["noise_augmentor.sqrt_one_minus_alphas_cumprod"] = b
     out["noise_augmentor.alphas_cumprod"] = a * a
     return out
+
+
+def make_gligen(path: str | os.PathLike[str], preset: str = "sd1-tiny", seed: int = 0, *,
+                dtype: torch.dtype = torch.float32) -> str:
+    """Write a random GLIGEN (text-box) file for the UNet of ``preset``, in the released layout:
+    ``position_net.*`` (phrases as wide as the text encoder's pooled output) and a
+    ``<block>.fuser.*`` per transformer block; the gates are opened (tanh(1)) so the boxes show."""
+    from comfy_notebook.models.gligen import GLIGEN
+    from comfy_notebook.models.layers import BasicTransformerBlock
+
+    p = get_preset(preset)
+    width = next(iter(p.encoders.values()))[2].width
+    unet = _meta(UNetModel, p.unet)
+    fusers = {name: (int(m.attn1.to_q.weight.shape[1]), width) for name, m in unet.named_modules()
+              if isinstance(m, BasicTransformerBlock)}
+    with torch.device("meta"):
+        model = GLIGEN(width, width, fusers)
+    sd = random_state_dict(model, seed, dtype, "gligen")
+    out: dict[str, Tensor] = {}
+    for key, t in sd.items():
+        if key.startswith("fusers."):
+            i, leaf = key[len("fusers."):].split(".", 1)
+            key = f"{model.blocks[int(i)]}.fuser.{leaf}"
+            if leaf.startswith("alpha_"):
+                t = torch.ones((), dtype=dtype)
+        out[key] = t
+    _save(out, path)
+    return str(path)
 
 
 def make_hypernetwork(path: str | os.PathLike[str], widths: tuple[int, ...] = (64, 320), seed: int = 0, *,

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "ATTN_KV_PATCHES",
+    "MIDDLE_PATCHES",
     "BasicTransformerBlock",
     "Conv1x1",
     "CrossAttention",
@@ -76,6 +77,11 @@ KVPatch = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 #: around a UNet call (``runtime.values.ModelValue.attn_patches``); empty otherwise.
 ATTN_KV_PATCHES: ContextVar[tuple[Sequence[KVPatch], Sequence[KVPatch]]] = ContextVar(
     "attn_kv_patches", default=((), ()))
+
+
+#: Patches applied between self- and cross-attention (ComfyUI's ``middle_patch``: GLIGEN's
+#: gated self-attention): ``patch(x, block) -> x`` with the running block, in order.
+MIDDLE_PATCHES: ContextVar[Sequence[Callable[[Tensor, nn.Module], Tensor]]] = ContextVar("middle_patches", default=())
 
 
 def _patched(patches: Sequence[KVPatch], context: Tensor) -> tuple[Tensor, Tensor]:
@@ -146,12 +152,15 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         """x: [B, T, C], context: [B, S, Dc] -> [B, T, C]."""
         self_patches, cross_patches = ATTN_KV_PATCHES.get()
-        if not (self_patches or cross_patches):
+        middle = MIDDLE_PATCHES.get()
+        if not (self_patches or cross_patches or middle):
             x = x + self.attn1(self.norm1(x))
             x = x + self.attn2(self.norm2(x), context)
         else:
             n = self.norm1(x)
             x = x + self.attn1(n, *_patched(self_patches, n))
+            for patch in middle:
+                x = patch(x, self)
             x = x + self.attn2(self.norm2(x), *_patched(cross_patches, context))
         return x + self.ff(self.norm3(x))
 

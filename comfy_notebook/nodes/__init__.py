@@ -36,6 +36,7 @@ _MODULES = (
     "merging",
     "clip_vision",
     "hypernetwork",
+    "gligen",
 )
 
 _mappings: dict[str, type] | None = None

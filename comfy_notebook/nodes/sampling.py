@@ -47,11 +47,20 @@ def common_ksampler(
         weight_dtype = model.ref.base.dtype
 
         from comfy_notebook.models.layers import ATTN_KV_PATCHES
+        from comfy_notebook.runtime.gligen import gligen_for_sampling
+
+        inputs, gligen = gligen_for_sampling(positive, negative, model.model_inputs())
 
         patches = tuple(tuple(p for w, p in model.attn_patches if w == a) for a in ("attn1", "attn2"))
         patched = any(patches)
 
         def eager(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
+            if gligen is not None:  # GLIGEN boxes ride on their entries' inputs (runtime.gligen)
+                with gligen(unet, kw):
+                    return plain(x, timestep, context, **kw)
+            return plain(x, timestep, context, **kw)
+
+        def plain(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
             if not patched:
                 return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
             token = ATTN_KV_PATCHES.set(patches)
@@ -63,7 +72,7 @@ def common_ksampler(
         # captured as a CUDA graph per shape where possible (runtime.graphs); eager otherwise
         # (always with attention patches: a graph captured for the same weights without them
         # would be replayed)
-        graphs = False if patched else _graphs_option(ctx)
+        graphs = False if patched or gligen is not None else _graphs_option(ctx)
         apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=graphs)
 
         return ksample(
@@ -71,7 +80,7 @@ def common_ksampler(
             latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,
             sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
             start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise,
-            device=model.manager.device, callback=callback, model_inputs=model.model_inputs(),
+            device=model.manager.device, callback=callback, model_inputs=inputs,
         )
 
     return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=cfg != 1.0)
