@@ -22,7 +22,8 @@ from comfy_notebook.models.unet import UNetConfig, UNetModel
 from comfy_notebook.models.vae import AutoencoderKL, VAEConfig
 
 __all__ = ["PRESETS", "Preset", "get_preset", "make_checkpoint", "make_embedding", "make_esrgan",
-           "make_gligen", "make_hypernetwork", "make_lora", "make_text_encoder_file", "make_unet_file", "make_vae_file", "preset_configs",
+           "make_clip_vision", "make_gligen", "make_hypernetwork", "make_lora", "make_style_model", "make_text_encoder_file", "make_unet_file", "make_vae_file",
+           "preset_configs",
            "random_state_dict", "schedule_buffers"]
 
 
@@ -278,6 +279,34 @@ def _unclip_tensors(vision: Any, seed: int, dtype: torch.dtype) -> dict[str, Ten
     out["noise_augmentor.sqrt_one_minus_alphas_cumprod"] = b
     out["noise_augmentor.alphas_cumprod"] = a * a
     return out
+
+
+def make_clip_vision(path: str | os.PathLike[str], seed: int = 0, *, config: Any = None,
+                     layout: str = "hf", dtype: torch.dtype = torch.float32) -> str:
+    """Write a random CLIP image tower (``models/clip_vision``): transformers names (``"hf"``, as
+    ComfyUI's clip_vision files) or OpenCLIP's under ``visual.`` (``"openclip"``); tiny by default."""
+    from comfy_notebook.models.clip_vision import CLIPVisionConfig, CLIPVisionModel
+    from comfy_notebook.models.convert import hf_vision_to_openclip
+
+    config = config or CLIPVisionConfig(width=64, layers=2, heads=16, intermediate=128, patch_size=7,
+                                        image_size=28, projection_dim=32)
+    sd = random_state_dict(_meta(CLIPVisionModel, config), seed, dtype, "clip_vision")
+    if layout == "openclip":
+        sd = {"visual." + k: v for k, v in hf_vision_to_openclip(sd).items()}
+    _save(sd, path)
+    return str(path)
+
+
+def make_style_model(path: str | os.PathLike[str], width: int = 64, context_dim: int = 64, seed: int = 0) -> str:
+    """Write a random T2I-Adapter style model (``models/style_models``) in the released layout
+    (3 layers, 8 heads, 8 tokens) for image tokens ``width`` wide and a ``context_dim`` UNet."""
+    from comfy_notebook.models.style_adapter import StyleAdapter, StyleAdapterConfig
+
+    model = _meta(StyleAdapter, StyleAdapterConfig(width, context_dim, 8, 3, 8))
+    sd = random_state_dict(model, seed, torch.float32, "style")
+    sd["proj"] = sd["proj"] * 4  # text-sized tokens
+    _save(sd, path)
+    return str(path)
 
 
 def make_gligen(path: str | os.PathLike[str], preset: str = "sd1-tiny", seed: int = 0, *,

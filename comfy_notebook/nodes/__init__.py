@@ -37,6 +37,7 @@ _MODULES = (
     "clip_vision",
     "hypernetwork",
     "gligen",
+    "style_model",
 )
 
 _mappings: dict[str, type] | None = None

@@ -33,7 +33,7 @@ OURS = {
     "LatentInterpolate", "LatentBatch", "LatentCrop", "LatentFlip", "LatentRotate",
     "RebatchLatents", "RebatchImages", "ConditioningSetAreaStrength", "CLIPVisionLoader",
     "CLIPVisionEncode", "unCLIPConditioning", "unCLIPCheckpointLoader", "HypernetworkLoader", "GLIGENLoader",
-    "GLIGENTextBoxApply",
+    "GLIGENTextBoxApply", "StyleModelLoader", "StyleModelApply",
 }
 
 
