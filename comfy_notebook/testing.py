@@ -21,10 +21,25 @@ from comfy_notebook.models.detect import UNET_PREFIX, VAE_PREFIX
 from comfy_notebook.models.unet import UNetConfig, UNetModel
 from comfy_notebook.models.vae import AutoencoderKL, VAEConfig
 
-__all__ = ["PRESETS", "Preset", "get_preset", "make_checkpoint", "make_embedding", "make_esrgan",
-           "make_clip_vision", "make_gligen", "make_hypernetwork", "make_lora", "make_style_model", "make_text_encoder_file", "make_unet_file", "make_vae_file",
-           "preset_configs",
-           "random_state_dict", "schedule_buffers"]
+__all__ = [
+    "PRESETS",
+    "Preset",
+    "get_preset",
+    "make_checkpoint",
+    "make_clip_vision",
+    "make_embedding",
+    "make_esrgan",
+    "make_gligen",
+    "make_hypernetwork",
+    "make_lora",
+    "make_style_model",
+    "make_text_encoder_file",
+    "make_unet_file",
+    "make_vae_file",
+    "preset_configs",
+    "random_state_dict",
+    "schedule_buffers",
+]
 
 
 @dataclass(frozen=True)

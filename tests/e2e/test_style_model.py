@@ -12,7 +12,12 @@ import torch
 
 from comfy_notebook._session import Session
 from comfy_notebook.nodes import register_builtins
-from comfy_notebook.testing import make_checkpoint, make_clip_vision, make_masked_image, make_style_model
+from comfy_notebook.testing import (
+    make_checkpoint,
+    make_clip_vision,
+    make_masked_image,
+    make_style_model,
+)
 
 
 @pytest.fixture(scope="module")
