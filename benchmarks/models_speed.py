@@ -7,7 +7,9 @@ means we are faster).
 CPU (default without CUDA): small configs, fp32.  GPU: SD1.5 sizes in fp16 at 512 px, the UNet at
 CFG batch 2 for 20 steps, VAE decode of one 64x64 latent, CLIP at batch 2.
 
-Run: ``python benchmarks/models_speed.py [--device cpu|cuda] [--steps N]``
+Flux (``--only flux``): see ``benchmarks/flux_speed.py`` (Flux.1-dev at 1024 px, bf16 and fp8).
+
+Run: ``python benchmarks/models_speed.py [--device cpu|cuda] [--steps N] [--only all|sd|flux]``
 """
 
 from __future__ import annotations
@@ -117,8 +119,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--only", choices=("all", "sd", "flux"), default="all",
+                        help="sd: UNet/VAE/CLIP lines; flux: the Flux lines (benchmarks/flux_speed.py)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.only in ("all", "flux"):
+        from benchmarks.flux_speed import run as run_flux
+
+        run_flux(device, args.steps)
+        if args.only == "flux":
+            return
     gpu = device.type == "cuda"
     dtype = torch.float16 if gpu else torch.float32
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -51,6 +52,10 @@ class Session:
         lookup (default).  ``False``: an empty session for your own nodes.
     comfyui:
         A ComfyUI installation to attach (:meth:`attach_comfyui`); its nodes join the registry.
+    backend:
+        Where prompts run (a :class:`comfy_notebook.backends.Backend`): default this process;
+        ``ComfyUIServer(url)`` (whose ``/object_info`` nodes replace the built-in ones) or
+        ``RayBackend()`` run them elsewhere.
 
     Examples
     --------
@@ -67,11 +72,12 @@ class Session:
         cache: Cache | None = None,
         builtins: bool = True,
         comfyui: str | os.PathLike[str] | None = None,
+        backend: Any = None,
     ) -> None:
         self.models_dir = models_dir
         self.output_dir = output_dir
         self.registry = Registry()
-        if builtins:
+        if builtins and not getattr(backend, "replaces_nodes", False):  # a server brings its own
             self.registry.defer(lambda _registry: _register_builtins(self))
         self.cache = cache if cache is not None else Cache()
         self.services = Services(self)
@@ -82,6 +88,13 @@ class Session:
         self.executor = Executor(self.registry, self.cache, emit=self._emit, services=self.services)
         if comfyui is not None:  # imports torch and ComfyUI (see attach_comfyui)
             self.attach_comfyui(comfyui)
+        self._backend = backend
+        self._queue: Any = None
+        # One prompt at a time on this process's executor: queued prompts (worker thread), cells
+        # and API calls (the kernel's thread) take turns.
+        self._run_lock = threading.RLock()
+        if hasattr(backend, "attach"):
+            backend.attach(self)  # a server registers its /object_info nodes, Ray starts workers
 
     def _emit(self, event: Event) -> None:
         for fn in tuple(self._subscribers):
@@ -154,7 +167,52 @@ class Session:
 
     def interrupt(self) -> None:
         """Stop the running prompt at the next check (between nodes or in ``ctx.progress``)."""
+        if self._queue is not None and self._queue.interrupt():
+            return
         self.executor.interrupt()
+
+    # -- backends, the queue, batches and sweeps (comfy_notebook.backends) --------------------
+    @property
+    def backend(self) -> Any:
+        """Where prompts run: the in-process executor unless ``Session(backend=...)`` chose one."""
+        if self._backend is None:
+            from comfy_notebook.backends.inprocess import InProcessBackend
+
+            self._backend = InProcessBackend(self)
+        return self._backend
+
+    @property
+    def queue(self) -> Any:
+        """The session's :class:`~comfy_notebook.backends.PromptQueue` (made on first use)."""
+        if self._queue is None:
+            from comfy_notebook.backends.queue import PromptQueue
+
+            self._queue = PromptQueue(self.backend)
+        return self._queue
+
+    def submit(self, api: Mapping[str, Any], *, priority: int = 0, **kwargs: Any) -> Any:
+        """Queue a prompt; returns an awaitable ``PromptFuture`` (see ``PromptQueue.submit``)."""
+        return self.queue.submit(api, priority=priority, **kwargs)
+
+    async def run_prompt_async(self, api: Mapping[str, Any], *, priority: int = 0, **kwargs: Any) -> PromptResult:
+        """``await`` a prompt: queued, run on a worker thread, never blocking the event loop."""
+        return await self.queue.submit(api, priority=priority, **kwargs)  # type: ignore[no-any-return]
+
+    def cancel(self, prompt_id: str) -> bool:
+        """Cancel a queued prompt (or interrupt it if it is running)."""
+        return bool(self.queue.cancel(prompt_id))
+
+    def batches(self, workflow: Any, **kwargs: Any) -> Any:
+        """Run ``num_samples`` images in batches; yields results as they finish (see ``backends.batching``)."""
+        from comfy_notebook.backends.batching import run_batches
+
+        return run_batches(self, workflow, **kwargs)
+
+    def sweep(self, workflow: Any, grid: Mapping[str, Any], **kwargs: Any) -> Any:
+        """Run a parameter grid; returns a tidy table (see ``backends.sweeps.sweep``)."""
+        from comfy_notebook.backends.sweeps import sweep
+
+        return sweep(self, workflow, grid, **kwargs)
 
     def run_prompt(
         self,
@@ -162,6 +220,7 @@ class Session:
         *,
         extra_data: Mapping[str, Any] | None = None,
         targets: Iterable[str] | None = None,
+        prompt_id: str | None = None,
     ) -> PromptResult:
         """Run a ComfyUI API-format prompt.
 
@@ -180,6 +239,16 @@ class Session:
             Malformed prompt (``invalid_prompt``) or failed validation, in ComfyUI's shape.
         NodeExecutionError, ExecutionInterrupted
         """
+        if self._backend is not None and getattr(self._backend, "name", "") != "in-process":
+            if targets is not None:
+                raise ValueError(f"targets= runs only in this process; the {self._backend.name} backend "
+                                 "runs whole prompts")
+            return self._backend.run_prompt(api, extra_data=extra_data, prompt_id=prompt_id)  # type: ignore[no-any-return]
+        return self._run_api(api, extra_data=extra_data, targets=targets, prompt_id=prompt_id)
+
+    def _run_api(self, api: Mapping[str, Any], *, extra_data: Mapping[str, Any] | None = None,
+                 targets: Iterable[str] | None = None, prompt_id: str | None = None) -> PromptResult:
+        """Run an API prompt with this process's executor (the in-process backend's path)."""
         try:
             graph = Graph.from_api(api)
         except GraphError as exc:
@@ -187,7 +256,9 @@ class Session:
             details = f"Node ID '#{node_id}'" if node_id is not None else ""
             error = {"type": "invalid_prompt", "message": str(exc), "details": details, "extra_info": {}}
             raise ValidationError(error, {}) from exc
-        return self.executor.run(graph, targets=targets, extra_data=extra_data, api=api)
+        with self._run_lock:
+            return self.executor.run(graph, targets=targets, extra_data=extra_data, api=api,
+                                     prompt_id=prompt_id)
 
     def run(
         self,
@@ -205,7 +276,10 @@ class Session:
                     f"Session.run expected a Graph or a Workflow, received {type(graph).__name__}; "
                     "for an API-format dict use session.run_prompt(api)")
             return run(self, targets=None if targets is None else list(targets))  # type: ignore[no-any-return]
-        return self.executor.run(graph, targets=targets, extra_data=extra_data)
+        if targets is None and self._backend is not None and getattr(self._backend, "name", "") != "in-process":
+            return self.run_prompt(graph.to_api(), extra_data=extra_data)  # virtual mode on the backend
+        with self._run_lock:
+            return self.executor.run(graph, targets=targets, extra_data=extra_data)
 
 
 _current: Session | None = None

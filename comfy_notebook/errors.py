@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BackendError",
     "ComfyNotebookError",
     "ExecutionInterrupted",
     "GraphError",
@@ -17,6 +18,7 @@ __all__ = [
     "NodeCallError",
     "NodeError",
     "NodeExecutionError",
+    "TemplateError",
     "UnsupportedModelError",
     "ValidationError",
 ]
@@ -170,6 +172,33 @@ class ExecutionInterrupted(KeyboardInterrupt):
             where += (" of" if stepped else " in") + f" node {node_id}"
             where += f" ({node_type})" if node_type else ""
         super().__init__(f"interrupted{where}")
+
+
+class TemplateError(ComfyNotebookError):
+    """A workflow template did not render (undefined variable, syntax) or rendered bad JSON.
+
+    ``line`` is the template line (1-based) and ``variable`` the name that was undefined, where
+    known.
+    """
+
+    def __init__(self, message: str, *, line: int | None = None, variable: str | None = None,
+                 source: str | None = None) -> None:
+        self.line = line
+        self.variable = variable
+        self.source = source
+        super().__init__(message)
+
+
+class BackendError(ComfyNotebookError):
+    """A backend (a ComfyUI server, a Ray worker) failed or stopped answering.
+
+    ``backend`` names it (e.g. the server's address) and ``prompt_id`` the prompt it was running.
+    """
+
+    def __init__(self, message: str, *, backend: str | None = None, prompt_id: str | None = None) -> None:
+        self.backend = backend
+        self.prompt_id = prompt_id
+        super().__init__(message)
 
 
 class ModelLoadError(ComfyNotebookError):

@@ -112,9 +112,10 @@ def xy_grid(results: Mapping[tuple[Any, Any], Any] | Iterable[tuple[Mapping[str,
     Parameters
     ----------
     results:
-        Either a mapping ``{(x_value, y_value): image}``, or an iterable of
-        ``(params, image)`` pairs where ``params[x]`` and ``params[y]`` give the cell.  An
-        image may be a batch; its first image is shown.
+        A mapping ``{(x_value, y_value): image}``; an iterable of ``(params, image)`` pairs
+        where ``params[x]`` and ``params[y]`` give the cell; or a sweep's table (a pandas
+        ``DataFrame`` or list of row dicts with an ``"image"`` column, as ``session.sweep``
+        returns).  An image may be a batch; its first image is shown.
     x, y:
         Names of the two parameters (axis labels; keys into ``params`` for the pair form).
     x_values, y_values:
@@ -129,6 +130,10 @@ def xy_grid(results: Mapping[tuple[Any, Any], Any] | Iterable[tuple[Mapping[str,
     from comfy_notebook.widgets._images import to_images
 
     cells: dict[tuple[Any, Any], Any] = {}
+    if hasattr(results, "to_dict") and hasattr(results, "columns"):  # a pandas DataFrame
+        results = results.to_dict("records")
+    if isinstance(results, list) and results and isinstance(results[0], Mapping):
+        results = [(row, row["image"]) for row in results]  # a sweep's rows
     if isinstance(results, Mapping):
         for key, image in results.items():
             if not (isinstance(key, tuple) and len(key) == 2):

@@ -1,4 +1,4 @@
-"""Build the feature notebooks 02-04 from the cell sources below (outputs cleared).
+"""Build the feature notebooks 02-05 from the cell sources below (outputs cleared).
 
 The notebooks are generated so that their text stays reviewable in one Python file.  Run
 ``python scripts/make_notebooks.py`` after editing and commit both this script and the
@@ -452,10 +452,19 @@ print("round trip gives the prompt back:", workflow_to_api(workflow, session.reg
     ]
 
 
+def sweeps_and_backends() -> list:
+    """Cells of 05_sweeps_and_backends.ipynb (in _notebook_sweeps.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _notebook_sweeps import cells
+
+    return cells(_preamble, RAN)
+
+
 BUILDERS = {
     "02_caching.ipynb": caching,
     "03_models_and_memory.ipynb": models_and_memory,
     "04_api_json.ipynb": api_json,
+    "05_sweeps_and_backends.ipynb": sweeps_and_backends,
 }
 
 

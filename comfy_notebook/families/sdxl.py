@@ -100,6 +100,12 @@ class SDXLFamily(Family):
     merge_blocks = ("time_embed.", "label_emb.", *(f"input_blocks.{i}" for i in range(9)),
                     *(f"middle_block.{i}" for i in range(3)),
                     *(f"output_blocks.{i}" for i in range(9)), "out.")
+    # how ComfyUI's SDXL model saves (supported_models.SDXL.process_clip_state_dict_for_saving,
+    # nodes_model_merging.save_checkpoint): CLIP-G back in OpenCLIP names, a modelspec block
+    checkpoint_layout = MappingProxyType({
+        "unet": ("model.diffusion_model.", "ldm"), "vae": ("first_stage_model.", "ldm"),
+        "clip_l": (CLIP_L_PREFIX, "hf"), "clip_g": (CLIP_G_PREFIX, "openclip")})
+    modelspec_architecture = "stable-diffusion-xl-v1-base"
 
     def matches(self, survey: Survey) -> bool:
         if survey.has_prefix("conditioner.embedders.1."):
@@ -143,6 +149,10 @@ class SDXLRefinerFamily(SDXLFamily):
     context_dim = 1280
     clip_types = MappingProxyType({"stable_diffusion": ("clip_g",)})
     lora_te_prefixes = MappingProxyType({"lora_te_": "clip_g", "lora_te2_": "clip_g", "text_encoder_2.": "clip_g"})
+    checkpoint_layout = MappingProxyType({
+        "unet": ("model.diffusion_model.", "ldm"), "vae": ("first_stage_model.", "ldm"),
+        "clip_g": (REFINER_CLIP_G_PREFIX, "openclip")})
+    modelspec_architecture = "stable-diffusion-xl-v1-refiner"
 
     def matches(self, survey: Survey) -> bool:
         if survey.has_prefix("conditioner.embedders.1."):

@@ -30,6 +30,8 @@ USAGE = """\
 %comfy export FILE.json           the graph behind the last cell's outputs, as API JSON
 %comfy run FILE.json [--set NODE.INPUT=VALUE ...]
                                   run an API-format prompt (NODE: id, title or class)
+%comfy sweep FILE --grid K=V1,V2 [--grid ...] [--set K=V] [--x K --y K]
+                                  run a grid (template variable or NODE.INPUT) -> a table
 %comfy traceback                  the full traceback of the last error
 %comfy gallery                    the session's newest images (newest last)
 %comfy gallery this|CELL_ID       a cell's images, one group per distinct run (last 16 runs)
@@ -40,7 +42,7 @@ USAGE = """\
 """
 
 _COMMANDS = ("status", "models", "models-dir", "load", "offload", "unload", "cache", "export", "run",
-             "traceback", "gallery", "stubs", "help")
+             "sweep", "traceback", "gallery", "stubs", "help")
 
 
 def apply_overrides(api: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -98,6 +100,9 @@ class ComfyMagics(Magics):
         """
         if cell is not None:
             return self._cell(line, cell)
+        head, _, rest = line.strip().partition(" ")
+        if head == "sweep":  # its own options (--grid, --x, ...): kernel_ext/sweep_magic.py
+            return self._sweep(rest)
         try:
             args = parse_argstring(self.comfy, line)  # type: ignore[no-untyped-call,unused-ignore]
         except UsageError as exc:
@@ -221,6 +226,14 @@ class ComfyMagics(Magics):
             print("no images from this cell yet: none of its runs made an IMAGE with a node call")
             return None
         return Gallery.for_cell(cell)
+
+    def _sweep(self, line: str) -> Any:
+        from comfy_notebook.kernel_ext.sweep_magic import sweep_magic
+
+        try:
+            return sweep_magic(_session(), line)
+        except ComfyNotebookError as exc:
+            raise UsageError(f"%comfy sweep: {exc}") from None
 
     def _cmd_traceback(self, args: list[str]) -> None:
         text = self.events.last_traceback if self.events is not None else ""

@@ -138,6 +138,7 @@ def read_vae_config(sd: Mapping[str, Any], keys: list[str], p: str) -> VAEConfig
         in_channels=in_ch, out_channels=shape(sd, p + "decoder.conv_out.weight")[0], ch=ch,
         ch_mult=tuple(mult), num_res_blocks=num_res,
         z_channels=shape(sd, p + "decoder.conv_in.weight")[1],
+        use_quant_conv=p + "quant_conv.weight" in sd,
     )
 
 

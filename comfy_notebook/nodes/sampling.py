@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from comfy_notebook.engine import current_context
 from comfy_notebook.runtime.values import ModelValue
-from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, ksample
+from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, fix_empty_latent_channels, ksample
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+T = TypeVar("T")
 
 
 def sampler_names() -> list[str]:
@@ -29,13 +31,17 @@ def _graphs_option(ctx: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
-def common_ksampler(
-    model: ModelValue, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
-    positive: list[Any], negative: list[Any], latent: dict[str, Any], *, denoise: float = 1.0,
-    add_noise: bool = True, start_step: int | None = None, last_step: int | None = None,
-    force_full_denoise: bool = False,
-) -> dict[str, Any]:
-    """Sample ``latent`` with ``model``; progress and interrupts go through the node context."""
+def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..., T], *,
+                    evaluates_negative: bool = True, conds: Sequence[list[Any]] = ()) -> T:
+    """``body(apply_model, callback=..., **facts)`` with the UNet on the compute device.
+
+    ``facts`` are what the sampling core needs to know about ``model`` (its model sampling,
+    latent format, device and extra model inputs); progress and interrupts go through the node
+    context.
+    ``evaluates_negative`` sizes the memory estimate (a doubled batch per step).
+    ``conds``: the conditioning lists sampled, whose entries may carry GLIGEN boxes.
+    The MODEL's attention patches (hypernetworks) are active around every UNet call.
+    """
     ctx = current_context()
 
     def callback(info: Any) -> None:
@@ -43,14 +49,14 @@ def common_ksampler(
         # demand, so no host copy happens here.
         ctx.progress(info.step + 1, info.total, preview=info.denoised[:1])
 
-    def run(unet: Any) -> dict[str, Any]:
-        weight_dtype = model.ref.base.dtype
-
+    def run(unet: Any) -> T:
         from comfy_notebook.models.layers import ATTN_KV_PATCHES
         from comfy_notebook.runtime.gligen import gligen_for_sampling
 
-        inputs, gligen = gligen_for_sampling(positive, negative, model.model_inputs())
-
+        weight_dtype = model.ref.base.dtype
+        facts = model_facts(model)
+        facts["model_inputs"], gligen = gligen_for_sampling(
+            [c for cond in conds for c in cond], [], facts["model_inputs"])
         patches = tuple(tuple(p for w, p in model.attn_patches if w == a) for a in ("attn1", "attn2"))
         patched = any(patches)
 
@@ -70,20 +76,37 @@ def common_ksampler(
                 ATTN_KV_PATCHES.reset(token)
 
         # captured as a CUDA graph per shape where possible (runtime.graphs); eager otherwise
-        # (always with attention patches: a graph captured for the same weights without them
-        # would be replayed)
+        # (always with attention patches or GLIGEN: a graph captured for the same weights
+        # without them would be replayed)
         graphs = False if patched or gligen is not None else _graphs_option(ctx)
         apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=graphs)
+        return body(apply_model, callback=callback, **facts)
 
+    return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=evaluates_negative)
+
+
+def model_facts(model: ModelValue) -> dict[str, Any]:
+    """The sampling core's keywords that describe ``model`` (the one place that reads them)."""
+    return {"model_sampling": model.model_sampling, "latent_format": model.latent_format,
+            "device": model.manager.device, "model_inputs": model.model_inputs()}
+
+
+def common_ksampler(
+    model: ModelValue, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+    positive: list[Any], negative: list[Any], latent: dict[str, Any], *, denoise: float = 1.0,
+    add_noise: bool = True, start_step: int | None = None, last_step: int | None = None,
+    force_full_denoise: bool = False,
+) -> dict[str, Any]:
+    """Sample ``latent`` with ``model``; progress and interrupts go through the node context."""
+    latent = {**latent, "samples": fix_empty_latent_channels(latent["samples"], model.latent_format.channels)}
+
+    def body(apply_model: Any, **facts: Any) -> dict[str, Any]:
         return ksample(
-            apply_model, model_sampling=model.model_sampling, latent_format=model.latent_format,
-            latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,
+            apply_model, latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,
             sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
-            start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise,
-            device=model.manager.device, callback=callback, model_inputs=inputs,
-        )
+            start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise, **facts)
 
-    return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=cfg != 1.0)
+    return sample_on_model(model, latent, body, evaluates_negative=cfg != 1.0, conds=(positive, negative))
 
 
 class KSampler:

@@ -43,6 +43,7 @@ from comfy_notebook.realmode.recording import (
     raw_node,
     unpublish_raw,
 )
+from comfy_notebook.realmode.remote import is_remote, remote_execute
 from comfy_notebook.realmode.state import State, state
 
 __all__ = ["Handle", "NodeFunction", "call", "node_function"]
@@ -215,6 +216,8 @@ def _execute(session: Any, st: State, node: RecordedNode, fast_key: str | None) 
     """Run the ancestry of ``node`` with ``node`` as the target; returns (outputs, ui)."""
     order = collect([node])
     graph, ids = build_graph(order)
+    if is_remote(session):  # a ComfyUI server: runs there, cached here (realmode/remote.py)
+        return remote_execute(session, node, graph, ids[id(node)], fast_key)
     if any(n.raw is not NO_RAW for n in order) and RAW_VALUE_NODE not in session.registry:
         session.register({RAW_VALUE_NODE: RealModeValue})
     for value in node.inputs.values():  # restore evicted entries that live handles still hold

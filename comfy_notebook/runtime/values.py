@@ -113,7 +113,8 @@ class ModelValue:
 
         concat = inpaint_inputs(self.in_channels, self.latent_format)
         family, config = self.family, self.unet_config
-        adm = config is not None and getattr(config, "adm_in_channels", None) is not None
+        adm = (config is not None and getattr(config, "adm_in_channels", None) is not None) or bool(
+            getattr(family, "takes_model_inputs", False))
         if concat is None and not adm:
             return None
 
@@ -183,6 +184,10 @@ class ClipValue:
         from comfy_notebook.models.prompt import make_embedding_lookup, tokenize_prompt
 
         spec = self.family.text_encoder(encoder)
+        if spec.tokenizer == "t5":
+            from comfy_notebook.models.t5_tokenizer import T5Tokens, tokenize_t5_prompt
+
+            return T5Tokens([tokenize_t5_prompt(text, min_length=spec.min_length or 0)])
         lookup = make_embedding_lookup(self.embedding_dirs, key=encoder) if self.embedding_dirs else None
         return tokenize_prompt(self.tokenizer, text, embedding_lookup=lookup, pad_token=spec.pad_token)
 
@@ -196,6 +201,12 @@ class ClipValue:
             layer = spec.layer if self.layer is None else self.layer
 
             def run(model: Any, spec: Any = spec, layer: Any = layer, name: str = name) -> tuple[Tensor, Tensor]:
+                if spec.tokenizer == "t5":
+                    from comfy_notebook.models.t5_tokenizer import encode_t5_tokens
+
+                    cond = encode_t5_tokens(model, tokens[name].chunks[0], device=self.manager.device,
+                                            dtype=getattr(model, "compute_dtype", None))
+                    return cond.float().cpu(), None  # type: ignore[return-value]
                 cond, pooled = encode_tokens(model, tokens[name].chunks, layer=layer, device=self.manager.device,
                                              final_norm=spec.final_norm, pad_token=spec.pad_token,
                                              project=spec.projected_pooled)

@@ -14,7 +14,7 @@ from comfy_notebook.widgets._base import STATIC, View
 __all__ = ["ModelPanel", "host_memory"]
 
 _ROW_FIELDS = ("name", "kind", "family", "source", "dtype", "bytes", "loaded_bytes", "location",
-               "keep_loaded", "pinned", "graphs", "graph_bytes")
+               "keep_loaded", "pinned", "graphs", "graph_bytes", "world")
 
 
 def host_memory() -> tuple[int, int]:
@@ -86,6 +86,8 @@ class ModelPanel(View):
         for info in self.manager.list():
             row: dict[str, Any] = {f: getattr(info, f, None) for f in _ROW_FIELDS}
             row["family"] = row["family"] or row["kind"]
+            if row["world"] != "comfy_notebook":  # an attached ComfyUI's model: say whose
+                row["family"] = f"{row['family']} [{row['world']}]"
             row["dtype"] = str(row["dtype"]).replace("torch.", "") if row["dtype"] else ""
             size = int(row["bytes"] or 0)
             on_device = int(row["loaded_bytes"] or 0) if mode != "cpu" else 0

@@ -252,3 +252,33 @@ def test_api_json_notebook(run_notebook: Any) -> None:
     assert line(workflow, "round trip gives the prompt back:") == "True"
     saved = json.loads((nb.tmp / "default_workflow.json").read_text())
     assert len(saved["nodes"]) == 7 and len(saved["links"]) == 9
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sweeps_and_backends_notebook(run_notebook: Any) -> None:
+    pytest.importorskip("ray")
+    nb = run_notebook("05_sweeps_and_backends.ipynb")
+    template = nb.text("WorkflowTemplate.from_file")
+    assert "variables: ['batch_size', 'cfg', 'seed', 'text']" in template
+    assert "error: txt2img.json.jinja, line" in template and "'cfg' is undefined" in template
+
+    batches = nb.text("session.batches(template")
+    seeds = [int(s) for s in re.findall(r"^seed (\d+):", batches, re.M)]
+    assert seeds == [100, 101, 102, 103, 104]
+    assert line(batches, "seeds its PNG records:") == "[104]"
+    ran = nb.ran("session.batches(template")[0]
+    assert ran.count("CheckpointLoaderSimple") == 1 and ran.count("KSampler") == 3
+
+    assert line(nb.text("async def run("), "completed by priority:") == "[5, 3, 1, 0]"
+
+    sweep = nb.text("table = session.sweep(")
+    assert line(sweep, "loop order (outermost first):") == "['text', 'cfg', 'seed']"
+    assert sweep.startswith("loop order") and "6 rows; columns: ['cfg', 'seed'" in sweep
+    assert nb.ran("table = session.sweep(")[0].count("CLIPTextEncode") == 1  # the new text, once
+
+    on_ray = nb.text("RayBackend(num_workers=2,")
+    assert line(on_ray, "workers:") == "['worker-0', 'worker-1']"
+    assert line(on_ray, "checkpoint loads per worker:") == "{'worker-0': 1, 'worker-1': 1}"
+    assert line(on_ray, "same images as in-process:") == "True"
+    assert has_png(nb.cell("xy_grid(table"))

@@ -53,6 +53,9 @@ mm = state.model_management
 out["loaded_before_unload"] = len(mm.current_loaded_models)
 rows = [r for r in session.models.list() if r.world == "comfyui"]
 out["panel_rows_comfyui"] = len(rows)
+from comfy_notebook.widgets.model_panel import ModelPanel  # noqa: E402
+
+out["panel_says_comfyui"] = "[comfyui]" in ModelPanel(session.models).text()
 session.models.unload_all()
 out["loaded_after_unload"] = len(mm.current_loaded_models)
 import folder_paths  # noqa: E402 - ComfyUI's, now that it is attached

@@ -62,6 +62,7 @@ def test_cache_rerun_and_seed_change(attached_run: dict) -> None:
 def test_unload_through_the_manager_empties_comfyuis_loaded_models(attached_run: dict) -> None:
     assert attached_run["loaded_before_unload"] > 0
     assert attached_run["panel_rows_comfyui"] == attached_run["loaded_before_unload"]
+    assert attached_run["panel_says_comfyui"]  # the panel names the world a model belongs to
     assert attached_run["loaded_after_unload"] == 0
 
 
