@@ -8,9 +8,9 @@ runs in its own forward, and that forward inserts the fusers after each transfor
 self-attention (ComfyUI ``Gligen.set_position`` as a ``middle_patch``, comfy/gligen.py and
 comfy/samplers.py at comfyanonymous/ComfyUI@00728eb).  Entries without it run the plain UNet.
 
-The GLIGEN weights (about 200 M parameters for SD1) stay with the value, in float32 on the
-CPU, with one copy per compute device and dtype made on first use; the model manager does not
-count them.
+The GLIGEN weights (about 200 M parameters in the released text-box model) stay with the
+value, in float32 on the CPU, with one copy per compute device and dtype made on first use; the
+model manager does not count them.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class GligenValue:
             raise NodeError("the GLIGEN model fits no transformer block of this UNet",
                             expected=f"a UNet with blocks {self.model.blocks[:3]}...",
                             received="a UNet with other block names",
-                            fix="use a GLIGEN made for this model family (SD1 GLIGEN with SD1.x checkpoints)")
+                            fix="use a GLIGEN made for this checkpoint's model family")
 
         def apply(x: Tensor, block: nn.Module) -> Tensor:
             i = where.get(id(block))
