@@ -133,3 +133,22 @@ def test_plain_checkpoint_is_refused_with_a_fix(tmp_path: pathlib.Path) -> None:
     with pytest.raises(Exception, match="CheckpointLoaderSimple"):
         s.run_prompt({"1": {"class_type": "unCLIPCheckpointLoader", "inputs": {"ckpt_name": "sd2.safetensors"}}},
                      targets=["1"])
+
+
+def test_sdxl_revision_replaces_the_pooled_text() -> None:
+    """unCLIPConditioning on SDXL: y starts with the noised image embedding (seed - 10, no merge
+    augmentation) cut to the pooled width, as ComfyUI's ``sdxl_pooled``; the size features follow."""
+    from comfy_notebook.families import SDXL
+    from comfy_notebook.families.sdxl import fourier_features
+    from comfy_notebook.models.noise_augment import unclip_adm
+
+    gen = torch.Generator().manual_seed(8)
+    e1, e2 = torch.randn(1, 64, generator=gen), torch.randn(1, 64, generator=gen)
+    entries = [{"clip_vision_output": {"image_embeds": e}, "strength": 1.0, "noise_augmentation": 0.2} for e in (e1, e2)]
+    params = {"seed": 30, "width": 64, "height": 64, "pooled_output": torch.zeros(1, 64), "unclip_conditioning": entries}
+    y = SDXL.model_inputs(None, params)["y"]
+    want = unclip_adm(entries, seed=20, merge_augmentation=0.0)[:, :64]
+    torch.testing.assert_close(y[:, :64], want, rtol=0, atol=0)
+    torch.testing.assert_close(y[:, 64:], fourier_features([64.0, 64.0, 0.0, 0.0, 64.0, 64.0]), rtol=0, atol=0)
+    plain = SDXL.model_inputs(None, {**params, "unclip_conditioning": None})["y"]
+    assert torch.equal(plain[:, :64], torch.zeros(1, 64))
