@@ -36,6 +36,7 @@ class GligenValue:
     model: Any  # models.gligen.GLIGEN
     name: str = ""
     _placed: dict[tuple[torch.device, torch.dtype], Any] = field(default_factory=dict, repr=False)
+    _where: dict[int, dict[int, int]] = field(default_factory=dict, repr=False)
 
     def on(self, device: Any, dtype: torch.dtype) -> Any:
         """The model on ``device`` in ``dtype`` (cached)."""
@@ -56,9 +57,11 @@ class GligenValue:
         """The middle patch for ``unet``: the fuser of each block with a GLIGEN fuser, else nothing."""
         from comfy_notebook.models.layers import BasicTransformerBlock
 
-        index = {b: i for i, b in enumerate(self.model.blocks)}
-        where = {id(m): index[name] for name, m in unet.named_modules()
-                 if isinstance(m, BasicTransformerBlock) and name in index}
+        where = self._where.get(id(unet))
+        if where is None:  # block -> fuser, by the block's path (once per UNet module)
+            index = {b: i for i, b in enumerate(self.model.blocks)}
+            where = self._where[id(unet)] = {id(m): index[name] for name, m in unet.named_modules()
+                                             if isinstance(m, BasicTransformerBlock) and name in index}
         if not where:
             raise NodeError("the GLIGEN model fits no transformer block of this UNet",
                             expected=f"a UNet with blocks {self.model.blocks[:3]}...",
