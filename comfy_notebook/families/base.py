@@ -132,6 +132,9 @@ class Component:
     dtypes:
         Compute dtypes it supports on an accelerator, in preference order (the CPU computes in
         fp32); the device policy picks the first its device supports unless told otherwise.
+    architecture:
+        The module class built from ``config`` (None: the kind's LDM class, UNetModel /
+        AutoencoderKL / CLIPTextModel); ``runtime.loading.build_component`` reads it.
     """
 
     name: str

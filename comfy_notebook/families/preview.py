@@ -89,11 +89,18 @@ def latent_to_rgb(
     return pixels
 
 
-def latent_preview(latent: Any, max_size: int = 256) -> Any:
-    """The first latent of a batch as an upscaled RGB ``PIL.Image`` (nearest, long side ``max_size``)."""
+def latent_preview(latent: Any, max_size: int = 256, latent_format: Any = None) -> Any:
+    """The first latent of a batch as an upscaled RGB ``PIL.Image`` (nearest, long side ``max_size``).
+
+    ``latent_format`` (a family's, with ``rgb_factors`` / ``rgb_bias``) picks the factors; without
+    one the default format for the channel count is used.
+    """
     from PIL import Image
 
-    rgb = latent_to_rgb(latent)[0]  # [h,w,3]
+    if latent_format is not None and getattr(latent_format, "rgb_factors", None) is not None:
+        rgb = latent_to_rgb(latent, latent_format.rgb_factors, latent_format.rgb_bias)[0]
+    else:
+        rgb = latent_to_rgb(latent)[0]  # [h,w,3]
     img = Image.fromarray(rgb)
     scale = max(1, max_size // max(img.size))
     return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)

@@ -141,6 +141,8 @@ class SDXLFamily(Family):
         return torch.cat([l_out[:, :n], g_out[:, :n]], dim=-1), g_pooled  # [1, T, 768 + 1280]
 
     def model_inputs(self, unet_config: Any, params: Mapping[str, Any]) -> dict[str, Tensor]:
+        if unet_config is not None and unet_config.adm_in_channels is None:
+            return {}  # a UNet without the label embedding takes no y
         pooled = _pooled(params, self.title)
         width, height = params["width"], params["height"]
         values = [height, width, params.get("crop_h", 0), params.get("crop_w", 0),
@@ -157,6 +159,7 @@ class SDXLRefinerFamily(SDXLFamily):
     title = "SDXL refiner"
     text_encoders = (_CLIP_G,)
     context_dim = 1280
+    lora_markers = ()  # kohya's te1/te2 prefixes name the base; its LoRAs count as SDXL's
     clip_types = MappingProxyType({"stable_diffusion": ("clip_g",)})
     lora_te_prefixes = MappingProxyType({"lora_te_": "clip_g", "lora_te2_": "clip_g", "text_encoder_2.": "clip_g"})
     checkpoint_layout = MappingProxyType({
@@ -185,6 +188,8 @@ class SDXLRefinerFamily(SDXLFamily):
         return outputs["clip_g"]
 
     def model_inputs(self, unet_config: Any, params: Mapping[str, Any]) -> dict[str, Tensor]:
+        if unet_config is not None and unet_config.adm_in_channels is None:
+            return {}
         pooled = _pooled(params, self.title)
         default_score = 2.5 if params.get("prompt_type", "") == "negative" else 6.0
         values = [params["height"], params["width"], params.get("crop_h", 0), params.get("crop_w", 0),

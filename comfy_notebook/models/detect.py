@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from comfy_notebook.models.clip import CLIPTextConfig
 
 __all__ = [
-    "CLIP_PREFIX",
     "UNET_PREFIX",
     "VAE_PREFIX",
     "describe",
@@ -35,9 +34,6 @@ __all__ = [
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-CLIP_PREFIX = "cond_stage_model.transformer."
-_SD2_CLIP_PREFIX = "cond_stage_model.model."
-_SDXL_PREFIX = "conditioner.embedders."
 
 # Buffers of the LDM training wrapper (DDPM schedule), stored in real SD1/SD2 files.
 _SCHEDULE_KEYS = frozenset({

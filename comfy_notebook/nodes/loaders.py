@@ -110,7 +110,7 @@ def _lora(model: ModelValue | None, clip: ClipValue | None, lora_name: str,
     other = lora_mismatch(lora_sd, family)
     if other is not None:
         raise NodeError(
-            f"LoRA {lora_name} is a {other.title} LoRA; the model is {family.title}",
+            f"LoRA {lora_name} is made for {other.title} (an {other.title} LoRA); the model is {family.title}",
             input_name="lora_name", expected=f"a LoRA trained for {family.title}", received=lora_name,
             fix=f"pick a {family.title} LoRA, or load a {other.title} checkpoint for this LoRA")
     unet_keys = model.ref.base.parameter_names() if model is not None else set()

@@ -45,9 +45,10 @@ def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..
     ctx = current_context()
 
     def callback(info: Any) -> None:
-        # The preview is the first image's denoised latent (model scale); views convert it on
-        # demand, so no host copy happens here.
-        ctx.progress(info.step + 1, info.total, preview=info.denoised[:1])
+        # The preview is the first image's denoised latent (model scale) with the model's latent
+        # format (its preview factors); views convert it on demand, so no host copy happens here.
+        ctx.progress(info.step + 1, info.total,
+                     preview={"samples": info.denoised[:1], "latent_format": model.latent_format})
 
     def run(unet: Any) -> T:
         from comfy_notebook.models.layers import ATTN_KV_PATCHES

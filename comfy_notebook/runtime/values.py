@@ -106,20 +106,16 @@ class ModelValue:
         """A clone sampled through ``model_sampling`` (``ModelSamplingDiscrete``)."""
         return replace(self, model_sampling=model_sampling)
 
-    def model_inputs(self) -> Callable[[dict[str, Any]], dict[str, Tensor]] | None:
-        """ComfyUI's ``extra_conds`` for ``ksample``: the family's inputs (``y``) and, for an
-        inpainting UNet, ``c_concat``; None when the model takes none."""
+    def model_inputs(self) -> Callable[[dict[str, Any]], dict[str, Tensor]]:
+        """ComfyUI's ``extra_conds`` for ``ksample``: the family's inputs (``Family.model_inputs``:
+        a ``y`` vector, ...) and, for an inpainting UNet, ``c_concat``."""
         from comfy_notebook.sampling.ksampler import inpaint_inputs
 
         concat = inpaint_inputs(self.in_channels, self.latent_format)
         family, config = self.family, self.unet_config
-        adm = (config is not None and getattr(config, "adm_in_channels", None) is not None) or bool(
-            getattr(family, "takes_model_inputs", False))
-        if concat is None and not adm:
-            return None
 
         def inputs(params: dict[str, Any]) -> dict[str, Tensor]:
-            out = dict(family.model_inputs(config, params)) if adm else {}
+            out = dict(family.model_inputs(config, params))  # every family is asked (most add none)
             if concat is not None:
                 out.update(concat(params))
             return out

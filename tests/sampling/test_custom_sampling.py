@@ -23,6 +23,7 @@ from comfy_notebook.sampling import (
     basic_sigmas,
     beta_sigmas,
     calculate_sigmas,
+    default_noise_sampler,
     fix_empty_latent_channels,
     flip_sigmas,
     ksample,
@@ -382,3 +383,20 @@ def test_core_takes_noise_scaling_from_the_model_sampling():
     plain, _ = sample_sigmas(Stub(), model_sampling=NoInverse(S), latent_format=SD15_LATENT, latent=lat, noise=noise,
                              sigmas=sigmas, guidance=Guidance.basic(POS), sampler=SamplerSpec("euler"), seed=3)
     torch.testing.assert_close(got, plain / (1.0 - 0.2))  # the inverse scaling at sigmas[-1] = 0.2
+
+
+def test_sampler_options_reach_the_rf_variant_on_flow_models(nonlinear):
+    """On a flow model, SamplerEulerAncestral's eta goes to ComfyUI's RF variant (as KSampler picks it)."""
+    from comfy_notebook.sampling.flow import ModelSamplingDiscreteFlow
+    from comfy_notebook.sampling.samplers_rf import RF_VARIANTS
+
+    flow = ModelSamplingDiscreteFlow(shift=3.0)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigmas = basic_sigmas(flow, "simple", 4)
+    spec = SamplerSpec("euler_ancestral", {"eta": 0.5})
+    got = spec.run(nonlinear, x.clone(), sigmas, seed=9, model_sampling=flow)
+    ref = RF_VARIANTS["euler_ancestral"](nonlinear, x.clone(), sigmas, eta=0.5,
+                                         noise_sampler=default_noise_sampler(x, 9))
+    assert torch.equal(got, ref)
+    eps_path = spec.run(nonlinear, x.clone(), sigmas, seed=9, model_sampling=MS)  # not a flow model
+    assert not torch.allclose(got, eps_path)
