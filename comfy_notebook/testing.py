@@ -289,6 +289,10 @@ def _unclip_tensors(vision: Any, seed: int, dtype: torch.dtype) -> dict[str, Ten
     tower = random_state_dict(_meta(CLIPVisionModel, vision), seed, dtype, "clip_vision")
     out = {"embedder.model.visual." + k: v for k, v in hf_vision_to_openclip(tower).items()}
     out["embedder.model.logit_scale"] = torch.tensor(4.6052, dtype=dtype)
+    # unCLIP-L's embedder is a whole OpenAI CLIP: its text tower's keys come along (unused)
+    out["embedder.model.token_embedding.weight"] = torch.zeros(16, 8, dtype=dtype)
+    out["embedder.model.transformer.resblocks.0.ln_1.weight"] = torch.ones(8, dtype=dtype)
+    out["embedder.model.transformer.resblocks.0.attn.in_proj_weight"] = torch.zeros(24, 8, dtype=dtype)
     a, b = cosine_schedule()
     out["noise_augmentor.sqrt_alphas_cumprod"] = a
     out["noise_augmentor.sqrt_one_minus_alphas_cumprod"] = b
