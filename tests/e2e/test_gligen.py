@@ -92,3 +92,18 @@ def test_wrong_file_is_refused(root: pathlib.Path, tmp_path: pathlib.Path) -> No
 
     with pytest.raises(UnsupportedModelError, match="no GLIGEN model"):
         load_gligen_value(root / "models" / "checkpoints" / "tiny.safetensors")
+
+
+@pytest.mark.gpu
+def test_gligen_on_cuda(root: pathlib.Path) -> None:
+    """The fusers and object tokens follow the UNet to the device and its half dtype."""
+    from comfy_notebook.runtime.devices import DevicePolicy
+    from comfy_notebook.runtime.manager import ModelManager
+
+    s = _session(root)
+    s.services.models = ModelManager(DevicePolicy.cuda(0))
+    image = s.run_prompt(workflow(), targets=["9"]).outputs["9"][0]
+    plain = s.run_prompt(workflow(boxes=False), targets=["9"]).outputs["9"][0]
+    cpu = _session(root).run_prompt(workflow(), targets=["9"]).outputs["9"][0]
+    assert torch.isfinite(image).all() and not torch.equal(image, plain)
+    assert (image - cpu).abs().max() <= 0.05

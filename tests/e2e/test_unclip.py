@@ -152,3 +152,16 @@ def test_sdxl_revision_replaces_the_pooled_text() -> None:
     torch.testing.assert_close(y[:, 64:], fourier_features([64.0, 64.0, 0.0, 0.0, 64.0, 64.0]), rtol=0, atol=0)
     plain = SDXL.model_inputs(None, {**params, "unclip_conditioning": None})["y"]
     assert torch.equal(plain[:, :64], torch.zeros(1, 64))
+
+
+@pytest.mark.gpu
+def test_unclip_on_cuda(root: pathlib.Path) -> None:
+    """The tower, the augmentation and the y input on the device; the image stays close to the CPU's."""
+    from comfy_notebook.runtime.devices import DevicePolicy
+    from comfy_notebook.runtime.manager import ModelManager
+
+    s = _session(root)
+    s.services.models = ModelManager(DevicePolicy.cuda(0))
+    image = s.run_prompt(workflow(), targets=["12"]).outputs["12"][0]
+    cpu = _session(root).run_prompt(workflow(), targets=["12"]).outputs["12"][0]
+    assert torch.isfinite(image).all() and (image - cpu).abs().max() <= 0.05

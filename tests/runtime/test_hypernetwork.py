@@ -143,3 +143,24 @@ def test_hypernetwork_example_workflow(tmp_path: pathlib.Path) -> None:
     self_only = s.run_prompt(_workflow("self.pt", 1.0), targets=["7"]).outputs["7"][0]
     assert not torch.equal(image, plain) and not torch.equal(self_only, plain)
     assert torch.equal(other, plain)  # no MLP for any width the model has: unchanged, as in ComfyUI
+
+
+@pytest.mark.gpu
+def test_hypernetwork_on_cuda(tmp_path: pathlib.Path) -> None:
+    """The MLPs are placed on the device in the UNet's half dtype; the image stays close to the CPU's."""
+    from comfy_notebook._session import Session
+    from comfy_notebook.nodes import register_builtins
+    from comfy_notebook.runtime.devices import DevicePolicy
+    from comfy_notebook.runtime.manager import ModelManager
+
+    make_checkpoint(tmp_path / "models" / "checkpoints" / "tiny.safetensors", preset="sd1-tiny", seed=0)
+    make_hypernetwork(tmp_path / "models" / "hypernetworks" / "style.pt", widths=(32, 64), seed=1)
+    images = []
+    for policy in (DevicePolicy.cuda(0), DevicePolicy.cpu()):
+        s = Session(models_dir=tmp_path, output_dir=tmp_path / "output")
+        register_builtins(s)
+        s.services.models = ModelManager(policy)
+        images.append([s.run_prompt(_workflow("style.pt", w), targets=["7"]).outputs["7"][0] for w in (1.0, 0.0)])
+    (gpu, gpu_plain), (cpu, _) = images
+    assert torch.isfinite(gpu).all() and not torch.equal(gpu, gpu_plain)
+    assert (gpu - cpu).abs().max() <= 0.05
