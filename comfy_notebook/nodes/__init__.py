@@ -40,6 +40,9 @@ _MODULES = (
     "upscale",
     "merging",
     "clip_vision",
+    "hypernetwork",
+    "gligen",
+    "style_model",
 )
 
 _mappings: dict[str, type] | None = None

@@ -41,6 +41,8 @@ def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..
     context.  The ControlNets / T2I-Adapters that ``conditionings`` carry are put on the device
     beside the UNet for the run; ``control_fn`` binds an entry's control (None without any).
     ``evaluates_negative`` sizes the memory estimate (a doubled batch per step).
+    ``conditionings`` are the lists sampled; their entries may also carry GLIGEN boxes.
+    The MODEL's attention patches (hypernetworks) are active around every UNet call.
     """
     ctx = current_context()
 
@@ -51,17 +53,40 @@ def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..
                      preview={"samples": info.denoised[:1], "latent_format": model.latent_format})
 
     def run(unet: Any) -> T:
+        from comfy_notebook.models.layers import ATTN_KV_PATCHES
+        from comfy_notebook.runtime.gligen import gligen_for_sampling
+
         weight_dtype = model.ref.base.dtype
+        facts = model_facts(model)
+        facts["model_inputs"], gligen = gligen_for_sampling(
+            [c for cond in conditionings for c in cond], [], facts["model_inputs"])
+        patches = tuple(tuple(p for w, p in model.attn_patches if w == a) for a in ("attn1", "attn2"))
+        patched = any(patches)
 
         def eager(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
-            return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
+            if gligen is not None:  # GLIGEN boxes ride on their entries' inputs (runtime.gligen)
+                with gligen(unet, kw):
+                    return plain(x, timestep, context, **kw)
+            return plain(x, timestep, context, **kw)
+
+        def plain(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
+            if not patched:
+                return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
+            token = ATTN_KV_PATCHES.set(patches)
+            try:
+                return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
+            finally:
+                ATTN_KV_PATCHES.reset(token)
 
         # captured as a CUDA graph per shape where possible (runtime.graphs); eager otherwise
-        # (a step with control residuals runs eagerly: they are not plain tensor inputs)
-        apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=_graphs_option(ctx))
+        # (a step with control residuals runs eagerly: they are not plain tensor inputs; always
+        # eager with attention patches or GLIGEN: a graph captured for the same weights without
+        # them would be replayed)
+        graphs = False if patched or gligen is not None else _graphs_option(ctx)
+        apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=graphs)
         with bind_controls(conditionings, schedule=model.model_sampling, device=model.manager.device,
                            unet=unet, unet_config=model.unet_config) as bind:
-            return body(apply_model, callback=callback, control_fn=bind, **model_facts(model))
+            return body(apply_model, callback=callback, control_fn=bind, **facts)
 
     return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=evaluates_negative)
 

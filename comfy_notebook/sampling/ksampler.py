@@ -347,7 +347,8 @@ def sample_sigmas(
     if model_inputs is not None:
         fn = model_inputs
         ds = latent_format.downscale
-        base = {"device": device, "noise": noise, "latent_image": x0, "denoise_mask": denoise_mask}
+        base = {"device": device, "noise": noise, "latent_image": x0, "denoise_mask": denoise_mask,
+                "seed": seed}
 
         def entry_inputs(prompt_type: str) -> Callable[[dict[str, Any]], dict[str, Tensor]]:
             def inputs(options: dict[str, Any]) -> dict[str, Tensor]:
