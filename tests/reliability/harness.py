@@ -174,7 +174,7 @@ def _walk_tensors(value: Any, out: set[int], depth: int = 0) -> None:
 def owned_tensor_ids(session: Any) -> set[int]:
     """Tensors legitimately kept after a run: cached outputs and the managed models' weights."""
     out: set[int] = set()
-    for key in session.cache:
+    for key in session.cache.keys():  # noqa: SIM118 - Cache is not iterable
         entry = session.cache.peek(key)
         _walk_tensors(entry.outputs, out)
         _walk_tensors(entry.ui, out)
@@ -258,7 +258,7 @@ def check_cache(session: Any, finished: set[str], clean_sigs: dict[str, str],
     for node_id, sig in clean_sigs.items():
         if node_id not in finished and sig in session.cache and sig not in before:
             problems.append(f"cache holds an entry for unfinished node {node_id}")
-    extra = [k for k in session.cache if k not in allowed]
+    extra = [k for k in session.cache.keys() if k not in allowed]  # noqa: SIM118
     if extra:
         problems.append(f"{len(extra)} cache entries no finished node made")
     return problems
