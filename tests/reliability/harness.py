@@ -224,6 +224,11 @@ def check_manager(manager: ModelManager) -> list[str]:
             if m._on_device or m._streamer is not None or m._resident:
                 problems.append(f"{m.name} unloaded but accounted on the device")
             continue
+        real = {id(p): p.numel() * p.element_size() for p in m._module.parameters()}
+        if m.nbytes != sum(real.values()):
+            problems.append(f"{m.name} accounts {m.nbytes} weight bytes, its module has {sum(real.values())}")
+        if len(m._master) != len(real):
+            problems.append(f"{m.name} has {len(m._master)} host master tensors for {len(real)} parameters")
         streamed = {u.prefix for u in m._streamer.units} if m._streamer is not None else set()
         if m._streamer is not None and not m._on_device:
             problems.append(f"{m.name} has streaming hooks but is not on the device")
