@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from comfy_notebook.engine._node_call import gather_inputs, instance, map_call, summarize_inputs
 from comfy_notebook.engine._results import Outputs, call_outputs, merge_outputs, merge_ui
 from comfy_notebook.engine._signature import run_signature
-from comfy_notebook.engine.context import NodeContext
+from comfy_notebook.engine.context import NodeContext, services_context
 from comfy_notebook.engine.events import NodeCached, NodeFailed, NodeFinished, NodeStarted
 from comfy_notebook.engine.graph import ExecutionBlocker, Graph, Link, Node, is_link
 from comfy_notebook.engine.protocol import NodeSpec
@@ -88,7 +88,8 @@ class PromptRun:
         s = self.sigs.get(node_id)
         if s is not None:
             return s
-        return run_signature(self.nodes, self.registry, self.sigs, node_id)
+        with services_context(self.ex.services):  # IS_CHANGED reads this session's folders
+            return run_signature(self.nodes, self.registry, self.sigs, node_id)
 
     # -- scheduling --------------------------------------------------------------------
     def _push_ready(self, node_id: str) -> None:
