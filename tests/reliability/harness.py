@@ -341,10 +341,12 @@ def run_point(root: Any, api: dict[str, Any], ref: Reference, point: Point,
     interrupt there instead); check the invariants; rerun and compare with the clean image."""
     s = new_session(root, capacity=capacity)
     if flag:
-        interrupt = s.interrupt
+        session = weakref.ref(s)  # the fault must not keep the session alive after the run
 
         def ask(p: Point) -> None:
-            interrupt()
+            found = session()
+            if found is not None:
+                found.interrupt()
 
         fault = ask
     injector = Injector(point, fault, persistent=persistent)
