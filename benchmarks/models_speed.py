@@ -5,9 +5,13 @@ converters) and run in the same process; the script prints times and ratios (pee
 means we are faster).
 
 CPU (default without CUDA): small configs, fp32.  GPU: SD1.5 sizes in fp16 at 512 px, the UNet at
-CFG batch 2 for 20 steps, VAE decode of one 64x64 latent, CLIP at batch 2.
+CFG batch 2 for 20 steps, VAE decode of one 64x64 latent, CLIP at batch 2; SDXL's base UNet in
+fp16 at 1024 px (latent 128x128) at CFG batch 2 with its ``y`` input (diffusers:
+``added_cond_kwargs``).  Reference on an H200: diffusers' eager SDXL UNet loop 18.95 it/s.
 
-Run: ``python benchmarks/models_speed.py [--device cpu|cuda] [--steps N]``
+Flux (``--models flux``): see ``benchmarks/flux_speed.py`` (Flux.1-dev at 1024 px, bf16 and fp8).
+
+Run: ``python benchmarks/models_speed.py [--device cpu|cuda] [--steps N] [--models sd1,sdxl,flux]``
 """
 
 from __future__ import annotations
@@ -59,14 +63,21 @@ def _diffusers_unet(cfg: UNetConfig, sd, dtype, device):
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
+    heads = cfg.num_heads if cfg.num_heads > 0 else [
+        cfg.model_channels * m // cfg.num_head_channels for m in cfg.channel_mult]
     dcfg = dict(
         sample_size=64, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
         down_block_types=["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in cfg.transformer_depth],
         up_block_types=["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(cfg.depth_output)],
         block_out_channels=[cfg.model_channels * m for m in cfg.channel_mult],
         layers_per_block=cfg.num_res_blocks, cross_attention_dim=cfg.context_dim,
-        attention_head_dim=cfg.num_heads, use_linear_projection=cfg.use_linear_in_transformer,
+        attention_head_dim=heads, use_linear_projection=cfg.use_linear_in_transformer,
+        transformer_layers_per_block=[*(max(d, 1) for d in cfg.transformer_depth[:-1]),
+                                      cfg.transformer_depth[-1] or cfg.depth_middle],
     )
+    if cfg.adm_in_channels is not None:
+        dcfg.update(addition_embed_type="text_time", addition_time_embed_dim=256,
+                    projection_class_embeddings_input_dim=cfg.adm_in_channels)
     with torch.device("meta"):
         ref = UNet2DConditionModel(**dcfg)
     ldm = {"model.diffusion_model." + k: v for k, v in sd.items()}
@@ -113,12 +124,64 @@ def _clip_pair(full: bool, dtype, device):
     return ours, hf.to(device=device, dtype=dtype).eval()
 
 
+def _sdxl_unet(gpu: bool, dtype: torch.dtype, device: torch.device, steps: int) -> None:
+    """SDXL base UNet, CFG batch 2 with ``y`` (1024 px on a GPU), ours against diffusers."""
+    from comfy_notebook.families.sdxl import fourier_features
+
+    if gpu:
+        cfg, hw = UNetConfig.sdxl(), 128
+    else:
+        cfg = dataclasses.replace(UNetConfig.sdxl(), model_channels=64, transformer_depth=(0, 1, 2),
+                                  context_dim=256, adm_in_channels=64 + 6 * 256)
+        hw, steps = 16, min(steps, 5)
+    pooled_width = cfg.adm_in_channels - 6 * 256
+    print(f"SDXL UNet {cfg.model_channels}ch x{cfg.channel_mult} depth {cfg.transformer_depth}, "
+          f"latent {hw}x{hw} ({hw * 8} px), CFG batch 2, {steps} steps")
+    with torch.inference_mode():
+        ours, sd = _build(UNetModel, cfg, dtype, device)
+        ref = _diffusers_unet(cfg, sd, dtype, device)
+        del sd
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 4, hw, hw, generator=g).to(device=device, dtype=dtype)
+        ctx = torch.randn(2, 77, cfg.context_dim, generator=g).to(device=device, dtype=dtype)
+        pooled = torch.randn(2, pooled_width, generator=g).to(device=device, dtype=dtype)
+        time_ids = torch.tensor([[hw * 8.0, hw * 8.0, 0.0, 0.0, hw * 8.0, hw * 8.0]] * 2, device=device)
+        y = torch.cat([pooled, fourier_features(time_ids[0].tolist(), device).repeat(2, 1).to(dtype)], dim=1)
+        added = {"text_embeds": pooled, "time_ids": time_ids}
+        ts = torch.linspace(999, 0, steps, device=device)
+
+        def loop(diffusers: bool) -> Callable[[], object]:
+            def run() -> object:
+                out = None
+                for t in ts:
+                    tt = t.expand(2)
+                    out = (ref(x, tt, ctx, added_cond_kwargs=added).sample if diffusers
+                           else ours(x, tt, ctx, y=y))
+                return out
+            return run
+
+        t0 = ts[:1].expand(2)
+        diff = (ours(x, t0, ctx, y=y) - ref(x, t0, ctx, added_cond_kwargs=added).sample).abs().max()
+        t_ours, t_ref = _timeit(loop(False), loop(True), 3 if gpu else 1, device)
+        print(f"sdxl unet ours {steps / t_ours:8.2f} it/s  diffusers {steps / t_ref:8.2f} it/s  "
+              f"ratio {t_ref / t_ours:.3f}  max|d|={diff.item():.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--models", default="sd1,sdxl,flux",
+                        help="comma-separated: sd1 (UNet, VAE, CLIP), sdxl (UNet), flux (benchmarks/flux_speed.py)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    models = set(args.models.split(","))
+    if "flux" in models:
+        from benchmarks.flux_speed import run as run_flux
+
+        run_flux(device, args.steps)
+        if not models - {"flux"}:
+            return
     gpu = device.type == "cuda"
     dtype = torch.float16 if gpu else torch.float32
     torch.manual_seed(0)
@@ -129,6 +192,13 @@ def main() -> None:
         vcfg, hw, steps = dataclasses.replace(VAEConfig.sd(), ch=64), 32, min(args.steps, 5)
     print(f"device={device} ({torch.cuda.get_device_name() if gpu else 'cpu'}) dtype={dtype} "
           f"torch={torch.__version__} threads={torch.get_num_threads()}")
+    models = set(args.models.split(","))
+    if "sdxl" in models:
+        _sdxl_unet(gpu, dtype, device, args.steps)
+        if gpu:
+            torch.cuda.empty_cache()
+    if "sd1" not in models:
+        return
     print(f"UNet {ucfg.model_channels}ch x{ucfg.channel_mult}, latent {hw}x{hw}, batch 2, {steps} steps")
 
     with torch.inference_mode():

@@ -138,7 +138,7 @@ def random_state_dict(
         t = torch.randn(shape, generator=gen)
         if len(shape) >= 2:
             t *= (like[0].numel()) ** -0.5
-        elif key in norm_params:
+        elif key in norm_params or key.endswith((".scale", "layer_norm.weight")):  # incl. RMS norms
             t = 1.0 + 0.1 * t
         else:
             t *= 0.1
@@ -493,3 +493,9 @@ def make_esrgan(path: str | os.PathLike[str], *, layout: str = "realesrgan", sca
     else:
         torch.save({"params_ema": sd} if layout == "realesrgan" else sd, str(path))
     return str(path)
+
+
+# Flux.1 files (diffusion_models/, text_encoders/, vae/ layouts) live in their own module.
+from comfy_notebook._testing_flux import FLUX_PRESETS, make_flux_file, make_t5_file  # noqa: E402
+
+__all__ += ["FLUX_PRESETS", "make_flux_file", "make_t5_file"]

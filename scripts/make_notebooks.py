@@ -325,6 +325,49 @@ from comfy_notebook.widgets import ModelPanel
 
 panel = ModelPanel.for_session(session)
 panel"""),
+        new_markdown_cell("""\
+## SDXL: base and refiner
+The same nodes load any supported family: `CheckpointLoaderSimple` reads SDXL's two text
+encoders (CLIP-L and OpenCLIP ViT-bigG), and the model carries its family's latent scale, size
+conditioning and model sampling. This is ComfyUI's SDXL example: the base model runs the first
+steps and returns its leftover noise, the refiner finishes (`KSamplerAdvanced` step windows).
+`CLIPTextEncodeSDXL` stores the size and crop values in the conditioning under ComfyUI's keys;
+plain `CLIPTextEncode` works too (the sizes then come from the latent).
+With a real models folder set `COMFY_NOTEBOOK_SDXL` and `COMFY_NOTEBOOK_SDXL_REFINER` to the
+file names under `checkpoints/` (defaults: `sd_xl_base_1.0.safetensors`,
+`sd_xl_refiner_1.0.safetensors`; 1024 px, 25 steps, the refiner from step 20); otherwise the
+cell writes tiny random SDXL and refiner checkpoints with the released key layouts."""),
+        new_code_cell("""\
+SDXL = os.environ.get("COMFY_NOTEBOOK_SDXL", "sd_xl_base_1.0.safetensors")
+REFINER = os.environ.get("COMFY_NOTEBOOK_SDXL_REFINER", "sd_xl_refiner_1.0.safetensors")
+XL_SIZE, XL_STEPS, XL_SPLIT = 1024, 25, 20
+if TINY:
+    from comfy_notebook.testing import make_checkpoint
+
+    SDXL, REFINER = "tiny-sdxl.safetensors", "tiny-sdxl-refiner.safetensors"
+    for name, preset in ((SDXL, "sdxl"), (REFINER, "sdxl-refiner")):
+        path = Path(MODELS_DIR) / "checkpoints" / name
+        if not path.exists():
+            make_checkpoint(path.with_suffix(".tmp"), preset=preset, seed=0)
+            path.with_suffix(".tmp").replace(path)
+    XL_SIZE, XL_STEPS, XL_SPLIT = 64, 4, 3
+
+text = "evening sunset scenery blue sky nature, glass bottle with a galaxy in it"
+base, base_clip, base_vae = CheckpointLoaderSimple(SDXL)
+refiner, refiner_clip, _ = CheckpointLoaderSimple(REFINER)
+positive = CLIPTextEncodeSDXL(base_clip, XL_SIZE, XL_SIZE, 0, 0, XL_SIZE, XL_SIZE, text, text)
+negative = CLIPTextEncode("text, watermark", base_clip)
+leftover = KSamplerAdvanced(base, "enable", 721897303308196, XL_STEPS, 8.0, "euler", "normal", positive,
+                            negative, EmptyLatentImage(XL_SIZE, XL_SIZE, 1), 0, XL_SPLIT, "enable")
+refined = KSamplerAdvanced(refiner, "disable", 0, XL_STEPS, 8.0, "euler", "normal",
+                           CLIPTextEncodeSDXLRefiner(6.0, XL_SIZE, XL_SIZE, text, refiner_clip),
+                           CLIPTextEncodeSDXLRefiner(2.5, XL_SIZE, XL_SIZE, "text, watermark", refiner_clip),
+                           leftover, XL_SPLIT, 10000, "disable")
+xl_image = VAEDecode(refined, base_vae)
+print("families:", base.value.family.name, refiner.value.family.name)
+print("conditioning keys:", sorted(positive.value[0][1]))
+print("text width:", positive.value[0][0].shape[-1], "| pooled width:", positive.value[0][1]["pooled_output"].shape[-1])
+xl_image"""),
     ]
 
 

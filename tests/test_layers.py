@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from comfy_notebook._layers import ALLOWED_UPWARD, LAYERS, rank, room_of
+from comfy_notebook._layers import ALLOWED_UPWARD, FORBIDDEN, LAYERS, rank, room_of
 
 PACKAGE = Path(__file__).resolve().parents[1] / "comfy_notebook"
 
@@ -67,7 +67,8 @@ def test_imports_go_down_the_layers() -> None:
             if target is None:
                 continue
             theirs = room_of(target)
-            if rank(theirs) < rank(mine) and (module, target) not in ALLOWED_UPWARD:
+            wrong = rank(theirs) < rank(mine) or (mine, theirs) in FORBIDDEN
+            if wrong and (module, target) not in ALLOWED_UPWARD:
                 bad.append(f"comfy_notebook/{path.relative_to(PACKAGE)}:{line} ({mine}) imports "
                            f"comfy_notebook.{target} ({theirs})")
     assert not bad, "imports that run up the layers:\n" + "\n".join(bad)

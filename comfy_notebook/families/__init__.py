@@ -32,6 +32,7 @@ from comfy_notebook.families.base import (
     LatentFormat,
     TextEncoderSpec,
 )
+from comfy_notebook.families.flux import FLUX, t5_component
 from comfy_notebook.families.sd1 import SD1
 from comfy_notebook.families.sd2 import SD2
 from comfy_notebook.families.sdxl import SDXL, SDXL_REFINER
@@ -39,6 +40,7 @@ from comfy_notebook.models.detect import describe, is_known_extra
 
 __all__ = [
     "FAMILIES",
+    "FLUX",
     "HALF_DTYPES",
     "SD1",
     "SD2",
@@ -68,7 +70,7 @@ __all__ = [
 ]
 
 #: Detection order: most specific first.
-FAMILIES: tuple[Family, ...] = (SDXL_REFINER, SDXL, SD2, SD1)
+FAMILIES: tuple[Family, ...] = (FLUX, SDXL_REFINER, SDXL, SD2, SD1)
 
 # text-encoder files: width of a top-level transformers CLIP -> encoder name
 _TEXT_ENCODER_WIDTHS = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
@@ -127,6 +129,8 @@ def detect(state_dict: Mapping[str, Any], *, source: str = "") -> Detected:
     te = _text_encoder_file(s)
     if te is not None:
         comps[te.name] = te
+    elif "encoder.block.0.layer.1.DenseReluDense.wi_1.weight" in s.sd and "shared.weight" in s.sd:
+        comps["t5xxl"] = t5_component(s.sd)  # T5 v1.1 (gated GELU): Flux's and SD3's T5-XXL
     if comps:
         return Detected(None, comps, {}, extras, source)
     where = f" in {source}" if source else ""

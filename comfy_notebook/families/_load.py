@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -206,7 +206,7 @@ def load_checkpoint_values(
 
 
 def load_unet_value(manager: ModelManager, path: str | os.PathLike[str], *, name: str | None = None,
-                    dtype: torch.dtype | None = None) -> ModelValue:
+                    dtype: torch.dtype | None = None, weight_dtype: str = "default") -> ModelValue:
     """``UNETLoader``: a diffusion-model file (or a checkpoint's UNet) as a MODEL."""
     source = os.fspath(path)
     name = name or os.path.splitext(os.path.basename(source))[0]
@@ -215,8 +215,8 @@ def load_unet_value(manager: ModelManager, path: str | os.PathLike[str], *, name
         info = _detect(sd, source)
         family = _require(info, ("unet",), source, "pick a diffusion model (UNet) file")
         comp = info.components["unet"]
-        if dtype is not None:
-            comp = Component(comp.name, comp.kind, comp.prefix, comp.config, comp.layout, (dtype,))
+        if dtype is not None or weight_dtype != "default":
+            comp = replace(comp, dtypes=comp.dtypes if dtype is None else (dtype,), weight_dtype=weight_dtype)
         ref = _register(manager, f"{name}/unet", source, sd, comp, family)
     return ModelValue(ref, manager, family, info.unet, info.model_sampling())
 

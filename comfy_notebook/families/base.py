@@ -96,6 +96,8 @@ class TextEncoderSpec:
         Token that pads each 77-token row (the end token 49407, or 0 for OpenCLIP encoders).
     projected_pooled:
         The pooled output goes through the encoder's ``text_projection``.
+    tokenizer, min_length:
+        The tokenizer kind and, for T5, the padded length (ComfyUI: 256 for Flux, 77 for SD3).
     """
 
     name: str
@@ -103,6 +105,10 @@ class TextEncoderSpec:
     final_norm: bool = True
     pad_token: int = 49407
     projected_pooled: bool = False
+    #: ``"clip"`` (77-token BPE rows) or ``"t5"`` (one SentencePiece row, see ``models.t5_tokenizer``)
+    tokenizer: str = "clip"
+    #: t5: pad the row with ``pad_token`` to at least this many tokens
+    min_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,9 @@ class Component:
     dtypes:
         Compute dtypes it supports on an accelerator, in preference order (the CPU computes in
         fp32); the device policy picks the first its device supports unless told otherwise.
+    architecture:
+        The module class built from ``config`` (None: the kind's LDM class, UNetModel /
+        AutoencoderKL / CLIPTextModel); ``runtime.loading.build_component`` reads it.
     """
 
     name: str
@@ -134,6 +143,11 @@ class Component:
     config: Any
     layout: str = "ldm"
     dtypes: tuple[torch.dtype, ...] = HALF_DTYPES
+    #: the module class, when not the one of its kind (``models.flux.Flux``, ``models.t5.T5Encoder``)
+    architecture: Any = None
+    #: ComfyUI's UNETLoader ``weight_dtype`` (``default`` / ``fp8_e4m3fn`` / ``fp8_e4m3fn_fast`` /
+    #: ``fp8_e5m2``); fp8 storage needs an architecture that takes a ``linear`` factory
+    weight_dtype: str = "default"
 
 
 @dataclass(frozen=True)
@@ -203,9 +217,12 @@ class Family:
         :func:`comfy_notebook.runtime.manager.estimate_unet_memory`).
     merge_blocks:
         The per-block ratio inputs of ComfyUI's ``ModelMerge<family>`` node: UNet key prefixes.
-    checkpoint_prefixes:
-        Component name -> key prefix in the single-file checkpoint ``CheckpointSave`` writes
-        (empty: saving this family is not supported yet, e.g. encoders kept in another layout).
+    checkpoint_layout:
+        Component name -> (key prefix, key layout ``"ldm"``/``"hf"``/``"openclip"``) of the
+        single-file checkpoint ``CheckpointSave`` writes, as ComfyUI saves it (empty: not supported).
+    modelspec_architecture:
+        The ``modelspec.architecture`` ComfyUI writes into a saved checkpoint's metadata (None:
+        ComfyUI writes no modelspec block for this family).
     """
 
     name: str = ""
@@ -220,7 +237,8 @@ class Family:
     lora_te_prefixes: Mapping[str, str] = {}
     memory_factor: float = 2.0
     merge_blocks: tuple[str, ...] = ()
-    checkpoint_prefixes: Mapping[str, str] = {}
+    checkpoint_layout: Mapping[str, tuple[str, str]] = {}
+    modelspec_architecture: str | None = None
     #: cross-attention width of the released models (tells a LoRA's family from its shapes)
     context_dim: int | None = None
     #: LoRA key prefixes only this family's LoRAs use (kohya's two text encoders ...)

@@ -41,8 +41,8 @@ class SD1Family(Family):
                     *(f"middle_block.{i}." for i in range(3)),
                     *(f"output_blocks.{i}." for i in range(12)), "out.")
     # what ComfyUI's SD15 model writes when saving (model_base.state_dict_for_saving)
-    checkpoint_prefixes = MappingProxyType({"unet": "model.diffusion_model.", "vae": "first_stage_model.",
-                                            "clip_l": CLIP_PREFIX})
+    checkpoint_layout = MappingProxyType({"unet": ("model.diffusion_model.", "ldm"),
+                                          "vae": ("first_stage_model.", "ldm"), "clip_l": (CLIP_PREFIX, "hf")})
 
     def matches(self, survey: Survey) -> bool:
         if survey.has_prefix(CLIP_PREFIX):

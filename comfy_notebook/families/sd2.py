@@ -35,6 +35,9 @@ class SD2Family(Family):
     lora_te_prefixes = MappingProxyType({"lora_te_": "clip_h", "text_encoder.": "clip_h"})
     memory_factor = 2.0
     context_dim = 1024
+    # ComfyUI's SD21 saving: the ViT-H text tower back in OpenCLIP names under cond_stage_model.model.
+    checkpoint_layout = MappingProxyType({"unet": ("model.diffusion_model.", "ldm"),
+                                          "vae": ("first_stage_model.", "ldm"), "clip_h": (CLIP_PREFIX, "openclip")})
 
     def _clip_prefix(self, survey: Survey) -> str | None:
         if survey.has_prefix(CLIP_PREFIX):

@@ -100,6 +100,12 @@ class SDXLFamily(Family):
     merge_blocks = ("time_embed.", "label_emb.", *(f"input_blocks.{i}" for i in range(9)),
                     *(f"middle_block.{i}" for i in range(3)),
                     *(f"output_blocks.{i}" for i in range(9)), "out.")
+    # how ComfyUI's SDXL model saves (supported_models.SDXL.process_clip_state_dict_for_saving,
+    # nodes_model_merging.save_checkpoint): CLIP-G back in OpenCLIP names, a modelspec block
+    checkpoint_layout = MappingProxyType({
+        "unet": ("model.diffusion_model.", "ldm"), "vae": ("first_stage_model.", "ldm"),
+        "clip_l": (CLIP_L_PREFIX, "hf"), "clip_g": (CLIP_G_PREFIX, "openclip")})
+    modelspec_architecture = "stable-diffusion-xl-v1-base"
 
     def matches(self, survey: Survey) -> bool:
         if survey.has_prefix("conditioner.embedders.1."):
@@ -125,6 +131,8 @@ class SDXLFamily(Family):
         return torch.cat([l_out[:, :n], g_out[:, :n]], dim=-1), g_pooled  # [1, T, 768 + 1280]
 
     def model_inputs(self, unet_config: Any, params: Mapping[str, Any]) -> dict[str, Tensor]:
+        if unet_config is not None and unet_config.adm_in_channels is None:
+            return {}  # a UNet without the label embedding takes no y
         pooled = _pooled(params, self.title)
         width, height = params["width"], params["height"]
         values = [height, width, params.get("crop_h", 0), params.get("crop_w", 0),
@@ -141,8 +149,13 @@ class SDXLRefinerFamily(SDXLFamily):
     title = "SDXL refiner"
     text_encoders = (_CLIP_G,)
     context_dim = 1280
+    lora_markers = ()  # kohya's te1/te2 prefixes name the base; its LoRAs count as SDXL's
     clip_types = MappingProxyType({"stable_diffusion": ("clip_g",)})
     lora_te_prefixes = MappingProxyType({"lora_te_": "clip_g", "lora_te2_": "clip_g", "text_encoder_2.": "clip_g"})
+    checkpoint_layout = MappingProxyType({
+        "unet": ("model.diffusion_model.", "ldm"), "vae": ("first_stage_model.", "ldm"),
+        "clip_g": (REFINER_CLIP_G_PREFIX, "openclip")})
+    modelspec_architecture = "stable-diffusion-xl-v1-refiner"
 
     def matches(self, survey: Survey) -> bool:
         if survey.has_prefix("conditioner.embedders.1."):
@@ -165,6 +178,8 @@ class SDXLRefinerFamily(SDXLFamily):
         return outputs["clip_g"]
 
     def model_inputs(self, unet_config: Any, params: Mapping[str, Any]) -> dict[str, Tensor]:
+        if unet_config is not None and unet_config.adm_in_channels is None:
+            return {}
         pooled = _pooled(params, self.title)
         default_score = 2.5 if params.get("prompt_type", "") == "negative" else 6.0
         values = [params["height"], params["width"], params.get("crop_h", 0), params.get("crop_w", 0),

@@ -38,11 +38,15 @@ USAGE = """\
 %comfy gallery clear [CELL_ID]    forget a cell's image history (all cells without an id)
 %comfy stubs [DIR|FILE.pyi]       write a .pyi stub of the session's nodes for editors
                                   (default: ~/.cache/comfy_notebook/stubs; see README)
+%comfy nodes load PATH            import ComfyUI custom node packs (a pack, a .py file or a
+                                  custom_nodes folder); one line per pack, failures included
+%comfy attach PATH [builtin]      import your ComfyUI and register all its nodes (its classes
+                                  win shared names unless "builtin" is given)
 %%comfy                           record the cell's node calls as one workflow and run it
 """
 
 _COMMANDS = ("status", "models", "models-dir", "load", "offload", "unload", "cache", "export", "run",
-             "sweep", "traceback", "gallery", "stubs", "help")
+             "sweep", "traceback", "gallery", "stubs", "nodes", "attach", "help")
 
 
 def apply_overrides(api: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -96,6 +100,8 @@ class ComfyMagics(Magics):
         %comfy traceback                  the full traceback of the last error
         %comfy gallery [this|CELL_ID|clear [CELL_ID]]   recent images, or a cell's runs
         %comfy stubs [DIR|FILE.pyi]       a .pyi stub of the session's nodes for editors
+        %comfy nodes load PATH            import ComfyUI custom node packs, one report per pack
+        %comfy attach PATH [builtin]      import your ComfyUI and register all its nodes
         %%comfy                           record the cell's node calls as one workflow, run it
         """
         if cell is not None:
@@ -234,6 +240,20 @@ class ComfyMagics(Magics):
             return sweep_magic(_session(), line)
         except ComfyNotebookError as exc:
             raise UsageError(f"%comfy sweep: {exc}") from None
+
+    def _cmd_nodes(self, args: list[str]) -> Any:
+        if len(args) != 2 or args[0] != "load":
+            raise UsageError("usage: %comfy nodes load PATH")
+        reports = _control().load_custom_nodes(args[1])
+        print(reports)
+        return None
+
+    def _cmd_attach(self, args: list[str]) -> Any:
+        if len(args) not in (1, 2) or (len(args) == 2 and args[1] not in ("builtin", "comfyui")):
+            raise UsageError("usage: %comfy attach PATH [builtin]")
+        state = _control().attach_comfyui(args[0], prefer=args[1] if len(args) == 2 else "comfyui")
+        print(state)
+        return None
 
     def _cmd_traceback(self, args: list[str]) -> None:
         text = self.events.last_traceback if self.events is not None else ""

@@ -6,7 +6,7 @@ OpenCLIP's names (``transformer.resblocks.{i}.attn.in_proj_weight``, ``ln_final`
 uses transformers' names (ComfyUI converts the same way: ``comfy/utils.py``
 ``clip_text_transformers_convert``).  The view below maps names lazily and every converted
 tensor is a view of the file's tensor (the fused q/k/v projection is sliced, the projection
-transposed), so nothing is copied.
+transposed into a small contiguous copy), so the towers are not copied.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ class OpenCLIPView(Mapping[str, Tensor]):
             if name in _TOP:
                 self._map[_TOP[name]] = (key, None)
             elif name == "text_projection":
-                self._map["text_projection.weight"] = (key, lambda t: t.t())  # [D, P] -> [P, D]
+                # [D, P] -> [P, D]; a contiguous copy (P x D is small) so the matmul is the same
+                # kernel as for a transformers-layout file: identical bits either way
+                self._map["text_projection.weight"] = (key, lambda t: t.t().contiguous())
             elif (m := _BLOCK.match(name)) is not None:
                 i, leaf = m.groups()
                 out = f"text_model.encoder.layers.{i}."

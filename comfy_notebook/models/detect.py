@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from comfy_notebook.models.clip import CLIPTextConfig
 
 __all__ = [
-    "CLIP_PREFIX",
     "UNET_PREFIX",
     "VAE_PREFIX",
     "describe",
@@ -35,9 +34,6 @@ __all__ = [
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-CLIP_PREFIX = "cond_stage_model.transformer."
-_SD2_CLIP_PREFIX = "cond_stage_model.model."
-_SDXL_PREFIX = "conditioner.embedders."
 
 # Buffers of the LDM training wrapper (DDPM schedule), stored in real SD1/SD2 files.
 _SCHEDULE_KEYS = frozenset({
@@ -138,6 +134,7 @@ def read_vae_config(sd: Mapping[str, Any], keys: list[str], p: str) -> VAEConfig
         in_channels=in_ch, out_channels=shape(sd, p + "decoder.conv_out.weight")[0], ch=ch,
         ch_mult=tuple(mult), num_res_blocks=num_res,
         z_channels=shape(sd, p + "decoder.conv_in.weight")[1],
+        use_quant_conv=p + "quant_conv.weight" in sd,
     )
 
 

@@ -34,6 +34,9 @@ class VAEConfig:
         ResNet blocks per encoder level (the decoder has one more).
     z_channels:
         Latent channels.
+    use_quant_conv:
+        Whether the 1x1 ``quant_conv``/``post_quant_conv`` exist (SD VAEs; the Flux and SD3
+        VAEs have none).
     """
 
     in_channels: int = 3
@@ -42,6 +45,7 @@ class VAEConfig:
     ch_mult: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 2
     z_channels: int = 4
+    use_quant_conv: bool = True
 
     @classmethod
     def sd(cls) -> VAEConfig:
@@ -52,6 +56,16 @@ class VAEConfig:
     def tiny(cls) -> VAEConfig:
         """A tiny VAE for tests with the real 8x downscaling (four levels, 32/64 channels)."""
         return cls(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
+
+    @classmethod
+    def flux(cls) -> VAEConfig:
+        """The Flux.1 VAE (``ae.safetensors``): 16 latent channels, no quant convs."""
+        return cls(z_channels=16, use_quant_conv=False)
+
+    @classmethod
+    def flux_tiny(cls) -> VAEConfig:
+        """A tiny 16-channel, quant-conv-free VAE for tests (8x downscaling)."""
+        return cls(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, z_channels=16, use_quant_conv=False)
 
     @property
     def downscale(self) -> int:
@@ -276,11 +290,18 @@ class AutoencoderKL(nn.Module):
         z = config.z_channels
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.quant_conv = Conv1x1(2 * z, 2 * z)
-        self.post_quant_conv = Conv1x1(z, z)
+        if config.use_quant_conv:
+            self.quant_conv = Conv1x1(2 * z, 2 * z)
+            self.post_quant_conv = Conv1x1(z, z)
 
     def _dtype(self) -> torch.dtype:
-        return self.post_quant_conv.weight.dtype
+        return self.decoder.conv_out.weight.dtype
+
+    def _quant(self, moments: Tensor) -> Tensor:
+        return self.quant_conv(moments) if self.config.use_quant_conv else moments
+
+    def _post_quant(self, z: Tensor) -> Tensor:
+        return self.post_quant_conv(z) if self.config.use_quant_conv else z
 
     def encode(self, pixels: Tensor) -> Tensor:
         """Encode images to latents.
@@ -298,12 +319,12 @@ class AutoencoderKL(nn.Module):
         Tensor
             [B, z_channels, H/f, W/f], unscaled (apply the family's ``process_in`` for the UNet).
         """
-        moments = self.quant_conv(self.encoder(pixels.to(self._dtype())))  # [B, 2z, h, w]
+        moments = self._quant(self.encoder(pixels.to(self._dtype())))  # [B, 2z, h, w]
         return moments[:, : self.config.z_channels].to(pixels.dtype)
 
     def decode(self, latent: Tensor) -> Tensor:
         """Decode latents [B, z, h, w] to pixels [B, 3, h*f, w*f] in about -1..1 (unclamped)."""
-        return self.decoder(self.post_quant_conv(latent.to(self._dtype()))).to(latent.dtype)
+        return self.decoder(self._post_quant(latent.to(self._dtype()))).to(latent.dtype)
 
     def decode_tiled(self, latent: Tensor, tile: int = 64, overlap: int = 16) -> Tensor:
         """Decode in overlapping latent tiles of ``tile`` latent pixels, blended over ``overlap``.

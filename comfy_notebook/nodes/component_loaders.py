@@ -55,14 +55,15 @@ class UNETLoader:
         return file_fingerprint("diffusion_models", unet_name)
 
     def load_unet(self, unet_name: str, weight_dtype: str) -> tuple[Any]:
-        if weight_dtype != "default":
+        if weight_dtype not in WEIGHT_DTYPES:
             raise NodeError(
-                f"weight_dtype {weight_dtype} is not supported yet", input_name="weight_dtype",
-                expected="default", received=weight_dtype,
-                fix="use weight_dtype 'default' (the device policy's dtype for diffusion models)")
+                f"unknown weight_dtype {weight_dtype!r}", input_name="weight_dtype",
+                expected=" / ".join(WEIGHT_DTYPES), received=weight_dtype, fix="pick one of ComfyUI's choices")
         svc = services()
         path = folders(svc).resolve("diffusion_models", unet_name)
-        return (load_unet_value(model_manager(svc), path, name="unet:" + _stem(unet_name)),)
+        suffix = "" if weight_dtype == "default" else f"@{weight_dtype}"  # one managed model per storage dtype
+        return (load_unet_value(model_manager(svc), path, name="unet:" + _stem(unet_name) + suffix,
+                                weight_dtype=weight_dtype),)
 
 
 def _clip(names: list[str], clip_type: str, device: str) -> Any:

@@ -100,9 +100,10 @@ def _check_fit(lora_name: str, part: str, shapes: dict[str, Any], patches: dict[
     from comfy_notebook.errors import NodeError
     from comfy_notebook.runtime.patches import PatchShapeError
 
-    for key, patch in patches.items():
+    for key, value in patches.items():
         try:
-            patch.delta(shapes[key], torch.device("meta"))
+            for patch in (value if isinstance(value, tuple) else (value,)):
+                patch.delta(shapes[key], torch.device("meta"))
         except PatchShapeError as exc:
             raise NodeError(
                 f"LoRA {lora_name} does not fit this {part} at weight '{key}' ({exc.args[0].split('. Fix')[0]})",
@@ -123,15 +124,20 @@ def _lora(model: ModelValue | None, clip: ClipValue | None, lora_name: str,
     other = lora_mismatch(lora_sd, family)
     if other is not None:
         raise NodeError(
-            f"LoRA {lora_name} is a {other.title} LoRA; the model is {family.title}",
+            f"LoRA {lora_name} is made for {other.title} (an {other.title} LoRA); the model is {family.title}",
             input_name="lora_name", expected=f"a LoRA trained for {family.title}", received=lora_name,
             fix=f"pick a {family.title} LoRA, or load a {other.title} checkpoint for this LoRA")
     unet_keys = model.ref.base.parameter_names() if model is not None else set()
     encoders = None
     if clip is not None:
         encoders = clip.family.lora_text_encoders({e: r.base.parameter_names() for e, r in clip.refs.items()})
-    unet_patches, clip_patches, unknown = lora_patches(lora_sd, unet_keys=unet_keys, unet_layout=_unet_layout(model),
+    own = getattr(model.family, "unet_lora_patches", None) if model is not None else None
+    unet_patches, clip_patches, unknown = lora_patches(lora_sd, unet_keys=set() if own else unet_keys,
+                                                       unet_layout=None if own else _unet_layout(model),
                                                        text_encoders=encoders)
+    if own is not None:  # the family maps its diffusion model's LoRA key styles itself (e.g. fused qkv)
+        unet_patches, unet_unknown = own(lora_sd, model.unet_config, unet_keys)
+        unknown = sorted(set(unknown) & set(unet_unknown))
     if clip is None:  # LoraLoaderModelOnly: text-encoder keys are expected and not "unknown"
         unknown = [k for k in unknown if not k.startswith(_TEXT_ENCODER_PREFIXES)]
     if unknown:

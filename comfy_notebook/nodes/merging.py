@@ -189,25 +189,50 @@ class CLIPMergeAdd:
 
 def save_checkpoint_file(path: str, model: ModelValue, clip: ClipValue | None, vae: VAEValue | None,
                          metadata: dict[str, str]) -> None:
-    """Write MODEL/CLIP/VAE as one single-file checkpoint in the family's layout (what
-    CheckpointLoaderSimple reads back)."""
+    """Write MODEL/CLIP/VAE as one single-file checkpoint in the family's layout, as ComfyUI
+    saves it (what CheckpointLoaderSimple reads back)."""
+    import torch
     from safetensors.torch import save_file
 
     family = model.family
-    prefixes = getattr(family, "checkpoint_prefixes", {})
+    layout = getattr(family, "checkpoint_layout", {})
     refs = {"unet": model.ref, **(dict(clip.refs) if clip is not None else {}),
             **({"vae": vae.ref} if vae is not None else {})}
-    missing = sorted(name for name in refs if name not in prefixes)
+    missing = sorted(name for name in refs if name not in layout)
     if missing:
         title = getattr(family, "title", "this model")
         raise NodeError(f"saving a {title} checkpoint is not supported yet (no single-file layout "
                         f"for {missing})", node_type="CheckpointSave", input_name="model",
-                        expected="a model whose family has a checkpoint layout (SD1)",
-                        received=title, fix="save an SD1 model, or keep the merge as a workflow")
-    sd = checkpoint_state_dict({name: (ref, prefixes[name]) for name, ref in refs.items()})
+                        expected="an SD1, SD2 or SDXL model with its own text encoders",
+                        received=title, fix="keep the merge as a workflow instead of a file")
+    extra = {}
+    sampling = model.model_sampling
+    if getattr(sampling, "prediction", "eps") == "v_prediction":  # ComfyUI's marker keys
+        extra["v_pred"] = torch.tensor([])
+        if getattr(getattr(sampling, "schedule", None), "zsnr", False):
+            extra["ztsnr"] = torch.tensor([])
+    sd = checkpoint_state_dict({name: (ref, *layout[name]) for name, ref in refs.items()}, extra)
     tmp = path + ".partial"
     save_file(sd, tmp, metadata=metadata)
     os.replace(tmp, path)  # never leave a half-written checkpoint under the final name
+
+
+def checkpoint_metadata(model: ModelValue, title: str, prompt: dict[str, Any] | None,
+                        extra_pnginfo: dict[str, Any] | None) -> dict[str, str]:
+    """ComfyUI's metadata: a modelspec block for SDXL, the prediction key, prompt and workflow JSON."""
+    metadata: dict[str, str] = {}
+    arch = getattr(model.family, "modelspec_architecture", None)
+    if arch is not None:
+        metadata.update({"modelspec.architecture": arch, "modelspec.sai_model_spec": "1.0.0",
+                         "modelspec.implementation": "sgm", "modelspec.title": title})
+    prediction = getattr(model.model_sampling, "prediction", None) or model.family.prediction
+    key = {"eps": "epsilon", "v": "v", "v_prediction": "v"}.get(prediction)
+    if key is not None:
+        metadata["modelspec.predict_key"] = key
+    metadata["prompt"] = json.dumps(prompt) if prompt is not None else ""
+    for name, value in (extra_pnginfo or {}).items():
+        metadata[name] = json.dumps(value)
+    return metadata
 
 
 class CheckpointSave:
@@ -228,17 +253,11 @@ class CheckpointSave:
              filename_prefix: str = "checkpoints/ComfyUI", prompt: dict[str, Any] | None = None,
              extra_pnginfo: dict[str, Any] | None = None) -> dict[str, Any]:
         full_dir, filename, counter, subfolder = folders(services()).save_path(filename_prefix)
-        # metadata as ComfyUI writes it for SD1: no modelspec block, the prediction key, then the
-        # prompt and each extra_pnginfo entry as JSON
-        prediction = getattr(model.model_sampling, "prediction", None) or model.family.prediction
-        metadata = {"modelspec.predict_key": {"eps": "epsilon", "v": "v", "v_prediction": "v"}.get(prediction, prediction),
-                    "prompt": json.dumps(prompt) if prompt is not None else ""}
-        for key, value in (extra_pnginfo or {}).items():
-            metadata[key] = json.dumps(value)
         name = f"{filename}_{counter:05}_.safetensors"
         while (full_dir / name).exists():
             counter += 1
             name = f"{filename}_{counter:05}_.safetensors"
+        metadata = checkpoint_metadata(model, f"{filename} {counter}", prompt, extra_pnginfo)
         save_checkpoint_file(str(full_dir / name), model, clip, vae, metadata)
         return {"ui": {"checkpoints": [{"filename": name, "subfolder": subfolder, "type": "output"}]}}
 

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from comfy_notebook.engine import current_context
 from comfy_notebook.runtime.values import ModelValue
-from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, ksample
+from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, fix_empty_latent_channels, ksample
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+T = TypeVar("T")
 
 
 def sampler_names() -> list[str]:
@@ -29,21 +31,24 @@ def _graphs_option(ctx: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
-def common_ksampler(
-    model: ModelValue, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
-    positive: list[Any], negative: list[Any], latent: dict[str, Any], *, denoise: float = 1.0,
-    add_noise: bool = True, start_step: int | None = None, last_step: int | None = None,
-    force_full_denoise: bool = False,
-) -> dict[str, Any]:
-    """Sample ``latent`` with ``model``; progress and interrupts go through the node context."""
+def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..., T], *,
+                    evaluates_negative: bool = True) -> T:
+    """``body(apply_model, callback=..., **facts)`` with the UNet on the compute device.
+
+    ``facts`` are what the sampling core needs to know about ``model`` (its model sampling,
+    latent format, device and extra model inputs); progress and interrupts go through the node
+    context.
+    ``evaluates_negative`` sizes the memory estimate (a doubled batch per step).
+    """
     ctx = current_context()
 
     def callback(info: Any) -> None:
-        # The preview is the first image's denoised latent (model scale); views convert it on
-        # demand, so no host copy happens here.
-        ctx.progress(info.step + 1, info.total, preview=info.denoised[:1])
+        # The preview is the first image's denoised latent (model scale) with the model's latent
+        # format (its preview factors); views convert it on demand, so no host copy happens here.
+        ctx.progress(info.step + 1, info.total,
+                     preview={"samples": info.denoised[:1], "latent_format": model.latent_format})
 
-    def run(unet: Any) -> dict[str, Any]:
+    def run(unet: Any) -> T:
         weight_dtype = model.ref.base.dtype
 
         def eager(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
@@ -51,16 +56,33 @@ def common_ksampler(
 
         # captured as a CUDA graph per shape where possible (runtime.graphs); eager otherwise
         apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=_graphs_option(ctx))
+        return body(apply_model, callback=callback, **model_facts(model))
 
+    return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=evaluates_negative)
+
+
+def model_facts(model: ModelValue) -> dict[str, Any]:
+    """The sampling core's keywords that describe ``model`` (the one place that reads them)."""
+    return {"model_sampling": model.model_sampling, "latent_format": model.latent_format,
+            "device": model.manager.device, "model_inputs": model.model_inputs()}
+
+
+def common_ksampler(
+    model: ModelValue, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+    positive: list[Any], negative: list[Any], latent: dict[str, Any], *, denoise: float = 1.0,
+    add_noise: bool = True, start_step: int | None = None, last_step: int | None = None,
+    force_full_denoise: bool = False,
+) -> dict[str, Any]:
+    """Sample ``latent`` with ``model``; progress and interrupts go through the node context."""
+    latent = {**latent, "samples": fix_empty_latent_channels(latent["samples"], model.latent_format.channels)}
+
+    def body(apply_model: Any, **facts: Any) -> dict[str, Any]:
         return ksample(
-            apply_model, model_sampling=model.model_sampling, latent_format=model.latent_format,
-            latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,
+            apply_model, latent=latent, positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg,
             sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
-            start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise,
-            device=model.manager.device, callback=callback, model_inputs=model.model_inputs(),
-        )
+            start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise, **facts)
 
-    return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=cfg != 1.0)
+    return sample_on_model(model, latent, body, evaluates_negative=cfg != 1.0)
 
 
 class KSampler:

@@ -27,9 +27,11 @@ from comfy_notebook.realmode.state import state
 __all__ = [
     "CommandError",
     "apply_overrides",
+    "attach_comfyui",
     "cache_summary",
     "clear_cache",
     "export_last",
+    "load_custom_nodes",
     "manager",
     "models_dir_summary",
     "run_file",
@@ -228,3 +230,16 @@ def run_workflow(workflow: Any, session: Any = None) -> Any:
     _, ids = build_graph(order)  # the ids Workflow.run gives the same nodes
     result = workflow.run(s)
     return run_outputs(result, order, ids, s.services.folders)
+
+
+def load_custom_nodes(path: str | os.PathLike[str], session: Any = None) -> Any:
+    """``%comfy nodes load PATH``: import ComfyUI custom node packs into the session (one report
+    per pack; see :meth:`comfy_notebook.Session.load_custom_nodes`)."""
+    return _session(session).load_custom_nodes(path)
+
+
+def attach_comfyui(path: str | os.PathLike[str], *, prefer: str = "comfyui", session: Any = None) -> Any:
+    """``%comfy attach PATH``: import the ComfyUI installation at PATH and register its nodes
+    (see :meth:`comfy_notebook.Session.attach_comfyui`)."""
+    return _session(session).attach_comfyui(path, prefer=prefer)
+

@@ -51,7 +51,16 @@ def summary(handle: Any) -> str:
     node = handle.node.class_type
     if kind == "UI":
         return f"<{node}: {_describe_ui(handle)}>"
+    if kind == "SIGMAS" and _is_tensor(handle.value) and handle.value.ndim == 1:
+        return f"<{kind} from {node}: {_describe_sigmas(handle.value)}>"
     return f"<{kind} from {node}: {_describe(handle.value)}>"
+
+
+def _describe_sigmas(sigmas: Any) -> str:
+    """``n steps: 14.61, 9.72, ..., 0`` (the first three and the last noise levels)."""
+    values = [f"{v:.4g}" for v in sigmas.tolist()]
+    shown = values if len(values) <= 5 else [*values[:3], "...", values[-1]]
+    return f"{max(len(values) - 1, 0)} steps: " + ", ".join(shown)
 
 
 def _describe_ui(handle: Any) -> str:
@@ -115,7 +124,7 @@ def _latent_array(value: Any) -> Any:
     """A LATENT value's latent-to-RGB preview (its format's factors), upscaled (nearest) to a visible size."""
     import numpy as np
 
-    from comfy_notebook.widgets.preview import latent_to_rgb
+    from comfy_notebook.families.preview import latent_to_rgb
 
     samples = value["samples"] if isinstance(value, dict) else value
     rgb = latent_to_rgb(samples)  # [B,h,w,3] uint8

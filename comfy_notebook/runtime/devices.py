@@ -42,6 +42,8 @@ class DevicePolicy:
         PCIe speed.  Only meaningful when ``device`` is a CUDA device.
     bf16:
         Whether the device computes in bfloat16 (None: probe CUDA when first asked).
+    unet_dtype, vae_dtype, clip_dtype:
+        Shorthands for an entry of ``dtypes``.
     """
 
     device: torch.device
@@ -49,10 +51,19 @@ class DevicePolicy:
     dtypes: Mapping[str, torch.dtype] = field(default_factory=dict)
     pin_memory: bool = False
     bf16: bool | None = None
+    unet_dtype: torch.dtype | None = None  # shorthands for dtypes={"unet": ...} (and vae, clip)
+    vae_dtype: torch.dtype | None = None
+    clip_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", torch.device(self.device))
         object.__setattr__(self, "offload_device", torch.device(self.offload_device))
+        merged = dict(self.dtypes)
+        for kind in KINDS:
+            short = getattr(self, f"{kind}_dtype")
+            if short is not None:
+                merged[kind] = short
+        object.__setattr__(self, "dtypes", merged)
         bad = [k for k in self.dtypes if k not in KINDS]
         if bad:
             raise UnknownModelKindError(f"unknown model kinds {bad} in dtypes; expected {KINDS}")

@@ -204,8 +204,19 @@ def build_component(
     if component.layout == "openclip":
         sd, prefix = OpenCLIPView(sd, prefix), ""
     what = f"{component.name} in {source}" if source else component.name
-    return _load_part(_architecture(component), component.config, sd, prefix,
-                      dtype or _default_dtype(dev), dev, what)
+    arch = _architecture(component)
+    if getattr(arch, "takes_linear", False):  # built with a linear factory: fp8-aware (runtime/module_loading.py)
+        from comfy_notebook.runtime.module_loading import load_module
+
+        return load_module(arch, component.config, sd, prefix=prefix,
+                           weight_dtype=getattr(component, "weight_dtype", "default"),
+                           compute_dtype=dtype, device=dev, ignore=getattr(arch, "ignored_keys", None),
+                           what=what)
+    if getattr(component, "weight_dtype", "default") != "default":
+        raise ModelLoadError(
+            f"{what}: weight_dtype {component.weight_dtype} is not supported for {arch.__name__} yet "
+            "(fp8 storage needs an architecture built with a linear factory). Fix: use weight_dtype 'default'")
+    return _load_part(arch, component.config, sd, prefix, dtype or _default_dtype(dev), dev, what)
 
 
 def _load_part(

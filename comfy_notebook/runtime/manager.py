@@ -331,8 +331,8 @@ class ModelManager:
         t0 = time.perf_counter() if t0 is None else t0
         pin = self.policy.pin_memory and self.device.type == "cuda" and torch.cuda.is_available()
         try:
-            if m.dtype is not None:
-                module.to(dtype=m.dtype)
+            if m.dtype is not None and getattr(module, "compute_dtype", None) is None:
+                module.to(dtype=m.dtype)  # modules with a compute_dtype (fp8 storage) keep their dtypes
             module.eval().requires_grad_(False)
             if pin:  # weights read straight onto the device (fastread) are copied into the pinned master
                 mv.buffers_to(module, self.host)

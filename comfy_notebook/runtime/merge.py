@@ -117,16 +117,23 @@ def effective_weights(ref: ModelRef, keys: Iterable[str] | None = None) -> dict[
     return out
 
 
-def checkpoint_state_dict(parts: Mapping[str, tuple[ModelRef, str]],
+def checkpoint_state_dict(parts: Mapping[str, tuple[ModelRef, str] | tuple[ModelRef, str, str]],
                           extra: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
-    """The single-file checkpoint of ``parts``: prefix + parameter name -> effective weight.
+    """The single-file checkpoint of ``parts``: prefix + key -> effective weight.
 
-    ``parts`` maps a part name to ``(ref, key prefix)``, e.g. ``{"unet": (ref,
-    "model.diffusion_model.")}``.  Tensors are made contiguous for safetensors.
+    ``parts`` maps a part name to ``(ref, key prefix[, layout])``, e.g. ``{"unet": (ref,
+    "model.diffusion_model.")}``; layout ``"openclip"`` writes a text encoder back in OpenCLIP's
+    names (fused q/k/v, ``text_projection`` as ``[D, P]``), as some families' files store it.  Tensors
+    are made contiguous for safetensors.
     """
     sd: dict[str, Any] = {}
-    for ref, prefix in parts.values():
-        for key, w in effective_weights(ref).items():
+    for ref, prefix, *layout in parts.values():
+        weights = effective_weights(ref)
+        if layout and layout[0] == "openclip":
+            from comfy_notebook.models.convert import hf_to_openclip
+
+            weights = hf_to_openclip(weights)
+        for key, w in weights.items():
             sd[prefix + key] = w.contiguous()
     sd.update(extra or {})
     return sd

@@ -22,7 +22,7 @@ from comfy_notebook.errors import ComfyNotebookError
 if TYPE_CHECKING:
     from comfy_notebook.runtime.manager import ManagedModel
 
-__all__ = ["DiffPatch", "LoraPatch", "ModelRef", "Patch", "PatchShapeError", "apply_patches",
+__all__ = ["DiffPatch", "LoraPatch", "ModelRef", "Patch", "PatchShapeError", "SlicePatch", "apply_patches",
            "patched_fp32"]
 
 _uids = itertools.count(1)
@@ -84,7 +84,34 @@ class DiffPatch:
         return self.diff.to(device=device, dtype=torch.float32) * self.strength
 
 
-Patch = Union[LoraPatch, DiffPatch]  # noqa: UP007
+@dataclass(frozen=True, eq=False)
+class SlicePatch:
+    """A patch of a slice of a fused weight: ``W[offset:offset+size] (along dim) += strength * inner``.
+
+    Used where a LoRA was made for separate projections that our checkpoint-named model fuses
+    (diffusers' Flux ``to_q``/``to_k``/``to_v`` -> ``qkv``; ComfyUI's ``(key, (dim, offset, size))``).
+    """
+
+    inner: LoraPatch | DiffPatch
+    dim: int
+    offset: int
+    size: int
+    strength: float = 1.0
+    uid: int = field(default_factory=lambda: next(_uids), compare=False)
+
+    def delta(self, shape: torch.Size, device: torch.device) -> Tensor:
+        """The fp32 weight delta for a weight of ``shape`` on ``device`` (zero outside the slice)."""
+        if self.offset < 0 or self.offset + self.size > shape[self.dim]:
+            raise PatchShapeError(
+                f"slice {self.offset}:{self.offset + self.size} of dim {self.dim} does not fit weight "
+                f"{tuple(shape)}. Fix: the patch was made for a different model.")
+        part_shape = torch.Size([*shape[:self.dim], self.size, *shape[self.dim + 1:]])
+        out = torch.zeros(shape, device=device, dtype=torch.float32)
+        out.narrow(self.dim, self.offset, self.size).copy_(self.inner.delta(part_shape, device) * self.strength)
+        return out
+
+
+Patch = Union[LoraPatch, DiffPatch, SlicePatch]  # noqa: UP007
 
 
 def patched_fp32(weight: Tensor, patches: Iterable[Patch]) -> Tensor:

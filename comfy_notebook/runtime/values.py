@@ -98,19 +98,16 @@ class ModelValue:
         """A clone sampled through ``model_sampling`` (``ModelSamplingDiscrete``)."""
         return replace(self, model_sampling=model_sampling)
 
-    def model_inputs(self) -> Callable[[dict[str, Any]], dict[str, Tensor]] | None:
-        """ComfyUI's ``extra_conds`` for ``ksample``: the family's inputs (``y``) and, for an
-        inpainting UNet, ``c_concat``; None when the model takes none."""
+    def model_inputs(self) -> Callable[[dict[str, Any]], dict[str, Tensor]]:
+        """ComfyUI's ``extra_conds`` for ``ksample``: the family's inputs (``Family.model_inputs``:
+        a ``y`` vector, ...) and, for an inpainting UNet, ``c_concat``."""
         from comfy_notebook.sampling.ksampler import inpaint_inputs
 
         concat = inpaint_inputs(self.in_channels, self.latent_format)
         family, config = self.family, self.unet_config
-        adm = config is not None and getattr(config, "adm_in_channels", None) is not None
-        if concat is None and not adm:
-            return None
 
         def inputs(params: dict[str, Any]) -> dict[str, Tensor]:
-            out = dict(family.model_inputs(config, params)) if adm else {}
+            out = dict(family.model_inputs(config, params))  # every family is asked (most add none)
             if concat is not None:
                 out.update(concat(params))
             return out
@@ -175,6 +172,10 @@ class ClipValue:
         from comfy_notebook.models.prompt import make_embedding_lookup, tokenize_prompt
 
         spec = self.family.text_encoder(encoder)
+        if spec.tokenizer == "t5":
+            from comfy_notebook.models.t5_tokenizer import T5Tokens, tokenize_t5_prompt
+
+            return T5Tokens([tokenize_t5_prompt(text, min_length=spec.min_length or 0)])
         lookup = make_embedding_lookup(self.embedding_dirs, key=encoder) if self.embedding_dirs else None
         return tokenize_prompt(self.tokenizer, text, embedding_lookup=lookup, pad_token=spec.pad_token)
 
@@ -188,6 +189,12 @@ class ClipValue:
             layer = spec.layer if self.layer is None else self.layer
 
             def run(model: Any, spec: Any = spec, layer: Any = layer, name: str = name) -> tuple[Tensor, Tensor]:
+                if spec.tokenizer == "t5":
+                    from comfy_notebook.models.t5_tokenizer import encode_t5_tokens
+
+                    cond = encode_t5_tokens(model, tokens[name].chunks[0], device=self.manager.device,
+                                            dtype=getattr(model, "compute_dtype", None))
+                    return cond.float().cpu(), None  # type: ignore[return-value]
                 cond, pooled = encode_tokens(model, tokens[name].chunks, layer=layer, device=self.manager.device,
                                              final_norm=spec.final_norm, pad_token=spec.pad_token,
                                              project=spec.projected_pooled)

@@ -1,12 +1,26 @@
 """Schedules, samplers (functions that own their loop) and the KSampler core."""
 
+from comfy_notebook.sampling.custom import (
+    EmptyNoise,
+    RandomNoise,
+    SamplerSpec,
+    add_noise,
+    basic_sigmas,
+    beta_sigmas,
+    fix_empty_latent_channels,
+    flip_sigmas,
+    sd_turbo_sigmas,
+    split_sigmas,
+    split_sigmas_denoise,
+)
 from comfy_notebook.sampling.denoisers import (
     CFGDenoiser,
     CondEntry,
     ModelDenoiser,
     resolve_conditioning,
 )
-from comfy_notebook.sampling.ksampler import inpaint_inputs, ksample, prepare_mask
+from comfy_notebook.sampling.guidance import DualCFGDenoiser, Guidance
+from comfy_notebook.sampling.ksampler import inpaint_inputs, ksample, prepare_mask, sample_sigmas
 from comfy_notebook.sampling.model_sampling import EPS, LCM, X0, ModelSampling, VPrediction
 from comfy_notebook.sampling.noise import (
     BrownianTreeNoiseSampler,
@@ -44,19 +58,33 @@ __all__ = [
     "CFGDenoiser",
     "CondEntry",
     "DiscreteSchedule",
+    "DualCFGDenoiser",
+    "EmptyNoise",
+    "Guidance",
     "GuidedDenoiser",
     "ModelDenoiser",
     "ModelSampling",
+    "RandomNoise",
+    "SamplerSpec",
     "SamplingConfigError",
     "StepInfo",
     "VPrediction",
+    "add_noise",
+    "basic_sigmas",
+    "beta_sigmas",
     "calculate_sigmas",
     "default_noise_sampler",
+    "fix_empty_latent_channels",
+    "flip_sigmas",
     "inpaint_inputs",
     "ksample",
     "ksampler_sigmas",
     "prepare_mask",
     "prepare_noise",
     "resolve_conditioning",
+    "sample_sigmas",
+    "sd_turbo_sigmas",
+    "split_sigmas",
+    "split_sigmas_denoise",
     "unguided",
 ]

@@ -13,23 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from comfy_notebook.sampling.denoisers import CFGDenoiser, ModelDenoiser, resolve_conditioning
+from comfy_notebook.sampling.custom import SamplerSpec
+from comfy_notebook.sampling.denoisers import ModelDenoiser
+from comfy_notebook.sampling.guidance import Guidance
 from comfy_notebook.sampling.model_sampling import ModelSampling
-from comfy_notebook.sampling.noise import (
-    BrownianTreeNoiseSampler,
-    default_noise_sampler,
-    prepare_noise,
-)
-from comfy_notebook.sampling.registry import (
-    SAMPLER_NEEDS_SCHEDULE,
-    SAMPLER_NEEDS_UNCOND,
-    SAMPLER_NOISE,
-    SAMPLERS,
-)
+from comfy_notebook.sampling.noise import prepare_noise
+from comfy_notebook.sampling.registry import SAMPLER_NOISE, SAMPLERS
 from comfy_notebook.sampling.samplers import StepCallback
 from comfy_notebook.sampling.schedules import SamplingConfigError, ksampler_sigmas
 
-__all__ = ["LatentFormatLike", "inpaint_concat", "inpaint_inputs", "ksample", "prepare_mask"]
+__all__ = ["LatentFormatLike", "inpaint_concat", "inpaint_inputs", "ksample", "prepare_mask", "sample_sigmas"]
 
 
 class LatentFormatLike(Protocol):
@@ -258,14 +251,7 @@ def ksample(
             f"unknown sampler {sampler_name!r}; expected one of {sorted(SAMPLERS)}. "
             "Fix: pass one of the names in comfy_notebook.sampling.SAMPLERS."
         )
-    samples = latent.get("samples") if isinstance(latent, dict) else None
-    if not isinstance(samples, Tensor) or samples.ndim != 4:
-        raise SamplingConfigError(
-            f"latent must be a dict with 'samples' [B, C, H, W], received {type(samples).__name__}. "
-            "Fix: pass a LATENT such as EmptyLatentImage's output."
-        )
-    device = torch.device(device) if device is not None else samples.device
-    dtype = dtype or torch.float32
+    samples = _latent_samples(latent)
     if add_noise:
         noise = prepare_noise(samples, seed, latent.get("batch_index"))
     else:
@@ -288,6 +274,62 @@ def ksample(
         out["samples"] = samples
         return out
 
+    out["samples"], _ = sample_sigmas(
+        apply_model, model_sampling=model_sampling, latent_format=latent_format, latent=latent, noise=noise,
+        sigmas=sigmas, guidance=Guidance.cfg_guided(positive, negative, cfg), sampler=SamplerSpec(sampler_name),
+        seed=seed, device=device, dtype=dtype, callback=callback, cpu_noise=cpu_noise, model_inputs=model_inputs)
+    return out
+
+
+def _latent_samples(latent: Any) -> Tensor:
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, Tensor) or samples.ndim != 4:
+        raise SamplingConfigError(
+            f"latent must be a dict with 'samples' [B, C, H, W], received {type(samples).__name__}. "
+            "Fix: pass a LATENT such as EmptyLatentImage's output."
+        )
+    return samples
+
+
+def sample_sigmas(
+    apply_model: Callable[..., Tensor], *, model_sampling: ModelSampling, latent_format: LatentFormatLike,
+    latent: dict[str, Any], noise: Tensor, sigmas: Tensor, guidance: Guidance, sampler: SamplerSpec, seed: int,
+    device: Any = None, dtype: Any = None, callback: StepCallback | None = None, cpu_noise: bool = False,
+    model_inputs: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Sample ``latent`` along given ``sigmas`` from given initial ``noise``: ComfyUI's ``CFGGuider.sample``.
+
+    The shared core of KSampler (:func:`ksample`) and the custom-sampling nodes: ``process_in``,
+    inpainting mask and model inputs, the guided denoiser of ``guidance``, the model sampling's
+    noise scaling to ``sigmas[0]``, ``sampler`` seeded with ``seed``, inverse noise scaling and
+    ``process_out``.  Arguments not listed are as :func:`ksample`'s.
+
+    Parameters
+    ----------
+    noise:
+        Initial noise of the samples' shape (zeros: start from the latent itself).
+    sigmas:
+        The descending (or, for unsampling, ascending) noise levels to visit.
+    guidance:
+        How the conditioning lists combine (CFG, basic, dual CFG).
+    sampler:
+        The SAMPLER (name and options).
+    seed:
+        Seeds the sampler's per-step noise.
+
+    Returns
+    -------
+    tuple
+        ``(samples, denoised)``: float32, ComfyUI scale, on the CPU; ``denoised`` is the last
+        step's prediction of the clean latent (``None`` when no step ran).  With empty
+        ``sigmas`` the samples are the input's, untouched.
+    """
+    samples = _latent_samples(latent)
+    if len(sigmas) == 0:
+        return samples, None
+    schedule = model_sampling
+    device = torch.device(device) if device is not None else samples.device
+    dtype = dtype or torch.float32
     sigmas = sigmas.to(device)
     noise = noise.to(device=device, dtype=torch.float32)
     x0 = samples.to(device=device, dtype=torch.float32)
@@ -311,17 +353,14 @@ def ksample(
             return inputs
 
         pos_fn, neg_fn = entry_inputs("positive"), entry_inputs("negative")
-    pos, neg = resolve_conditioning(positive, negative, tuple(samples.shape[2:]), schedule, device, dtype,
-                                    pos_fn, negative_kwargs_fn=neg_fn)
-    guided = sampler_name in SAMPLER_NEEDS_UNCOND  # CFG++: the sampler also gets uncond_denoised
-    cfg_model = CFGDenoiser(ModelDenoiser(apply_model, model_sampling), pos, neg, cfg, keep_uncond=guided)
-    model: Callable[[Tensor, Tensor], Any] = cfg_model.guided if guided else cfg_model
+    guided = sampler.needs_uncond  # CFG++: the sampler also gets uncond_denoised
+    model: Callable[[Tensor, Tensor], Any] = guidance.denoiser(
+        ModelDenoiser(apply_model, model_sampling), latent_hw=tuple(samples.shape[2:]), schedule=schedule,
+        device=device, dtype=dtype, kwargs_fn=pos_fn, negative_kwargs_fn=neg_fn, keep_uncond=guided)
 
-    sampler = SAMPLERS[sampler_name]
-    kind = SAMPLER_NOISE.get(sampler_name)
     inpaint_noise = noise
-    if kind == "inpaint_random" and mask is not None:  # ComfyUI's ddim: fresh noise for the kept area
-        gen = torch.manual_seed(seed + 1)
+    if SAMPLER_NOISE.get(sampler.name) == "inpaint_random" and mask is not None:
+        gen = torch.manual_seed(seed + 1)  # ComfyUI's ddim: fresh noise for the kept area
         inpaint_noise = torch.randn(noise.shape, generator=gen, device="cpu").to(device)
     if denoise_mask is not None:
         model = (_InpaintGuided if guided else _Inpaint)(model, denoise_mask, x0, inpaint_noise)
@@ -331,16 +370,18 @@ def ksample(
     max_denoise = math.isclose(sigma_max, first, rel_tol=1e-5) or first > sigma_max
     x = model_sampling.noise_scaling(sigmas[0], noise, x0, max_denoise)
 
-    noise_sampler = None
-    if kind == "ancestral":
-        noise_sampler = default_noise_sampler(x, seed, cpu=cpu_noise)
-    elif kind in ("sde", "sde_gpu") and len(sigmas) > 1:
-        noise_sampler = BrownianTreeNoiseSampler(
-            x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seed, cpu=cpu_noise or kind == "sde")
-        noise_sampler.know(sigmas)  # per-step times from a host copy: no sync per step
-    options = {"schedule": schedule} if sampler_name in SAMPLER_NEEDS_SCHEDULE else {}
-    with torch.no_grad():
-        result = sampler(model, x, sigmas, callback=callback, noise_sampler=noise_sampler, **options)
+    last: list[Tensor] = []
+
+    def report(info: Any) -> None:
+        if last:
+            last[0] = info.denoised
+        else:
+            last.append(info.denoised)
+        if callback is not None:
+            callback(info)
+
+    result = sampler.run(model, x, sigmas, seed=seed, callback=report, cpu_noise=cpu_noise,
+                         model_sampling=model_sampling)
     result = model_sampling.inverse_noise_scaling(sigmas[-1], result.float())
-    out["samples"] = latent_format.process_out(result).cpu()
-    return out
+    denoised = latent_format.process_out(last[0].float()).cpu() if last else None
+    return latent_format.process_out(result).cpu(), denoised

@@ -78,7 +78,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
 
 SAMPLER_NOISE: dict[str, str] = {
     **{k: "ancestral" for k in ("euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
-                                 "dpmpp_2s_ancestral_cfg_pp", "ddpm", "lcm", "dpm_fast", "res_multistep_ancestral",
+                                 "dpmpp_2s_ancestral_cfg_pp", "ddpm", "lcm", "dpm_fast", "dpm_adaptive", "res_multistep_ancestral",
                                  "res_multistep_ancestral_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver",
                                  "sa_solver_pece")},
     **{k: "sde" for k in ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde")},

@@ -14,6 +14,8 @@ the seeded ancestral ``noise_sampler``; a step to sigma 0 returns the denoised p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -118,8 +120,14 @@ def _er_noise_scaler(v: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sample_er_sde(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
-                  noise_sampler: NoiseSampler | None = None, s_noise: float = 1.0, max_stage: int = 3) -> Tensor:
-    """ER-SDE-Solver-3 (up to ``max_stage`` history terms), one evaluation per step."""
+                  noise_sampler: NoiseSampler | None = None, s_noise: float = 1.0, max_stage: int = 3,
+                  noise_scaler: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """ER-SDE-Solver-3 (up to ``max_stage`` history terms), one evaluation per step.
+
+    ``noise_scaler`` is the solver's noise-scale function of ``er = sigma / alpha`` (default:
+    ComfyUI's ER-SDE one; ``lambda v: v`` with ``s_noise=0`` is the ODE solver).
+    """
+    scaler = _er_noise_scaler if noise_scaler is None else noise_scaler
     noise_sampler = noise_sampler or default_noise_sampler(x)
     loop = _Loop(model, x, sigmas, callback)
     points = 200.0
@@ -135,20 +143,20 @@ def sample_er_sde(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepC
         else:
             er_s, er_t = er[i], er[i + 1]
             alpha_s, alpha_t = sigmas[i] / er_s, sigmas[i + 1] / er_t
-            r = _er_noise_scaler(er_t) / _er_noise_scaler(er_s)
+            r = scaler(er_t) / scaler(er_s)
             x = alpha_t / alpha_s * r * x + alpha_t * (1 - r) * denoised  # stage 1 (Euler)
             if stage >= 2 and old_denoised is not None:
                 dt = er_t - er_s
                 step = -dt / points
                 pos = er_t + idx * step  # [200] integration points from er_t up to er_s
-                scaled = _er_noise_scaler(pos)
+                scaled = scaler(pos)
                 s = torch.sum(1 / scaled) * step
                 denoised_d = (denoised - old_denoised) / (er_s - er[i - 1])
-                x = x + alpha_t * (dt + s * _er_noise_scaler(er_t)) * denoised_d
+                x = x + alpha_t * (dt + s * scaler(er_t)) * denoised_d
                 if stage >= 3 and old_denoised_d is not None:
                     s_u = torch.sum((pos - er_s) / scaled) * step
                     denoised_u = (denoised_d - old_denoised_d) / ((er_s - er[i - 2]) / 2)
-                    x = x + alpha_t * ((dt**2) / 2 + s_u * _er_noise_scaler(er_t)) * denoised_u
+                    x = x + alpha_t * ((dt**2) / 2 + s_u * scaler(er_t)) * denoised_u
                 old_denoised_d = denoised_d
             if s_noise > 0:
                 amp = (er_t**2 - er_s**2 * r**2).sqrt().nan_to_num(nan=0.0)

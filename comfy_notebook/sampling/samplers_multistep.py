@@ -141,8 +141,13 @@ def sample_dpm_fast(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Ste
 def sample_dpm_adaptive(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                         noise_sampler: NoiseSampler | None = None, order: int = 3, rtol: float = 0.05,
                         atol: float = 0.0078, h_init: float = 0.05, pcoeff: float = 0.0, icoeff: float = 1.0,
-                        dcoeff: float = 0.0, accept_safety: float = 0.81) -> Tensor:
-    """DPM-Solver-12/23 with PID step-size control; uses only sigmas[0] and the last non-zero sigma."""
+                        dcoeff: float = 0.0, accept_safety: float = 0.81, eta: float = 0.0,
+                        s_noise: float = 1.0) -> Tensor:
+    """DPM-Solver-12/23 with PID step-size control; uses only sigmas[0] and the last non-zero sigma.
+
+    ``eta > 0`` makes each accepted step ancestral (step down to sigma_down, add noise up to the
+    step's end), with the controller's order 1.5, as k-diffusion's ``dpm_solver_adaptive``.
+    """
     if len(sigmas) <= 1:
         return x
     if order not in {2, 3}:
@@ -150,8 +155,11 @@ def sample_dpm_adaptive(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback:
     sigma_min, sigma_max = _range(sigmas)
     t_end = -sigma_min.log()
     s = -sigma_max.log()
-    b1 = (pcoeff + icoeff + dcoeff) / order
-    b2, b3 = -(pcoeff + 2 * dcoeff) / order, dcoeff / order
+    pid_order = 1.5 if eta else order
+    b1 = (pcoeff + icoeff + dcoeff) / pid_order
+    b2, b3 = -(pcoeff + 2 * dcoeff) / pid_order, dcoeff / pid_order
+    if eta:
+        noise_sampler = noise_sampler or default_noise_sampler(x)
     h, errs = h_init, [0.0, 0.0, 0.0]
     atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
     x_prev, step = x, 0
@@ -159,11 +167,16 @@ def sample_dpm_adaptive(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback:
     while s < t_end - 1e-5:
         cache: dict[str, Tensor] = {}
         t = torch.minimum(t_end, s + h)
+        t_, su = t, None
+        if eta:
+            sd, _ = get_ancestral_step((-s).exp(), (-t).exp(), eta)
+            t_ = torch.minimum(t_end, -sd.log())
+            su = ((-t).exp() ** 2 - (-t_).exp() ** 2) ** 0.5
         solver.report(step, x, s, cache)
         if order == 2:
-            x_low, x_high = solver.step1(x, s, t, cache), solver.step2(x, s, t, cache)
+            x_low, x_high = solver.step1(x, s, t_, cache), solver.step2(x, s, t_, cache)
         else:
-            x_low, x_high = solver.step2(x, s, t, cache, r1=1 / 3), solver.step3(x, s, t, cache)
+            x_low, x_high = solver.step2(x, s, t_, cache, r1=1 / 3), solver.step3(x, s, t_, cache)
         delta = torch.maximum(atol_t, rtol_t * torch.maximum(x_low.abs(), x_prev.abs()))
         error = float(torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5)
         inv = 1 / (error + 1e-8)
@@ -173,6 +186,8 @@ def sample_dpm_adaptive(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback:
         factor = 1 + math.atan(errs[0] ** b1 * errs[1] ** b2 * errs[2] ** b3 - 1)
         if factor >= accept_safety:
             errs[2], errs[1] = errs[1], errs[0]
+            if su is not None and noise_sampler is not None:
+                x_high = x_high + su * s_noise * noise_sampler((-s).exp(), (-t).exp())
             x_prev, x, s = x_low, x_high, t
         h *= factor
         step += 1

@@ -29,6 +29,9 @@ __all__ = [
     "calculate_sigmas",
     "get_sigmas_exponential",
     "get_sigmas_karras",
+    "get_sigmas_laplace",
+    "get_sigmas_polyexponential",
+    "get_sigmas_vp",
     "ksampler_sigmas",
 ]
 
@@ -134,6 +137,32 @@ def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7
 def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float) -> Tensor:
     """Uniform in log-sigma; ``n`` sigmas and a final 0."""
     return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp())
+
+
+def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> Tensor:
+    """Polynomial (power ``rho``) in log-sigma from sigma_max down to sigma_min; ``n`` sigmas and a final 0."""
+    ramp = torch.linspace(1, 0, n) ** rho
+    return _append_zero(torch.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)))
+
+
+def get_sigmas_vp(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3) -> Tensor:
+    """Continuous VP schedule (Song et al. 2021) for t from 1 down to ``eps_s``; ``n`` sigmas and a final 0.
+
+    ``sqrt(expm1(...))`` as ComfyUI (02159d8; k-diffusion writes ``exp(...) - 1``).
+    """
+    t = torch.linspace(1, eps_s, n)
+    return _append_zero(torch.sqrt(torch.special.expm1(beta_d * t**2 / 2 + beta_min * t)))
+
+
+def get_sigmas_laplace(n: int, sigma_min: float, sigma_max: float, mu: float = 0.0, beta: float = 0.5) -> Tensor:
+    """Laplace schedule of Tiankai et al. (2024): ``n`` sigmas in [sigma_min, sigma_max], *no* final 0.
+
+    log-sigma follows the inverse Laplace CDF around ``mu`` with scale ``beta`` (as ComfyUI, whose
+    LaplaceScheduler therefore ends sampling at sigma_min).
+    """
+    x = torch.linspace(0, 1, n)
+    lmb = mu - beta * torch.sign(0.5 - x) * torch.log(1 - 2 * torch.abs(0.5 - x) + 1e-5)
+    return torch.clamp(torch.exp(lmb), min=sigma_min, max=sigma_max)
 
 
 def _normal(s: DiscreteSchedule, steps: int, sgm: bool = False) -> Tensor:

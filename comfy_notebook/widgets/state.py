@@ -20,15 +20,18 @@ __all__ = ["RunState", "preview_data_url"]
 
 
 def preview_data_url(preview: Any, max_size: int = 256) -> str:
-    """PNG data URL of a progress preview: a latent ``[B,4,h,w]`` / LATENT dict, an IMAGE or a PIL image."""
+    """PNG data URL of a progress preview: a latent ``[B,C,h,w]`` / LATENT dict (its ``latent_format``,
+    when given, picks the preview factors), an IMAGE or a PIL image."""
     from comfy_notebook.widgets._images import data_url, to_images
     from comfy_notebook.widgets.preview import latent_preview
 
     samples = preview.get("samples") if isinstance(preview, dict) else preview
+    fmt = preview.get("latent_format") if isinstance(preview, dict) else None
+    channels = getattr(fmt, "channels", 4)
     shape = getattr(samples, "shape", None)
     # a channels-first latent [B,C,h,w]; an IMAGE is channels-last with C = 1 or 3
-    if shape is not None and len(shape) in (3, 4) and shape[-3] == 4 and shape[-1] not in (1, 3):
-        preview = latent_preview(samples, max_size=max_size)
+    if shape is not None and len(shape) in (3, 4) and shape[-3] == channels and shape[-1] not in (1, 3):
+        preview = latent_preview(samples, max_size=max_size, latent_format=fmt)
     return data_url(to_images(preview)[0], max_size=max_size)
 
 

@@ -205,6 +205,13 @@ def test_models_and_memory_notebook(run_notebook: Any) -> None:
     assert all(name in text for name in (unet, vae, clip)), text
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in panel.outputs)
 
+    xl = nb.text("CLIPTextEncodeSDXL(")
+    assert line(xl, "families:") == "sdxl sdxl_refiner"
+    assert line(xl, "conditioning keys:") == ("['crop_h', 'crop_w', 'height', 'pooled_output', "
+                                              "'target_height', 'target_width', 'width']")
+    assert line(xl, "text width:") == "128 | pooled width: 64"  # tiny CLIP-L + CLIP-G; real: 2048 | 1280
+    assert has_png(nb.cell("CLIPTextEncodeSDXL("))
+
 
 @pytest.mark.slow
 def test_api_json_notebook(run_notebook: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 from IPython.core.error import UsageError
@@ -227,3 +228,26 @@ def test_run_png_fills_defaults_an_older_prompt_lacks(ip, run_cell, session, cal
     with pytest.warns(FilledDefaultsWarning, match=r"node 2 \(Add\)\.b=0"):
         result = ip.run_line_magic("comfy", f"run {png}")
     assert result.outputs["2"] == (4,)
+
+
+def test_nodes_load_magic_reports_each_pack(ip, session, capsys):
+    """``%comfy nodes load PATH`` is a thin parser over control.load_custom_nodes (issue 17)."""
+    import sys
+
+    packs = pathlib.Path(__file__).parents[1] / "interop" / "packs"
+    path, modules = list(sys.path), set(sys.modules)
+    try:
+        ip.run_line_magic("comfy", f"nodes load {packs / 'v1_pack'}")
+        assert "v1_pack: loaded 2 nodes" in capsys.readouterr().out
+        assert "TestSolidImage" in session.registry
+        ip.run_line_magic("comfy", f"nodes load {packs / 'broken_pack'}")
+        out = capsys.readouterr().out
+        assert "broken_pack: FAILED" in out and "needs ComfyUI itself" in out
+        with pytest.raises(UsageError, match="usage: %comfy nodes load PATH"):
+            ip.run_line_magic("comfy", "nodes PATH")
+        with pytest.raises(UsageError, match="is not a ComfyUI installation"):
+            ip.run_line_magic("comfy", f"attach {packs}")
+    finally:
+        sys.path[:] = path
+        for name in set(sys.modules) - modules:
+            del sys.modules[name]

@@ -65,6 +65,7 @@ def vae_pair() -> Callable[[VAEConfig, int], tuple[AutoencoderKL, torch.nn.Modul
             down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
             block_out_channels=[cfg.ch * m for m in cfg.ch_mult], layers_per_block=cfg.num_res_blocks,
             latent_channels=cfg.z_channels, sample_size=64,
+            use_quant_conv=cfg.use_quant_conv, use_post_quant_conv=cfg.use_quant_conv,
         )
         ref = RefVAE(**dcfg).eval()
         ldm = {"first_stage_model." + k: v for k, v in sd.items()}

@@ -70,3 +70,34 @@ def test_tiled_apply_blends_exactly_for_local_functions(tile, overlap):
 def test_tiled_apply_rejects_bad_overlap():
     with pytest.raises(ValueError, match="overlap < tile"):
         tiled_apply(_pointwise, torch.zeros(1, 3, 8, 8), 4, 4, 2.0, 2)
+
+
+def test_flux_vae_without_quant_convs_matches_diffusers(vae_pair):
+    ours, ref = vae_pair(VAEConfig.flux_tiny())
+    assert not hasattr(ours, "quant_conv") and not hasattr(ours, "post_quant_conv")
+    gen = torch.Generator().manual_seed(3)
+    pixels = torch.rand(1, 3, 48, 64, generator=gen) * 2 - 1
+    latent = torch.randn(1, 16, 6, 8, generator=gen)
+    with torch.no_grad():
+        z, z_ref = ours.encode(pixels), ref.encode(pixels).latent_dist.mean
+        img, img_ref = ours.decode(latent), ref.decode(latent).sample
+    assert z.shape == (1, 16, 6, 8) and img.shape == (1, 3, 48, 64)
+    assert (z - z_ref).abs().max().item() <= 1e-5
+    assert (img - img_ref).abs().max().item() <= 1e-5
+
+
+def test_flux_vae_parameter_count_and_detection():
+    from comfy_notebook.models.detect import read_vae_config as _vae_config
+
+    with torch.device("meta"):
+        m = AutoencoderKL(VAEConfig.flux())
+    sd = m.state_dict()
+    from diffusers import AutoencoderKL as RefVAE
+
+    with torch.device("meta"):
+        ref = RefVAE(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                     up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
+                     layers_per_block=2, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+    n = sum(p.numel() for p in m.parameters())
+    assert n == sum(p.numel() for p in ref.parameters()) == 83_819_683  # ae.safetensors
+    assert _vae_config(sd, sorted(sd), "") == VAEConfig.flux()

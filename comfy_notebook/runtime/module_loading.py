@@ -1,0 +1,123 @@
+"""Load one model (Flux transformer, T5 encoder, ...) from a separate weights file, fp8-aware.
+
+The recipe of ``runtime/loading.py`` (build on ``meta``, memory-mapped file, strict keys,
+``load_state_dict(assign=True)``) for architectures whose constructor takes a ``linear`` factory,
+plus ComfyUI's weight-dtype policy: weights stay in the file's dtype when it is the compute dtype
+(no copy at all on CPU), are cast once to the compute dtype otherwise, and stay (or are cast
+tensor by tensor to) fp8 when the file is fp8 or ``weight_dtype`` asks for it; fp8 models run
+through cast-on-forward linear layers (``runtime/fp8.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from comfy_notebook.errors import ModelLoadError
+from comfy_notebook.runtime.fp8 import is_fp8, linear_factory, storage_dtype
+from comfy_notebook.runtime.loading import open_state_dict
+
+__all__ = ["file_weight_dtype", "load_module", "load_module_file"]
+
+
+def file_weight_dtype(sd: Mapping[str, Tensor], keys: Iterable[str]) -> torch.dtype:
+    """The dtype of the file's largest floating tensor among ``keys`` (its weights' dtype)."""
+    best: tuple[int, torch.dtype] = (-1, torch.float32)
+    for k in keys:
+        t = sd[k]
+        if t.is_floating_point() and t.numel() > best[0]:
+            best = (t.numel(), t.dtype)
+    return best[1]
+
+
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return (shown + f", ... ({len(keys) - limit} more)") if len(keys) > limit else (shown or "none")
+
+
+def load_module(
+    model_cls: Callable[..., nn.Module],
+    config: Any,
+    sd: Mapping[str, Tensor],
+    *,
+    prefix: str = "",
+    weight_dtype: str = "default",
+    compute_dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    ignore: Callable[[str], bool] | None = None,
+    what: str = "model",
+) -> nn.Module:
+    """Build ``model_cls(config, linear=...)`` on meta and assign the file's tensors.
+
+    Parameters
+    ----------
+    model_cls, config:
+        The architecture and its sizes (read from the file's shapes by the caller).
+    sd:
+        The file's tensors (``open_state_dict``: memory-mapped, lazy).
+    prefix:
+        Key prefix of this model in the file (``"model.diffusion_model."`` in a full checkpoint).
+    weight_dtype:
+        ComfyUI's UNETLoader choice: ``default`` / ``fp8_e4m3fn`` / ``fp8_e4m3fn_fast`` / ``fp8_e5m2``.
+    compute_dtype:
+        Dtype of activations (default float32 on CPU, bfloat16 elsewhere).
+    ignore:
+        Keys (without prefix) present in the file but not in the module (e.g. a tied copy).
+
+    The returned module has ``compute_dtype`` and ``storage_dtype`` attributes.
+    """
+    dev = torch.device(device)
+    compute = compute_dtype or (torch.float32 if dev.type == "cpu" else torch.bfloat16)
+    found = {k[len(prefix):]: k for k in sd if k.startswith(prefix)}
+    if ignore is not None:
+        found = {k: v for k, v in found.items() if not ignore(k)}
+    store = storage_dtype(weight_dtype, file_weight_dtype(sd, found.values()), compute)
+    linear = linear_factory(store, compute, fast=weight_dtype == "fp8_e4m3fn_fast", device=dev)
+    with torch.device("meta"):
+        model = model_cls(config, linear=linear)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{what}: the file's keys do not match the architecture read from its shapes ({config}). "
+            f"Missing ({len(missing)}): {_listing(missing)}; unexpected ({len(unexpected)}): "
+            f"{_listing(unexpected)}. Fix: check that the file is the model the loader expects"
+        )
+    tensors = {}
+    for k, like in expected.items():
+        t = sd[found[k]]
+        if t.shape != like.shape:
+            raise ModelLoadError(f"{what}: {k} has shape {tuple(t.shape)} in the file, expected {tuple(like.shape)}")
+        target = store if t.is_floating_point() else t.dtype
+        if is_fp8(t.dtype) and not is_fp8(target):
+            t = t.to(torch.float32)  # fp8 -> fp16 has no direct CPU kernel everywhere
+        tensors[k] = t.to(device=dev, dtype=target)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    model.compute_dtype = compute  # type: ignore[assignment]
+    model.storage_dtype = store  # type: ignore[assignment]
+    return model.eval().requires_grad_(False)
+
+
+def load_module_file(
+    path: str | os.PathLike[str],
+    model_cls: Callable[..., nn.Module],
+    config_from_state_dict: Callable[..., Any],
+    *,
+    prefix: str = "",
+    **kw: Any,
+) -> nn.Module:
+    """Open ``path``, read the config from its shapes and :func:`load_module` it."""
+    sd = open_state_dict(path)
+    try:
+        config = config_from_state_dict(sd, prefix)
+    except KeyError as exc:
+        raise ModelLoadError(
+            f"{path}: missing {exc} needed to read the {model_cls.__name__} sizes. "
+            "Fix: check that the file holds that model") from exc
+    kw.setdefault("what", f"{model_cls.__name__} in {path}")
+    return load_module(model_cls, config, sd, prefix=prefix, **kw)
