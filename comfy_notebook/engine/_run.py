@@ -88,7 +88,7 @@ class PromptRun:
         s = self.sigs.get(node_id)
         if s is not None:
             return s
-        with services_context(self.ex.services):  # IS_CHANGED reads this session's folders
+        with services_context(self.ex.services):  # IS_CHANGED reads this session's folders (LoadImage)
             return run_signature(self.nodes, self.registry, self.sigs, node_id)
 
     # -- scheduling --------------------------------------------------------------------

@@ -35,6 +35,7 @@ from comfy_notebook.families.base import (
 from comfy_notebook.families.flux import FLUX, t5_component
 from comfy_notebook.families.sd1 import SD1
 from comfy_notebook.families.sd2 import SD2
+from comfy_notebook.families.sd2_unclip import SD2_UNCLIP
 from comfy_notebook.families.sdxl import SDXL, SDXL_REFINER
 from comfy_notebook.models.detect import describe, is_known_extra
 
@@ -44,6 +45,7 @@ __all__ = [
     "HALF_DTYPES",
     "SD1",
     "SD2",
+    "SD2_UNCLIP",
     "SDXL",
     "SDXL_REFINER",
     "VAE_DTYPES",
@@ -70,7 +72,7 @@ __all__ = [
 ]
 
 #: Detection order: most specific first.
-FAMILIES: tuple[Family, ...] = (FLUX, SDXL_REFINER, SDXL, SD2, SD1)
+FAMILIES: tuple[Family, ...] = (FLUX, SD2_UNCLIP, SDXL_REFINER, SDXL, SD2, SD1)
 
 # text-encoder files: width of a top-level transformers CLIP -> encoder name
 _TEXT_ENCODER_WIDTHS = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}

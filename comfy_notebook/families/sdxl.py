@@ -57,6 +57,16 @@ def fourier_features(values: list[float], device: Any = None) -> Tensor:
 
 
 def _pooled(params: Mapping[str, Any], title: str) -> Tensor:
+    entries = params.get("unclip_conditioning")
+    if entries:  # unCLIPConditioning on SDXL ("revision"): the noised image embedding replaces
+        # the pooled text, seed - 10 and no merge augmentation (ComfyUI model_base.sdxl_pooled)
+        from comfy_notebook.models.noise_augment import unclip_adm
+
+        text = params.get("pooled_output")  # ComfyUI keeps the first 1280 (CLIP-G's pooled width)
+        width = int((text if text is not None else entries[0]["clip_vision_output"]["image_embeds"]).shape[-1])
+        adm = unclip_adm(entries, seed=int(params.get("seed", 0)) - 10, device=params.get("device"),
+                         merge_augmentation=0.0)
+        return adm[:, :width]
     pooled = params.get("pooled_output")
     if pooled is None:
         raise NodeError(

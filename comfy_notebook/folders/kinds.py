@@ -29,6 +29,8 @@ MODEL_KINDS: dict[str, tuple[str, ...]] = {
     "controlnet": ("controlnet", "t2i_adapter"),
     "clip_vision": ("clip_vision",),
     "hypernetworks": ("hypernetworks",),
+    "gligen": ("gligen",),
+    "style_models": ("style_models",),
     "configs": ("configs",),
 }
 # ComfyUI's legacy names, accepted everywhere a kind is.
@@ -46,6 +48,9 @@ FILE_INPUTS: dict[str, str] = {
     "clip_name2": "text_encoders",
     "control_net_name": "controlnet",
     "model_name": "upscale_models",
+    "hypernetwork_name": "hypernetworks",
+    "gligen_name": "gligen",
+    "style_model_name": "style_models",
     "image": "input",
 }
 

@@ -167,11 +167,11 @@ class ComfyMagics(Magics):
         manager.offload(name)
 
     def _cmd_unload(self, args: list[str]) -> None:
+        if args == ["all"]:  # also a remote backend's models (a ComfyUI server's /free)
+            _control().unload_all()
+            return
         manager, name = self._one_name("unload", args)
-        if name == "all":
-            manager.unload_all()
-        else:
-            manager.unload(name)
+        manager.unload(name)
 
     def _cmd_cache(self, args: list[str]) -> None:
         control = _control()

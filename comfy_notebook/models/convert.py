@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from torch import Tensor
 
-__all__ = ["OPENCLIP_EXTRAS", "OpenCLIPView", "hf_to_openclip"]
+__all__ = ["OPENCLIP_EXTRAS", "OpenCLIPView", "OpenCLIPVisionView", "hf_to_openclip", "hf_vision_to_openclip"]
 
 #: OpenCLIP keys with no counterpart in the text model (ignored when loading).
 OPENCLIP_EXTRAS = ("logit_scale", "attn_mask")
@@ -33,6 +33,16 @@ _TOP = {
     "ln_final.bias": "text_model.final_layer_norm.bias",
 }
 _BLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)$")
+# the image tower (OpenAI CLIP / OpenCLIP ``visual.*``, e.g. the SD 2.1 unCLIP checkpoints'
+# ``embedder.model.visual.*``) -> transformers' CLIPVisionModelWithProjection names, as ComfyUI's
+# ``clip_vision.convert_to_transformers`` (comfyanonymous/ComfyUI@00728eb)
+_VISION_TOP = {
+    "class_embedding": "vision_model.embeddings.class_embedding",
+    "conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+    "positional_embedding": "vision_model.embeddings.position_embedding.weight",
+    "ln_pre.weight": "vision_model.pre_layrnorm.weight", "ln_pre.bias": "vision_model.pre_layrnorm.bias",
+    "ln_post.weight": "vision_model.post_layernorm.weight", "ln_post.bias": "vision_model.post_layernorm.bias",
+}
 
 
 def _qkv(part: int) -> Callable[[Tensor], Tensor]:
@@ -85,6 +95,71 @@ class OpenCLIPView(Mapping[str, Tensor]):
 
     def __len__(self) -> int:
         return len(self._map)
+
+
+class OpenCLIPVisionView(Mapping[str, Tensor]):
+    """transformers-named view of an OpenCLIP / OpenAI image tower under ``prefix`` of ``sd``
+    (``proj`` ``[D, P]`` becomes ``visual_projection.weight`` ``[P, D]``; views, no copies)."""
+
+    def __init__(self, sd: Mapping[str, Tensor], prefix: str) -> None:
+        self.sd = sd
+        self._map: dict[str, tuple[str, Callable[[Tensor], Tensor] | None]] = {}
+        n = len(prefix)
+        for key in sd:
+            if not key.startswith(prefix):
+                continue
+            name = key[n:]
+            if name in _VISION_TOP:
+                self._map[_VISION_TOP[name]] = (key, None)
+            elif name == "proj":
+                self._map["visual_projection.weight"] = (key, lambda t: t.t())
+            elif (m := _BLOCK.match(name)) is not None:
+                i, leaf = m.groups()
+                out = f"vision_model.encoder.layers.{i}."
+                stem, _, kind = leaf.rpartition(".")
+                if leaf.startswith("attn.in_proj_"):
+                    for part, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+                        self._map[f"{out}self_attn.{proj}.{leaf.rsplit('_', 1)[1]}"] = (key, _qkv(part))
+                else:
+                    self._map[f"{out}{_LAYER.get(stem, 'unconverted.' + stem)}.{kind}"] = (key, None)
+            else:
+                self._map[f"unconverted.{name}"] = (key, None)
+
+    def __getitem__(self, name: str) -> Tensor:
+        key, fn = self._map[name]
+        t = self.sd[key]
+        return t if fn is None else fn(t)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+
+def hf_vision_to_openclip(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse, for writing test checkpoints: a transformers image tower -> OpenCLIP names."""
+    import torch
+
+    top = {v: k for k, v in _VISION_TOP.items()}
+    layer = {v: k for k, v in _LAYER.items()}
+    out: dict[str, Tensor] = {}
+    fused: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for name, t in sd.items():
+        if name in top:
+            out[top[name]] = t
+        elif name == "visual_projection.weight":
+            out["proj"] = t.t().contiguous()
+        elif name.startswith("vision_model.encoder.layers."):
+            i, rest = name[len("vision_model.encoder.layers."):].split(".", 1)
+            stem, _, kind = rest.rpartition(".")
+            if stem.startswith("self_attn.") and stem[-6:] in ("q_proj", "k_proj", "v_proj"):
+                fused.setdefault((i, kind), {})[stem[-6]] = t
+            else:
+                out[f"transformer.resblocks.{i}.{layer[stem]}.{kind}"] = t
+    for (i, kind), parts in fused.items():
+        out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
 
 
 def hf_to_openclip(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:

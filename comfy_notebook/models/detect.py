@@ -69,7 +69,8 @@ def read_unet_config(sd: Mapping[str, Any], keys: list[str], p: str, *, num_head
                      num_head_channels: int = 64) -> UNetConfig:
     """Read an LDM UNet's sizes from its shapes (prefix ``p``); the head rule comes from the caller."""
     mc, in_ch = shape(sd, p + "input_blocks.0.0.weight")[:2]
-    out_ch = shape(sd, p + "out.2.weight")[0]
+    # a ControlNet (the encoder half only) has no output side: it reads as in = out
+    out_ch = shape(sd, p + "out.2.weight")[0] if p + "out.2.weight" in sd else in_ch
 
     def depth(block: str) -> int:
         return len(indices(keys, f"{p}{block}.1.transformer_blocks."))
@@ -83,7 +84,7 @@ def read_unet_config(sd: Mapping[str, Any], keys: list[str], p: str, *, num_head
             levels[-1].append((ch, depth(f"input_blocks.{i}")))
     out_blocks = indices(keys, p + "output_blocks.")
     n_res = {len(level) for level in levels}
-    if len(n_res) != 1 or len(out_blocks) != len(levels) * (len(levels[0]) + 1):
+    if len(n_res) != 1 or (out_blocks and len(out_blocks) != len(levels) * (len(levels[0]) + 1)):
         raise UnsupportedModelError(
             f"UNet with an uneven number of ResBlocks per level ({[len(lv) for lv in levels]}) "
             "is not supported"
@@ -97,12 +98,13 @@ def read_unet_config(sd: Mapping[str, Any], keys: list[str], p: str, *, num_head
         mult.append(next(iter(chans)) // mc)
         tdepth.append(depths.pop())
     out_depth = []
-    for j in range(len(levels)):  # output blocks run from the deepest level up
+    for j in range(len(levels) if out_blocks else 0):  # output blocks run from the deepest level up
         ds = {depth(f"output_blocks.{j * (num_res + 1) + r}") for r in range(num_res + 1)}
         if len(ds) != 1:
             raise UnsupportedModelError(f"UNet output level with mixed transformer depths {ds}")
         out_depth.append(ds.pop())
     out_depth.reverse()
+    out_depth = out_depth or tdepth
     mid = depth("middle_block")
     attn_keys = [k for k in keys if k.startswith(p) and k.endswith("attn2.to_k.weight")]
     context_dim = shape(sd, attn_keys[0])[1] if attn_keys else 768

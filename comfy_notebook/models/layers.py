@@ -6,11 +6,16 @@ checkpoint keys ``transformer_blocks.N.attn1.to_q`` etc. come from there).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "ATTN_KV_PATCHES",
+    "MIDDLE_PATCHES",
     "BasicTransformerBlock",
     "Conv1x1",
     "CrossAttention",
@@ -64,6 +69,28 @@ def attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     return out.transpose(1, 2).reshape(b, tq, inner)
 
 
+KVPatch = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+#: Patches of the attention key/value inputs for the forward in progress, as
+#: ``(self-attention patches, cross-attention patches)`` (ComfyUI's ``attn1_patch`` /
+#: ``attn2_patch``; hypernetworks set both): each maps ``(k, v) -> (k, v)``, in order, where
+#: k = v = the normed hidden states (attn1) or the text context (attn2).  Set by the sampler
+#: around a UNet call (``runtime.values.ModelValue.attn_patches``); empty otherwise.
+ATTN_KV_PATCHES: ContextVar[tuple[Sequence[KVPatch], Sequence[KVPatch]]] = ContextVar(
+    "attn_kv_patches", default=((), ()))
+
+
+#: Patches applied between self- and cross-attention (ComfyUI's ``middle_patch``: GLIGEN's
+#: gated self-attention): ``patch(x, block) -> x`` with the running block, in order.
+MIDDLE_PATCHES: ContextVar[Sequence[Callable[[Tensor, nn.Module], Tensor]]] = ContextVar("middle_patches", default=())
+
+
+def _patched(patches: Sequence[KVPatch], context: Tensor) -> tuple[Tensor, Tensor]:
+    k = v = context
+    for patch in patches:
+        k, v = patch(k, v)
+    return k, v
+
+
 class CrossAttention(nn.Module):
     """Attention with bias-free q/k/v projections; self-attention when ``context`` is None."""
 
@@ -77,10 +104,10 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """x: [B, T, C], context: [B, S, Dc] -> [B, T, C]."""
+    def forward(self, x: Tensor, context: Tensor | None = None, value: Tensor | None = None) -> Tensor:
+        """x: [B, T, C], context: [B, S, Dc] -> [B, T, C]; ``value``: a separate value context."""
         ctx = x if context is None else context
-        out = attention(self.to_q(x), self.to_k(ctx), self.to_v(ctx), self.heads)
+        out = attention(self.to_q(x), self.to_k(ctx), self.to_v(ctx if value is None else value), self.heads)
         return self.to_out(out)
 
 
@@ -124,8 +151,17 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         """x: [B, T, C], context: [B, S, Dc] -> [B, T, C]."""
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
+        self_patches, cross_patches = ATTN_KV_PATCHES.get()
+        middle = MIDDLE_PATCHES.get()
+        if not (self_patches or cross_patches or middle):
+            x = x + self.attn1(self.norm1(x))
+            x = x + self.attn2(self.norm2(x), context)
+        else:
+            n = self.norm1(x)
+            x = x + self.attn1(n, *_patched(self_patches, n))
+            for patch in middle:
+                x = patch(x, self)
+            x = x + self.attn2(self.norm2(x), *_patched(cross_patches, context))
         return x + self.ff(self.norm3(x))
 
 

@@ -8,7 +8,9 @@ no renaming table.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +18,7 @@ from torch import Tensor, nn
 
 from comfy_notebook.models.layers import Conv1x1, SpatialTransformer, group_norm
 
-__all__ = ["UNetConfig", "UNetModel", "timestep_embedding"]
+__all__ = ["ControlResiduals", "UNetConfig", "UNetEncoder", "UNetModel", "timestep_embedding"]
 
 
 @dataclass(frozen=True)
@@ -214,8 +216,39 @@ class TimestepBlock(nn.Sequential):
         return x
 
 
-class UNetModel(nn.Module):
-    """The LDM UNet; ``forward(x, timesteps, context, y=None)`` predicts noise (or v)."""
+class ControlResiduals(NamedTuple):
+    """What a ControlNet / T2I-Adapter adds to the UNet (ComfyUI's ``control`` dict, in block order).
+
+    ``input[i]`` is added to the output of input block ``i`` (T2I-Adapter features), ``middle``
+    after the middle block, ``output[i]`` to the skip connection of input block ``i`` as the
+    output side takes it (ControlNet zero-conv outputs).  ``None`` entries and missing tail
+    entries add nothing.  ComfyUI keeps the same lists reversed and pops them
+    (``openaimodel.py: apply_control`` at a125cd8); indexing gives the same pairing.
+    """
+
+    input: Sequence[Tensor | None] = ()
+    middle: Tensor | None = None
+    output: Sequence[Tensor | None] = ()
+
+
+def _add(h: Tensor, residuals: Sequence[Tensor | None], i: int, where: str) -> Tensor:
+    """``h + residuals[i]`` when there is one (shapes checked statically: no host sync)."""
+    r = residuals[i] if i < len(residuals) else None
+    if r is None:
+        return h
+    if r.shape[1:] != h.shape[1:]:
+        raise ValueError(
+            f"control residual for {where} has shape {tuple(r.shape)}, the UNet block gives "
+            f"{tuple(h.shape)}. Fix: use a ControlNet / T2I-Adapter made for this model's family")
+    return h + r.to(h.dtype)
+
+
+class UNetEncoder(nn.Module):
+    """Time/label embeddings, input blocks and middle block of the LDM UNet.
+
+    Shared by :class:`UNetModel` and the ControlNet (a trainable copy of this half), so both
+    carry the checkpoint's parameter names.
+    """
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
@@ -228,13 +261,8 @@ class UNetModel(nn.Module):
                 nn.Linear(config.adm_in_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch)
             ))
 
-        def transformer(ch: int, depth: int) -> SpatialTransformer:
-            heads, dim_head = config.heads_for(ch)
-            return SpatialTransformer(ch, heads, dim_head, depth, config.context_dim,
-                                      config.use_linear_in_transformer)
-
         self.input_blocks = nn.ModuleList([TimestepBlock(nn.Conv2d(config.in_channels, mc, 3, padding=1))])
-        skip_channels = [mc]
+        self.skip_channels = [mc]  # channels of each input block's output
         ch = mc
         last = len(config.channel_mult) - 1
         for level, mult in enumerate(config.channel_mult):
@@ -242,26 +270,56 @@ class UNetModel(nn.Module):
                 layers: list[nn.Module] = [ResBlock(ch, emb_ch, mc * mult)]
                 ch = mc * mult
                 if config.transformer_depth[level] > 0:
-                    layers.append(transformer(ch, config.transformer_depth[level]))
+                    layers.append(self.transformer(ch, config.transformer_depth[level]))
                 self.input_blocks.append(TimestepBlock(*layers))
-                skip_channels.append(ch)
+                self.skip_channels.append(ch)
             if level != last:
                 self.input_blocks.append(TimestepBlock(Downsample(ch)))
-                skip_channels.append(ch)
+                self.skip_channels.append(ch)
 
         middle: list[nn.Module] = [ResBlock(ch, emb_ch, ch)]
         if config.depth_middle > 0:
-            middle.append(transformer(ch, config.depth_middle))
+            middle.append(self.transformer(ch, config.depth_middle))
         middle.append(ResBlock(ch, emb_ch, ch))
         self.middle_block = TimestepBlock(*middle)
 
+    def transformer(self, ch: int, depth: int) -> SpatialTransformer:
+        """The attention layer of a block with ``ch`` channels."""
+        heads, dim_head = self.config.heads_for(ch)
+        return SpatialTransformer(ch, heads, dim_head, depth, self.config.context_dim,
+                                  self.config.use_linear_in_transformer)
+
+    def embed(self, timesteps: Tensor, y: Tensor | None) -> Tensor:
+        """Timestep (plus label) embedding: [B] (, [B, adm]) -> [B, 4mc] in the weights' dtype."""
+        if (y is None) != (self.config.adm_in_channels is None):
+            raise ValueError(
+                "y must be given exactly when the UNet has a label embedding "
+                f"(adm_in_channels={self.config.adm_in_channels}), received y={'None' if y is None else tuple(y.shape)}"
+            )
+        dtype = self.time_embed[0].weight.dtype
+        t_emb = timestep_embedding(timesteps, self.config.model_channels).to(dtype)  # [B, mc]
+        emb = self.time_embed(t_emb)  # [B, 4mc]
+        if y is not None:
+            emb = emb + self.label_emb(y.to(dtype))
+        return emb
+
+
+class UNetModel(UNetEncoder):
+    """The LDM UNet; ``forward(x, timesteps, context, y=None, control=None)`` predicts noise (or v)."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__(config)
+        mc = config.model_channels
+        emb_ch = mc * 4
+        skip_channels = list(self.skip_channels)
+        ch = skip_channels[-1]
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(config.channel_mult))):
             for i in range(config.num_res_blocks + 1):
-                layers = [ResBlock(ch + skip_channels.pop(), emb_ch, mc * mult)]
+                layers: list[nn.Module] = [ResBlock(ch + skip_channels.pop(), emb_ch, mc * mult)]
                 ch = mc * mult
                 if config.depth_output[level] > 0:
-                    layers.append(transformer(ch, config.depth_output[level]))
+                    layers.append(self.transformer(ch, config.depth_output[level]))
                 if level != 0 and i == config.num_res_blocks:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepBlock(*layers))
@@ -269,7 +327,8 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1))
 
     def forward(
-        self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None
+        self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None,
+        control: ControlResiduals | None = None,
     ) -> Tensor:
         """Predict the model output.
 
@@ -283,31 +342,32 @@ class UNetModel(nn.Module):
             Text conditioning, [B, T, context_dim].
         y:
             Extra vector conditioning, [B, adm_in_channels]; required iff the model has one.
+        control:
+            ControlNet / T2I-Adapter residuals (batch B), added where ComfyUI adds them.
 
         Returns
         -------
         Tensor
             [B, out_channels, H, W].
         """
-        if (y is None) != (self.config.adm_in_channels is None):
-            raise ValueError(
-                "y must be given exactly when the UNet has a label embedding "
-                f"(adm_in_channels={self.config.adm_in_channels}), received y={'None' if y is None else tuple(y.shape)}"
-            )
-        dtype = self.time_embed[0].weight.dtype
-        t_emb = timestep_embedding(timesteps, self.config.model_channels).to(dtype)  # [B, mc]
-        emb = self.time_embed(t_emb)  # [B, 4mc]
-        if y is not None:
-            emb = emb + self.label_emb(y.to(dtype))
+        emb = self.embed(timesteps, y)
+        dtype = emb.dtype
         context = context.to(dtype)
         h = x.to(dtype)
         skips: list[Tensor] = []
-        for block in self.input_blocks:
+        for i, block in enumerate(self.input_blocks):
             h = block(h, emb, context)
+            if control is not None:
+                h = _add(h, control.input, i, f"input block {i}")
             skips.append(h)
         h = self.middle_block(h, emb, context)
+        if control is not None and control.middle is not None:
+            h = _add(h, (control.middle,), 0, "the middle block")
         for i, block in enumerate(self.output_blocks):
-            h = torch.cat([h, skips.pop()], dim=1)  # [B, C + Cskip, H, W]
+            skip = skips.pop()
+            if control is not None:
+                skip = _add(skip, control.output, len(skips), f"skip {len(skips)}")
+            h = torch.cat([h, skip], dim=1)  # [B, C + Cskip, H, W]
             size = tuple(skips[-1].shape[-2:]) if skips and i + 1 < len(self.output_blocks) else None
             h = block(h, emb, context, size)
         return self.out(h).to(x.dtype)

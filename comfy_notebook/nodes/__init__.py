@@ -23,6 +23,7 @@ _MODULES = (
     "component_loaders",
     "conditioning",
     "conditioning_sdxl",
+    "controlnet",
     "sampling",
     "model_sampling",
     "flux",
@@ -39,6 +40,9 @@ _MODULES = (
     "upscale",
     "merging",
     "clip_vision",
+    "hypernetwork",
+    "gligen",
+    "style_model",
 )
 
 _mappings: dict[str, type] | None = None

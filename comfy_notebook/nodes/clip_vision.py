@@ -1,4 +1,5 @@
-"""CLIP vision nodes: ``CLIPVisionLoader``, ``CLIPVisionEncode`` and ``unCLIPConditioning``.
+"""CLIP vision nodes: ``CLIPVisionLoader``, ``CLIPVisionEncode``, ``unCLIPCheckpointLoader`` and
+``unCLIPConditioning``.
 
 Names, inputs and outputs follow ComfyUI's ``nodes.py`` (Comfy-Org/ComfyUI@a125cd8); the tower
 and its preprocessing are :mod:`comfy_notebook.models.clip_vision` and
@@ -51,6 +52,39 @@ class CLIPVisionEncode:
         return (clip_vision.encode_image(image, crop=crop == "center"),)
 
 
+class unCLIPCheckpointLoader:
+    """Load an unCLIP checkpoint (SD 2.1 unCLIP-L/-H): MODEL, CLIP, VAE and its image tower."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"ckpt_name": (listing("checkpoints"),)}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE", "CLIP_VISION")
+    FUNCTION = "load_checkpoint"
+    CATEGORY = "loaders"
+
+    def load_checkpoint(self, ckpt_name: str) -> tuple[Any, Any, Any, Any]:
+        from comfy_notebook.errors import ModelLoadError
+        from comfy_notebook.families import load_checkpoint_values
+        from comfy_notebook.runtime.clip_vision import load_clip_vision_value
+
+        svc = services()
+        path = folders(svc).resolve("checkpoints", ckpt_name)
+        name = str(ckpt_name).rsplit(".", 1)[0]
+        from comfy_notebook.nodes.loaders import _embedding_dirs
+
+        model, clip, vae = load_checkpoint_values(model_manager(svc), path, name=name,
+                                                  embedding_dirs=_embedding_dirs())
+        prefix = getattr(model.family, "clip_vision_prefix", None)
+        if prefix is None:
+            raise ModelLoadError(
+                f"{ckpt_name} is a {model.family.title} checkpoint without a CLIP vision tower "
+                "(unCLIP checkpoints carry one under embedder.model.visual.). Fix: load it with "
+                "CheckpointLoaderSimple, and a separate tower with CLIPVisionLoader")
+        vision = load_clip_vision_value(model_manager(svc), path, name=name, prefix=prefix)
+        return model, clip, vae, vision
+
+
 class unCLIPConditioning:
     """Append an image embedding to every conditioning entry (``unclip_conditioning``).
 
@@ -83,10 +117,12 @@ class unCLIPConditioning:
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     "CLIPVisionLoader": CLIPVisionLoader,
     "CLIPVisionEncode": CLIPVisionEncode,
+    "unCLIPCheckpointLoader": unCLIPCheckpointLoader,
     "unCLIPConditioning": unCLIPConditioning,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "CLIPVisionLoader": "Load CLIP Vision",
     "CLIPVisionEncode": "CLIP Vision Encode",
+    "unCLIPCheckpointLoader": "unCLIPCheckpointLoader",
 }

@@ -80,8 +80,9 @@ def custom_sample(noise: Any, guider: Guider, sampler: SamplerSpec, sigmas: Tens
 
     if len(sigmas) == 0:  # nothing to do: the latent as it came (no model load)
         return latent, latent
-    samples, denoised = sample_on_model(guider.model, latent, body,
-                                        evaluates_negative=guider.guidance.evaluates_negative)
+    g = guider.guidance
+    samples, denoised = sample_on_model(guider.model, latent, body, evaluates_negative=g.evaluates_negative,
+                                        conditionings=[c for c in (g.positive, g.negative, g.middle) if c])
     out = {**latent, "samples": samples}
     return out, ({**latent, "samples": denoised} if denoised is not None else out)
 

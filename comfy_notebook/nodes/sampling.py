@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from comfy_notebook.engine import current_context
+from comfy_notebook.runtime.control_run import bind_controls
 from comfy_notebook.runtime.values import ModelValue
 from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, fix_empty_latent_channels, ksample
 
@@ -32,13 +33,16 @@ def _graphs_option(ctx: Any) -> bool | None:
 
 
 def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..., T], *,
-                    evaluates_negative: bool = True) -> T:
-    """``body(apply_model, callback=..., **facts)`` with the UNet on the compute device.
+                    evaluates_negative: bool = True, conditionings: Sequence[list[Any]] = ()) -> T:
+    """``body(apply_model, callback=..., control_fn=..., **facts)`` with the UNet on the compute device.
 
     ``facts`` are what the sampling core needs to know about ``model`` (its model sampling,
     latent format, device and extra model inputs); progress and interrupts go through the node
-    context.
+    context.  The ControlNets / T2I-Adapters that ``conditionings`` carry are put on the device
+    beside the UNet for the run; ``control_fn`` binds an entry's control (None without any).
     ``evaluates_negative`` sizes the memory estimate (a doubled batch per step).
+    ``conditionings`` are the lists sampled; their entries may also carry GLIGEN boxes.
+    The MODEL's attention patches (hypernetworks) are active around every UNet call.
     """
     ctx = current_context()
 
@@ -49,14 +53,40 @@ def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..
                      preview={"samples": info.denoised[:1], "latent_format": model.latent_format})
 
     def run(unet: Any) -> T:
+        from comfy_notebook.models.layers import ATTN_KV_PATCHES
+        from comfy_notebook.runtime.gligen import gligen_for_sampling
+
         weight_dtype = model.ref.base.dtype
+        facts = model_facts(model)
+        facts["model_inputs"], gligen = gligen_for_sampling(
+            [c for cond in conditionings for c in cond], [], facts["model_inputs"])
+        patches = tuple(tuple(p for w, p in model.attn_patches if w == a) for a in ("attn1", "attn2"))
+        patched = any(patches)
 
         def eager(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
-            return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
+            if gligen is not None:  # GLIGEN boxes ride on their entries' inputs (runtime.gligen)
+                with gligen(unet, kw):
+                    return plain(x, timestep, context, **kw)
+            return plain(x, timestep, context, **kw)
+
+        def plain(x: Any, timestep: Any, context: Any, **kw: Any) -> Any:
+            if not patched:
+                return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
+            token = ATTN_KV_PATCHES.set(patches)
+            try:
+                return unet(x.to(weight_dtype), timestep, context.to(weight_dtype), **kw).float()
+            finally:
+                ATTN_KV_PATCHES.reset(token)
 
         # captured as a CUDA graph per shape where possible (runtime.graphs); eager otherwise
-        apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=_graphs_option(ctx))
-        return body(apply_model, callback=callback, **model_facts(model))
+        # (a step with control residuals runs eagerly: they are not plain tensor inputs; always
+        # eager with attention patches or GLIGEN: a graph captured for the same weights without
+        # them would be replayed)
+        graphs = False if patched or gligen is not None else _graphs_option(ctx)
+        apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=graphs)
+        with bind_controls(conditionings, schedule=model.model_sampling, device=model.manager.device,
+                           unet=unet, unet_config=model.unet_config) as bind:
+            return body(apply_model, callback=callback, control_fn=bind, **facts)
 
     return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=evaluates_negative)
 
@@ -82,7 +112,7 @@ def common_ksampler(
             sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=add_noise,
             start_step=start_step, end_step=last_step, force_full_denoise=force_full_denoise, **facts)
 
-    return sample_on_model(model, latent, body, evaluates_negative=cfg != 1.0)
+    return sample_on_model(model, latent, body, evaluates_negative=cfg != 1.0, conditionings=(positive, negative))
 
 
 class KSampler:

@@ -216,6 +216,20 @@ def manager(session: Any = None) -> Any:
     return found
 
 
+def unload_all(session: Any = None) -> None:
+    """``%comfy unload all``: free every model's weights — the local manager's and, when the
+    session runs on a remote backend (a ComfyUI server), that backend's (its ``/free``)."""
+    s = _session(session)
+    backend = getattr(s, "_backend", None)
+    if backend is not None and callable(getattr(backend, "free", None)):
+        backend.free(unload_models=True, free_memory=False)
+    local = s.services.models_loaded
+    if local is not None:
+        local.unload_all()
+    elif backend is None:
+        raise CommandError("no models loaded yet (a loader node makes the model manager)")
+
+
 def run_workflow(workflow: Any, session: Any = None) -> Any:
     """Run a recorded :class:`~comfy_notebook.realmode.Workflow` once (what ``%%comfy`` does);
     returns a :class:`~comfy_notebook.realmode.display.RunOutputs`: images inline, one line."""

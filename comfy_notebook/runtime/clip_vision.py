@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from comfy_notebook.runtime.manager import ModelManager
 from comfy_notebook.runtime.patches import ModelRef
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "ClipVisionOutput", "ClipVisionValue", "clip_preprocess",
-           "load_clip_vision_value"]
+           "load_clip_vision_value", "tower_state_dict"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -95,20 +96,34 @@ class ClipVisionValue:
         return f"<CLIP_VISION '{base.name}' {self.image_size}px on {base.where}>"
 
 
-def _build(path: str) -> Any:
+def tower_state_dict(sd: Mapping[str, Any], prefix: str = "", source: str = "") -> Mapping[str, Any]:
+    """The image tower of ``sd`` under transformers names (ComfyUI's ``clip_vision.load``).
+
+    A ``models/clip_vision`` file in the transformers layout is used as it is; an OpenAI CLIP /
+    OpenCLIP image tower (``visual.transformer.resblocks.*``, or ``prefix`` + ``transformer.*``
+    as in the unCLIP checkpoints' ``embedder.model.visual.``) is renamed through
+    :class:`~comfy_notebook.models.convert.OpenCLIPVisionView`.
+    """
+    from comfy_notebook.models.convert import OpenCLIPVisionView
+
+    if not prefix and "visual.transformer.resblocks.0.attn.in_proj_weight" in sd:
+        prefix = "visual."
+    if prefix + "transformer.resblocks.0.attn.in_proj_weight" in sd:
+        return OpenCLIPVisionView(sd, prefix)
+    if not prefix and "vision_model.embeddings.patch_embedding.weight" in sd:
+        return sd
+    where = f" under {prefix!r}" if prefix else ""
+    raise UnsupportedModelError(
+        f"{source or 'the file'} holds no CLIP vision tower{where} (no "
+        "vision_model.embeddings.patch_embedding.weight, no visual.transformer.resblocks.*). "
+        "Fix: choose a file from models/clip_vision (e.g. CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors).")
+
+
+def _build(path: str, prefix: str = "") -> Any:
     from comfy_notebook.models.clip_vision import CLIPVisionConfig, CLIPVisionModel
     from comfy_notebook.runtime.loading import open_state_dict
 
-    sd = open_state_dict(path)
-    if "visual.transformer.resblocks.0.attn.in_proj_weight" in sd:
-        raise UnsupportedModelError(
-            f"{path} is an open_clip image tower (visual.transformer.*); expected the "
-            "transformers layout (vision_model.*) that ComfyUI's clip_vision files use. Fix: use "
-            "the clip_vision release of the model (e.g. CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors).")
-    if "vision_model.embeddings.patch_embedding.weight" not in sd:
-        raise UnsupportedModelError(
-            f"{path} holds no CLIP vision tower (no vision_model.embeddings.patch_embedding.weight). "
-            "Fix: choose a file from models/clip_vision.")
+    sd = tower_state_dict(open_state_dict(path), prefix, path)
     config = CLIPVisionConfig.from_state_dict(sd)
     with torch.device("meta"):
         model = CLIPVisionModel(config)
@@ -117,22 +132,25 @@ def _build(path: str) -> Any:
     if missing:
         raise ModelLoadError(f"{path}: {len(missing)} CLIP vision keys missing, e.g. {missing[:4]}. "
                              "Fix: the file is incomplete or not a CLIP vision model.")
-    tensors = {k: sd[k].float() for k in expected}
+    tensors = {k: sd[k].float().contiguous() for k in expected}
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
 
 def load_clip_vision_value(manager: ModelManager, path: str | os.PathLike[str], *,
-                           name: str | None = None) -> ClipVisionValue:
-    """``CLIPVisionLoader``: register the tower with ``manager`` (reused when already known)."""
+                           name: str | None = None, prefix: str = "") -> ClipVisionValue:
+    """``CLIPVisionLoader``: register the tower with ``manager`` (reused when already known).
+
+    ``prefix``: where the tower lives in a larger file (``unCLIPCheckpointLoader``).
+    """
     source = os.fspath(path)
     key = "clip_vision:" + (name or os.path.splitext(os.path.basename(source))[0])
     with _lock:
         if key in manager:
             managed = manager[key]
         else:
-            managed = manager.register(key, lambda: _build(source), kind="clip", source=source,
-                                       module=_build(source))
+            managed = manager.register(key, lambda: _build(source, prefix), kind="clip",
+                                       source=source, module=_build(source, prefix))
     size = int(managed.parameter_shapes()["vision_model.embeddings.position_embedding.weight"][0])
     patch = int(managed.parameter_shapes()["vision_model.embeddings.patch_embedding.weight"][-1])
     return ClipVisionValue(managed.ref(holder=key), manager, round((size - 1) ** 0.5) * patch)

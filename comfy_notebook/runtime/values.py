@@ -58,6 +58,9 @@ class ModelValue:
     family: Any = None
     unet_config: Any = field(default=None, repr=False)  # models.unet.UNetConfig read from the file
     model_sampling: Any = field(default=None, repr=False)
+    #: patches of the attention key/value inputs (``HypernetworkLoader``), in order:
+    #: ``("attn1" | "attn2", patch)`` with ``patch(k, v) -> (k, v)``, active while the UNet runs
+    attn_patches: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.model_sampling is None and self.family is not None:
@@ -93,6 +96,11 @@ class ModelValue:
     def with_patches(self, patches: Mapping[str, Any], strength: float) -> ModelValue:
         """A clone carrying ``patches`` (scaled by ``strength``); shares the base weights."""
         return replace(self, ref=self.ref.with_patches(patches, strength))
+
+    def with_attn_patch(self, patch: Any, where: tuple[str, ...] = ("attn1", "attn2")) -> ModelValue:
+        """A clone whose self- (``attn1``) and/or cross-attention (``attn2``) key/value inputs
+        also go through ``patch`` (ComfyUI ``set_model_attn1_patch`` / ``attn2_patch``)."""
+        return replace(self, attn_patches=(*self.attn_patches, *((w, patch) for w in where)))
 
     def with_model_sampling(self, model_sampling: Any) -> ModelValue:
         """A clone sampled through ``model_sampling`` (``ModelSamplingDiscrete``)."""

@@ -4,8 +4,9 @@
 ``denoised = D(x, sigma, context)`` through a
 :class:`~comfy_notebook.sampling.model_sampling.ModelSampling` (ComfyUI ``model_sampling.py``).  ``CFGDenoiser`` evaluates every conditioning entry of
 the positive and negative lists and combines them as ComfyUI's ``calc_cond_batch`` does
-(strength / area / mask weighted average, timestep ranges), then applies CFG.  Per step it is
-tensor arithmetic only, except for entries with a timestep range (one host comparison each).
+(strength / area / mask weighted average, timestep ranges, ControlNet / T2I-Adapter controls),
+then applies CFG.  Per step it is tensor arithmetic only, except for entries (and controls)
+with a timestep range (one host comparison each).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from comfy_notebook.sampling.controls import Control, controls_to_uncond
 from comfy_notebook.sampling.model_sampling import ModelSampling
 from comfy_notebook.sampling.schedules import SamplingConfigError
 
-__all__ = ["NOISE_SHAPED", "CFGDenoiser", "CondEntry", "ModelDenoiser", "resolve_conditioning"]
+__all__ = ["NOISE_SHAPED", "CFGDenoiser", "CondEntry", "Control", "ModelDenoiser", "resolve_conditioning"]
 
 ApplyModel = Callable[..., Tensor]
 
@@ -47,14 +49,20 @@ class ModelDenoiser:
         self.apply_model, self.model_sampling = apply_model, model_sampling
 
     def __call__(self, x: Tensor, sigma: Tensor, context: Tensor, c_concat: Tensor | None = None,
-                 **kw: Any) -> Tensor:
+                 control: Control | None = None, control_chunks: int = 1, **kw: Any) -> Tensor:
         """``c_concat`` [B, Cc, H, W] (inpainting: mask and masked latent) is appended to the
-        scaled input along channels, unscaled, as ComfyUI's ``BaseModel._apply_model`` does."""
+        scaled input along channels, unscaled, as ComfyUI's ``BaseModel._apply_model`` does.
+        ``control`` (see :data:`Control`) sees the scaled input without ``c_concat`` and the
+        timestep, as ComfyUI's ``ControlNet.get_control``; ``control_chunks`` entries are batched."""
         ms = self.model_sampling
         x_in = ms.calculate_input(sigma, x)
+        t = ms.model_timestep(sigma)  # [B]
+        if control is not None:
+            residuals = control(x_in, t, sigma, context, control_chunks, kw)
+            if residuals is not None:
+                kw = {**kw, "control": residuals}
         if c_concat is not None:
             x_in = torch.cat([x_in, c_concat.to(x.dtype)], dim=1)  # [B, C + Cc, H, W]
-        t = ms.model_timestep(sigma)  # [B]
         out = self.apply_model(x_in, t, context, **kw).to(x.dtype)
         return ms.calculate_denoised(sigma, out, x)
 
@@ -64,7 +72,8 @@ class CondEntry:
     """One resolved conditioning entry: ``[cond, {strength, area, mask, ...}]`` of ComfyUI.
 
     ``area`` is (h, w, y, x) in latent pixels; ``mask`` is ``[Bm, H, W]`` at latent size;
-    ``sigma_start`` / ``sigma_end`` bound the sigmas where it is active.  ``model_kwargs`` are
+    ``sigma_start`` / ``sigma_end`` bound the sigmas where it is active; ``control`` is the
+    entry's bound :data:`Control` (entries share a forward only with the same control object).  ``model_kwargs`` are
     extra model inputs with a batch dimension; those named in ``NOISE_SHAPED`` (``c_concat``)
     cover the whole latent [B, Cc, H, W] and are cropped to the entry's area.
     """
@@ -76,6 +85,7 @@ class CondEntry:
     sigma_start: float | None = None
     sigma_end: float | None = None
     model_kwargs: dict[str, Tensor] = field(default_factory=dict)
+    control: Control | None = None
 
 
 def _resolve_area(area: Any, h: int, w: int) -> tuple[int, int, int, int]:
@@ -86,7 +96,8 @@ def _resolve_area(area: Any, h: int, w: int) -> tuple[int, int, int, int]:
 
 
 def _entry(item: Any, h: int, w: int, schedule: ModelSampling, device: Any, dtype: Any,
-           kwargs_fn: Callable[[dict[str, Any]], dict[str, Tensor]] | None) -> CondEntry:
+           kwargs_fn: Callable[[dict[str, Any]], dict[str, Tensor]] | None,
+           control_fn: Callable[[Any], Control] | None = None) -> CondEntry:
     if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], dict)):
         raise SamplingConfigError(
             f"conditioning entry must be [cond_tensor, options_dict], received {type(item).__name__}. "
@@ -113,9 +124,17 @@ def _entry(item: Any, h: int, w: int, schedule: ModelSampling, device: Any, dtyp
     start = schedule.percent_to_sigma(opts["start_percent"]) if "start_percent" in opts else opts.get("timestep_start")
     end = schedule.percent_to_sigma(opts["end_percent"]) if "end_percent" in opts else opts.get("timestep_end")
     extra = kwargs_fn(opts) if kwargs_fn is not None else {}
+    control = opts.get("control")
+    if control is not None:
+        if control_fn is None:
+            raise SamplingConfigError(
+                "a conditioning entry carries a ControlNet / T2I-Adapter control, but this sampler "
+                "was given no way to run it (control_fn). Fix: sample through the KSampler nodes, "
+                "or pass control_fn= to resolve_conditioning.")
+        control = control_fn(control)
     return CondEntry(cond=cond.to(device=device, dtype=dtype), strength=float(opts.get("strength", 1.0)),
                      area=area, mask=mask, sigma_start=start, sigma_end=end,
-                     model_kwargs={k: v.to(device) for k, v in extra.items()})
+                     model_kwargs={k: v.to(device) for k, v in extra.items()}, control=control)
 
 
 def _area_inside(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
@@ -142,25 +161,29 @@ def _add_matching_areas(conds: list[CondEntry], others: list[CondEntry]) -> None
             continue
         conds.append(CondEntry(cond=smallest.cond, strength=c.strength, area=c.area, mask=c.mask,
                                sigma_start=c.sigma_start, sigma_end=c.sigma_end,
-                               model_kwargs=smallest.model_kwargs))
+                               model_kwargs=smallest.model_kwargs, control=c.control))
 
 
 def resolve_conditioning(positive: list[Any], negative: list[Any], latent_hw: tuple[int, int],
                          schedule: ModelSampling, device: Any = None, dtype: Any = None,
                          kwargs_fn: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
                          negative_kwargs_fn: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
+                         control_fn: Callable[[Any], Control] | None = None,
                          ) -> tuple[list[CondEntry], list[CondEntry]]:
     """Resolve ComfyUI CONDITIONING lists into ``CondEntry`` lists for a latent of ``latent_hw``.
 
     Areas and masks are fixed to the latent size, percent ranges turned into sigmas, and each
     area entry gets a same-area counterpart in the other list (as ComfyUI's ``process_conds``).
     ``kwargs_fn(options) -> {name: tensor}`` adds model inputs (a family's ``y`` vector, ...);
-    ``negative_kwargs_fn`` (default: ``kwargs_fn``) does so for the negative list.
+    ``negative_kwargs_fn`` (default: ``kwargs_fn``) does so for the negative list;
+    ``control_fn(options["control"]) -> Control`` binds an entry's control for this run (it
+    should return the same object for the same control, so entries sharing one batch).
     """
     h, w = latent_hw
-    pos = [_entry(c, h, w, schedule, device, dtype, kwargs_fn) for c in positive]
+    negative = controls_to_uncond(positive, negative)
+    pos = [_entry(c, h, w, schedule, device, dtype, kwargs_fn, control_fn) for c in positive]
     neg_fn = kwargs_fn if negative_kwargs_fn is None else negative_kwargs_fn
-    neg = [_entry(c, h, w, schedule, device, dtype, neg_fn) for c in negative]
+    neg = [_entry(c, h, w, schedule, device, dtype, neg_fn, control_fn) for c in negative]
     _add_matching_areas(neg, pos)
     _add_matching_areas(pos, neg)
     return pos, neg
@@ -221,7 +244,8 @@ def _region_kwargs(entries: list[CondEntry], b: int, region: tuple[int, int, int
 
 def _shape_key(e: CondEntry) -> tuple[Any, ...]:
     """Entries with equal keys can share one batched forward."""
-    return (e.area, tuple(e.cond.shape[1:]), tuple((k, tuple(v.shape[1:])) for k, v in e.model_kwargs.items()))
+    return (e.area, tuple(e.cond.shape[1:]), tuple((k, tuple(v.shape[1:])) for k, v in e.model_kwargs.items()),
+            id(e.control))
 
 
 @dataclass
@@ -230,7 +254,7 @@ class _Group:
 
     region: tuple[int, int, int, int]  # (ah, aw, ay, ax), clipped to the latent
     ctx: Tensor  # [n*B, T, D]
-    kwargs: dict[str, Tensor]
+    kwargs: dict[str, Any]  # model kwargs, plus control= / control_chunks= when the group has a control
     targets: list[tuple[int, Tensor]]  # (list index, weight map [B, C, ah, aw]) per entry, in batch order
 
 
@@ -268,18 +292,20 @@ class CFGDenoiser:
         lists = [positive] if self.skip_uncond else [positive, negative]
         self.fast = fast_path and all(len(lst) == 1 and _simple(lst[0]) for lst in lists) and (
             len({_shape_key(lst[0]) for lst in lists}) == 1)
-        self._fast_inputs: dict[tuple[Any, ...], tuple[Tensor, dict[str, Tensor]]] = {}
+        self._fast_inputs: dict[tuple[Any, ...], tuple[Tensor, dict[str, Any]]] = {}
         self._plans: dict[tuple[Any, ...], _Plan] = {}
 
     # fast path ---------------------------------------------------------------------------
-    def _fast_ctx(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def _fast_ctx(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
         """Context and model kwargs for the fast path, concatenated once per batch size."""
         b = x.shape[0]
         key = (b, x.device)
         if key not in self._fast_inputs:
             entries = [self.positive[0]] if self.skip_uncond else [self.positive[0], self.negative[0]]
             ctx = torch.cat([_batched(e.cond, b) for e in entries])  # [n*B, T, D]
-            kw = _region_kwargs(entries, b, (x.shape[2], x.shape[3], 0, 0))
+            kw: dict[str, Any] = _region_kwargs(entries, b, (x.shape[2], x.shape[3], 0, 0))
+            if entries[0].control is not None:
+                kw |= {"control": entries[0].control, "control_chunks": len(entries)}
             self._fast_inputs[key] = (ctx, kw)
         return self._fast_inputs[key]
 
@@ -320,7 +346,9 @@ class CFGDenoiser:
             ah, aw, ay, ax = area if area is not None else (h, w, 0, 0)
             ah, aw = min(h - ay, ah), min(w - ax, aw)
             ctx = torch.cat([_batched(e.cond, b) for _, e in group])  # [n*B, T, D]
-            kw = _region_kwargs([e for _, e in group], b, (ah, aw, ay, ax))
+            kw: dict[str, Any] = _region_kwargs([e for _, e in group], b, (ah, aw, ay, ax))
+            if group[0][1].control is not None:
+                kw |= {"control": group[0][1].control, "control_chunks": len(group)}
             targets = []
             for li, e in group:
                 m = _mult(e, x)  # [B, C, ah, aw]

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from comfy_notebook.sampling.controls import Control, controls_to_uncond
 from comfy_notebook.sampling.denoisers import (
     CFGDenoiser,
     CondEntry,
@@ -94,18 +95,19 @@ class Guidance:
 
     def denoiser(self, model: ModelDenoiser, *, latent_hw: tuple[int, int], schedule: Any, device: Any = None,
                  dtype: Any = None, kwargs_fn: KwargsFn | None = None, negative_kwargs_fn: KwargsFn | None = None,
-                 keep_uncond: bool = False) -> Any:
+                 keep_uncond: bool = False, control_fn: Callable[[Any], Control] | None = None) -> Any:
         """The guided denoiser over ``model`` for a latent of ``latent_hw``.
 
         ``kwargs_fn`` / ``negative_kwargs_fn`` give the extra model inputs of a positive /
         negative entry (ComfyUI's ``prompt_type``; dual CFG's ``cond2`` counts as negative, as in
         ComfyUI).  ``keep_uncond`` (CFG++ samplers): the result is the ``.guided`` callable
         returning ``(denoised, uncond_denoised)``, and no list is skipped at scale 1.
+        ``control_fn`` binds the entries' ControlNet / T2I-Adapter controls for the run.
         """
         neg_fn = kwargs_fn if negative_kwargs_fn is None else negative_kwargs_fn
         if self.middle is None:
             pos, neg = resolve_conditioning(self.positive, self.negative or [], latent_hw, schedule, device, dtype,
-                                            kwargs_fn, negative_kwargs_fn=neg_fn)
+                                            kwargs_fn, negative_kwargs_fn=neg_fn, control_fn=control_fn)
             cfg = self.cfg if self.negative is not None else 1.0
             cfg_model = CFGDenoiser(model, pos, neg, cfg, keep_uncond=keep_uncond)
             return cfg_model.guided if keep_uncond else cfg_model
@@ -114,24 +116,27 @@ class Guidance:
                 "dual CFG guidance needs a negative conditioning; received None. "
                 "Fix: connect DualCFGGuider's negative input.")
         lists = resolve_condition_sets([self.positive, self.middle, self.negative], latent_hw, schedule, device,
-                                       dtype, [kwargs_fn, neg_fn, neg_fn])
+                                       dtype, [kwargs_fn, neg_fn, neg_fn], control_fn)
         dual = DualCFGDenoiser(model, *lists, cfg1=self.cfg, cfg2=self.cfg2, nested=self.nested,
                                keep_uncond=keep_uncond)
         return dual.guided if keep_uncond else dual
 
 
 def resolve_condition_sets(lists: list[list[Any]], latent_hw: tuple[int, int], schedule: Any, device: Any = None,
-                           dtype: Any = None, kwargs_fns: list[KwargsFn | None] | None = None
-                           ) -> list[list[CondEntry]]:
+                           dtype: Any = None, kwargs_fns: list[KwargsFn | None] | None = None,
+                           control_fn: Callable[[Any], Control] | None = None) -> list[list[CondEntry]]:
     """:func:`~comfy_notebook.sampling.denoisers.resolve_conditioning` for any number of lists.
 
     ``kwargs_fns[i]`` gives the extra model inputs of list ``i``'s entries.  Each area entry of
     each list gets a same-area counterpart in every other list, in ComfyUI's ``process_conds``
-    order (list by list, each against all others).
+    order (list by list, each against all others).  ``ControlNetApply`` controls of the first
+    list also go to the others (ComfyUI applies them to every list but the positive).
     """
     h, w = latent_hw
     fns = kwargs_fns if kwargs_fns is not None else [None] * len(lists)
-    resolved = [[_entry(c, h, w, schedule, device, dtype, fn) for c in lst] for lst, fn in zip(lists, fns, strict=True)]
+    lists = [lists[0], *(controls_to_uncond(lists[0], lst) for lst in lists[1:])]
+    resolved = [[_entry(c, h, w, schedule, device, dtype, fn, control_fn) for c in lst]
+                for lst, fn in zip(lists, fns, strict=True)]
     for i, source in enumerate(resolved):
         for j, target in enumerate(resolved):
             if i != j:

@@ -200,6 +200,7 @@ def ksample(
     start_step: int | None = None, end_step: int | None = None, force_full_denoise: bool = False,
     device: Any = None, dtype: Any = None, callback: StepCallback | None = None, cpu_noise: bool = False,
     model_inputs: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
+    control_fn: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Sample a LATENT as ComfyUI's KSampler / KSamplerAdvanced do.
 
@@ -240,6 +241,9 @@ def ksample(
         plus ``width``/``height`` (default: the latent size times ``downscale``),
         ``prompt_type`` (``"positive"``/``"negative"``), ``noise``, ``latent_image`` (model
         scale), ``denoise_mask`` and ``device``; the function is called once per entry and run.
+    control_fn:
+        Binds an entry's ``control`` option (ControlNet / T2I-Adapter) for this run; see
+        :func:`~comfy_notebook.sampling.denoisers.resolve_conditioning`.
 
     Returns
     -------
@@ -277,7 +281,8 @@ def ksample(
     out["samples"], _ = sample_sigmas(
         apply_model, model_sampling=model_sampling, latent_format=latent_format, latent=latent, noise=noise,
         sigmas=sigmas, guidance=Guidance.cfg_guided(positive, negative, cfg), sampler=SamplerSpec(sampler_name),
-        seed=seed, device=device, dtype=dtype, callback=callback, cpu_noise=cpu_noise, model_inputs=model_inputs)
+        seed=seed, device=device, dtype=dtype, callback=callback, cpu_noise=cpu_noise, model_inputs=model_inputs,
+        control_fn=control_fn)
     return out
 
 
@@ -296,6 +301,7 @@ def sample_sigmas(
     latent: dict[str, Any], noise: Tensor, sigmas: Tensor, guidance: Guidance, sampler: SamplerSpec, seed: int,
     device: Any = None, dtype: Any = None, callback: StepCallback | None = None, cpu_noise: bool = False,
     model_inputs: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
+    control_fn: Callable[[Any], Any] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Sample ``latent`` along given ``sigmas`` from given initial ``noise``: ComfyUI's ``CFGGuider.sample``.
 
@@ -341,7 +347,8 @@ def sample_sigmas(
     if model_inputs is not None:
         fn = model_inputs
         ds = latent_format.downscale
-        base = {"device": device, "noise": noise, "latent_image": x0, "denoise_mask": denoise_mask}
+        base = {"device": device, "noise": noise, "latent_image": x0, "denoise_mask": denoise_mask,
+                "seed": seed}
 
         def entry_inputs(prompt_type: str) -> Callable[[dict[str, Any]], dict[str, Tensor]]:
             def inputs(options: dict[str, Any]) -> dict[str, Tensor]:
@@ -356,7 +363,8 @@ def sample_sigmas(
     guided = sampler.needs_uncond  # CFG++: the sampler also gets uncond_denoised
     model: Callable[[Tensor, Tensor], Any] = guidance.denoiser(
         ModelDenoiser(apply_model, model_sampling), latent_hw=tuple(samples.shape[2:]), schedule=schedule,
-        device=device, dtype=dtype, kwargs_fn=pos_fn, negative_kwargs_fn=neg_fn, keep_uncond=guided)
+        device=device, dtype=dtype, kwargs_fn=pos_fn, negative_kwargs_fn=neg_fn, keep_uncond=guided,
+        control_fn=control_fn)
 
     inpaint_noise = noise
     if SAMPLER_NOISE.get(sampler.name) == "inpaint_random" and mask is not None:

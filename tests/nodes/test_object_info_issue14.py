@@ -32,7 +32,8 @@ OURS = {
     "FeatherMask", "GrowMask", "ThresholdMask", "LatentAdd", "LatentSubtract", "LatentMultiply",
     "LatentInterpolate", "LatentBatch", "LatentCrop", "LatentFlip", "LatentRotate",
     "RebatchLatents", "RebatchImages", "ConditioningSetAreaStrength", "CLIPVisionLoader",
-    "CLIPVisionEncode", "unCLIPConditioning",
+    "CLIPVisionEncode", "unCLIPConditioning", "unCLIPCheckpointLoader", "HypernetworkLoader", "GLIGENLoader",
+    "GLIGENTextBoxApply", "StyleModelLoader", "StyleModelApply",
 }
 
 
