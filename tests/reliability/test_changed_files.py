@@ -166,3 +166,17 @@ def test_changed_file_is_not_reloaded_under_the_old_registration(root: pathlib.P
     (root / "models" / "checkpoints" / CKPT).unlink()
     with pytest.raises(ValidationError, match=r"tiny\.safetensors"):  # a missing file is named
         s.run_prompt(tiny_prompt(seed=99))
+
+
+def test_every_file_loader_fingerprints_its_file(tiny_root: pathlib.Path) -> None:
+    """Every built-in loader of a model-folder file has IS_CHANGED (new loaders included):
+    otherwise a file replaced under the same name is served stale from the cache."""
+    s = new_session(tiny_root)
+    loaders = [n for n in s.registry.names() if n.endswith("Loader") or n.endswith("LoaderSimple")
+               or n.endswith("LoaderModelOnly")]
+    file_loaders = [n for n in loaders
+                    if any(name.endswith("_name") or name.startswith("clip_name")
+                           for name in s.registry.get(n).inputs)]
+    assert "CheckpointLoaderSimple" in file_loaders and len(file_loaders) >= 6
+    missing = [n for n in file_loaders if not s.registry.get(n).has_is_changed]
+    assert missing == []
