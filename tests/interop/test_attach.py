@@ -67,9 +67,9 @@ def test_unload_through_the_manager_empties_comfyuis_loaded_models(attached_run:
 
 
 def test_same_image_as_builtin_nodes_within_bound(attached_run: dict) -> None:
-    # Early-2024 ComfyUI keeps the text encoder in fp16 on the CPU (we compute in fp32) and
-    # samples with its own code; measured difference is recorded in the issue note.
-    assert attached_run["max_abs_diff_vs_builtin"] < 0.05, attached_run["max_abs_diff_vs_builtin"]
+    # Early-2024 ComfyUI samples with its own code (euler here: no ancestral-noise difference);
+    # measured 7.5e-6 on 0..1 pixels (float rounding of two implementations), bound 1e-4.
+    assert attached_run["max_abs_diff_vs_builtin"] < 1e-4, attached_run["max_abs_diff_vs_builtin"]
 
 
 def test_real_mode_with_comfyuis_classes(attached_run: dict) -> None:
