@@ -243,7 +243,9 @@ class Session:
             if targets is not None:
                 raise ValueError(f"targets= runs only in this process; the {self._backend.name} backend "
                                  "runs whole prompts")
-            return self._backend.run_prompt(api, extra_data=extra_data, prompt_id=prompt_id)  # type: ignore[no-any-return]
+            # the session's subscribers (RunView, progress bars) see a remote run's events too
+            return self._backend.run_prompt(api, extra_data=extra_data, prompt_id=prompt_id,  # type: ignore[no-any-return]
+                                            on_event=self._emit)
         return self._run_api(api, extra_data=extra_data, targets=targets, prompt_id=prompt_id)
 
     def _run_api(self, api: Mapping[str, Any], *, extra_data: Mapping[str, Any] | None = None,

@@ -63,8 +63,18 @@ class _Run:
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     started: dict[str, float] = field(default_factory=dict)
+    finished: set[str] = field(default_factory=set)
     previews: list[bytes] = field(default_factory=list)
     step: tuple[float, float] = (0.0, 0.0)
+
+    def finish_previous(self) -> None:
+        """ComfyUI says ``executed`` only for output nodes: the node that ran before the next
+        ``executing`` (or the end) has finished."""
+        if self.executed and self.executed[-1] not in self.finished:
+            node = self.executed[-1]
+            self.finished.add(node)
+            seconds = time.perf_counter() - self.started.get(node, time.perf_counter())
+            self.emit(NodeFinished(self.local_id, node, self.class_type(node), seconds, None))
 
     def emit(self, event: Any) -> None:
         if self.on_event is not None:
@@ -225,6 +235,7 @@ class ComfyUIServer:
                 run.emit(NodeCached(pid, str(node), run.class_type(node)))
         elif kind == "executing":
             node = data.get("node")
+            run.finish_previous()
             if node is None:
                 run.done.set()
             else:
@@ -239,6 +250,7 @@ class ComfyUIServer:
         elif kind == "executed":
             node = str(data.get("node"))
             seconds = time.perf_counter() - run.started.get(node, time.perf_counter())
+            run.finished.add(node)
             run.emit(NodeFinished(pid, node, run.class_type(node), seconds, data.get("output")))
         elif kind in ("execution_error", "execution_interrupted", "execution_success"):
             run.done.set()

@@ -25,6 +25,11 @@ def preview_data_url(preview: Any, max_size: int = 256) -> str:
     from comfy_notebook.widgets._images import data_url, to_images
     from comfy_notebook.widgets.preview import latent_preview
 
+    if isinstance(preview, bytes | bytearray):  # an encoded preview (a ComfyUI server's frames)
+        import base64
+
+        mime = "image/png" if bytes(preview[:8]) == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
+        return f"data:{mime};base64,{base64.b64encode(bytes(preview)).decode('ascii')}"
     samples = preview.get("samples") if isinstance(preview, dict) else preview
     fmt = preview.get("latent_format") if isinstance(preview, dict) else None
     channels = getattr(fmt, "channels", 4)

@@ -200,3 +200,14 @@ def test_a_killed_server_is_reported_and_the_session_stays_usable(remote: Sessio
     server.start()  # restarted on the same port: the same session carries on
     result = remote.run_prompt(sd_prompt(seed=33, steps=2))
     assert result.ui["9"]["images"]
+
+
+def test_run_view_follows_a_run_on_the_server(remote: Session) -> None:
+    """Widgets are views over the session's events, whatever the backend (issue 16)."""
+    from comfy_notebook.widgets import RunView
+
+    view = RunView(remote)
+    result = remote.run_prompt(sd_prompt(seed=12, steps=3))
+    assert view.prompt_id == result.prompt_id and view.status == "finished"
+    assert view.nodes["3"]["status"] == "done" and view.nodes["9"]["status"] == "done"
+    assert view.preview.startswith("data:image/")  # the server's latent2rgb preview frames
