@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,12 +61,18 @@ class MetadataError(ComfyNotebookError):
 
 
 def _text_chunk(path: str | os.PathLike[str] | IO[bytes], key: str) -> Any:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as img:
-        text = getattr(img, "text", None) or img.info
-        raw = text.get(key) if isinstance(text, Mapping) else None
-        keys = sorted(text) if isinstance(text, Mapping) else []
+    try:
+        with Image.open(path) as img:
+            text = getattr(img, "text", None) or img.info
+            raw = text.get(key) if isinstance(text, Mapping) else None
+            keys = sorted(text) if isinstance(text, Mapping) else []
+    except (UnidentifiedImageError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        # not an image, a damaged one, or text chunks past Pillow's limits (MAX_TEXT_MEMORY)
+        raise MetadataError(
+            f"{path!s} could not be read as a PNG ({type(exc).__name__}: {exc}). "
+            "Fix: use the PNG ComfyUI or SaveImage wrote") from exc
     if raw is None:
         raise MetadataError(
             f"{path!s} has no {key!r} text chunk (chunks found: {keys}). Expected a PNG saved by "
@@ -76,6 +83,10 @@ def _text_chunk(path: str | os.PathLike[str] | IO[bytes], key: str) -> Any:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise MetadataError(f"the {key!r} chunk of {path!s} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise MetadataError(
+            f"the {key!r} chunk of {path!s} nests JSON too deeply to be a ComfyUI prompt or "
+            "workflow. Fix: use the PNG ComfyUI or SaveImage wrote") from None
 
 
 class FilledDefaultsWarning(UserWarning):
@@ -516,8 +527,27 @@ def workflow_to_api(workflow: Mapping[str, Any], registry: Any = None, *,
     Raises
     ------
     MetadataError
-        When a node's class is not registered (its widget values cannot be named).
+        When a node's class is not registered (its widget values cannot be named), or the
+        workflow is malformed (a field of the wrong shape or type, named in the message).
     """
+    try:
+        return _workflow_to_api(workflow, registry, filled)
+    except (MetadataError, GraphError):
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError,
+            RecursionError) as exc:  # untrusted input (a PNG from anywhere): one clear error
+        raise MetadataError(
+            f"the UI workflow is malformed and cannot be converted to a prompt: "
+            f"{type(exc).__name__}: {exc}. Expected ComfyUI's workflow format (nodes with id, "
+            "type, inputs, widgets_values; links as [id, from node, from slot, to node, to slot, "
+            "type]). Fix: export the workflow again from ComfyUI, or use the PNG's prompt "
+            "chunk") from exc
+
+
+def _workflow_to_api(workflow: Mapping[str, Any], registry: Any,
+                     filled: list[FilledDefault] | None) -> dict[str, Any]:
+    if not isinstance(workflow, Mapping):
+        raise MetadataError(f"a UI workflow is a JSON object; received {type(workflow).__name__}")
     nodes = {n["id"]: n for n in workflow.get("nodes") or []}
     links = _link_table(workflow)
     api: dict[str, Any] = {}

@@ -19,6 +19,7 @@ from torch import nn
 
 from comfy_notebook.errors import ModelLoadError, UnsupportedModelError
 from comfy_notebook.families.base import Component, Detected, Family
+from comfy_notebook.folders.identity import file_identity
 from comfy_notebook.runtime.loading import build_component, open_state_dict
 from comfy_notebook.runtime.manager import ModelManager
 from comfy_notebook.runtime.values import ClipValue, ModelValue, VAEValue, _load_lock, register_part
@@ -133,16 +134,34 @@ def _register(manager: ModelManager, key: str, source: str, sd: Mapping[str, Any
               component: Component, family: Family | None) -> Any:
     dtype = manager.policy.dtype_for(component.kind, component.dtypes)
     device = manager.read_device()  # CUDA: pinned, pipelined reads straight onto the device
+    identity = file_identity(source)
 
     def factory() -> nn.Module:
+        now = file_identity(source)
+        if now is None:
+            raise ModelLoadError(
+                f"model {key!r} was unloaded and its file {source} is gone (deleted or moved since "
+                "it was loaded), so it cannot be loaded again. Fix: put the file back, or pick "
+                "another model in the loader node and run it again.")
+        if now != identity:
+            raise ModelLoadError(
+                f"model {key!r} was unloaded and its file {source} has changed on disk since it "
+                "was loaded; reloading it now would mix two files. Fix: run the loader node "
+                "again: it loads the new file.")
         return build_component(open_state_dict(source), component, dtype=dtype, device=device,
                                source=source)
 
+    old = manager[key] if key in manager else None  # noqa: SIM401 - the manager has no .get
+    if old is not None and old.file_identity not in (None, identity):
+        manager.unregister(old)  # the file was replaced: never serve the old weights
     module = None
     if key not in manager:
         module = build_component(sd if sd is not None else open_state_dict(source), component,
                                  dtype=dtype, device=device, source=source)
-    return register_part(manager, key, component.kind, source, factory, module, dtype, family)
+    ref = register_part(manager, key, component.kind, source, factory, module, dtype, family)
+    if manager[key].file_identity is None:
+        manager[key].file_identity = identity
+    return ref
 
 
 def _require(info: Detected, names: tuple[str, ...], source: str, what: str) -> Family:

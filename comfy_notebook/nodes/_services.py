@@ -55,3 +55,11 @@ def listing(kind: str) -> list[str]:
         return (folders_service(found) if found is not None else Folders.from_config()).list(kind)
     except OSError:  # an unreadable folder lists nothing; validation says more
         return []
+
+
+def file_fingerprint(kind: str, name: str) -> str:
+    """``IS_CHANGED`` of a loader node: the identity of the file (size, mtime, header hash), so a
+    file replaced under the same name is loaded again instead of served from the cache."""
+    from comfy_notebook.folders.identity import file_identity
+
+    return file_identity(folders().resolve(kind, name)) or "missing"

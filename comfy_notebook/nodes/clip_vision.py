@@ -12,7 +12,13 @@ from typing import Any
 
 import torch
 
-from comfy_notebook.nodes._services import folders, listing, model_manager, services
+from comfy_notebook.nodes._services import (
+    file_fingerprint,
+    folders,
+    listing,
+    model_manager,
+    services,
+)
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
 
@@ -27,6 +33,10 @@ class CLIPVisionLoader:
     RETURN_TYPES = ("CLIP_VISION",)
     FUNCTION = "load_clip"
     CATEGORY = "loaders"
+
+    @classmethod
+    def IS_CHANGED(cls, clip_name: str, **_: Any) -> str:
+        return file_fingerprint("clip_vision", clip_name)
 
     def load_clip(self, clip_name: str) -> tuple[Any]:
         from comfy_notebook.runtime.clip_vision import load_clip_vision_value
@@ -62,6 +72,10 @@ class unCLIPCheckpointLoader:
     RETURN_TYPES = ("MODEL", "CLIP", "VAE", "CLIP_VISION")
     FUNCTION = "load_checkpoint"
     CATEGORY = "loaders"
+
+    @classmethod
+    def IS_CHANGED(cls, ckpt_name: str, **_: Any) -> str:
+        return file_fingerprint("checkpoints", ckpt_name)
 
     def load_checkpoint(self, ckpt_name: str) -> tuple[Any, Any, Any, Any]:
         from comfy_notebook.errors import ModelLoadError

@@ -11,7 +11,13 @@ from typing import Any
 
 from comfy_notebook.errors import NodeError
 from comfy_notebook.families import load_clip_value, load_unet_value
-from comfy_notebook.nodes._services import folders, listing, model_manager, services
+from comfy_notebook.nodes._services import (
+    file_fingerprint,
+    folders,
+    listing,
+    model_manager,
+    services,
+)
 
 CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart",
               "cosmos", "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image",
@@ -43,6 +49,10 @@ class UNETLoader:
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "load_unet"
     CATEGORY = "advanced/loaders"
+
+    @classmethod
+    def IS_CHANGED(cls, unet_name: str, **_: Any) -> str:
+        return file_fingerprint("diffusion_models", unet_name)
 
     def load_unet(self, unet_name: str, weight_dtype: str) -> tuple[Any]:
         if weight_dtype not in WEIGHT_DTYPES:
@@ -78,6 +88,10 @@ class CLIPLoader:
     FUNCTION = "load_clip"
     CATEGORY = "advanced/loaders"
 
+    @classmethod
+    def IS_CHANGED(cls, clip_name: str, **_: Any) -> str:
+        return file_fingerprint("text_encoders", clip_name)
+
     def load_clip(self, clip_name: str, type: str = "stable_diffusion", device: str = "default") -> tuple[Any]:
         return (_clip([clip_name], type, device),)
 
@@ -94,6 +108,10 @@ class DualCLIPLoader:
     RETURN_TYPES = ("CLIP",)
     FUNCTION = "load_clip"
     CATEGORY = "advanced/loaders"
+
+    @classmethod
+    def IS_CHANGED(cls, clip_name1: str, clip_name2: str, **_: Any) -> str:
+        return file_fingerprint("text_encoders", clip_name1) + "|" + file_fingerprint("text_encoders", clip_name2)
 
     def load_clip(self, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> tuple[Any]:
         return (_clip([clip_name1, clip_name2], type, device),)

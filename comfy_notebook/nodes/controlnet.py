@@ -11,7 +11,13 @@ from typing import Any
 
 from comfy_notebook.errors import NodeError
 from comfy_notebook.families.control import describe_control
-from comfy_notebook.nodes._services import folders, listing, model_manager, services
+from comfy_notebook.nodes._services import (
+    file_fingerprint,
+    folders,
+    listing,
+    model_manager,
+    services,
+)
 from comfy_notebook.runtime.control_files import ControlNetValue, load_controlnet_value
 from comfy_notebook.runtime.control_run import AppliedControl
 
@@ -67,6 +73,10 @@ class ControlNetLoader:
     FUNCTION = "load_controlnet"
     CATEGORY = "loaders"
 
+    @classmethod
+    def IS_CHANGED(cls, control_net_name: str, **_: Any) -> str:
+        return file_fingerprint("controlnet", control_net_name)
+
     def load_controlnet(self, control_net_name: str) -> tuple[ControlNetValue]:
         return (_load(control_net_name),)
 
@@ -81,6 +91,10 @@ class DiffControlNetLoader:
     RETURN_TYPES = ("CONTROL_NET",)
     FUNCTION = "load_controlnet"
     CATEGORY = "loaders"
+
+    @classmethod
+    def IS_CHANGED(cls, control_net_name: str, **_: Any) -> str:
+        return file_fingerprint("controlnet", control_net_name)
 
     def load_controlnet(self, model: Any, control_net_name: str) -> tuple[ControlNetValue]:
         return (_load(control_net_name, model),)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from comfy_notebook.nodes._services import folders, listing, services
+from comfy_notebook.nodes._services import file_fingerprint, folders, listing, services
 
 __all__ = ["NODE_CLASS_MAPPINGS"]
 
@@ -21,6 +21,10 @@ class GLIGENLoader:
     RETURN_TYPES = ("GLIGEN",)
     FUNCTION = "load_gligen"
     CATEGORY = "loaders"
+
+    @classmethod
+    def IS_CHANGED(cls, gligen_name: str, **_: Any) -> str:
+        return file_fingerprint("gligen", gligen_name)
 
     def load_gligen(self, gligen_name: str) -> tuple[Any]:
         from comfy_notebook.runtime.gligen import load_gligen_value

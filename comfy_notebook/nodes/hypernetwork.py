@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from comfy_notebook.nodes._services import folders, listing, services
+from comfy_notebook.nodes._services import file_fingerprint, folders, listing, services
 
 __all__ = ["NODE_CLASS_MAPPINGS"]
 
@@ -25,6 +25,10 @@ class HypernetworkLoader:
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "load_hypernetwork"
     CATEGORY = "loaders"
+
+    @classmethod
+    def IS_CHANGED(cls, hypernetwork_name: str, **_: Any) -> str:
+        return file_fingerprint("hypernetworks", hypernetwork_name)
 
     def load_hypernetwork(self, model: Any, hypernetwork_name: str, strength: float) -> tuple[Any]:
         from comfy_notebook.runtime.hypernetwork import load_hypernetwork

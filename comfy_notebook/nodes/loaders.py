@@ -6,7 +6,13 @@ import warnings
 from typing import Any
 
 from comfy_notebook.families import load_checkpoint_values, load_vae_value
-from comfy_notebook.nodes._services import folders, listing, model_manager, services
+from comfy_notebook.nodes._services import (
+    file_fingerprint,
+    folders,
+    listing,
+    model_manager,
+    services,
+)
 from comfy_notebook.runtime.values import ClipValue, ModelValue
 
 
@@ -35,6 +41,10 @@ class CheckpointLoaderSimple:
     CATEGORY = "loaders"
     DESCRIPTION = "Loads a diffusion model checkpoint; diffusion models denoise latents."
 
+    @classmethod
+    def IS_CHANGED(cls, ckpt_name: str) -> str:
+        return file_fingerprint("checkpoints", ckpt_name)
+
     def load_checkpoint(self, ckpt_name: str) -> tuple[Any, Any, Any]:
         svc = services()
         path = folders(svc).resolve("checkpoints", ckpt_name)
@@ -52,6 +62,10 @@ class VAELoader:
     RETURN_TYPES = ("VAE",)
     FUNCTION = "load_vae"
     CATEGORY = "loaders"
+
+    @classmethod
+    def IS_CHANGED(cls, vae_name: str) -> str:
+        return file_fingerprint("vae", vae_name)
 
     def load_vae(self, vae_name: str) -> tuple[Any]:
         svc = services()
@@ -160,6 +174,10 @@ class LoraLoader:
     CATEGORY = "loaders"
     DESCRIPTION = "LoRAs modify diffusion and CLIP models, altering how latents are denoised."
 
+    @classmethod
+    def IS_CHANGED(cls, lora_name: str, **_: Any) -> str:
+        return file_fingerprint("loras", lora_name)
+
     def load_lora(self, model: ModelValue, clip: ClipValue, lora_name: str,
                   strength_model: float, strength_clip: float) -> tuple[Any, Any]:
         if strength_model == 0 and strength_clip == 0:
@@ -181,6 +199,10 @@ class LoraLoaderModelOnly:
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "load_lora_model_only"
     CATEGORY = "loaders"
+
+    @classmethod
+    def IS_CHANGED(cls, lora_name: str, **_: Any) -> str:
+        return file_fingerprint("loras", lora_name)
 
     def load_lora_model_only(self, model: ModelValue, lora_name: str, strength_model: float) -> tuple[Any]:
         if strength_model == 0:

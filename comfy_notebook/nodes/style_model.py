@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from comfy_notebook.nodes._services import folders, listing, services
+from comfy_notebook.nodes._services import file_fingerprint, folders, listing, services
 
 __all__ = ["NODE_CLASS_MAPPINGS", "StyleModelValue"]
 
@@ -44,6 +44,10 @@ class StyleModelLoader:
     RETURN_TYPES = ("STYLE_MODEL",)
     FUNCTION = "load_style_model"
     CATEGORY = "loaders"
+
+    @classmethod
+    def IS_CHANGED(cls, style_model_name: str, **_: Any) -> str:
+        return file_fingerprint("style_models", style_model_name)
 
     def load_style_model(self, style_model_name: str) -> tuple[Any]:
         from comfy_notebook.errors import UnsupportedModelError

@@ -11,7 +11,13 @@ from typing import Any
 
 import torch
 
-from comfy_notebook.nodes._services import folders, listing, model_manager, services
+from comfy_notebook.nodes._services import (
+    file_fingerprint,
+    folders,
+    listing,
+    model_manager,
+    services,
+)
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
 
@@ -26,6 +32,10 @@ class UpscaleModelLoader:
     RETURN_TYPES = ("UPSCALE_MODEL",)
     FUNCTION = "load_model"
     CATEGORY = "loaders"
+
+    @classmethod
+    def IS_CHANGED(cls, model_name: str, **_: Any) -> str:
+        return file_fingerprint("upscale_models", model_name)
 
     def load_model(self, model_name: str) -> tuple[Any]:
         from comfy_notebook.runtime.upscale import load_upscale_model_value

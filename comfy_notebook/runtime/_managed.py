@@ -137,6 +137,7 @@ class ManagedModel:
         self._refs: weakref.WeakSet[ModelRef] = weakref.WeakSet()
         self.nbytes = 0
         self.buffer_bytes = 0
+        self.file_identity: str | None = None  # of ``source`` when registered (folders.identity)
 
     # -- handle -------------------------------------------------------------------------------
     def ref(self, holder: str | None = None) -> ModelRef:

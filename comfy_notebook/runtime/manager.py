@@ -119,7 +119,13 @@ class ModelManager:
             m = ManagedModel(self, name, factory, kind, source, dtype, family)
             self._models[name] = m
             if module is not None:
-                self._adopt(m, module, reason="registered")
+                try:
+                    self._adopt(m, module, reason="registered")
+                except BaseException as exc:  # interrupted or failed: nothing half-registered stays
+                    self._models.pop(name, None)
+                    if isinstance(exc, torch.OutOfMemoryError):
+                        raise self._host_memory_error(m, "making its host copy", exc) from exc
+                    raise
             return m
 
     def unregister(self, m: ManagedModel | ModelRef | str) -> None:
@@ -303,6 +309,8 @@ class ModelManager:
             module = m.factory()
         except ComfyNotebookError:
             raise
+        except torch.OutOfMemoryError as exc:
+            raise self._host_memory_error(m, "rebuilding it from its file", exc) from exc
         except Exception as exc:
             raise ModelLoadError(
                 f"rebuilding model {m.name!r} from {m.source!r} failed: {type(exc).__name__}: "
@@ -312,23 +320,39 @@ class ModelManager:
                 f"the factory of model {m.name!r} returned {type(module).__name__}; expected an "
                 "nn.Module. Fix: make the factory return the built module.")
         self._stats["reloads"] += 1
-        self._adopt(m, module, reason="loaded from file", t0=t0)
+        try:
+            self._adopt(m, module, reason="loaded from file", t0=t0)
+        except torch.OutOfMemoryError as exc:
+            raise self._host_memory_error(m, "making its host copy", exc) from exc
 
     def _adopt(self, m: ManagedModel, module: nn.Module, *, reason: str,
                t0: float | None = None) -> None:
         """Take ownership of a built module: dtype, eval mode, host master copy (pinned)."""
         t0 = time.perf_counter() if t0 is None else t0
-        if m.dtype is not None and getattr(module, "compute_dtype", None) is None:
-            module.to(dtype=m.dtype)  # modules with a compute_dtype (fp8 storage) keep their dtypes
-        module.eval().requires_grad_(False)
         pin = self.policy.pin_memory and self.device.type == "cuda" and torch.cuda.is_available()
-        if pin:  # weights read straight onto the device (fastread) are copied into the pinned master
-            mv.buffers_to(module, self.host)
-        elif any(p.device != self.host for p in module.parameters()):
-            module.to(self.host)
-        m._module = module
-        mv.adopt_weights(m, module, pin=pin)
+        try:
+            if m.dtype is not None and getattr(module, "compute_dtype", None) is None:
+                module.to(dtype=m.dtype)  # modules with a compute_dtype (fp8 storage) keep their dtypes
+            module.eval().requires_grad_(False)
+            if pin:  # weights read straight onto the device (fastread) are copied into the pinned master
+                mv.buffers_to(module, self.host)
+            elif any(p.device != self.host for p in module.parameters()):
+                module.to(self.host)
+            m._module = module
+            mv.adopt_weights(m, module, pin=pin)
+        except BaseException:  # no half-adopted state: the model counts as unloaded
+            m._module, m._master, m._flat_host, m._units, m._host_buffers = None, {}, None, [], {}
+            m.nbytes = m.buffer_bytes = 0
+            raise
         self._emit(m, "file", "cpu", m.nbytes, time.perf_counter() - t0, reason)
+
+    def _host_memory_error(self, m: ManagedModel, doing: str, exc: BaseException) -> ModelMemoryError:
+        pinned = " (pinned)" if self.policy.pin_memory and self.device.type == "cuda" else ""
+        return ModelMemoryError(
+            f"out of memory {doing} for model {m.name!r} from {m.source!r}: the host{pinned} copy "
+            f"of its weights could not be allocated ({type(exc).__name__}: {exc}). Nothing of it "
+            "stays half-loaded. Fix: unload models you no longer need (%comfy unload all), or "
+            "free host memory, then run the node again.")
 
     # -- explicit verbs -----------------------------------------------------------------------
     def load(self, m: ManagedModel | ModelRef | str, device: torch.device | str | None = None,
