@@ -32,12 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 # (importing module, imported module) -> why this arrow (upward, or FORBIDDEN below) is
 # tolerated for now.  Each entry is a to-do with its reason; the test fails once it is gone.
-ALLOWED_UPWARD: dict[tuple[str, str], str] = {
-    ("runtime.values", "sampling.ksampler"): (
-        "ModelValue.model_inputs builds the inpainting c_concat with sampling.ksampler.inpaint_inputs "
-        "(families work); the model inputs belong where sampling is called (nodes/ or families/)"
-    ),
-}
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 
 
 # Downward arrows that are still wrong: (importing room, imported room) -> why.

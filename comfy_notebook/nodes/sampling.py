@@ -9,7 +9,13 @@ from typing import Any, TypeVar
 from comfy_notebook.engine import current_context
 from comfy_notebook.runtime.control_run import bind_controls
 from comfy_notebook.runtime.values import ModelValue
-from comfy_notebook.sampling import SAMPLERS, SCHEDULERS, fix_empty_latent_channels, ksample
+from comfy_notebook.sampling import (
+    SAMPLERS,
+    SCHEDULERS,
+    fix_empty_latent_channels,
+    inpaint_inputs,
+    ksample,
+)
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 T = TypeVar("T")
@@ -91,10 +97,25 @@ def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..
     return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=evaluates_negative)
 
 
+def model_inputs(model: ModelValue) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """ComfyUI's ``extra_conds`` for the sampling core: the family's inputs
+    (``Family.model_inputs``: a ``y`` vector, ...) and, for an inpainting UNet, ``c_concat``."""
+    concat = inpaint_inputs(model.in_channels, model.latent_format)
+    family, config = model.family, model.unet_config
+
+    def inputs(params: dict[str, Any]) -> dict[str, Any]:
+        out = dict(family.model_inputs(config, params))  # every family is asked (most add none)
+        if concat is not None:
+            out.update(concat(params))
+        return out
+
+    return inputs
+
+
 def model_facts(model: ModelValue) -> dict[str, Any]:
     """The sampling core's keywords that describe ``model`` (the one place that reads them)."""
     return {"model_sampling": model.model_sampling, "latent_format": model.latent_format,
-            "device": model.manager.device, "model_inputs": model.model_inputs()}
+            "device": model.manager.device, "model_inputs": model_inputs(model)}
 
 
 def common_ksampler(

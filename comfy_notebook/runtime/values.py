@@ -106,22 +106,6 @@ class ModelValue:
         """A clone sampled through ``model_sampling`` (``ModelSamplingDiscrete``)."""
         return replace(self, model_sampling=model_sampling)
 
-    def model_inputs(self) -> Callable[[dict[str, Any]], dict[str, Tensor]]:
-        """ComfyUI's ``extra_conds`` for ``ksample``: the family's inputs (``Family.model_inputs``:
-        a ``y`` vector, ...) and, for an inpainting UNet, ``c_concat``."""
-        from comfy_notebook.sampling.ksampler import inpaint_inputs
-
-        concat = inpaint_inputs(self.in_channels, self.latent_format)
-        family, config = self.family, self.unet_config
-
-        def inputs(params: dict[str, Any]) -> dict[str, Tensor]:
-            out = dict(family.model_inputs(config, params))  # every family is asked (most add none)
-            if concat is not None:
-                out.update(concat(params))
-            return out
-
-        return inputs
-
     def run(self, fn: Callable[[Any], Any], *, latent_shape: tuple[int, ...], cfg: bool = True) -> Any:
         """``fn(unet)`` with the UNet on the compute device (out-of-memory recovery included)."""
         dtype = self.ref.base.dtype or torch.float32

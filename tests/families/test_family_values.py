@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from comfy_notebook.families import load_checkpoint_values
+from comfy_notebook.nodes.sampling import model_inputs
 from comfy_notebook.runtime import DevicePolicy, ModelManager
 from comfy_notebook.runtime.lora import UNetLayout, load_lora_file, lora_patches
 from comfy_notebook.sampling import ksample
@@ -70,7 +71,7 @@ def test_sd2_inpainting_checkpoint_loads_and_samples(tmp_path: pathlib.Path, mgr
     out = ksample(apply_model, model_sampling=model.model_sampling, latent_format=model.latent_format,
                   latent={"samples": torch.zeros(1, 4, 8, 8)}, positive=[[cond, {"pooled_output": pooled}]],
                   negative=[[cond, {"pooled_output": pooled}]], seed=0, steps=2, cfg=3.0, sampler_name="euler",
-                  scheduler="normal", model_inputs=model.model_inputs())
+                  scheduler="normal", model_inputs=model_inputs(model))
     assert seen and set(seen) == {9} and out["samples"].shape == (1, 4, 8, 8)
 
 
