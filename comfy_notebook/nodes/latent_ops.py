@@ -31,40 +31,43 @@ def _two() -> dict[str, Any]:
     return {"required": {"samples1": ("LATENT",), "samples2": ("LATENT",)}}
 
 
-class LatentAdd:
+class _LatentPairOp:
+    """Shared shape of LatentAdd / LatentSubtract: samples2 resized and repeated to samples1,
+    then combined element-wise by :meth:`combine`."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return _two()
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "op"
+    CATEGORY = "latent/advanced"
+
+    @staticmethod
+    def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def op(self, samples1: Latent, samples2: Latent) -> tuple[Latent]:
+        out = samples1.copy()
+        s1 = samples1["samples"]
+        out["samples"] = self.combine(s1, reshape_latent_to(s1.shape, samples2["samples"]))
+        return (out,)
+
+
+class LatentAdd(_LatentPairOp):
     """``samples1 + samples2`` (samples2 resized and repeated to samples1)."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return _two()
-
-    RETURN_TYPES = ("LATENT",)
-    FUNCTION = "op"
-    CATEGORY = "latent/advanced"
-
-    def op(self, samples1: Latent, samples2: Latent) -> tuple[Latent]:
-        out = samples1.copy()
-        s1 = samples1["samples"]
-        out["samples"] = s1 + reshape_latent_to(s1.shape, samples2["samples"])
-        return (out,)
+    @staticmethod
+    def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
 
 
-class LatentSubtract:
+class LatentSubtract(_LatentPairOp):
     """``samples1 - samples2`` (samples2 resized and repeated to samples1)."""
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return _two()
-
-    RETURN_TYPES = ("LATENT",)
-    FUNCTION = "op"
-    CATEGORY = "latent/advanced"
-
-    def op(self, samples1: Latent, samples2: Latent) -> tuple[Latent]:
-        out = samples1.copy()
-        s1 = samples1["samples"]
-        out["samples"] = s1 - reshape_latent_to(s1.shape, samples2["samples"])
-        return (out,)
+    @staticmethod
+    def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a - b
 
 
 class LatentMultiply:
