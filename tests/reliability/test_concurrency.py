@@ -78,7 +78,7 @@ def test_cache_survives_threads_storing_reading_and_evicting() -> None:
             t.join()
     assert errors == []
     stats = cache.stats()
-    held = sum(cache.peek(k).nbytes for k in cache.keys())  # type: ignore[union-attr]
+    held = sum(cache.peek(k).nbytes for k in cache.keys())  # type: ignore[union-attr]  # noqa: SIM118
     assert stats.bytes == held <= 64 * 100
     assert stats.entries == len(cache.keys())
 
@@ -168,7 +168,7 @@ def test_widget_prompt_while_a_cell_runs_takes_turns(tiny_root: pathlib.Path) ->
         again = s.run_prompt(api)
         assert again.executed <= {"9"} and torch.equal(_image(s, again), ref)
     stats = s.cache.stats()
-    assert stats.bytes == sum(s.cache.peek(k).nbytes for k in s.cache.keys())  # type: ignore[union-attr]
+    assert stats.bytes == sum(s.cache.peek(k).nbytes for k in s.cache.keys())  # type: ignore[union-attr]  # noqa: SIM118
     assert not any(m.in_use for m in s.models._models.values()) and s.models._reserved == 0
 
 
@@ -216,7 +216,7 @@ def test_unload_all_during_a_run_refuses_clearly_and_the_run_is_unharmed(tiny_ro
         # the manager itself (a script, the model panel): idle models go, the busy one is named
         with pytest.raises(ModelInUseError, match=r"'tiny/unet' is in use by a running prompt.*Fix:"):
             s.models.unload_all()
-        with pytest.raises(ModelInUseError, match="a node is using it now.*Fix:"):
+        with pytest.raises(ModelInUseError, match=r"a node is using it now.*Fix:"):
             s.models.unload("tiny/unet")
         assert s.models["tiny/unet"].location != "unloaded"
         assert s.models["tiny/vae"].location == "unloaded"
@@ -250,6 +250,5 @@ def test_manager_unload_with_wait_waits_for_the_sampler(tiny_root: pathlib.Path)
         assert not s.models["tiny/unet"].in_use
         assert s.models["tiny/unet"].location == "unloaded"
     assert not isinstance(out["result"], BaseException)
-    with _paused_in_sampler(s, seed=23) as (out, _release):
-        with pytest.raises(ModelInUseError, match=r"waited 0\.1 s"):
-            s.models.unload("tiny/unet", wait=0.1)
+    with _paused_in_sampler(s, seed=23), pytest.raises(ModelInUseError, match=r"waited 0\.1 s"):
+        s.models.unload("tiny/unet", wait=0.1)
