@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
-from comfy_notebook.errors import OutputWriteError
+from comfy_notebook.errors import NodeError, OutputWriteError
 from comfy_notebook.folders import FolderError, Folders, PathEscapeError, folders_service
 from comfy_notebook.nodes._services import listing, services
 from comfy_notebook.pnginfo import png_text_chunks
@@ -130,7 +130,14 @@ class LoadImage:
     CATEGORY = "image"
 
     def load_image(self, image: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return load_image_file(_image_path(_folders(), image))
+        path = _image_path(_folders(), image)
+        try:
+            return load_image_file(path)
+        except OSError as exc:  # a failing disk, permissions, not an image
+            raise NodeError(
+                f"cannot read {path}: {type(exc).__name__}: {exc}", input_name="image",
+                expected="a readable image file",
+                fix="check the file and its disk, or choose another image") from exc
 
     @classmethod
     def IS_CHANGED(cls, image: str) -> str:
