@@ -155,4 +155,4 @@ def _show_unsaved(error: BaseException) -> None:
 
     png = images_png(images)
     if png is not None:
-        display({"image/png": png}, raw=True)
+        display({"image/png": png}, raw=True)  # type: ignore[no-untyped-call,unused-ignore]
