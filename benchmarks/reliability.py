@@ -90,14 +90,12 @@ def faults(root: pathlib.Path) -> tuple[list[str], Counter[str]]:
 
 
 def file_faults(root: pathlib.Path, totals: Counter[str]) -> str:
-    """An OSError at every file read (EIO) and PNG write (ENOSPC) of an img2img prompt."""
-    import numpy as np
+    """An OSError at every file read (EIO) and PNG write (ENOSPC) of an img2img prompt with a
+    LoRA and an embedding."""
     from io_faults import FileInjector, fault_for
-    from PIL import Image
-    from test_file_faults import file_prompt
+    from test_file_faults import file_prompt, make_file_root
 
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
-        root / "input" / "faults.png")
+    root = make_file_root(root / "file-faults")
     api = file_prompt()
     ref = clean_run(root, api, injector_type=FileInjector)
     points = [p for p in ref.points if p.kind == "file"]
@@ -115,7 +113,7 @@ def file_faults(root: pathlib.Path, totals: Counter[str]) -> str:
         c["recovered"] += int(o.raised is None)
     totals.update({k: v for k, v in c.items() if k != "recovered"})
     sites = sorted({p.site for p in points})
-    return (f"scenario file faults (img2img: LoadImage -> VAEEncode -> KSampler -> SaveImage): "
+    return (f"scenario file faults (img2img + LoRA + embedding: LoadImage -> VAEEncode -> KSampler -> SaveImage): "
             f"{len(points)} file operations in {len(sites)} product functions ({', '.join(sites)})\n"
             f"  {'OSError (EIO read, ENOSPC write)':28s} points {c['points']:3d}  survived {c['survived']:3d}  "
             f"leaks {c['leaks']}  invariant violations {c['problems']}  reruns identical "
