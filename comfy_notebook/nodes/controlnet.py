@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from comfy_notebook.errors import NodeError
-from comfy_notebook.families.control import describe_control
+from comfy_notebook.families.control import describe_control, read_family_control
 from comfy_notebook.nodes._services import (
     file_fingerprint,
     folders,
@@ -38,7 +38,8 @@ def _load(control_net_name: str, model: Any = None) -> ControlNetValue:
     svc = services()
     path = folders(svc).resolve("controlnet", control_net_name)
     return load_controlnet_value(model_manager(svc), path, describe=describe_control,
-                                 name=str(control_net_name).rsplit(".", 1)[0], model=model)
+                                 name=str(control_net_name).rsplit(".", 1)[0], model=model,
+                                 read=read_family_control)
 
 
 def _hint(image: Any) -> Any:
