@@ -1,0 +1,177 @@
+"""Flux ControlNet workflows through ``Session.run_prompt`` on the tiny Flux preset, with tiny
+ControlNet files in the released layouts (``comfy_notebook.testing.make_flux_controlnet``).
+
+The prompts follow ComfyUI's Flux ControlNet examples (comfyanonymous/ComfyUI_examples ``flux/``:
+``ControlNetLoader`` -> (``SetUnionControlNetType``) -> ``ControlNetApplyAdvanced`` with the VAE ->
+``KSampler`` at cfg 1) and the AliMama inpainting workflow (``ControlNetInpaintingAliMamaApply``),
+scaled down to 64 px and 3 steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfy_notebook._session import Session
+from comfy_notebook.models.vae import VAEConfig
+from comfy_notebook.nodes import register_builtins
+from comfy_notebook.testing import (
+    make_flux_controlnet,
+    make_flux_file,
+    make_masked_image,
+    make_t5_file,
+    make_text_encoder_file,
+    make_vae_file,
+)
+
+NETS = {"instantx": "flux-canny-instantx.safetensors", "union": "flux-union-pro.safetensors",
+        "xlabs": "flux-canny-controlnet-v3.safetensors", "mistoline": "mistoline_flux.dev_v1.safetensors",
+        "inpaint": "flux-alimama-inpainting-beta.safetensors"}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    base = tmp_path_factory.mktemp("comfy")
+    m = base / "models"
+    make_flux_file(m / "diffusion_models" / "flux1-dev.safetensors", "flux-dev-tiny")
+    make_t5_file(m / "text_encoders" / "t5xxl_fp16.safetensors")
+    make_text_encoder_file(m / "text_encoders" / "clip_l.safetensors")
+    make_vae_file(m / "vae" / "ae.safetensors", config=VAEConfig.flux_tiny())
+    for n, (kind, name) in enumerate(NETS.items()):
+        make_flux_controlnet(m / "controlnet" / name, kind, seed=10 + n)
+    rng = np.random.default_rng(0)
+    edges = np.zeros((72, 80, 3), dtype=np.uint8)  # not the latent's size or aspect: resized, centre-cropped
+    edges[rng.integers(0, 72, 6), :] = 255
+    edges[:, rng.integers(0, 80, 6)] = 255
+    (base / "input").mkdir()
+    Image.fromarray(edges).save(base / "input" / "canny.png")
+    make_masked_image(base / "input" / "to_inpaint.png", size=64)
+    return base
+
+
+@pytest.fixture(scope="module")
+def shared(root: pathlib.Path) -> Session:
+    return session(root)
+
+
+def session(root: pathlib.Path) -> Session:
+    s = Session(models_dir=root, output_dir=root / "output")  # a ComfyUI root: models/, input/
+    register_builtins(s)
+    return s
+
+
+def prompt(net: str = NETS["instantx"], strength: float = 1.0, union_type: str | None = None,
+           vae: bool = True, seed: int = 0) -> dict[str, Any]:
+    api: dict[str, Any] = {
+        "12": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}},
+        "11": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "t5xxl_fp16.safetensors",
+                                                           "clip_name2": "clip_l.safetensors", "type": "flux"}},
+        "10": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red house by a lake", "clip": ["11", 0]}},
+        "26": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["6", 0], "guidance": 4.0}},
+        "33": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["11", 0]}},
+        "14": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": net}},
+        "15": {"class_type": "LoadImage", "inputs": {"image": "canny.png"}},
+        "16": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["26", 0], "negative": ["33", 0], "control_net": ["14", 0], "image": ["15", 0],
+            "strength": strength, "start_percent": 0.0, "end_percent": 1.0}},
+        "27": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "31": {"class_type": "KSampler", "inputs": {
+            "model": ["12", 0], "seed": seed, "steps": 3, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+            "denoise": 1.0, "positive": ["16", 0], "negative": ["16", 1], "latent_image": ["27", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["31", 0], "vae": ["10", 0]}},
+        "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
+    }
+    if vae:
+        api["16"]["inputs"]["vae"] = ["10", 0]
+    if union_type is not None:
+        api["17"] = {"class_type": "SetUnionControlNetType", "inputs": {"control_net": ["14", 0], "type": union_type}}
+        api["16"]["inputs"]["control_net"] = ["17", 0]
+    return api
+
+
+def without_control(api: dict[str, Any]) -> dict[str, Any]:
+    api = copy.deepcopy(api)
+    for k in ("14", "15", "16", "17"):
+        api.pop(k, None)
+    api["31"]["inputs"]["positive"], api["31"]["inputs"]["negative"] = ["26", 0], ["33", 0]
+    return api
+
+
+def image(s: Session, api: dict[str, Any]) -> torch.Tensor:
+    return s.run_prompt(api, targets=["8"]).outputs["8"][0]
+
+
+@pytest.fixture(scope="module")
+def plain(shared: Session) -> torch.Tensor:
+    return image(shared, without_control(prompt()))
+
+
+@pytest.mark.parametrize("kind", ["instantx", "xlabs", "mistoline"])
+def test_flux_controlnet_workflow_runs_changes_the_image_and_is_deterministic(root, shared, plain, kind):
+    api = prompt(NETS[kind])
+    result = shared.run_prompt(api, targets=["8"])
+    assert {"14", "16", "31", "8"} <= set(result.executed)  # the control path ran (LoadImage may be cached)
+    controlled = result.outputs["8"][0]
+    assert controlled.shape == (1, 64, 64, 3) and torch.isfinite(controlled).all()
+    assert (controlled - plain).abs().max() > 1e-2  # the control steers the sampling
+    again = image(session(root), copy.deepcopy(api))  # a fresh session: same bits
+    assert torch.equal(again, controlled)
+    net = shared.run_prompt(api, targets=["14"]).outputs["14"][0]
+    assert net.family == "flux" and net.kind == "dit_controlnet"
+
+
+def test_strength_zero_is_exactly_no_control(shared, plain):
+    assert torch.equal(image(shared, prompt(strength=0.0)), plain)
+
+
+def test_a_short_range_and_a_weaker_strength_are_in_between(shared, plain):
+    full = image(shared, prompt())
+    weak = image(shared, prompt(strength=0.3))
+    assert not torch.equal(weak, full) and not torch.equal(weak, plain)
+    api = prompt()
+    api["16"]["inputs"]["start_percent"] = 1.0  # active below sigma 0: for no step at all
+    assert torch.equal(image(shared, api), plain)
+    api["16"]["inputs"]["start_percent"], api["16"]["inputs"]["end_percent"] = 0.0, 0.0
+    first_only = image(shared, api)  # ComfyUI: the range is [sigma 1, sigma 1]: the first step only
+    assert not torch.equal(first_only, plain) and not torch.equal(first_only, full)
+
+
+def test_union_type_selects_the_mode_token(shared, plain):
+    depth = image(shared, prompt(NETS["union"], union_type="depth"))
+    canny = image(shared, prompt(NETS["union"], union_type="canny/lineart/anime_lineart/mlsd"))
+    auto = image(shared, prompt(NETS["union"], union_type="auto"))
+    assert not torch.equal(depth, canny) and not torch.equal(depth, auto)
+    assert (auto - plain).abs().max() > 1e-2
+    from comfy_notebook.errors import NodeExecutionError
+
+    with pytest.raises(NodeExecutionError, match="knows 7 modes"):  # "repaint" is index 7
+        image(shared, prompt(NETS["union"], union_type="repaint"))
+
+
+def test_a_latent_controlnet_without_vae_is_refused_at_the_apply_node(shared):
+    from comfy_notebook.errors import NodeExecutionError
+
+    with pytest.raises(NodeExecutionError, match="VAE") as info:
+        shared.run_prompt(prompt(vae=False))
+    assert "16" in str(info.value)
+
+
+def test_alimama_inpainting_controlnet(shared, plain):
+    api = prompt(NETS["inpaint"])
+    api["15"]["inputs"]["image"] = "to_inpaint.png"
+    api["16"] = {"class_type": "ControlNetInpaintingAliMamaApply", "inputs": {
+        "positive": ["26", 0], "negative": ["33", 0], "control_net": ["14", 0], "vae": ["10", 0],
+        "image": ["15", 0], "mask": ["15", 1], "strength": 0.9, "start_percent": 0.0, "end_percent": 1.0}}
+    inpainted = image(shared, api)
+    assert (inpainted - plain).abs().max() > 1e-2
+    # the mask matters: the plain apply node gives the net an all-ones mask channel instead
+    advanced = prompt(NETS["inpaint"], strength=0.9)
+    advanced["15"]["inputs"]["image"] = "to_inpaint.png"
+    assert not torch.equal(image(shared, advanced), inpainted)
