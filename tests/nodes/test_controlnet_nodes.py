@@ -32,6 +32,12 @@ COMFYUI: dict[str, tuple[dict[str, Any], dict[str, Any], list[str], list[str], s
                                 "conditioning/controlnet", "Apply ControlNet", False),
     "SetUnionControlNetType": ({"control_net": ["CONTROL_NET"], "type": [UNION]}, {}, ["CONTROL_NET"],
                                ["CONTROL_NET"], "conditioning/controlnet", "SetUnionControlNetType", False),
+    "ControlNetInpaintingAliMamaApply": (
+        {"positive": ["CONDITIONING"], "negative": ["CONDITIONING"], "control_net": ["CONTROL_NET"],
+         "vae": ["VAE"], "image": ["IMAGE"], "mask": ["MASK"], "strength": STRENGTH,
+         "start_percent": ["FLOAT", {"default": 0.0, **PERCENT}], "end_percent": ["FLOAT", {"default": 1.0, **PERCENT}]},
+        {}, ["CONDITIONING", "CONDITIONING"], ["positive", "negative"], "conditioning/controlnet",
+        "ControlNetInpaintingAliMamaApply", False),
 }
 
 
