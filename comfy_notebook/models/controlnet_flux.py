@@ -85,6 +85,13 @@ class FluxControlNetConfig:
         """True for inpainting nets: the hint latent carries a mask channel (ComfyUI: 17 channels)."""
         return self.kind == "instantx" and self.latent_channels == 17
 
+    def residual_elements(self, h: int, w: int) -> int:
+        """Values of one image's residuals on an [h, w] latent: one [tokens, hidden] sample per
+        own block (repeated slots share them)."""
+        p = self.flux.patch_size
+        tokens = -(-h // p) * -(-w // p)
+        return (self.flux.depth + self.flux.depth_single_blocks) * tokens * self.flux.hidden_size
+
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor], kind: str) -> FluxControlNetConfig:
         """Sizes from a state dict in the backbone's (Flux) names."""

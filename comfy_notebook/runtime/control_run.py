@@ -32,7 +32,7 @@ from torch import Tensor
 from comfy_notebook.models.unet import ControlResiduals
 from comfy_notebook.runtime.control_files import ControlNetValue
 
-__all__ = ["AppliedControl", "BoundControl", "bind_controls", "broadcast_image_to", "resize_hint"]
+__all__ = ["AppliedControl", "BoundControl", "bind_controls", "broadcast_image_to", "control_memory", "resize_hint"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -266,6 +266,37 @@ def _applied(conditioning: list[Any]) -> Iterator[AppliedControl]:
         control = opts.get("control")
         if isinstance(control, AppliedControl):
             yield from control.chain()
+
+
+def control_memory(conditionings: Sequence[list[Any]], latent_shape: Sequence[int], *, cfg: bool = True,
+                   unet_config: Any = None) -> int:
+    """Device bytes the controls of ``conditionings`` hold during a sampling step (0 without any).
+
+    Each applied control's residuals live from its forward until the model's forward ends, beside
+    the model's own activations (``Family.unet_memory``), so a budget must hold both: per control
+    ``residual_elements`` of its architecture for every image of the batch (doubled with CFG) in
+    its dtype, plus its prepared hint.  A control-LoRA is sized on ``unet_config`` (the sampled
+    model's layout, whose encoder it copies).
+    """
+    from comfy_notebook.models.controlnet import ControlNetConfig
+
+    applied = list({id(a): a for c in conditionings for a in _applied(c)}.values())
+    if not applied:
+        return 0
+    b, _, h, w = (int(n) for n in latent_shape[:4])
+    batch = b * (2 if cfg else 1)
+    total = 0
+    for a in applied:
+        config = a.net.config
+        if config is None and a.net.kind == "control_lora" and hasattr(unet_config, "model_channels"):
+            config = ControlNetConfig(unet_config)
+        per_image = config.residual_elements(h, w) if hasattr(config, "residual_elements") else 0
+        dtype = a.net.ref.base.dtype if a.net.ref is not None and a.net.ref.base.dtype is not None else torch.float32
+        elem = torch.empty((), dtype=dtype).element_size()
+        ratio = a.net.compression_ratio
+        hint = a.hint.shape[1] * h * ratio * w * ratio * max(1, a.hint.shape[0])
+        total += (per_image * batch + hint) * elem
+    return total
 
 
 def _key(net: ControlNetValue) -> str:

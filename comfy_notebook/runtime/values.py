@@ -106,10 +106,15 @@ class ModelValue:
         """A clone sampled through ``model_sampling`` (``ModelSamplingDiscrete``)."""
         return replace(self, model_sampling=model_sampling)
 
-    def run(self, fn: Callable[[Any], Any], *, latent_shape: tuple[int, ...], cfg: bool = True) -> Any:
-        """``fn(unet)`` with the UNet on the compute device (out-of-memory recovery included)."""
+    def run(self, fn: Callable[[Any], Any], *, latent_shape: tuple[int, ...], cfg: bool = True,
+            extra_memory: int = 0) -> Any:
+        """``fn(unet)`` with the UNet on the compute device (out-of-memory recovery included).
+
+        The reservation is the family's activation estimate plus ``extra_memory`` (what rides
+        along the model's forward: ControlNet residuals, ``runtime.control_run.control_memory``).
+        """
         dtype = self.ref.base.dtype or torch.float32
-        need = self.family.unet_memory(tuple(latent_shape), dtype, cfg=cfg)
+        need = self.family.unet_memory(tuple(latent_shape), dtype, cfg=cfg) + int(extra_memory)
         return self.manager.run(self.ref, fn, memory_required=need)
 
     def summary(self) -> str:

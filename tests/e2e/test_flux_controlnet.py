@@ -175,3 +175,33 @@ def test_alimama_inpainting_controlnet(shared, plain):
     advanced = prompt(NETS["inpaint"], strength=0.9)
     advanced["15"]["inputs"]["image"] = "to_inpaint.png"
     assert not torch.equal(image(shared, advanced), inpainted)
+
+
+def test_the_models_reservation_holds_the_control_residuals(root):
+    """A budget accounts for ControlNet activations: the sampled model's memory_required grows by
+    the controls' residual bytes (``control_memory``), and by nothing without a control."""
+    from comfy_notebook.runtime.control_run import control_memory
+
+    s = session(root)
+    seen: list[tuple[str, int]] = []
+    run = s.models.run
+
+    def spy(ref, fn, *, memory_required=0):
+        seen.append((s.models._resolve(ref).kind, memory_required))
+        return run(ref, fn, memory_required=memory_required)
+
+    s.models.run = spy  # type: ignore[method-assign]
+    image(s, without_control(prompt()))
+    plain_need = [m for k, m in seen if k == "unet"]
+    seen.clear()
+    api = prompt()
+    image(s, api)
+    controlled_need = [m for k, m in seen if k == "unet"]
+    assert len(plain_need) == len(controlled_need) == 1
+    positive = s.run_prompt(api, targets=["16"]).outputs["16"][0]
+    extra = control_memory([positive], (1, 16, 8, 8), cfg=False)
+    # 1 double + 1 single block sample of 16 tokens x 64 wide per image, in the net's dtype, plus
+    # the hint (3 x 64 x 64 pixels)
+    elem = 4 if positive[0][1]["control"].net.ref.base.dtype == torch.float32 else 2
+    assert extra == (2 * 16 * 64 + 3 * 64 * 64) * elem
+    assert controlled_need[0] - plain_need[0] == extra
