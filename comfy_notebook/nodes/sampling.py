@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any, TypeVar
 
 from comfy_notebook.engine import current_context
@@ -91,8 +92,12 @@ def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..
         # them would be replayed)
         graphs = False if patched or gligen is not None else _graphs_option(ctx)
         apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=graphs)
-        with bind_controls(conditionings, schedule=model.model_sampling, device=model.manager.device,
-                           unet=unet, unet_config=model.unet_config) as bind:
+        with ExitStack() as held:
+            if gligen is not None:  # the GLIGEN weights beside the UNet for the run
+                held.enter_context(gligen.hold())
+            bind = held.enter_context(bind_controls(conditionings, schedule=model.model_sampling,
+                                                    device=model.manager.device, unet=unet,
+                                                    unet_config=model.unet_config))
             return body(apply_model, callback=callback, control_fn=bind, **facts)
 
     shape = tuple(latent["samples"].shape)
