@@ -95,6 +95,9 @@ def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..
         with ExitStack() as held:
             if gligen is not None:  # the GLIGEN weights beside the UNet for the run
                 held.enter_context(gligen.hold())
+            for patch in {id(p): p for _, p in model.attn_patches}.values():  # managed hypernetworks
+                if hasattr(patch, "hold"):
+                    held.enter_context(patch.hold())
             bind = held.enter_context(bind_controls(conditionings, schedule=model.model_sampling,
                                                     device=model.manager.device, unet=unet,
                                                     unet_config=model.unet_config))
