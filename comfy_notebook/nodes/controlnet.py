@@ -181,6 +181,26 @@ class ControlNetApplyAdvanced:
         return (out[0], out[1])
 
 
+class ControlNetApplySD3(ControlNetApplyAdvanced):
+    """``ControlNetApplyAdvanced`` with the VAE required ("Apply Controlnet with VAE", deprecated in
+    ComfyUI but what its published Flux ControlNet example uses; comfy_extras/nodes_sd3.py)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "positive": ("CONDITIONING",),
+            "negative": ("CONDITIONING",),
+            "control_net": ("CONTROL_NET",),
+            "vae": ("VAE",),
+            "image": ("IMAGE",),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+        }}
+
+    DEPRECATED = True
+
+
 class ControlNetInpaintingAliMamaApply(ControlNetApplyAdvanced):
     """Apply an inpainting ControlNet (AliMama's Flux net): the masked image and the mask steer it.
 
@@ -253,6 +273,7 @@ NODE_CLASS_MAPPINGS = {
     "ControlNetApplyAdvanced": ControlNetApplyAdvanced,
     "SetUnionControlNetType": SetUnionControlNetType,
     "ControlNetInpaintingAliMamaApply": ControlNetInpaintingAliMamaApply,
+    "ControlNetApplySD3": ControlNetApplySD3,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ControlNetLoader": "Load ControlNet Model",
@@ -261,4 +282,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ControlNetApplyAdvanced": "Apply ControlNet",
     "SetUnionControlNetType": "SetUnionControlNetType",
     "ControlNetInpaintingAliMamaApply": "ControlNetInpaintingAliMamaApply",
+    "ControlNetApplySD3": "Apply Controlnet with VAE",
 }

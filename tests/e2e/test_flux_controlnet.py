@@ -1,15 +1,16 @@
 """Flux ControlNet workflows through ``Session.run_prompt`` on the tiny Flux preset, with tiny
 ControlNet files in the released layouts (``comfy_notebook.testing.make_flux_controlnet``).
 
-The prompts follow ComfyUI's Flux ControlNet examples (comfyanonymous/ComfyUI_examples ``flux/``:
-``ControlNetLoader`` -> (``SetUnionControlNetType``) -> ``ControlNetApplyAdvanced`` with the VAE ->
-``KSampler`` at cfg 1) and the AliMama inpainting workflow (``ControlNetInpaintingAliMamaApply``),
-scaled down to 64 px and 3 steps.
+``data/flux_controlnet_api.json`` is the ``prompt`` chunk of ComfyUI_examples'
+``flux/flux_controlnet_example.png`` (comfyanonymous/ComfyUI_examples at f9431bb: InstantX canny
+through ``ControlNetApplySD3``); the other prompts follow it with ``ControlNetApplyAdvanced`` and
+the VAE, ``SetUnionControlNetType`` and the AliMama inpainting node, scaled down to 64 px and 3 steps.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import pathlib
 from typing import Any
 
@@ -30,7 +31,8 @@ from comfy_notebook.testing import (
     make_vae_file,
 )
 
-NETS = {"instantx": "flux-canny-instantx.safetensors", "union": "flux-union-pro.safetensors",
+DATA = pathlib.Path(__file__).parent / "data"
+NETS = {"instantx": "instantx_flux_canny.safetensors", "union": "flux-union-pro.safetensors",
         "xlabs": "flux-canny-controlnet-v3.safetensors", "mistoline": "mistoline_flux.dev_v1.safetensors",
         "inpaint": "flux-alimama-inpainting-beta.safetensors"}
 
@@ -51,6 +53,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     edges[:, rng.integers(0, 80, 6)] = 255
     (base / "input").mkdir()
     Image.fromarray(edges).save(base / "input" / "canny.png")
+    Image.fromarray(edges).save(base / "input" / "girl_in_field.png")
     make_masked_image(base / "input" / "to_inpaint.png", size=64)
     return base
 
@@ -205,3 +208,47 @@ def test_the_models_reservation_holds_the_control_residuals(root):
     elem = 4 if positive[0][1]["control"].net.ref.base.dtype == torch.float32 else 2
     assert extra == (2 * 16 * 64 + 3 * 64 * 64) * elem
     assert controlled_need[0] - plain_need[0] == extra
+
+
+def test_comfyui_flux_controlnet_example(root, shared):
+    """The published example: the checkpoint loader becomes the three Flux loaders (the tiny files
+    are separate), Canny (a kornia preprocessor) gives way to the edge image itself, 64 px, 3 steps."""
+    api = json.loads((DATA / "flux_controlnet_api.json").read_text())
+    assert api["14"]["class_type"] == "ControlNetApplySD3" and api["15"]["inputs"]["control_net_name"] == NETS["instantx"]
+    api["20"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}}
+    api["21"] = {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "t5xxl_fp16.safetensors",
+                                                             "clip_name2": "clip_l.safetensors", "type": "flux"}}
+    api["22"] = {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}}
+    for node in api.values():
+        for k, v in node["inputs"].items():
+            if v == ["20", 1]:
+                node["inputs"][k] = ["21", 0]
+            elif v == ["20", 2]:
+                node["inputs"][k] = ["22", 0]
+            elif v == ["18", 0]:
+                node["inputs"][k] = ["17", 0]
+    del api["18"]
+    api["28"]["inputs"].update(width=64, height=64)
+    api["3"]["inputs"]["steps"] = 3
+    result = shared.run_prompt(api)
+    assert {"14", "3", "8", "9"} <= set(result.executed)  # the loader may be cached from other tests
+    controlled = result.outputs["8"][0]
+    assert controlled.shape == (1, 64, 64, 3)
+    assert torch.equal(session(root).run_prompt(copy.deepcopy(api), targets=["8"]).outputs["8"][0], controlled)
+    api["3"]["inputs"]["positive"], api["3"]["inputs"]["negative"] = ["26", 0], ["7", 0]
+    assert (shared.run_prompt(api, targets=["8"]).outputs["8"][0] - controlled).abs().max() > 1e-2
+
+
+def test_two_flux_controlnets_chain(shared, plain):
+    """An XLabs net applied on top of an InstantX one: both residuals are summed per block."""
+    first = image(shared, prompt())
+    api = prompt()
+    api["40"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": NETS["xlabs"]}}
+    api["41"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["16", 0], "negative": ["16", 1], "control_net": ["40", 0], "image": ["15", 0],
+        "strength": 0.8, "start_percent": 0.0, "end_percent": 1.0, "vae": ["10", 0]}}
+    api["31"]["inputs"]["positive"], api["31"]["inputs"]["negative"] = ["41", 0], ["41", 1]
+    both = image(shared, api)
+    api["41"]["inputs"]["strength"] = 0.0  # the second apply passes its inputs through
+    assert torch.equal(image(shared, api), first)
+    assert not torch.equal(both, first) and not torch.equal(both, plain)
