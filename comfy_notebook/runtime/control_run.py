@@ -214,6 +214,11 @@ class BoundControl:
                     self._features.pop(next(iter(self._features)))
                 self._features[key] = feats
             return feats
+        if self.net.kind == "dit_controlnet" and self.slots is None:
+            raise ValueError(
+                f"ControlNet {os.path.basename(self.net.source)!r} is for a transformer (DiT) model, and "
+                "the sampled model takes no transformer control residuals. Fix: use a ControlNet "
+                "made for the checkpoint's model family")
         want = getattr(self.module, "context_dim", None) or getattr(getattr(self.module, "config", None),
                                                                      "context_dim", None)
         if want is not None and context.shape[-1] != want:  # a static shape check: no host sync
@@ -223,11 +228,6 @@ class BoundControl:
                 "checkpoint's model family")
         y = kw.get("y")
         if self.net.kind == "dit_controlnet":
-            if self.slots is None:
-                raise ValueError(
-                    f"ControlNet {os.path.basename(self.net.source)!r} is for a transformer (DiT) model, and "
-                    "the sampled model takes no transformer control residuals. Fix: use a ControlNet "
-                    "made for the checkpoint's model family")
             g = kw.get("guidance")
             res = self.module(x_in.to(self.dtype), hint, t, context.to(self.dtype),
                               y=None if y is None else y.to(self.dtype), guidance=g,

@@ -252,3 +252,47 @@ def test_two_flux_controlnets_chain(shared, plain):
     api["41"]["inputs"]["strength"] = 0.0  # the second apply passes its inputs through
     assert torch.equal(image(shared, api), first)
     assert not torch.equal(both, first) and not torch.equal(both, plain)
+
+
+def test_controlnets_of_the_other_kind_are_refused_with_a_fix(root, tmp_path):
+    """A Flux ControlNet on an SD1 model, and an SD1 ControlNet on Flux, fail at the sampler with
+    what to do, and the session keeps working."""
+    from comfy_notebook.errors import NodeExecutionError
+    from comfy_notebook.testing import make_checkpoint, make_controlnet
+
+    ckpt = make_checkpoint(root / "models" / "checkpoints" / "sd1_tiny.safetensors", preset="sd1-tiny")
+    make_controlnet(root / "models" / "controlnet" / "sd1_canny.safetensors", ckpt, seed=3)
+    s = session(root)
+    api = prompt(NETS["xlabs"])
+    api["40"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd1_tiny.safetensors"}}
+    for node, inp in (("6", "clip"), ("33", "clip")):
+        api[node]["inputs"][inp] = ["40", 1]
+    api["31"]["inputs"]["model"] = ["40", 0]
+    api["27"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    api["8"]["inputs"]["vae"] = ["40", 2]
+    with pytest.raises(NodeExecutionError, match="transformer") as info:
+        s.run_prompt(api, targets=["8"])
+    assert "Fix:" in str(info.value)
+    api = prompt("sd1_canny.safetensors")
+    with pytest.raises(NodeExecutionError, match="wide") as info:
+        s.run_prompt(api, targets=["8"])
+    assert "Fix:" in str(info.value)
+    assert image(s, prompt()).shape == (1, 64, 64, 3)  # nothing is left broken
+
+
+@pytest.mark.gpu
+def test_flux_controlnets_on_cuda(root):
+    """bf16 on the GPU: the InstantX (VAE hint), union and XLabs nets steer the image as on the CPU."""
+    from comfy_notebook.runtime.devices import DevicePolicy
+    from comfy_notebook.runtime.manager import ModelManager
+
+    s = session(root)
+    s.services.models = ModelManager(DevicePolicy.cuda(0))
+    cpu = session(root)
+    for api in (prompt(), prompt(NETS["union"], union_type="depth"), prompt(NETS["xlabs"])):
+        gpu_img, cpu_img = image(s, api), image(cpu, api)
+        assert torch.isfinite(gpu_img).all()
+        assert (gpu_img - cpu_img).abs().max() <= 0.1  # bf16 against fp32, 3 steps
+        assert not torch.equal(gpu_img, image(s, without_control(api)))
+    net = s.run_prompt(prompt(), targets=["14"]).outputs["14"][0]
+    assert net.ref.base.dtype == torch.bfloat16  # Flux's dtypes, not the policy's fp16 for UNets
