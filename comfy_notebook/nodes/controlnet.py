@@ -1,5 +1,9 @@
-"""ControlNet and T2I-Adapter nodes (ComfyUI ``nodes.py`` / ``comfy_extras/nodes_controlnet.py`` at
-a125cd8: names, inputs, defaults and results).
+"""ControlNet and T2I-Adapter nodes (ComfyUI ``nodes.py`` / ``comfy_extras/nodes_controlnet.py`` /
+``comfy_extras/nodes_sd3.py`` at a125cd8: names, inputs, defaults and results).
+
+The loaders read SD1/SD2/SDXL ControlNets, T2I-Adapters and control-LoRAs, and Flux ControlNets
+(XLabs, Mistoline, InstantX / Union Pro, AliMama inpainting); Flux nets that take a latent need
+the VAE on the apply node.
 
 A CONTROL_NET is applied by putting an :class:`~comfy_notebook.runtime.control_run.AppliedControl`
 into each conditioning entry's ``"control"`` option; the KSampler runs it.

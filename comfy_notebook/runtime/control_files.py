@@ -15,6 +15,11 @@ UNet families, in our words:
   ControlNet is assembled per sampling run from the sampling model's UNet
   (:func:`build_control_lora`); the file is read lazily, the value holds no weights.
 
+- transformer (DiT) ControlNets, read by the caller's ``read`` (the families know their layouts:
+  Flux's XLabs, Mistoline and InstantX / diffusers files, ``families/flux_control.py``), kind
+  ``"dit_controlnet"``; their config says whether the hint goes through the VAE (a latent format)
+  and whether a mask channel rides with it.
+
 A file whose name ends in ``_shuffle`` (``_shuffle_fp16``) pools its residuals globally, as
 ComfyUI does for the shuffle ControlNet.  Union (ControlNet++) files (diffusers keys plus
 ``task_embedding``, ``transformer_layes``, ...) load as ComfyUI loads them; their control type

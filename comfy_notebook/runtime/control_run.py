@@ -15,6 +15,13 @@ broadcast per chunk (``broadcast_image_to``), residuals are scaled by strength (
 pooling for shuffle nets), controls outside their sigma range give only their chain's
 residuals, and chained residuals are summed.  T2I-Adapter features do not depend on the
 timestep: they are computed once per size and batch.
+
+Transformer ControlNets (``kind == "dit_controlnet"``, Flux's) get the sampled model's residual
+slots (its ``control_slots``: double / single blocks); a net whose config has a latent format
+takes its hint through the applied VAE at the latent's pixel size, into the model's scale, with
+the inpainting mask (or ones) concatenated at latent size, as ComfyUI's ``get_control`` with a
+``vae`` and ``extra_concat``.  Residuals shared by several slots are scaled and summed once.
+:func:`control_memory` sizes what the controls hold during a step, for the model's reservation.
 """
 
 from __future__ import annotations
