@@ -55,3 +55,26 @@ def test_other_dit_controlnets_are_refused_by_name(key: str, what: str) -> None:
 
 def test_unet_controlnets_are_left_to_the_runtime_reader() -> None:
     assert read_family_control({"control_model.zero_convs.0.0.weight": torch.zeros(1)}) is None
+
+
+def test_hint_encoders_have_comfyuis_shapes(tmp_path: pathlib.Path) -> None:
+    """Conv shapes as ComfyUI's ControlNetFlux builds them (comfy/ldm/flux/controlnet.py at a125cd8):
+    XLabs 8 convs (3x3; strides 2 at 3rd, 5th, 7th), Mistoline 10 (1x1 at 2nd and 9th); both bring
+    a 0..1 image at 8x the latent to the latent's token grid."""
+    from comfy_notebook.runtime.control_files import _build
+
+    xlabs = {f"input_hint_block.{2 * i}.weight": (16, 3 if i == 0 else 16, 3, 3) for i in range(8)}
+    misto = {f"input_cond_block.encoder.{2 * i}.weight": (16, 3 if i == 0 else 16, *((1, 1) if i in (1, 8) else (3, 3)))
+             for i in range(10)}
+    for kind, want in (("xlabs", xlabs), ("mistoline", misto)):
+        found = read_flux_control(open_state_dict(make_flux_controlnet(tmp_path / f"{kind}.safetensors", kind)))
+        assert found is not None
+        got = {k: tuple(v.shape) for k, v in found[1].items() if k.startswith(("input_hint_block.", "input_cond_block."))
+               and k.endswith(".weight")}
+        assert got == want
+        _, config = describe_control(*found)
+        net = _build(*found, config, torch.float32)
+        with torch.no_grad():
+            res = net(torch.randn(1, 16, 8, 6), torch.rand(1, 3, 64, 48), torch.tensor([0.5]),
+                      torch.randn(1, 3, 32), slots=(2, 2))
+        assert res.input[0].shape == (1, 12, 64)  # (8/2) x (6/2) tokens
