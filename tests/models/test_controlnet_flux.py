@@ -178,3 +178,24 @@ def test_flux_transformer_residuals_match_diffusers(cyclic: bool) -> None:
                       controlnet_blocks_repeat=cyclic).sample
     assert (out - plain).abs().max() > 1e-2  # the residuals matter
     assert (out - _unpack(ref_out, h, w)).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize(("layers", "single", "modes"), [(5, 10, 10), (4, 10, None), (2, 0, None)],
+                         ids=["union-pro", "instantx-canny", "xlabs-depth"])
+def test_real_size_parameter_counts_match_diffusers(layers: int, single: int, modes: int | None) -> None:
+    """Released sizes (Shakker Union Pro: 5 + 10 blocks, 10 modes; InstantX canny: 4 + 10; XLabs
+    v3: 2 double blocks) built on meta: our net and diffusers' have the same parameter count."""
+    from diffusers import FluxControlNetModel
+
+    from comfy_notebook.models.controlnet_flux import FluxControlNetConfig
+
+    flux = dataclasses.replace(FluxConfig.dev(), depth=layers, depth_single_blocks=single)
+    xlabs = single == 0  # with its pixel hint encoder (diffusers: conditioning_embedding_channels=16)
+    with torch.device("meta"):
+        ours = FluxControlNet(FluxControlNetConfig(flux=flux, kind="xlabs" if xlabs else "instantx",
+                                                   union_modes=modes or 0))
+        ref = FluxControlNetModel(num_layers=layers, num_single_layers=single, guidance_embeds=True, num_mode=modes,
+                                  conditioning_embedding_channels=16 if xlabs else None)
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == sum(p.numel() for p in ref.parameters())
+    assert count > 1_000_000_000 if layers >= 4 else count > 700_000_000
