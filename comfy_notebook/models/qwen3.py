@@ -159,10 +159,25 @@ class Qwen3Encoder(nn.Module):
     ``attention_mask`` ([B, N], 1 = token, 0 = padding) is combined with the causal mask.
     """
 
+    takes_linear = True  # the loader may pass a cast-on-forward linear layer (fp8 weights)
+
+    @staticmethod
+    def ignored_keys(key: str) -> bool:
+        """File keys that are not parameters of the encoder: a language-model head."""
+        return key.startswith("lm_head.")
+
     def __init__(self, config: Qwen3Config, linear: LinearFactory = nn.Linear) -> None:
         super().__init__()
         self.config = config
         self.model = _Body(config, linear)
+
+    def _embed(self, input_ids: Tensor) -> Tensor:
+        """Token embeddings in the compute dtype (an fp8 table is gathered, then cast)."""
+        w = self.model.embed_tokens.weight
+        dtype = getattr(self, "compute_dtype", None)
+        if dtype is None:
+            dtype = w.dtype if w.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
+        return w[input_ids].to(dtype)
 
     def _rope(self, n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         d = self.config.head_dim
@@ -174,7 +189,7 @@ class Qwen3Encoder(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 layer: int | None = -2) -> Tensor:
         body = self.model
-        x = body.embed_tokens(input_ids)
+        x = self._embed(input_ids)
         n = input_ids.shape[1]
         cos, sin = self._rope(n, x.device, x.dtype)
         mask = None
