@@ -143,10 +143,19 @@ class Layer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class TokenEmbedding(nn.Embedding):
+    """The token table; ``forward`` gathers rows by indexing, which also works on an fp8 table.
+
+    Called as a module (not read as ``.weight``) so the partial loader's hooks stream it."""
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.weight[input_ids]
+
+
 class _Body(nn.Module):
     def __init__(self, c: Qwen3Config, linear: LinearFactory) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.embed_tokens = TokenEmbedding(c.vocab_size, c.hidden_size)
         self.layers = nn.ModuleList(Layer(c, linear) for _ in range(c.num_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_eps)
 
@@ -173,11 +182,11 @@ class Qwen3Encoder(nn.Module):
 
     def _embed(self, input_ids: Tensor) -> Tensor:
         """Token embeddings in the compute dtype (an fp8 table is gathered, then cast)."""
-        w = self.model.embed_tokens.weight
         dtype = getattr(self, "compute_dtype", None)
         if dtype is None:
-            dtype = w.dtype if w.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
-        return w[input_ids].to(dtype)
+            w = self.model.embed_tokens.weight.dtype
+            dtype = w if w in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
+        return self.model.embed_tokens(input_ids).to(dtype)
 
     def _rope(self, n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         d = self.config.head_dim
