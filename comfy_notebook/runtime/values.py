@@ -169,6 +169,10 @@ class ClipValue:
         from comfy_notebook.models.prompt import make_embedding_lookup, tokenize_prompt
 
         spec = self.family.text_encoder(encoder)
+        if spec.is_llm:  # one templated row, no weights (models/llm_prompt.py)
+            from comfy_notebook.models.llm_prompt import get_llm_tokenizer, tokenize_llm_prompt
+
+            return tokenize_llm_prompt(get_llm_tokenizer(spec.tokenizer), text, spec.template)
         if spec.tokenizer == "t5":
             from comfy_notebook.models.t5_tokenizer import T5Tokens, tokenize_t5_prompt
 
@@ -186,6 +190,12 @@ class ClipValue:
             layer = spec.layer if self.layer is None else self.layer
 
             def run(model: Any, spec: Any = spec, layer: Any = layer, name: str = name) -> tuple[Tensor, Tensor]:
+                if spec.is_llm:  # hidden states of one decoder layer, no pooled output
+                    from comfy_notebook.models.llm_prompt import encode_llm_tokens
+
+                    cond = encode_llm_tokens(model, tokens[name], layer=layer, device=self.manager.device,
+                                             drop_front=spec.drop_front)
+                    return cond.cpu(), None  # type: ignore[return-value]
                 if spec.tokenizer == "t5":
                     from comfy_notebook.models.t5_tokenizer import encode_t5_tokens
 
