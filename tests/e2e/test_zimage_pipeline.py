@@ -158,3 +158,27 @@ def test_fp8_checkpoint_gives_the_bf16_image_within_fp8_rounding(root: pathlib.P
     assert unets["unet:z_image_turbo_bf16@fp8_e4m3fn/unet"].bytes * default.dtype.itemsize == default.bytes
     diff = (fp8 - ref).abs()
     assert 0 < diff.max() < 0.15 and diff.mean() < 0.03, (diff.max(), diff.mean())
+
+
+@pytest.mark.gpu
+def test_on_cuda_bf16_close_to_cpu_and_partial_loading_identical(root: pathlib.Path) -> None:
+    """On the GPU: bf16 transformer and encoder near the CPU's fp32 image; a budget below
+    the models' sizes streams weights and gives the unconstrained GPU image bit for bit;
+    fp8 storage (cast and fp8 matmul) completes."""
+    from comfy_notebook.runtime.devices import DevicePolicy
+    from comfy_notebook.runtime.manager import ModelManager
+
+    cpu = _image(session(root, "cpu").run_prompt(example()))
+    free = session(root, "cuda")
+    free.services.models = ModelManager(DevicePolicy.cuda(0))
+    gpu = _image(free.run_prompt(example()))
+    assert torch.isfinite(gpu).all() and (gpu - cpu).abs().mean() < 0.05
+    sizes = {i.kind: i.bytes for i in free.models.list()}
+    tight = session(root, "cuda_tight")
+    tight.services.models = ModelManager(DevicePolicy.cuda(0), capacity_bytes=min(sizes.values()) * 3 // 4)
+    assert torch.equal(_image(tight.run_prompt(example())), gpu)
+    assert tight.models.stats.partial_loads >= 1
+    for weight_dtype in ("fp8_e4m3fn", "fp8_e4m3fn_fast"):
+        api = example()
+        api["16"]["inputs"]["weight_dtype"] = weight_dtype
+        assert torch.isfinite(_image(free.run_prompt(api))).all()
