@@ -782,3 +782,12 @@ def make_esrgan(path: str | os.PathLike[str], *, layout: str = "realesrgan", sca
 from comfy_notebook._testing_flux import FLUX_PRESETS, make_flux_file, make_t5_file  # noqa: E402
 
 __all__ += ["FLUX_PRESETS", "make_flux_file", "make_t5_file"]
+
+# The Wan-2.1 VAE of Qwen-Image (vae/qwen_image_vae.safetensors layout) lives in its own module.
+from comfy_notebook._testing_wan import (  # noqa: E402
+    WAN_VAE_PRESETS,
+    make_wan_vae_file,
+    random_wan_vae_state_dict,
+)
+
+__all__ += ["WAN_VAE_PRESETS", "make_wan_vae_file", "random_wan_vae_state_dict"]
