@@ -151,3 +151,29 @@ def test_vae_nodes_encode_and_decode_image_batches(root: pathlib.Path) -> None:
     with torch.no_grad():  # the node's 64/32 px become 8/2 latent pixels (overlap capped at a quarter tile) of the VAE's tiler
         want_tiled = ((ref.decode_tiled(latent, tile=8, overlap=2) + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
     assert (tiled - want_tiled).abs().max().item() <= 1e-5
+
+
+def test_vae_value_takes_single_frame_video_latents(root: pathlib.Path) -> None:
+    from comfy_notebook.families import load_vae_value
+    from comfy_notebook.runtime import DevicePolicy, ModelManager
+
+    manager = ModelManager(DevicePolicy.cpu())
+    vae = load_vae_value(manager, root / "models" / "vae" / "qwen_image_vae.safetensors")
+    z = torch.randn(1, 16, 3, 4, generator=torch.Generator().manual_seed(5))
+    plain = vae.decode(z)
+    assert plain.shape == (1, 24, 32, 3)
+    assert torch.equal(vae.decode(z.unsqueeze(2)), plain)  # ComfyUI's [B, C, 1, h, w] form
+
+
+@pytest.mark.gpu
+def test_bf16_on_cuda_is_close_to_fp32(root: pathlib.Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    ref = _reference()
+    gpu = _reference().to("cuda", torch.bfloat16)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    with torch.no_grad():
+        z32, zbf = ref.encode(x), gpu.encode(x.cuda()).float().cpu()
+        assert (zbf - z32).abs().max().item() < 0.1 * z32.abs().max().item()
+        d32, dbf = ref.decode(z32), gpu.decode(z32.cuda()).float().cpu()
+        assert (dbf - d32).abs().mean().item() < 0.05
