@@ -131,10 +131,14 @@ class AttentionBlock(nn.Module):
 
 
 class _Upsample(nn.Module):
-    """Nearest-exact 2x upsampling in fp32 (parameter-free slot ``resample.0``)."""
+    """Nearest-exact 2x upsampling (parameter-free slot ``resample.0``).
+
+    It copies values, so it runs in the input's dtype: diffusers and ComfyUI round-trip
+    through fp32 for old bf16 kernels, which would double the largest activation here.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.interpolate(x.float(), scale_factor=2.0, mode="nearest-exact").to(x.dtype)
+        return F.interpolate(x, scale_factor=2.0, mode="nearest-exact")
 
 
 class Resample(nn.Module):

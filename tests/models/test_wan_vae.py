@@ -196,3 +196,13 @@ def test_tile_positions_and_feathering_follow_comfyui() -> None:
     # column 13: tile A's ramp (t+1)/4 from its far end gives 3/4, tile B's from its near end 2/4
     assert row[13].item() == pytest.approx((0.75 * 1 + 0.5 * 3) / 1.25)
     assert row[11].item() == 1.0 and row[16].item() == 3.0
+
+
+def test_upsample_in_bf16_equals_the_fp32_round_trip() -> None:
+    from comfy_notebook.models.wan_vae import _Upsample
+
+    x = torch.randn(2, 5, 7, 9, generator=torch.Generator().manual_seed(7)).bfloat16()
+    up = _Upsample()(x)
+    assert up.dtype == torch.bfloat16 and up.shape == (2, 5, 14, 18)
+    want = torch.nn.functional.interpolate(x.float(), scale_factor=2.0, mode="nearest-exact").bfloat16()
+    assert torch.equal(up, want)
