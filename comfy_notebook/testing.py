@@ -799,3 +799,12 @@ from comfy_notebook._testing_zimage import (  # noqa: E402
 )
 
 __all__ += ["QWEN3_TINY", "ZIMAGE_PRESETS", "ZIMAGE_TINY", "make_qwen3_file", "make_zimage_file"]
+
+# The Wan-2.1 VAE of Qwen-Image (vae/qwen_image_vae.safetensors layout) lives in its own module.
+from comfy_notebook._testing_wan import (  # noqa: E402
+    WAN_VAE_PRESETS,
+    make_wan_vae_file,
+    random_wan_vae_state_dict,
+)
+
+__all__ += ["WAN_VAE_PRESETS", "make_wan_vae_file", "random_wan_vae_state_dict"]
