@@ -782,3 +782,12 @@ def make_esrgan(path: str | os.PathLike[str], *, layout: str = "realesrgan", sca
 from comfy_notebook._testing_flux import FLUX_PRESETS, make_flux_file, make_t5_file  # noqa: E402
 
 __all__ += ["FLUX_PRESETS", "make_flux_file", "make_t5_file"]
+
+# Qwen-Image diffusion-model files (diffusion_models/qwen_image*.safetensors layout) live in their own module.
+from comfy_notebook._testing_qwen_image import (  # noqa: E402
+    QWEN_IMAGE_PRESETS,
+    make_qwen_image_file,
+    random_qwen_image_state_dict,
+)
+
+__all__ += ["QWEN_IMAGE_PRESETS", "make_qwen_image_file", "random_qwen_image_state_dict"]

@@ -11,24 +11,15 @@ from comfy_notebook.models.qwen_image import (
     qwen_rope_axes,
     reference_ids,
 )
-from comfy_notebook.testing import random_state_dict
+from comfy_notebook.testing import random_qwen_image_state_dict
 
 diffusers = pytest.importorskip("diffusers")
-
-
-def _weights(model: torch.nn.Module, seed: int) -> dict:
-    sd = random_state_dict(model, seed, torch.float32, "qwen_image")
-    gen = torch.Generator().manual_seed(seed)
-    for k, v in sd.items():  # RMS norm weights around 1 (random_state_dict puts them near 0)
-        if v.ndim == 1 and ("norm" in k.split(".")[-2]):
-            sd[k] = 1.0 + 0.1 * torch.randn(v.shape, generator=gen)
-    return sd
 
 
 def _ours(config: QwenImageConfig, seed: int = 0) -> tuple[QwenImage, dict]:
     with torch.device("meta"):
         model = QwenImage(config)
-    sd = _weights(model, seed)
+    sd = random_qwen_image_state_dict(config, seed)
     model.load_state_dict(sd, assign=True, strict=True)
     return model.eval(), sd
 
