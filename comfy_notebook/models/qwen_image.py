@@ -42,11 +42,31 @@ from torch import Tensor, nn
 
 from comfy_notebook.models.flux import flux_rope
 
-__all__ = ["QwenImage", "QwenImageConfig", "qwen_rope_axes", "reference_ids"]
+__all__ = ["QwenImage", "QwenImageConfig", "qwen_rope_axes", "reference_ids", "reference_kwargs"]
 
 LinearFactory = Callable[..., nn.Module]
 TIME_DIM = 256  # sinusoidal features of the timestep
 REF_METHODS = ("index", "offset")
+_REF_KEY = "ref_latent_"  # keyword inputs ref_latent_<method>_<i>: one reference latent each
+
+
+def reference_kwargs(latents: Sequence[Tensor], method: str = "index") -> dict[str, Tensor]:
+    """Reference latents as keyword inputs of :meth:`QwenImage.forward` (``ref_latent_index_0``,
+    ...): plain tensors with a batch dimension, as the sampler batches model inputs.  ComfyUI
+    places every method but ``"index"`` (``"offset"``, ``"uxo"``) as ``"offset"``."""
+    kind = "index" if method == "index" else "offset"
+    return {f"{_REF_KEY}{kind}_{i}": lat for i, lat in enumerate(latents)}
+
+
+def _named_references(extra: Mapping[str, object]) -> tuple[list[Tensor], str]:
+    """The reference latents and method of keyword inputs made by :func:`reference_kwargs`."""
+    found = []
+    for key, value in extra.items():
+        if key.startswith(_REF_KEY) and isinstance(value, Tensor):
+            kind, index = key[len(_REF_KEY):].rsplit("_", 1)
+            found.append((int(index), kind, value))
+    found.sort(key=lambda f: f[0])
+    return [f[2] for f in found], (found[0][1] if found else "index")
 
 
 def qwen_rope_axes(head_dim: int) -> tuple[int, int, int]:
@@ -342,13 +362,16 @@ class QwenImage(nn.Module):
 
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor,
                 ref_latents: Sequence[Tensor] | None = None, ref_latents_method: str = "index",
-                **_: object) -> Tensor:
+                **extra: object) -> Tensor:
         """Velocity of a latent.
 
         x [B, C, H, W] or [B, C, 1, H, W]; timestep [B] (sigma); context [B, Lt, Dctx] (the
         text encoder's hidden states); ref_latents: Edit's reference latents (already through
-        the latent format), each [B or 1, C, H', W'] (or 5-D with one frame) -> like ``x``.
+        the latent format), each [B or 1, C, H', W'] (or 5-D with one frame), also accepted as
+        the keyword inputs of :func:`reference_kwargs` -> like ``x``.
         """
+        if not ref_latents:
+            ref_latents, ref_latents_method = _named_references(extra)
         five = x.ndim == 5
         if five:
             x = x.squeeze(2)

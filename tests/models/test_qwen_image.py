@@ -10,6 +10,7 @@ from comfy_notebook.models.qwen_image import (
     QwenImageConfig,
     qwen_rope_axes,
     reference_ids,
+    reference_kwargs,
 )
 from comfy_notebook.testing import random_qwen_image_state_dict
 
@@ -86,6 +87,8 @@ def test_reference_latents_equal_diffusers_edit(ref_sizes: list[tuple[int, int]]
         tokens = torch.cat([_pack(x)] + [_pack(r) for r in refs], dim=1)
         want = ref(tokens, ctx, None, t, img_shapes=[shapes], return_dict=False)[0][:, : (h // 2) * (w // 2)]
         plain = ours(x, t, ctx)
+        named = ours(x, t, ctx, **reference_kwargs(refs))  # as the sampler passes them
+    assert torch.equal(named, got)
     assert (got - _unpack(want, c, h, w)).abs().max() <= 1e-5
     assert (got - plain).abs().max() > 1e-3  # the references do change the prediction
 
@@ -119,6 +122,10 @@ def test_reference_ids_methods() -> None:
     assert c[:, 1].min() == 4 - 1 and c[:, 2].min() == -2
     with pytest.raises(ValueError, match="expected one of"):
         reference_ids([(8, 8)], "uxo")
+    # keyword inputs: ComfyUI places every method but "index" as "offset"
+    refs = [torch.zeros(1, 16, 8, 8), torch.ones(1, 16, 4, 8)]
+    assert list(reference_kwargs(refs, "uxo")) == ["ref_latent_offset_0", "ref_latent_offset_1"]
+    assert list(reference_kwargs(refs)) == ["ref_latent_index_0", "ref_latent_index_1"]
 
 
 def test_config_from_state_dict_and_real_size() -> None:
