@@ -112,8 +112,9 @@ class QwenImageConfig:
 
     @classmethod
     def tiny(cls) -> QwenImageConfig:
-        """A test size: 64 wide (2 heads of 32), two blocks, a 48-wide context."""
-        return cls(num_layers=2, num_heads=2, head_dim=32, context_dim=48, axes_dim=qwen_rope_axes(32))
+        """A test size: 64 wide (2 heads of 32), two blocks, a 64-wide context (the tiny
+        Qwen2.5-VL's hidden size)."""
+        return cls(num_layers=2, num_heads=2, head_dim=32, context_dim=64, axes_dim=qwen_rope_axes(32))
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor], prefix: str = "") -> QwenImageConfig:
