@@ -26,6 +26,7 @@ _MODULES = (
     "controlnet",
     "sampling",
     "model_sampling",
+    "cfg",
     "flux",
     "custom_sampling",
     "sigmas",
