@@ -58,7 +58,7 @@ def _diffusers(cfg: QwenImageConfig, sd: dict[str, torch.Tensor]) -> nn.Module:
 
     with torch.device("meta"):
         ref = QwenImageTransformer2DModel(
-            patch_size=cfg.patch_size, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+            patch_size=cfg.patch_size, in_channels=cfg.patch_features, out_channels=cfg.out_channels,
             num_layers=cfg.num_layers, attention_head_dim=cfg.head_dim, num_attention_heads=cfg.num_heads,
             joint_attention_dim=cfg.context_dim, axes_dims_rope=cfg.axes_dim)
     ref.load_state_dict(dict(sd), assign=True)

@@ -84,7 +84,7 @@ class QwenImageConfig:
     num_layers: int = 60
     num_heads: int = 24
     head_dim: int = 128
-    in_channels: int = 64  # patch features (16 latent channels x 2 x 2)
+    in_channels: int = 16  # latent channels (the transformer's input is 2x2 patches of them)
     out_channels: int = 16
     context_dim: int = 3584  # Qwen2.5-VL-7B's hidden size
     patch_size: int = 2
@@ -102,8 +102,9 @@ class QwenImageConfig:
         return self.num_heads * self.head_dim
 
     @property
-    def latent_channels(self) -> int:
-        return self.in_channels // (self.patch_size * self.patch_size)
+    def patch_features(self) -> int:
+        """Width of one patch token (``img_in``'s input: ComfyUI's ``in_channels``, 64)."""
+        return self.in_channels * self.patch_size * self.patch_size
 
     @classmethod
     def qwen_image(cls) -> QwenImageConfig:
@@ -119,7 +120,7 @@ class QwenImageConfig:
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor], prefix: str = "") -> QwenImageConfig:
         """Sizes from the tensor shapes of a checkpoint (keys under ``prefix``)."""
-        hidden, in_ch = (int(s) for s in sd[prefix + "img_in.weight"].shape)
+        hidden, features = (int(s) for s in sd[prefix + "img_in.weight"].shape)
         head = int(sd[prefix + "transformer_blocks.0.attn.norm_q.weight"].shape[0])
         ctx = int(sd[prefix + "txt_in.weight"].shape[1])
         patch = 2  # every released Qwen-Image model cuts 2x2 patches
@@ -128,7 +129,7 @@ class QwenImageConfig:
         start = prefix + "transformer_blocks."
         layers = {k[len(start):].split(".", 1)[0] for k in sd if k.startswith(start)}
         return cls(num_layers=sum(1 for s in layers if s.isdigit()), num_heads=hidden // head, head_dim=head,
-                   in_channels=in_ch, out_channels=out, context_dim=ctx, patch_size=patch,
+                   in_channels=features // (patch * patch), out_channels=out, context_dim=ctx, patch_size=patch,
                    axes_dim=qwen_rope_axes(head), mlp_ratio=mlp / hidden)
 
 
@@ -331,7 +332,7 @@ class QwenImage(nn.Module):
         dim = c.hidden_size
         self.time_text_embed = TimeTextEmbed(dim, linear)
         self.txt_norm = RMSNorm(c.context_dim)
-        self.img_in = linear(c.in_channels, dim, bias=True)
+        self.img_in = linear(c.patch_features, dim, bias=True)
         self.txt_in = linear(c.context_dim, dim, bias=True)
         self.transformer_blocks = nn.ModuleList(DualStreamBlock(c, linear) for _ in range(c.num_layers))
         self.norm_out = OutputNorm(dim, linear)

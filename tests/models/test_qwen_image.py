@@ -27,7 +27,7 @@ def _ours(config: QwenImageConfig, seed: int = 0) -> tuple[QwenImage, dict]:
 
 def _reference(config: QwenImageConfig, sd: dict):
     ref = diffusers.QwenImageTransformer2DModel(
-        patch_size=config.patch_size, in_channels=config.in_channels, out_channels=config.out_channels,
+        patch_size=config.patch_size, in_channels=config.patch_features, out_channels=config.out_channels,
         num_layers=config.num_layers, attention_head_dim=config.head_dim,
         num_attention_heads=config.num_heads, joint_attention_dim=config.context_dim,
         axes_dims_rope=config.axes_dim)
@@ -55,7 +55,7 @@ def test_forward_equals_diffusers(h: int, w: int, n_txt: int) -> None:
     ours, sd = _ours(config)
     ref = _reference(config, sd)
     g = torch.Generator().manual_seed(1)
-    c = config.latent_channels
+    c = config.in_channels
     x = torch.randn(2, c, h, w, generator=g)
     t = torch.tensor([0.3, 0.9])
     ctx = torch.randn(2, n_txt, config.context_dim, generator=g)
@@ -76,7 +76,7 @@ def test_reference_latents_equal_diffusers_edit(ref_sizes: list[tuple[int, int]]
     ours, sd = _ours(config, seed=3)
     ref = _reference(config, sd)
     g = torch.Generator().manual_seed(2)
-    c, h, w = config.latent_channels, 8, 8
+    c, h, w = config.in_channels, 8, 8
     x = torch.randn(1, c, h, w, generator=g)
     refs = [torch.randn(1, c, rh, rw, generator=g) for rh, rw in ref_sizes]
     t = torch.tensor([0.55])
@@ -98,13 +98,13 @@ def test_five_dim_latent_and_odd_sizes() -> None:
     config = QwenImageConfig.tiny()
     ours, _ = _ours(config)
     g = torch.Generator().manual_seed(4)
-    x = torch.randn(1, config.latent_channels, 7, 9, generator=g)
+    x = torch.randn(1, config.in_channels, 7, 9, generator=g)
     ctx = torch.randn(1, 4, config.context_dim, generator=g)
     t = torch.tensor([0.5])
     with torch.no_grad():
         flat = ours(x, t, ctx)
         five = ours(x[:, :, None], t, ctx)
-    assert flat.shape == x.shape and five.shape == (1, config.latent_channels, 1, 7, 9)
+    assert flat.shape == x.shape and five.shape == (1, config.in_channels, 1, 7, 9)
     assert torch.equal(five[:, :, 0], flat)
 
 
