@@ -126,3 +126,52 @@ def test_qwen_image_edit_examples_use_the_reference_latents(root, name, encoders
     seen.clear()
     assert not torch.equal(_image(s.run_prompt(no_vae)), img)
     assert seen and all(refs == [] for refs in seen)
+
+
+def test_real_mode_equals_the_prompt(root):
+    import comfy_notebook._session as session_module
+    from comfy_notebook.realmode import node_function as n
+
+    previous = session_module._current
+    s = session_module.use_session(session(root))
+    s.options = {"progress": False}
+    api = example("qwen_image_api.json")
+    try:
+        model = n("ModelSamplingAuraFlow")(n("UNETLoader")("qwen_image_fp8_e4m3fn.safetensors", "default"),
+                                           api["66"]["inputs"]["shift"])
+        clip = n("CLIPLoader")(TE, "qwen_image")
+        vae = n("VAELoader")("qwen_image_vae.safetensors")
+        pos = n("CLIPTextEncode")(api["6"]["inputs"]["text"], clip)
+        neg = n("CLIPTextEncode")(api["7"]["inputs"]["text"], clip)
+        k = api["3"]["inputs"]
+        latent = n("KSampler")(model, k["seed"], k["steps"], k["cfg"], k["sampler_name"], k["scheduler"],
+                               pos, neg, n("EmptySD3LatentImage")(64, 64, 1))
+        image = n("VAEDecode")(latent, vae)
+        assert torch.equal(image.value, _image(session(root).run_prompt(api)))
+    finally:
+        session_module._current = previous
+
+
+def test_budget_below_the_combined_size_offloads_and_loads_partially(root):
+    from comfy_notebook.runtime.devices import DevicePolicy
+    from comfy_notebook.runtime.manager import ModelManager
+
+    api = example("qwen_image_api.json", steps=2)
+    free = session(root)
+    free.services.models = ModelManager(DevicePolicy.cpu())
+    reference = _image(free.run_prompt(api))
+    sizes = {i.kind: i.bytes for i in free.models.list()}
+    assert set(sizes) == {"unet", "clip", "vae"}
+    budget = min(sizes.values()) * 3 // 4  # no model fits, let alone two: each runs partially loaded in turn
+    tight = session(root)
+    tight.services.models = ModelManager(DevicePolicy.cpu(), capacity_bytes=budget)
+    assert torch.equal(_image(tight.run_prompt(copy.deepcopy(api))), reference)
+    stats = tight.models.stats
+    assert stats.partial_loads >= 3 and stats.bytes_streamed > 0
+    assert stats.offloads + stats.evictions >= 1
+    # the fp8 file stays fp8 under the manager: one byte a parameter
+    from comfy_notebook.models.qwen_image import QwenImage, QwenImageConfig
+
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in QwenImage(QwenImageConfig.tiny()).parameters())
+    assert sizes["unet"] == n_params
