@@ -27,6 +27,7 @@ _MODULES = (
     "sampling",
     "model_sampling",
     "cfg",
+    "edit_model",
     "flux",
     "custom_sampling",
     "sigmas",

@@ -175,3 +175,34 @@ def test_budget_below_the_combined_size_offloads_and_loads_partially(root):
     with torch.device("meta"):
         n_params = sum(p.numel() for p in QwenImage(QwenImageConfig.tiny()).parameters())
     assert sizes["unet"] == n_params
+
+
+def test_reference_latent_node_and_offset_method(root, monkeypatch):
+    """Qwen-Image-Edit through ReferenceLatent (VAEEncode of the input) and the method node."""
+    from comfy_notebook.models.qwen_image import QwenImage
+
+    seen: list[list[str]] = []
+    forward = QwenImage.forward
+
+    def spy(self, x, timestep, context, **kw):
+        seen.append(sorted(k for k in kw if k.startswith("ref_latent_")))
+        return forward(self, x, timestep, context, **kw)
+
+    monkeypatch.setattr(QwenImage, "forward", spy)
+    api = example("qwen_image_api.json", steps=2)
+    api["37"]["inputs"]["unet_name"] = "qwen_image_edit_2509_fp8_e4m3fn.safetensors"
+    api["90"] = {"class_type": "LoadImage", "inputs": {"image": "fennec_girl_sing.png"}}
+    api["91"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["90", 0], "vae": ["39", 0]}}
+    api["92"] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["6", 0], "latent": ["91", 0]}}
+    api["93"] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["92", 0], "latent": ["91", 0]}}
+    api["3"]["inputs"]["positive"] = ["93", 0]
+    s = session(root)
+    index = _image(s.run_prompt(api))
+    assert seen and ["ref_latent_index_0", "ref_latent_index_1"] in seen
+    api["94"] = {"class_type": "FluxKontextMultiReferenceLatentMethod",
+                 "inputs": {"conditioning": ["93", 0], "reference_latents_method": "offset"}}
+    api["3"]["inputs"]["positive"] = ["94", 0]
+    seen.clear()
+    offset = _image(s.run_prompt(api))
+    assert ["ref_latent_offset_0", "ref_latent_offset_1"] in seen
+    assert not torch.equal(offset, index)
