@@ -259,6 +259,11 @@ def _load_part(
     return model.eval().requires_grad_(False)
 
 
+#: Device types whose loads go through :mod:`.fastread` (the CPU's mmap path needs no copy; tests
+#: add "cpu" to run the same pipeline with its synchronous copier).
+FAST_DEVICES: set[str] = {"cuda"}
+
+
 def _read_fast(sd: Mapping[str, Tensor], found: Mapping[str, str], expected: Mapping[str, Tensor],
                dtype: torch.dtype, device: torch.device) -> dict[str, Tensor] | None:
     """A CUDA target and a safetensors file: pinned, pipelined reads (:mod:`.fastread`).
@@ -266,7 +271,7 @@ def _read_fast(sd: Mapping[str, Tensor], found: Mapping[str, str], expected: Map
     None (use the mmap path) for the CPU, pickled files, or when the device has no room for the
     flat output buffer.
     """
-    if device.type != "cuda" or not isinstance(sd, SafetensorsFile):
+    if device.type not in FAST_DEVICES or not isinstance(sd, SafetensorsFile):
         return None
     from comfy_notebook.runtime import fastread
 
