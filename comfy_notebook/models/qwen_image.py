@@ -287,12 +287,14 @@ class OutputNorm(nn.Module):
         return _modulate(x, shift, scale)
 
 
-def _patch_ids(h: int, w: int, frame: int, h_off: int = 0, w_off: int = 0) -> Tensor:
+def _patch_ids(h: int, w: int, frame: int, h_off: int = 0, w_off: int = 0,
+               device: torch.device | str | None = None) -> Tensor:
     """Position ids [h*w, 3] of an ``h x w`` patch grid: (frame, row, col), rows and columns
-    centred on the grid (offsets shift the grid, as ComfyUI's ``process_img``)."""
-    rows = torch.arange(h, dtype=torch.float32) + h_off - h // 2
-    cols = torch.arange(w, dtype=torch.float32) + w_off - w // 2
-    ids = torch.empty(h, w, 3)
+    centred on the grid (offsets shift the grid, as ComfyUI's ``process_img``); made on
+    ``device`` (no host copy, so a step can be captured in a CUDA graph)."""
+    rows = torch.arange(h, dtype=torch.float32, device=device) + (h_off - h // 2)
+    cols = torch.arange(w, dtype=torch.float32, device=device) + (w_off - w // 2)
+    ids = torch.empty(h, w, 3, device=device)
     ids[..., 0] = frame
     ids[..., 1] = rows[:, None]
     ids[..., 2] = cols[None, :]
@@ -300,7 +302,7 @@ def _patch_ids(h: int, w: int, frame: int, h_off: int = 0, w_off: int = 0) -> Te
 
 
 def reference_ids(shapes: Sequence[tuple[int, int]], method: str = "index",
-                  patch: int = 2) -> list[Tensor]:
+                  patch: int = 2, device: torch.device | str | None = None) -> list[Tensor]:
     """Position ids of reference latents of latent sizes ``shapes`` [(H, W), ...] -> one
     [h*w, 3] tensor each (see the module docstring for the two methods)."""
     if method not in REF_METHODS:
@@ -309,7 +311,7 @@ def reference_ids(shapes: Sequence[tuple[int, int]], method: str = "index",
     for k, (lh, lw) in enumerate(shapes, start=1):
         gh, gw = (lh + patch // 2) // patch, (lw + patch // 2) // patch
         if method == "index":
-            out.append(_patch_ids(gh, gw, k))
+            out.append(_patch_ids(gh, gw, k, device=device))
             continue
         h_off = w_off = 0
         if lh + h_used > lw + w_used:  # ComfyUI compares latent sizes, offsets in latent pixels
@@ -317,7 +319,7 @@ def reference_ids(shapes: Sequence[tuple[int, int]], method: str = "index",
         else:
             h_off = h_used
         h_used, w_used = max(h_used, lh + h_off), max(w_used, lw + w_off)
-        out.append(_patch_ids(gh, gw, 1, (h_off + patch // 2) // patch, (w_off + patch // 2) // patch))
+        out.append(_patch_ids(gh, gw, 1, (h_off + patch // 2) // patch, (w_off + patch // 2) // patch, device))
     return out
 
 
@@ -381,19 +383,20 @@ class QwenImage(nn.Module):
         p = self.config.patch_size
         img, gh, gw = self._patches(x)
         n_img = img.shape[1]
-        parts, id_parts = [img], [_patch_ids(gh, gw, 0)]
+        dev = x.device
+        parts, id_parts = [img], [_patch_ids(gh, gw, 0, device=dev)]
         if ref_latents:
             refs = [r.squeeze(2) if r.ndim == 5 else r for r in ref_latents]
             ref_ids = reference_ids([(int(r.shape[-2]), int(r.shape[-1])) for r in refs],
-                                    ref_latents_method, p)
+                                    ref_latents_method, p, dev)
             for r, r_ids in zip(refs, ref_ids, strict=True):
                 tokens, _, _ = self._patches(r.to(x.dtype))
                 parts.append(tokens.expand(b, -1, -1) if tokens.shape[0] == 1 else tokens)
                 id_parts.append(r_ids)
         start = max(gh // 2, gw // 2)
         n_txt = context.shape[1]
-        txt_ids = torch.arange(start, start + n_txt, dtype=torch.float32)[:, None].expand(n_txt, 3)
-        ids = torch.cat([txt_ids, *id_parts]).to(x.device)
+        txt_ids = torch.arange(start, start + n_txt, dtype=torch.float32, device=dev)[:, None].expand(n_txt, 3)
+        ids = torch.cat([txt_ids, *id_parts])
         out = self.forward_tokens(torch.cat(parts, dim=1), context, timestep, ids)[:, :n_img]
         out = out.reshape(b, gh, gw, -1, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, gh * p, gw * p)
         out = out[:, :, :hh, :ww]
