@@ -10,13 +10,14 @@ weights (seed).  The tiny size keeps the key structure, the 16 latent channels a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zlib
 
 import torch
 from torch import Tensor
 
-from comfy_notebook.models.qwen_image import QwenImage, QwenImageConfig
+from comfy_notebook.models.qwen_image import ZERO_COND_MARK, QwenImage, QwenImageConfig
 
 __all__ = ["QWEN_IMAGE_PRESETS", "make_qwen_image_file", "random_qwen_image_state_dict"]
 
@@ -24,6 +25,7 @@ __all__ = ["QWEN_IMAGE_PRESETS", "make_qwen_image_file", "random_qwen_image_stat
 QWEN_IMAGE_PRESETS: dict[str, tuple[QwenImageConfig, int]] = {
     "qwen-image-tiny": (QwenImageConfig.tiny(), 0),
     "qwen-image-edit-tiny": (QwenImageConfig.tiny(), 1),
+    "qwen-image-edit-2511-tiny": (dataclasses.replace(QwenImageConfig.tiny(), zero_cond_t=True), 2),
 }
 
 
@@ -58,7 +60,8 @@ def make_qwen_image_file(
 ) -> str:
     """Write a random-weight Qwen-Image transformer file (``diffusion_models/`` layout). Returns the path.
 
-    ``preset``: ``qwen-image-tiny`` or ``qwen-image-edit-tiny``; ``config`` overrides its sizes.
+    ``preset``: ``qwen-image-tiny``, ``qwen-image-edit-tiny`` or ``qwen-image-edit-2511-tiny`` (with
+    the ``__index_timestep_zero__`` marker); ``config`` overrides its sizes.
     ``dtype`` may be an fp8 type (``qwen_image_fp8_e4m3fn``: weights rounded from float32);
     ``prefix`` ``"model.diffusion_model."`` writes a checkpoint-style key layout.
     """
@@ -67,7 +70,10 @@ def make_qwen_image_file(
     if preset not in QWEN_IMAGE_PRESETS:
         raise ValueError(f"unknown Qwen-Image preset {preset!r}; known: {sorted(QWEN_IMAGE_PRESETS)}")
     base, offset = QWEN_IMAGE_PRESETS[preset]
-    sd = random_qwen_image_state_dict(config or base, seed * 2 + offset)
+    config = config or base
+    sd = {k: v.to(dtype) for k, v in random_qwen_image_state_dict(config, seed * 3 + offset).items()}
+    if config.zero_cond_t:  # Edit-2511's marker (an empty tensor, as Comfy-Org's files carry it)
+        sd[ZERO_COND_MARK] = torch.empty(0)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file({prefix + k: v.to(dtype).contiguous() for k, v in sd.items()}, str(path))
+    save_file({prefix + k: v.contiguous() for k, v in sd.items()}, str(path))
     return str(path)

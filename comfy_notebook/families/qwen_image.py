@@ -9,6 +9,8 @@ ComfyUI facts (Comfy-Org/ComfyUI@a125cd8: ``comfy/supported_models.py`` ``QwenIm
   ``qwen_image_edit_fp8_e4m3fn``, ``qwen_image_edit_2509_fp8_e4m3fn``): the MMDiT, keys without
   prefix (``model.diffusion_model.`` in a checkpoint), recognised by ``txt_norm.weight``;
   Qwen-Image and its Edit models share the architecture (see ``models/qwen_image.py``);
+  Edit-2511 files carry an empty ``__index_timestep_zero__`` marker: their reference latents are
+  modulated as at timestep 0 (ComfyUI's ``index_timestep_zero`` method, diffusers' ``zero_cond_t``);
   ``text_encoders/qwen_2.5_vl_7b*.safetensors`` (``families/qwen_image_text.py``);
   ``vae/qwen_image_vae.safetensors`` (the Wan-2.1 VAE, ``families/wan.py``);
 - latent: Wan 2.1's (16 channels, per-channel mean/std, 8x);
@@ -81,7 +83,8 @@ def load_qwen_image(path: str | os.PathLike[str], *, weight_dtype: str = "defaul
             "file from diffusion_models/")
     config, prefix = found
     model = load_module(QwenImage, config, sd, prefix=prefix, weight_dtype=weight_dtype, device=device,
-                        compute_dtype=compute_dtype, what=f"Qwen-Image transformer in {path}")
+                        compute_dtype=compute_dtype, ignore=QwenImage.ignored_keys,
+                        what=f"Qwen-Image transformer in {path}")
     return model  # type: ignore[return-value]
 
 

@@ -23,7 +23,9 @@ as diffusers ``QwenImageTransformer2DModel`` 0.42.1):
   tokens; with the ``"index"`` method (ComfyUI's default) the k-th reference sits at frame k
   (centred rows/cols), with ``"offset"`` every reference sits at frame 1 beside the previous
   ones (to the right or below, whichever keeps the canvas squarer).  Only the sampled latent's
-  tokens are returned.
+  tokens are returned.  Qwen-Image-Edit-2511 (``zero_cond_t``, marked in its file by an empty
+  ``__index_timestep_zero__`` tensor) modulates the reference tokens with the embedding of
+  timestep 0 and the latent's tokens with the sampled timestep's.
 
 ``timestep`` is sigma (0..1; the embedding scales it by 1000); the output is the flow velocity
 ``noise - x0`` (ComfyUI's ``CONST`` prediction), in ``x``'s dtype.  No attention mask is used
@@ -42,11 +44,12 @@ from torch import Tensor, nn
 
 from comfy_notebook.models.flux import flux_rope
 
-__all__ = ["QwenImage", "QwenImageConfig", "qwen_rope_axes", "reference_ids", "reference_kwargs"]
+__all__ = ["ZERO_COND_MARK", "QwenImage", "QwenImageConfig", "qwen_rope_axes", "reference_ids", "reference_kwargs"]
 
 LinearFactory = Callable[..., nn.Module]
 TIME_DIM = 256  # sinusoidal features of the timestep
 REF_METHODS = ("index", "offset")
+ZERO_COND_MARK = "__index_timestep_zero__"  # Edit-2511 files: refs modulated at timestep 0
 _REF_KEY = "ref_latent_"  # keyword inputs ref_latent_<method>_<i>: one reference latent each
 
 
@@ -91,6 +94,9 @@ class QwenImageConfig:
     axes_dim: tuple[int, int, int] = (16, 56, 56)
     theta: int = 10000
     mlp_ratio: float = 4.0
+    #: Qwen-Image-Edit-2511 (its file carries the empty marker ``__index_timestep_zero__``):
+    #: reference-latent tokens are modulated with the embedding of timestep 0
+    zero_cond_t: bool = False
 
     def __post_init__(self) -> None:
         if sum(self.axes_dim) != self.head_dim or any(a % 2 for a in self.axes_dim):
@@ -130,7 +136,8 @@ class QwenImageConfig:
         layers = {k[len(start):].split(".", 1)[0] for k in sd if k.startswith(start)}
         return cls(num_layers=sum(1 for s in layers if s.isdigit()), num_heads=hidden // head, head_dim=head,
                    in_channels=features // (patch * patch), out_channels=out, context_dim=ctx, patch_size=patch,
-                   axes_dim=qwen_rope_axes(head), mlp_ratio=mlp / hidden)
+                   axes_dim=qwen_rope_axes(head), mlp_ratio=mlp / hidden,
+                   zero_cond_t=prefix + ZERO_COND_MARK in sd)
 
 
 class RMSNorm(nn.Module):
@@ -264,13 +271,29 @@ class DualStreamBlock(nn.Module):
         self.img_mlp = FeedForward(dim, hidden, linear)
         self.txt_mlp = FeedForward(dim, hidden, linear)
 
-    def forward(self, img: Tensor, txt: Tensor, temb: Tensor, pe: Tensor) -> tuple[Tensor, Tensor]:
-        i_shift1, i_scale1, i_gate1, i_shift2, i_scale2, i_gate2 = self.img_mod(temb).chunk(6, dim=-1)
+    def forward(self, img: Tensor, txt: Tensor, temb: Tensor, pe: Tensor, ref_temb: Tensor | None = None,
+                n_main: int = 0) -> tuple[Tensor, Tensor]:
+        """``ref_temb`` (Edit-2511's "index_timestep_zero"): the image tokens after the first
+        ``n_main`` (the reference latents') are modulated by this embedding (of timestep 0)."""
+        im = self.img_mod(temb).chunk(6, dim=-1)
+        ir = None if ref_temb is None else self.img_mod(ref_temb).chunk(6, dim=-1)
         t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = self.txt_mod(temb).chunk(6, dim=-1)
-        img_attn, txt_attn = self.attn(_modulate(img, i_shift1, i_scale1), _modulate(txt, t_shift1, t_scale1), pe)
-        img = torch.addcmul(img, i_gate1[:, None], img_attn)
+
+        def mod(x: Tensor, k: int) -> Tensor:  # shift k, scale k + 1
+            if ir is None:
+                return _modulate(x, im[k], im[k + 1])
+            return torch.cat([_modulate(x[:, :n_main], im[k], im[k + 1]),
+                              _modulate(x[:, n_main:], ir[k], ir[k + 1])], dim=1)
+
+        def gate(k: int, n: int) -> Tensor:  # gate k, per token
+            if ir is None:
+                return im[k][:, None]
+            return torch.cat([im[k][:, None].expand(-1, n_main, -1), ir[k][:, None].expand(-1, n - n_main, -1)], 1)
+
+        img_attn, txt_attn = self.attn(mod(img, 0), _modulate(txt, t_shift1, t_scale1), pe)
+        img = torch.addcmul(img, gate(2, img.shape[1]), img_attn)
         txt = torch.addcmul(txt, t_gate1[:, None], txt_attn)
-        img = torch.addcmul(img, i_gate2[:, None], self.img_mlp(_modulate(img, i_shift2, i_scale2)))
+        img = torch.addcmul(img, gate(5, img.shape[1]), self.img_mlp(mod(img, 3)))
         txt = torch.addcmul(txt, t_gate2[:, None], self.txt_mlp(_modulate(txt, t_shift2, t_scale2)))
         return img, txt
 
@@ -328,6 +351,11 @@ class QwenImage(nn.Module):
 
     takes_linear = True  # the loader may pass a cast-on-forward linear layer (fp8 weights)
 
+    @staticmethod
+    def ignored_keys(key: str) -> bool:
+        """File keys without a parameter: Edit-2511's empty ``__index_timestep_zero__`` marker."""
+        return key == ZERO_COND_MARK
+
     def __init__(self, config: QwenImageConfig, linear: LinearFactory = nn.Linear) -> None:
         super().__init__()
         c = self.config = config
@@ -352,16 +380,21 @@ class QwenImage(nn.Module):
         tokens = x.reshape(b, ch, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, ch * p * p)
         return tokens, gh, gw
 
-    def forward_tokens(self, img: Tensor, txt: Tensor, timestep: Tensor, ids: Tensor) -> Tensor:
+    def forward_tokens(self, img: Tensor, txt: Tensor, timestep: Tensor, ids: Tensor,
+                       n_main: int | None = None) -> Tensor:
         """Token-level forward: img [B, Li, C*p*p], txt [B, Lt, Dctx], timestep [B] (sigma),
-        ids [Lt + Li, 3] (text first) -> [B, Li, Cout*p*p]."""
+        ids [Lt + Li, 3] (text first) -> [B, Li, Cout*p*p].  With ``zero_cond_t`` (Edit-2511)
+        the image tokens after the first ``n_main`` are modulated as at timestep 0."""
         dtype = img.dtype
         temb = self.time_text_embed(timestep, dtype)
+        ref_temb = None
+        if self.config.zero_cond_t and n_main is not None and n_main < img.shape[1]:
+            ref_temb = self.time_text_embed(torch.zeros_like(timestep), dtype)
         img = self.img_in(img)
         txt = self.txt_in(self.txt_norm(txt.to(dtype)))
         pe = flux_rope(ids[None], self.config.axes_dim, self.config.theta)  # [1, 1, L, D/2, 2, 2]
         for block in self.transformer_blocks:
-            img, txt = block(img, txt, temb, pe)
+            img, txt = block(img, txt, temb, pe, ref_temb, n_main or 0)
         return self.proj_out(self.norm_out(img, temb))
 
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor,
@@ -397,7 +430,7 @@ class QwenImage(nn.Module):
         n_txt = context.shape[1]
         txt_ids = torch.arange(start, start + n_txt, dtype=torch.float32, device=dev)[:, None].expand(n_txt, 3)
         ids = torch.cat([txt_ids, *id_parts])
-        out = self.forward_tokens(torch.cat(parts, dim=1), context, timestep, ids)[:, :n_img]
+        out = self.forward_tokens(torch.cat(parts, dim=1), context, timestep, ids, n_img)[:, :n_img]
         out = out.reshape(b, gh, gw, -1, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, gh * p, gw * p)
         out = out[:, :, :hh, :ww]
         return out.unsqueeze(2) if five else out

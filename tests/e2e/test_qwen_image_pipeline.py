@@ -50,8 +50,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     m = base / "models"
     for name, preset in (("qwen_image_fp8_e4m3fn", "qwen-image-tiny"),
                          ("qwen_image_edit_fp8_e4m3fn", "qwen-image-edit-tiny"),
-                         ("qwen_image_edit_2509_fp8_e4m3fn", "qwen-image-edit-tiny")):
-        make_qwen_image_file(m / "diffusion_models" / f"{name}.safetensors", preset, dtype=torch.float8_e4m3fn)
+                         ("qwen_image_edit_2509_fp8_e4m3fn", "qwen-image-edit-tiny"),
+                         ("qwen_image_edit_2511_bf16", "qwen-image-edit-2511-tiny")):
+        dtype = torch.bfloat16 if name.endswith("bf16") else torch.float8_e4m3fn
+        make_qwen_image_file(m / "diffusion_models" / f"{name}.safetensors", preset, dtype=dtype)
     _make_text_encoder(m / "text_encoders" / TE)
     from comfy_notebook.testing import make_wan_vae_file
 
@@ -206,3 +208,27 @@ def test_reference_latent_node_and_offset_method(root, monkeypatch):
     offset = _image(s.run_prompt(api))
     assert ["ref_latent_offset_0", "ref_latent_offset_1"] in seen
     assert not torch.equal(offset, index)
+
+
+def test_edit_2511_file_runs_the_plus_example(root, monkeypatch):
+    """The Edit-2509 example on an Edit-2511 file: its __index_timestep_zero__ marker is read and
+    the reference tokens are modulated at timestep 0 (the 2509 file's are not)."""
+    from comfy_notebook.models.qwen_image import DualStreamBlock
+
+    zero_t: list[bool] = []
+    forward = DualStreamBlock.forward
+
+    def spy(self, img, txt, temb, pe, ref_temb=None, n_main=0):
+        zero_t.append(ref_temb is not None)
+        return forward(self, img, txt, temb, pe, ref_temb, n_main)
+
+    monkeypatch.setattr(DualStreamBlock, "forward", spy)
+    s = session(root)
+    api = example("qwen_image_edit_2509_api.json")
+    img = _image(s.run_prompt(api))
+    assert zero_t and not any(zero_t)
+    zero_t.clear()
+    api["12"]["inputs"]["unet_name"] = "qwen_image_edit_2511_bf16.safetensors"
+    out = _image(s.run_prompt(api))
+    assert out.shape == img.shape and torch.isfinite(out).all()
+    assert zero_t and all(zero_t)

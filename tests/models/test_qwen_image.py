@@ -30,7 +30,7 @@ def _reference(config: QwenImageConfig, sd: dict):
         patch_size=config.patch_size, in_channels=config.patch_features, out_channels=config.out_channels,
         num_layers=config.num_layers, attention_head_dim=config.head_dim,
         num_attention_heads=config.num_heads, joint_attention_dim=config.context_dim,
-        axes_dims_rope=config.axes_dim)
+        axes_dims_rope=config.axes_dim, zero_cond_t=config.zero_cond_t)
     # diffusers' single-file loader maps the released keys onto this model unchanged
     mapping = diffusers.loaders.single_file_model.SINGLE_FILE_LOADABLE_CLASSES[
         "QwenImageTransformer2DModel"]["checkpoint_mapping_fn"]
@@ -91,6 +91,34 @@ def test_reference_latents_equal_diffusers_edit(ref_sizes: list[tuple[int, int]]
     assert torch.equal(named, got)
     assert (got - _unpack(want, c, h, w)).abs().max() <= 1e-5
     assert (got - plain).abs().max() > 1e-3  # the references do change the prediction
+
+
+def test_edit_2511_zero_cond_t_equals_diffusers(tmp_path) -> None:
+    """Edit-2511: the file's ``__index_timestep_zero__`` marker turns on ``zero_cond_t`` (reference
+    tokens modulated at timestep 0), as diffusers' ``zero_cond_t=True``; the marker is no parameter."""
+    from comfy_notebook.runtime.loading import open_state_dict
+    from comfy_notebook.runtime.module_loading import load_module
+    from comfy_notebook.testing import make_qwen_image_file
+
+    path = make_qwen_image_file(tmp_path / "qwen_image_edit_2511.safetensors", "qwen-image-edit-2511-tiny",
+                                dtype=torch.float32)
+    sd = open_state_dict(path)
+    config = QwenImageConfig.from_state_dict(sd)
+    assert config.zero_cond_t and "__index_timestep_zero__" in sd
+    ours = load_module(QwenImage, config, sd, ignore=QwenImage.ignored_keys)
+    ref = _reference(config, {k: v for k, v in sd.items() if k != "__index_timestep_zero__"})
+    g = torch.Generator().manual_seed(6)
+    c, h, w = config.in_channels, 8, 8
+    x, r = torch.randn(2, c, h, w, generator=g), torch.randn(2, c, 8, 4, generator=g)
+    t, ctx = torch.tensor([0.6, 0.2]), torch.randn(2, 7, config.context_dim, generator=g)
+    with torch.no_grad():
+        got = ours(x, t, ctx, ref_latents=[r])
+        want = ref(torch.cat([_pack(x), _pack(r)], dim=1), ctx, None, t,
+                   img_shapes=[[(1, h // 2, w // 2), (1, 4, 2)]] * 2, return_dict=False)[0][:, : (h // 2) * (w // 2)]
+        plain = ours(x, t, ctx)  # without references nothing differs from Qwen-Image
+        plain_ref = ref(_pack(x), ctx, None, t, img_shapes=[[(1, h // 2, w // 2)]] * 2, return_dict=False)[0]
+    assert (got - _unpack(want, c, h, w)).abs().max() <= 1e-5
+    assert (plain - _unpack(plain_ref, c, h, w)).abs().max() <= 1e-5
 
 
 def test_five_dim_latent_and_odd_sizes() -> None:
