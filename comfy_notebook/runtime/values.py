@@ -61,6 +61,9 @@ class ModelValue:
     #: patches of the attention key/value inputs (``HypernetworkLoader``), in order:
     #: ``("attn1" | "attn2", patch)`` with ``patch(k, v) -> (k, v)``, active while the UNet runs
     attn_patches: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
+    #: functions run after the CFG formula each step (ComfyUI ``set_model_sampler_post_cfg_function``:
+    #: ``CFGNorm``, ``CFGZeroStar``), in order; see ``sampling.guidance.PostCFGDenoiser``
+    post_cfg: tuple[Callable[[dict[str, Any]], Tensor], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.model_sampling is None and self.family is not None:
@@ -101,6 +104,10 @@ class ModelValue:
         """A clone whose self- (``attn1``) and/or cross-attention (``attn2``) key/value inputs
         also go through ``patch`` (ComfyUI ``set_model_attn1_patch`` / ``attn2_patch``)."""
         return replace(self, attn_patches=(*self.attn_patches, *((w, patch) for w in where)))
+
+    def with_post_cfg(self, fn: Callable[[dict[str, Any]], Tensor]) -> ModelValue:
+        """A clone that also runs ``fn`` after the CFG formula each step (appended, as ComfyUI)."""
+        return replace(self, post_cfg=(*self.post_cfg, fn))
 
     def with_model_sampling(self, model_sampling: Any) -> ModelValue:
         """A clone sampled through ``model_sampling`` (``ModelSamplingDiscrete``)."""
