@@ -787,7 +787,7 @@ from comfy_notebook._testing_flux import (  # noqa: E402
     make_t5_file,
 )
 
-__all__ += ["FLUX_PRESETS", "make_flux_file", "make_t5_file"]
+__all__ += ["FLUX_CONTROLNET_KINDS", "FLUX_PRESETS", "make_flux_controlnet", "make_flux_file", "make_t5_file"]
 
 # Qwen-Image diffusion-model files (diffusion_models/qwen_image*.safetensors layout) live in their own module.
 from comfy_notebook._testing_qwen_image import (  # noqa: E402
@@ -797,8 +797,6 @@ from comfy_notebook._testing_qwen_image import (  # noqa: E402
 )
 
 __all__ += ["QWEN_IMAGE_PRESETS", "make_qwen_image_file", "random_qwen_image_state_dict"]
-
-__all__ += ["FLUX_CONTROLNET_KINDS", "FLUX_PRESETS", "make_flux_controlnet", "make_flux_file", "make_t5_file"]
 
 # Z-Image files (diffusion_models/, text_encoders/ layouts) live in their own module.
 from comfy_notebook._testing_zimage import (  # noqa: E402
