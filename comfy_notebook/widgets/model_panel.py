@@ -11,7 +11,7 @@ import traitlets
 from comfy_notebook._units import human_bytes
 from comfy_notebook.widgets._base import STATIC, View
 
-__all__ = ["ModelPanel", "host_memory"]
+__all__ = ["ModelPanel", "describe_move", "host_memory"]
 
 _ROW_FIELDS = ("name", "kind", "family", "source", "dtype", "bytes", "loaded_bytes", "location",
                "keep_loaded", "pinned", "graphs", "graph_bytes", "world")
@@ -40,6 +40,10 @@ class ModelPanel(View):
     _esm = STATIC / "model_panel.js"
     rows: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
     memory = traitlets.Dict().tag(sync=True)
+    #: the memory plan as it ran: the latest moves (oldest first), each with its reason and, for
+    #: a partial load, what stays on the device and what is streamed per step
+    moves: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
+    MAX_MOVES = 12
 
     def __init__(self, manager: Any, *, cache: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -61,9 +65,14 @@ class ModelPanel(View):
                               "(load a checkpoint first)")
         return cls(manager, cache=getattr(session, "cache", None))
 
-    def _on_moved(self, _event: Any) -> None:
-        """ModelMoved events (from any thread): re-read the manager."""
+    def _on_moved(self, event: Any) -> None:
+        """ModelMoved events (from any thread): log the move, re-read the manager."""
         self.refresh()
+        size = next((r["bytes"] for r in self.rows if r["name"] == getattr(event, "name", None)), 0)
+        move = {"name": event.name, "source": event.source, "target": event.target,
+                "bytes": int(event.nbytes), "reason": event.reason, "seconds": float(event.seconds),
+                "streamed": max(0, int(size) - int(event.nbytes)) if event.target == "partial" else 0}
+        self.moves = [*self.moves, move][-self.MAX_MOVES:]
 
     def mode(self) -> str:
         """``"gpu"`` (a real accelerator), ``"simulated"`` (a CPU manager with a fake capacity or a
@@ -204,7 +213,20 @@ class ModelPanel(View):
                          f"{human_bytes(dev['free'])}, budget {human_bytes(dev['budget'])}")
         lines.append(f"RAM: models {human_bytes(host['models'])}, cache {human_bytes(host['cache'])}"
                      f", free {human_bytes(host['free'])} of {human_bytes(host['total'])}")
+        if self.moves:
+            lines.append("memory plan (latest moves, oldest first):")
+            lines += ["  " + describe_move(m) for m in self.moves]
         return "\n".join(lines)
+
+
+def describe_move(move: dict[str, Any]) -> str:
+    """One line of the plan: ``unet: cpu -> partial, 18.0 GB on the device, 22.9 GB streamed per step (partial load)``."""
+    what = f"{move['name']}: {move['source']} -> {move['target']}"
+    if move["target"] == "partial":
+        what += f", {human_bytes(move['bytes'])} on the device, {human_bytes(move['streamed'])} streamed per step"
+    elif move["target"] in ("gpu", "cpu"):
+        what += f", {human_bytes(move['bytes'])}"
+    return f"{what} ({move['reason']})"
 
 
 def _device_label(manager: Any, device: Any) -> str:

@@ -114,3 +114,31 @@ def test_panel_is_true_in_every_mode(manager: Any) -> None:
     manager.load("vae")
     actions = {r["name"]: r["actions"] for r in panel.rows}
     assert actions == {"unet": ["load"], "vae": ["offload", "unload"]}
+
+
+def test_the_panel_shows_the_memory_plan_as_it_ran() -> None:
+    """Issue 18 (memory): a text encoder runs and is evicted for a transformer that only fits in
+    part; the panel lists those moves with what stays on the device and what is streamed."""
+    import torch
+
+    from comfy_notebook.runtime import DevicePolicy, ModelManager
+
+    small = ModelManager(DevicePolicy.cpu(), capacity_bytes=20000)
+    small.register("te", lambda: torch.nn.Linear(48, 48), kind="clip")
+    small.register("dit", lambda: torch.nn.Sequential(*[torch.nn.Linear(32, 32) for _ in range(8)]), kind="unet")
+    panel = ModelPanel(small)
+    small.load("te")
+    small.load("dit")
+    rows = {r["name"]: r for r in panel.rows}
+    assert rows["dit"]["location"] == "partial" and rows["te"]["location"] != "gpu"
+    targets = [(m["name"], m["target"]) for m in panel.moves]
+    assert ("te", "gpu") in targets and ("te", "cpu") in targets and targets[-1] == ("dit", "partial")
+    last = panel.moves[-1]
+    assert last["bytes"] == rows["dit"]["device_bytes"]
+    assert last["streamed"] == rows["dit"]["bytes"] - rows["dit"]["device_bytes"] > 0
+    text = panel.text()
+    assert "memory plan" in text and "streamed per step" in text and "evicted" in text
+    for _ in range(20):  # bounded: a long session does not grow the log
+        small.offload("dit")
+        small.load("dit")
+    assert len(panel.moves) == ModelPanel.MAX_MOVES

@@ -81,12 +81,24 @@ function render({ model, el }) {
       ]),
       h("div", { class: "cn-message", text: model.get("message") }),
     );
+    const moves = model.get("moves") || [];
+    if (moves.length) {
+      root.append(h("details", { class: "cn-plan" }, [
+        h("summary", { text: `memory plan: ${moves.length} latest move(s)` }),
+        h("ol", {}, moves.map((m) => h("li", {
+          class: `cn-move cn-loc-${m.target}`,
+          text: `${m.name}: ${m.source} → ${m.target}` + (m.target === "partial"
+            ? `, ${fmt(m.bytes)} on the device, ${fmt(m.streamed)} streamed per step`
+            : (m.target === "gpu" || m.target === "cpu" ? `, ${fmt(m.bytes)}` : "")) + ` (${m.reason})`,
+        }))),
+      ]));
+    }
     if (rows.length === 0) root.prepend(h("div", { class: "cn-empty", text: "no models" }));
   }
 
-  for (const name of ["rows", "memory", "message"]) model.on(`change:${name}`, draw);
+  for (const name of ["rows", "memory", "message", "moves"]) model.on(`change:${name}`, draw);
   draw();
-  return () => { for (const name of ["rows", "memory", "message"]) model.off(`change:${name}`, draw); };
+  return () => { for (const name of ["rows", "memory", "message", "moves"]) model.off(`change:${name}`, draw); };
 }
 
 export default { render };
