@@ -76,16 +76,19 @@ class Qwen25VLConfig:
                    vision=VisionConfig.tiny())
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, Tensor], prefix: str = "", *, head_dim: int = 128,
-                        vision_head_dim: int = 80) -> Qwen25VLConfig:
+    def from_state_dict(cls, sd: Mapping[str, Tensor], prefix: str = "", *, head_dim: int | None = None,
+                        vision_head_dim: int | None = None) -> Qwen25VLConfig:
         """Sizes from the shapes of a checkpoint whose keys start with ``prefix``.
 
-        The head sizes are not in the shapes (128 and 80 for every released Qwen2.5-VL).
+        The head sizes are not in the shapes: 128 (language model) and 80 (vision) for every
+        released Qwen2.5-VL; a width they do not divide is a test size, read with heads of 16.
         """
         m = prefix + "model."
         vocab, hidden = (int(s) for s in sd[m + "embed_tokens.weight"].shape)
         q = int(sd[m + "layers.0.self_attn.q_proj.weight"].shape[0])
         kv = int(sd[m + "layers.0.self_attn.k_proj.weight"].shape[0])
+        if head_dim is None:
+            head_dim = 128 if q % 128 == 0 and kv % 128 == 0 else 16
         inter = int(sd[m + "layers.0.mlp.gate_proj.weight"].shape[0])
         layers = len({k[len(m):].split(".")[1] for k in sd if k.startswith(m + "layers.")})
         half = head_dim // 2
@@ -94,6 +97,8 @@ class Qwen25VLConfig:
         v = prefix + "visual."
         if v + "patch_embed.proj.weight" in sd:
             width, chans, frames, patch, _ = (int(s) for s in sd[v + "patch_embed.proj.weight"].shape)
+            if vision_head_dim is None:
+                vision_head_dim = 80 if width % 80 == 0 else 16
             depth = len({k[len(v):].split(".")[1] for k in sd if k.startswith(v + "blocks.")})
             # every 8th block attends to the whole image (7, 15, 23, 31 at the released depth 32, as
             # ComfyUI fixes them); test sizes under 8 blocks alternate (1, 3, ...)
@@ -234,7 +239,7 @@ class Qwen25VLEncoder(nn.Module):
 
     def embed(self, input_ids: Tensor) -> Tensor:
         """Token embeddings ``[B, N, hidden]`` in the activations' dtype."""
-        return F.embedding(input_ids, self.model.embed_tokens.weight).to(self.dtype)
+        return self.model.embed_tokens.weight[input_ids].to(self.dtype)  # a gather: any table dtype
 
     def encode_image(self, image: Tensor, raster_order: bool = False) -> tuple[Tensor, tuple[int, int, int]]:
         """One IMAGE ([B, H, W, C], its first picture) -> (tokens ``[n, hidden]``, patch grid)."""
@@ -242,7 +247,7 @@ class Qwen25VLEncoder(nn.Module):
             raise ValueError("this Qwen2.5-VL file has no vision tower (no 'visual.' keys); "
                              "Fix: use the full qwen_2.5_vl_7b text encoder file for image inputs")
         patches, grid = preprocess_image(image.to(self.model.norm.weight.device), self.visual.config)
-        return self.visual(patches, [grid], raster_order=raster_order), grid
+        return self.visual(patches, [grid], raster_order=raster_order, dtype=self.dtype), grid
 
     def splice(self, input_ids: Tensor, images: Sequence[tuple[Tensor, tuple[int, int, int]]]
                ) -> tuple[Tensor, Tensor]:

@@ -203,11 +203,12 @@ class _Merger(nn.Module):
 
 
 class VisionTower(nn.Module):
-    """``forward(patches [N, 1176], grids [(t, h, w), ...], raster_order=False) -> [N/4, out]``.
+    """``forward(patches [N, 1176], grids [(t, h, w), ...], raster_order=False, dtype=None) -> [N/4, out]``.
 
     ``patches`` holds the images' patches one image after the other (:func:`preprocess_image`),
     ``grids`` their patch grids.  The result has one token per 2 x 2 patches, per image in the
     same order, in window order (ComfyUI) or raster order (transformers) within each image.
+    ``dtype`` is the activations' (default: the weights'; fp8 weights need it given).
     """
 
     def __init__(self, config: VisionConfig, linear: LinearFactory = nn.Linear) -> None:
@@ -226,11 +227,11 @@ class VisionTower(nn.Module):
         pos = [a.reshape(h // m, m, w // m, m).permute(0, 2, 1, 3).reshape(-1) for a in (rows, cols)]
         return torch.stack(pos, dim=-1).repeat(t, 1)
 
-    def forward(self, patches: Tensor, grids: Sequence[tuple[int, int, int]], raster_order: bool = False) -> Tensor:
+    def forward(self, patches: Tensor, grids: Sequence[tuple[int, int, int]], raster_order: bool = False,
+                dtype: torch.dtype | None = None) -> Tensor:
         c = self.config
         unit = c.spatial_merge_size ** 2
-        dtype = getattr(self, "compute_dtype", None) or self.merger.ln_q.weight.dtype
-        x = self.patch_embed(patches.to(dtype))
+        x = self.patch_embed(patches.to(dtype or self.merger.ln_q.weight.dtype))
         device = x.device
         orders, windows, base = [], [], 0
         for grid in grids:

@@ -173,10 +173,10 @@ def test_vision_special_token_ids_are_the_models() -> None:
 def test_sizes_from_state_dict_and_real_size() -> None:
     config = Qwen25VLConfig.tiny()
     _, _, sd = _pair(config)
-    got = Qwen25VLConfig.from_state_dict(sd, head_dim=16, vision_head_dim=16)
+    got = Qwen25VLConfig.from_state_dict(sd)
     assert got == replace(config, image_token_id=IMAGE_PAD_ID)
     text_only = {k: v for k, v in sd.items() if not k.startswith("visual.")}
-    assert Qwen25VLConfig.from_state_dict(text_only, head_dim=16).vision is None
+    assert Qwen25VLConfig.from_state_dict(text_only).vision is None
     with torch.device("meta"):
         big = Qwen25VLEncoder(Qwen25VLConfig.qwen25vl_7b())
         ref = transformers.Qwen2_5_VLModel(transformers.Qwen2_5_VLConfig(  # Qwen2.5-VL-7B-Instruct's config.json
@@ -191,3 +191,62 @@ def test_sizes_from_state_dict_and_real_size() -> None:
     vision = sum(p.numel() for p in big.visual.parameters()) if big.visual else 0
     assert vision == sum(p.numel() for p in ref.visual.parameters())
     assert VisionConfig().num_heads == 16
+
+
+def _fp8_file(tmp_path, sd: dict[str, torch.Tensor], scaled: bool) -> tuple[str, dict[str, torch.Tensor]]:
+    """An fp8 copy of ``sd`` as ComfyUI ships them, and the float32 weights it stands for.
+
+    ``scaled``: the "fp8_scaled" layout (fp8 language-model linears with a float32 scale_weight
+    each and a ``scaled_fp8`` marker; embeddings, norms, biases and the vision tower bf16);
+    else every floating tensor fp8 (a plain fp8 conversion).
+    """
+    from safetensors.torch import save_file
+
+    out, ref = {}, {}
+    for k, v in sd.items():
+        linear = k.startswith("model.layers.") and k.endswith("_proj.weight")
+        if scaled and linear:
+            scale = v.abs().max() / 448.0
+            out[k] = (v / scale).to(torch.float8_e4m3fn)
+            out[k.removesuffix("weight") + "scale_weight"] = scale.float().reshape(())
+            ref[k] = out[k].float() * scale
+        elif scaled:
+            out[k] = v.to(torch.bfloat16)
+            ref[k] = out[k].float()
+        else:
+            out[k] = v.to(torch.float8_e4m3fn)
+            ref[k] = out[k].float()
+    if scaled:
+        out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    out["lm_head.weight"] = torch.zeros(4, 4)  # present in some files: ignored
+    path = str(tmp_path / ("scaled.safetensors" if scaled else "fp8.safetensors"))
+    save_file(out, path)
+    return path, ref
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_fp8_files_stay_fp8_and_equal_their_dequantized_weights(tmp_path, scaled: bool) -> None:
+    from comfy_notebook.runtime.module_loading import load_module_file
+
+    config = Qwen25VLConfig.tiny()
+    _, _, sd = _pair(config)
+    path, ref_sd = _fp8_file(tmp_path, sd, scaled)
+    model = load_module_file(path, Qwen25VLEncoder, Qwen25VLConfig.from_state_dict,
+                             ignore=Qwen25VLEncoder.ignored_keys, device="cpu")
+    q = model.get_submodule("model.layers.0.self_attn.q_proj")
+    assert q.weight.dtype == torch.float8_e4m3fn
+    assert model.model.norm.weight.dtype == (torch.float32 if scaled else torch.float8_e4m3fn)
+    if scaled:
+        assert q.scale_weight.dtype == torch.float32 and q.scale_weight.dim() == 0
+        assert set(model.config.scaled) == {k.removesuffix(".weight") for k in sd
+                                            if k.startswith("model.layers.") and k.endswith("_proj.weight")}
+    with torch.device("meta"):
+        ref = Qwen25VLEncoder(replace(config, image_token_id=IMAGE_PAD_ID))
+    ref.load_state_dict(ref_sd, assign=True, strict=True)
+    ids = torch.randint(0, 500, (1, 10), generator=torch.Generator().manual_seed(9))
+    img = [_image(56, 84, 4)]
+    with torch.no_grad():
+        assert (model(ids) - ref(ids)).abs().max() <= 1e-5
+        got_v, _ = model.encode_image(img[0])
+        want_v, _ = ref.encode_image(img[0])
+    assert (got_v - want_v).abs().max() <= 1e-5
