@@ -6,8 +6,9 @@ with biases, ``o_proj``, ``mlp.{gate,up,down}_proj``, ``input_layernorm``,
 ``post_attention_layernorm``, ``norm``) and the vision tower under ``visual.``
 (:mod:`comfy_notebook.models.qwen25vl_vision`); an ``lm_head`` in a file is ignored.  Reference:
 transformers ``models/qwen2_5_vl`` (5.23.0), which the tests compare against, and ComfyUI
-``comfy/text_encoders/llama.py`` (``Qwen25_7BVLI``, commit a125cd84) for how the image tokens are
-spliced in and positioned.
+``comfy/text_encoders/llama.py`` (``Qwen25_7BVLI``, commit a125cd84) and ``qwen_vl.py``
+(``qwen2vl_mrope_position_ids``, commit 0ac74268) for how the image tokens are spliced in and
+positioned.
 
 Positions are multimodal RoPE: three position ids per token (time, row, column) whose rotary
 frequencies are split 16/24/24 over the head's 64 frequency pairs.  Text tokens have the same id
@@ -241,7 +242,7 @@ class Qwen25VLEncoder(nn.Module):
         """Token embeddings ``[B, N, hidden]`` in the activations' dtype."""
         return self.model.embed_tokens.weight[input_ids].to(self.dtype)  # a gather: any table dtype
 
-    def encode_image(self, image: Tensor, raster_order: bool = False) -> tuple[Tensor, tuple[int, int, int]]:
+    def encode_image(self, image: Tensor, raster_order: bool = True) -> tuple[Tensor, tuple[int, int, int]]:
         """One IMAGE ([B, H, W, C], its first picture) -> (tokens ``[n, hidden]``, patch grid)."""
         if self.visual is None:
             raise ValueError("this Qwen2.5-VL file has no vision tower (no 'visual.' keys); "

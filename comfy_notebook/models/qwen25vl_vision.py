@@ -13,9 +13,10 @@ head) — window attention (112-pixel windows) except in the full-attention bloc
 and merges 2 x 2 patches into one token of the language model's width.
 
 Token order: the blocks work in *window order* (the patches of one window next to each other).
-transformers puts the merged tokens back in raster order; ComfyUI (a125cd84) does not, and
-Qwen-Image-Edit in ComfyUI is conditioned on the window-ordered tokens.  ``raster_order``
-chooses; the default is ComfyUI's.
+transformers puts the merged tokens back in raster order, and so does ComfyUI since
+comfyanonymous/ComfyUI@0ac74268 ("present in the HF implementation"); ComfyUI releases before it
+(e.g. a125cd84) conditioned Qwen-Image-Edit on the window-ordered tokens.  ``raster_order=False``
+reproduces those older releases.
 """
 
 from __future__ import annotations
@@ -203,11 +204,11 @@ class _Merger(nn.Module):
 
 
 class VisionTower(nn.Module):
-    """``forward(patches [N, 1176], grids [(t, h, w), ...], raster_order=False, dtype=None) -> [N/4, out]``.
+    """``forward(patches [N, 1176], grids [(t, h, w), ...], raster_order=True, dtype=None) -> [N/4, out]``.
 
     ``patches`` holds the images' patches one image after the other (:func:`preprocess_image`),
     ``grids`` their patch grids.  The result has one token per 2 x 2 patches, per image in the
-    same order, in window order (ComfyUI) or raster order (transformers) within each image.
+    same order, in raster order (transformers, ComfyUI) or window order (ComfyUI before 0ac74268).
     ``dtype`` is the activations' (default: the weights'; fp8 weights need it given).
     """
 
@@ -227,7 +228,7 @@ class VisionTower(nn.Module):
         pos = [a.reshape(h // m, m, w // m, m).permute(0, 2, 1, 3).reshape(-1) for a in (rows, cols)]
         return torch.stack(pos, dim=-1).repeat(t, 1)
 
-    def forward(self, patches: Tensor, grids: Sequence[tuple[int, int, int]], raster_order: bool = False,
+    def forward(self, patches: Tensor, grids: Sequence[tuple[int, int, int]], raster_order: bool = True,
                 dtype: torch.dtype | None = None) -> Tensor:
         c = self.config
         unit = c.spatial_merge_size ** 2
