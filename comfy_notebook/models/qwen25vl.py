@@ -242,12 +242,14 @@ class Qwen25VLEncoder(nn.Module):
         """Token embeddings ``[B, N, hidden]`` in the activations' dtype."""
         return self.model.embed_tokens.weight[input_ids].to(self.dtype)  # a gather: any table dtype
 
-    def encode_image(self, image: Tensor, raster_order: bool = True) -> tuple[Tensor, tuple[int, int, int]]:
-        """One IMAGE ([B, H, W, C], its first picture) -> (tokens ``[n, hidden]``, patch grid)."""
+    def encode_image(self, image: Tensor, raster_order: bool = True, device: torch.device | None = None
+                     ) -> tuple[Tensor, tuple[int, int, int]]:
+        """One IMAGE ([B, H, W, C], its first picture) -> (tokens ``[n, hidden]``, patch grid),
+        preprocessed on ``device`` (default: where the final norm's weight is)."""
         if self.visual is None:
             raise ValueError("this Qwen2.5-VL file has no vision tower (no 'visual.' keys); "
                              "Fix: use the full qwen_2.5_vl_7b text encoder file for image inputs")
-        patches, grid = preprocess_image(image.to(self.model.norm.weight.device), self.visual.config)
+        patches, grid = preprocess_image(image.to(device or self.model.norm.weight.device), self.visual.config)
         return self.visual(patches, [grid], raster_order=raster_order, dtype=self.dtype), grid
 
     def splice(self, input_ids: Tensor, images: Sequence[tuple[Tensor, tuple[int, int, int]]]
@@ -318,7 +320,7 @@ class Qwen25VLEncoder(nn.Module):
             return self.forward_embeds(self.embed(input_ids), None, attention_mask, layer)
         if input_ids.shape[0] != 1:
             raise ValueError(f"images go with one prompt at a time; received a batch of {input_ids.shape[0]}")
-        encoded = [self.encode_image(img) for img in images]
+        encoded = [self.encode_image(img, device=input_ids.device) for img in images]
         embeds, positions = self.splice(input_ids, encoded)
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("a padding mask with images is not supported (one prompt needs no padding)")
