@@ -779,6 +779,23 @@ def make_esrgan(path: str | os.PathLike[str], *, layout: str = "realesrgan", sca
 
 
 # Flux.1 files (diffusion_models/, text_encoders/, vae/ layouts) live in their own module.
-from comfy_notebook._testing_flux import FLUX_PRESETS, make_flux_file, make_t5_file  # noqa: E402
+from comfy_notebook._testing_flux import (  # noqa: E402
+    FLUX_CONTROLNET_KINDS,
+    FLUX_PRESETS,
+    make_flux_controlnet,
+    make_flux_file,
+    make_t5_file,
+)
 
-__all__ += ["FLUX_PRESETS", "make_flux_file", "make_t5_file"]
+__all__ += ["FLUX_CONTROLNET_KINDS", "FLUX_PRESETS", "make_flux_controlnet", "make_flux_file", "make_t5_file"]
+
+# Z-Image files (diffusion_models/, text_encoders/ layouts) live in their own module.
+from comfy_notebook._testing_zimage import (  # noqa: E402
+    QWEN3_TINY,
+    ZIMAGE_PRESETS,
+    ZIMAGE_TINY,
+    make_qwen3_file,
+    make_zimage_file,
+)
+
+__all__ += ["QWEN3_TINY", "ZIMAGE_PRESETS", "ZIMAGE_TINY", "make_qwen3_file", "make_zimage_file"]

@@ -106,10 +106,15 @@ class ModelValue:
         """A clone sampled through ``model_sampling`` (``ModelSamplingDiscrete``)."""
         return replace(self, model_sampling=model_sampling)
 
-    def run(self, fn: Callable[[Any], Any], *, latent_shape: tuple[int, ...], cfg: bool = True) -> Any:
-        """``fn(unet)`` with the UNet on the compute device (out-of-memory recovery included)."""
+    def run(self, fn: Callable[[Any], Any], *, latent_shape: tuple[int, ...], cfg: bool = True,
+            extra_memory: int = 0) -> Any:
+        """``fn(unet)`` with the UNet on the compute device (out-of-memory recovery included).
+
+        The reservation is the family's activation estimate plus ``extra_memory`` (what rides
+        along the model's forward: ControlNet residuals, ``runtime.control_run.control_memory``).
+        """
         dtype = self.ref.base.dtype or torch.float32
-        need = self.family.unet_memory(tuple(latent_shape), dtype, cfg=cfg)
+        need = self.family.unet_memory(tuple(latent_shape), dtype, cfg=cfg) + int(extra_memory)
         return self.manager.run(self.ref, fn, memory_required=need)
 
     def summary(self) -> str:
@@ -164,6 +169,10 @@ class ClipValue:
         from comfy_notebook.models.prompt import make_embedding_lookup, tokenize_prompt
 
         spec = self.family.text_encoder(encoder)
+        if spec.is_llm:  # one templated row, no weights (models/llm_prompt.py)
+            from comfy_notebook.models.llm_prompt import get_llm_tokenizer, tokenize_llm_prompt
+
+            return tokenize_llm_prompt(get_llm_tokenizer(spec.tokenizer), text, spec.template)
         if spec.tokenizer == "t5":
             from comfy_notebook.models.t5_tokenizer import T5Tokens, tokenize_t5_prompt
 
@@ -181,6 +190,12 @@ class ClipValue:
             layer = spec.layer if self.layer is None else self.layer
 
             def run(model: Any, spec: Any = spec, layer: Any = layer, name: str = name) -> tuple[Tensor, Tensor]:
+                if spec.is_llm:  # hidden states of one decoder layer, no pooled output
+                    from comfy_notebook.models.llm_prompt import encode_llm_tokens
+
+                    cond = encode_llm_tokens(model, tokens[name], layer=layer, device=self.manager.device,
+                                             drop_front=spec.drop_front)
+                    return cond.cpu(), None  # type: ignore[return-value]
                 if spec.tokenizer == "t5":
                     from comfy_notebook.models.t5_tokenizer import encode_t5_tokens
 
