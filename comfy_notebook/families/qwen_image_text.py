@@ -127,7 +127,7 @@ def template_end(ids: Sequence[int]) -> int:
 
 
 QWEN25_7B = TextEncoderSpec(ENCODER_NAME, layer=None, final_norm=True, pad_token=PAD_TOKEN,
-                            tokenizer="qwen", template=TEMPLATE, drop_front=template_end)
+                            tokenizer="qwen", template=prompt_text, drop_front=template_end)
 """Qwen-Image's text encoder: the final normed state of Qwen2.5-VL-7B, template front dropped."""
 
 

@@ -27,6 +27,7 @@ _MODULES = (
     "sampling",
     "model_sampling",
     "flux",
+    "qwen_image",
     "custom_sampling",
     "sigmas",
     "sampler_options",
