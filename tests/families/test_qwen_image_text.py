@@ -166,3 +166,19 @@ def test_edit_nodes_name_the_missing_encoder():
 
     with pytest.raises(NodeError, match="qwen_image"):
         TextEncodeQwenImageEdit().encode(ClipValue({}, None, None, None), "x")  # type: ignore[arg-type]
+
+
+def test_edit_nodes_object_info_is_comfyuis():
+    # comfy_extras/nodes_qwen.py (V3 schema): clip, prompt; optional vae and image(s)
+    from comfy_notebook._session import Session
+    from comfy_notebook.nodes import register_builtins
+
+    s = Session()
+    register_builtins(s)
+    info = s.registry.object_info()
+    edit, plus = info["TextEncodeQwenImageEdit"], info["TextEncodeQwenImageEditPlus"]
+    assert edit["input_order"] == {"required": ["clip", "prompt"], "optional": ["vae", "image"]}
+    assert plus["input_order"] == {"required": ["clip", "prompt"], "optional": ["vae", "image1", "image2", "image3"]}
+    for node in (edit, plus):
+        assert node["category"] == "advanced/conditioning" and node["output"] == ["CONDITIONING"]
+        assert node["input"]["required"]["prompt"] == ["STRING", {"multiline": True, "dynamicPrompts": True}]

@@ -248,3 +248,23 @@ def test_fp8_files_stay_fp8_and_equal_their_dequantized_weights(tmp_path, scaled
         got_v, _ = model.encode_image(img[0])
         want_v, _ = ref.encode_image(img[0])
     assert (got_v - want_v).abs().max() <= 1e-5
+
+
+@pytest.mark.gpu
+def test_bf16_on_cuda_is_near_fp32_on_the_cpu() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    config = Qwen25VLConfig.tiny()
+    ours, _, sd = _pair(config)
+    with torch.device("meta"):
+        gpu = Qwen25VLEncoder(config)
+    gpu.load_state_dict({k: v.to("cuda", torch.bfloat16) for k, v in sd.items()}, assign=True, strict=True)
+    gpu.compute_dtype = torch.bfloat16  # type: ignore[assignment]
+    ids = torch.randint(0, 500, (1, 12), generator=torch.Generator().manual_seed(1))
+    ids[0, 5] = config.image_token_id
+    img = _image(196, 308, 3)
+    with torch.no_grad():
+        want = ours(ids, images=[img])
+        got = gpu(ids.cuda(), images=[img]).float().cpu()
+    assert got.shape == want.shape
+    assert (got - want).abs().max() / want.abs().max() < 0.05
