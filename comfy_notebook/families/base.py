@@ -56,6 +56,10 @@ class LatentFormat:
     inpaint_blank:
         The diffusion latent of an all-black image, one value per channel: the masked image an
         inpainting model gets when no mask is given (ComfyUI ``blank_inpaint_image_like``).
+    latents_mean, latents_std:
+        Per-channel statistics (Wan-2.1 VAE latents, ComfyUI ``latent_formats.Wan21``): when
+        set, ``process_in(z) = (z - mean) * scale / std`` per channel and ``shift_factor`` is
+        unused; None (every other family) keeps the scalar form.
     """
 
     name: str
@@ -66,15 +70,28 @@ class LatentFormat:
     rgb_factors: tuple[tuple[float, ...], ...] | None = None
     rgb_bias: tuple[float, ...] | None = None
     inpaint_blank: tuple[float, ...] | None = None
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
+
+    def _per_channel(self, values: tuple[float, ...], like: Tensor) -> Tensor:
+        """``values`` shaped to broadcast over channel dim 1 of ``like`` (4-D or 5-D latents)."""
+        t = torch.tensor(values, dtype=like.dtype, device=like.device)
+        return t.view(1, len(values), *([1] * (like.dim() - 2)))
 
     def process_in(self, latent: Tensor) -> Tensor:
         """VAE latent -> diffusion-model latent."""
+        if self.latents_mean is not None and self.latents_std is not None:
+            mean, std = self._per_channel(self.latents_mean, latent), self._per_channel(self.latents_std, latent)
+            return (latent - mean) * self.scale_factor / std
         if self.shift_factor:
             latent = latent - self.shift_factor
         return latent * self.scale_factor
 
     def process_out(self, latent: Tensor) -> Tensor:
         """Diffusion-model latent -> VAE latent."""
+        if self.latents_mean is not None and self.latents_std is not None:
+            mean, std = self._per_channel(self.latents_mean, latent), self._per_channel(self.latents_std, latent)
+            return latent * std / self.scale_factor + mean
         latent = latent / self.scale_factor
         return latent + self.shift_factor if self.shift_factor else latent
 

@@ -126,7 +126,7 @@ def model_inputs(model: ModelValue) -> Callable[[dict[str, Any]], dict[str, Any]
 def model_facts(model: ModelValue) -> dict[str, Any]:
     """The sampling core's keywords that describe ``model`` (the one place that reads them)."""
     return {"model_sampling": model.model_sampling, "latent_format": model.latent_format,
-            "device": model.manager.device, "model_inputs": model_inputs(model)}
+            "device": model.manager.device, "model_inputs": model_inputs(model), "post_cfg": model.post_cfg}
 
 
 def common_ksampler(
