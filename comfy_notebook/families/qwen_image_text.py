@@ -88,8 +88,11 @@ EDIT_PLUS_VL_PIXELS = 384 * 384
 #: ... and this many, each side a multiple of 8, for the VAE's reference latent
 EDIT_PLUS_VAE_PIXELS = 1024 * 1024
 
-#: ``CLIPLoader`` types that build this encoder from a Qwen2.5-VL-7B file
-CLIP_TYPES: Mapping[str, tuple[str, ...]] = MappingProxyType({"qwen_image": (ENCODER_NAME,)})
+#: ``CLIPLoader`` types that build this encoder from a Qwen2.5-VL-7B file: the examples'
+#: ``qwen_image`` and the loader's default ``stable_diffusion`` (ComfyUI builds it for every type
+#: but ``hunyuan_image``; the other types name other families here)
+CLIP_TYPES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"qwen_image": (ENCODER_NAME,), "stable_diffusion": (ENCODER_NAME,)})
 
 _RAW_PREFIXES = ("<|im_start|>", "<|start_header_id|>")
 

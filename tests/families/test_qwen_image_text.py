@@ -95,7 +95,7 @@ def test_file_detection_and_component(te_file):
     qwen3 = {"model.layers.0.self_attn.k_proj.bias": torch.zeros(512),
              "model.layers.0.self_attn.q_norm.weight": torch.zeros(128)}
     assert recipe.qwen25vl_kind(qwen3) is None and recipe.qwen25vl_kind({}) is None
-    assert dict(recipe.CLIP_TYPES) == {"qwen_image": ("qwen25_7b",)}
+    assert dict(recipe.CLIP_TYPES) == {"qwen_image": ("qwen25_7b",), "stable_diffusion": ("qwen25_7b",)}
 
 
 def test_text_prompt_is_the_final_state_after_the_template(clip, te_file):
