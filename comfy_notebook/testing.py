@@ -809,6 +809,11 @@ from comfy_notebook._testing_zimage import (  # noqa: E402
 
 __all__ += ["QWEN3_TINY", "ZIMAGE_PRESETS", "ZIMAGE_TINY", "make_qwen3_file", "make_zimage_file"]
 
+# Qwen2.5-VL text-encoder files (text_encoders/qwen_2.5_vl_7b* layout) live in their own module.
+from comfy_notebook._testing_qwen25vl import QWEN25VL_TINY, make_qwen25vl_file  # noqa: E402
+
+__all__ += ["QWEN25VL_TINY", "make_qwen25vl_file"]
+
 # The Wan-2.1 VAE of Qwen-Image (vae/qwen_image_vae.safetensors layout) lives in its own module.
 from comfy_notebook._testing_wan import (  # noqa: E402
     WAN_VAE_PRESETS,

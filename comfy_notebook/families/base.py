@@ -117,7 +117,8 @@ class TextEncoderSpec:
         The tokenizer kind and, for T5, the padded length (ComfyUI: 256 for Flux, 77 for SD3).
     template, drop_front:
         Decoder-only LLM encoders (``tokenizer`` ``"qwen"``, see ``models/llm_prompt.py``): the
-        chat template the prompt is put into (``{}`` marks the prompt; None: the bare prompt),
+        chat template the prompt is put into (``{}`` marks the prompt; None: the bare prompt; a
+        function: text -> the full text),
         and how many tokens to drop from the front of the hidden states, a count or a function
         of the row's ids (ComfyUI's Qwen-Image drops the system prompt).  Such an encoder reads
         the hidden state of ``layer`` (a decoder layer, negative from the end, without the
@@ -136,7 +137,7 @@ class TextEncoderSpec:
     #: t5: pad the row with ``pad_token`` to at least this many tokens
     min_length: int | None = None
     #: LLM encoders: the chat template (``{}`` = the prompt)
-    template: str | None = None
+    template: str | Callable[[str], str] | None = None
     #: LLM encoders: tokens dropped from the front of the hidden states (count, or ids -> count)
     drop_front: int | Callable[[Sequence[int]], int] = 0
 

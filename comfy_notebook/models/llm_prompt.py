@@ -88,10 +88,13 @@ class LLMTokens:
         return [[(i, 1.0) for i in self.ids]]
 
 
-def tokenize_llm_prompt(tokenizer: Any, text: str, template: str | None = None) -> LLMTokens:
+def tokenize_llm_prompt(tokenizer: Any, text: str, template: str | Callable[[str], str] | None = None) -> LLMTokens:
     """``text`` in the chat ``template`` (``str.format`` with the text, as ComfyUI; None: the text
     alone) -> one row."""
-    full = text if template is None else template.format(text)
+    if callable(template):  # a recipe's own rule (Qwen-Image: text with a chat header is kept as written)
+        full = template(text)
+    else:
+        full = text if template is None else template.format(text)
     pieces = _EMBEDDING_SPLIT.split(full)
     pieces = [pieces[0], *(EMBEDDING_PREFIX + p for p in pieces[1:])]
     ids: list[int] = []

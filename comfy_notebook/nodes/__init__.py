@@ -29,6 +29,7 @@ _MODULES = (
     "cfg",
     "edit_model",
     "flux",
+    "qwen_image",
     "custom_sampling",
     "sigmas",
     "sampler_options",

@@ -6,6 +6,11 @@ plus ComfyUI's weight-dtype policy: weights stay in the file's dtype when it is 
 (no copy at all on CPU), are cast once to the compute dtype otherwise, and stay (or are cast
 tensor by tensor to) fp8 when the file is fp8 or ``weight_dtype`` asks for it; fp8 models run
 through cast-on-forward linear layers (``runtime/fp8.py``).
+
+Files that mix dtypes (ComfyUI's "scaled fp8" text encoders: fp8 linear weights, bf16 embeddings,
+norms and vision tower, a float32 ``scale_weight`` scalar per linear) are stored tensor by tensor
+under the default ``weight_dtype``: fp8 tensors stay fp8, scalars (fp8 scales) stay float32,
+the rest goes to the compute dtype.
 """
 
 from __future__ import annotations
@@ -37,6 +42,17 @@ def file_weight_dtype(sd: Mapping[str, Tensor], keys: Iterable[str]) -> torch.dt
 def _listing(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return (shown + f", ... ({len(keys) - limit} more)") if len(keys) > limit else (shown or "none")
+
+
+def _target(t: Tensor, store: torch.dtype, compute: torch.dtype, weight_dtype: str) -> torch.dtype:
+    """The dtype one file tensor is kept in (see the module docstring; integers keep theirs)."""
+    if not t.is_floating_point():
+        return t.dtype
+    if t.dim() == 0:  # a scale of a scaled fp8 file: fp8 or bf16 would round it
+        return torch.float32
+    if weight_dtype == "default":
+        return t.dtype if is_fp8(t.dtype) else compute
+    return store
 
 
 def _stored(t: Tensor, store: torch.dtype, dev: torch.device) -> Tensor:
@@ -84,7 +100,9 @@ def load_module(
     if ignore is not None:
         found = {k: v for k, v in found.items() if not ignore(k)}
     store = storage_dtype(weight_dtype, file_weight_dtype(sd, found.values()), compute)
-    linear = linear_factory(store, compute, fast=weight_dtype == "fp8_e4m3fn_fast", device=dev)
+    kept_fp8 = weight_dtype == "default" and not is_fp8(store) and any(is_fp8(sd[f].dtype) for f in found.values())
+    linear = linear_factory(torch.float8_e4m3fn if kept_fp8 else store, compute,
+                            fast=weight_dtype == "fp8_e4m3fn_fast", device=dev)
     with torch.device("meta"):
         model = model_cls(config, linear=linear)
     expected = model.state_dict()
@@ -100,10 +118,16 @@ def load_module(
         shape = tuple(sd[found[k]].shape)
         if shape != tuple(like.shape):
             raise ModelLoadError(f"{what}: {k} has shape {shape} in the file, expected {tuple(like.shape)}")
-    # on CUDA: pinned, pipelined reads cast into the storage dtype on the device (runtime/fastread)
-    tensors = _read_fast(sd, {k: found[k] for k in expected}, expected, store, dev)
-    if tensors is None:  # the CPU (mmap: no copy when the dtype already fits), pickles, no room
-        tensors = {k: _stored(sd[found[k]], store, dev) for k in expected}
+    groups: dict[torch.dtype, dict[str, Tensor]] = {}
+    for k, like in expected.items():
+        groups.setdefault(_target(sd[found[k]], store, compute, weight_dtype), {})[k] = like
+    tensors: dict[str, Tensor] = {}
+    for target, part in groups.items():
+        # on CUDA: pinned, pipelined reads cast into the storage dtype on the device (runtime/fastread)
+        got = _read_fast(sd, {k: found[k] for k in part}, part, target, dev)
+        if got is None:  # the CPU (mmap: no copy when the dtype already fits), pickles, no room
+            got = {k: _stored(sd[found[k]], target, dev) for k in part}
+        tensors.update(got)
     model.load_state_dict(tensors, strict=True, assign=True)
     model.compute_dtype = compute  # type: ignore[assignment]
     model.storage_dtype = store  # type: ignore[assignment]
