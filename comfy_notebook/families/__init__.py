@@ -38,6 +38,7 @@ from comfy_notebook.families.sd2 import SD2
 from comfy_notebook.families.sd2_unclip import SD2_UNCLIP
 from comfy_notebook.families.sdxl import SDXL, SDXL_REFINER
 from comfy_notebook.families.wan import WAN21_LATENT, wan_vae_component, wan_vae_prefix
+from comfy_notebook.families.qwen_image import QWEN_IMAGE
 from comfy_notebook.families.zimage import ZIMAGE
 from comfy_notebook.models.detect import describe, is_known_extra
 
@@ -45,6 +46,7 @@ __all__ = [
     "FAMILIES",
     "FLUX",
     "HALF_DTYPES",
+    "QWEN_IMAGE",
     "SD1",
     "SD2",
     "SD2_UNCLIP",
@@ -76,7 +78,7 @@ __all__ = [
 ]
 
 #: Detection order: most specific first.
-FAMILIES: tuple[Family, ...] = (FLUX, ZIMAGE, SD2_UNCLIP, SDXL_REFINER, SDXL, SD2, SD1)
+FAMILIES: tuple[Family, ...] = (FLUX, ZIMAGE, QWEN_IMAGE, SD2_UNCLIP, SDXL_REFINER, SDXL, SD2, SD1)
 
 # text-encoder files: width of a top-level transformers CLIP -> encoder name
 _TEXT_ENCODER_WIDTHS = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
