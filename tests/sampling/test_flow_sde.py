@@ -213,3 +213,30 @@ def test_sampler_spec_on_a_flow_model_is_seeded_and_uses_the_flow_form():
         assert torch.isfinite(a).all(), name
         diffusion_maths = spec.run(_flow_d, x, sig.clamp(max=0.999), seed=3, model_sampling=None)
         assert not torch.allclose(a, diffusion_maths), name
+
+
+def test_inpainting_on_a_flow_model_noises_the_kept_area_along_the_flow_path():
+    """ComfyUI's KSamplerX0Inpaint uses the model sampling's noise scaling (scale_latent_inpaint)."""
+    from comfy_notebook.families.base import LatentFormat
+    from comfy_notebook.sampling import Guidance, sample_sigmas
+
+    fmt = LatentFormat("plain", scale_factor=1.0, channels=4)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def apply_model(x, t, context, **kw):
+        seen.append((x.clone(), t.clone()))
+        return torch.tanh(x) * 0.3
+
+    ms = ModelSamplingDiscreteFlow(shift=3.0)
+    lat = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(1, 4, 4)
+    mask[:, :, 2:] = 1.0  # paint the right half, keep the left
+    noise = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    sigmas = torch.tensor([0.9, 0.5, 0.0])
+    sample_sigmas(apply_model, model_sampling=ms, latent_format=fmt, latent={"samples": lat, "noise_mask": mask},
+                  noise=noise, sigmas=sigmas, guidance=Guidance.basic([[torch.ones(1, 3, 8), {}]]),
+                  sampler=SamplerSpec("euler"), seed=0)
+    x_in, t = seen[1]
+    s = float(t[0]) / 1000
+    assert s == pytest.approx(0.5)
+    torch.testing.assert_close(x_in[..., :2], (s * noise + (1 - s) * lat)[..., :2])
