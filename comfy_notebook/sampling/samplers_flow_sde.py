@@ -14,7 +14,7 @@ For a step s -> t with ``h = lambda_t - lambda_s``:
   sigma ``e^(-lambda)``, scaled by ``alpha``.
 
 On diffusion models these are mathematically the k-diffusion samplers of ``samplers.py``
-(alpha = 1), which stay in use there so that SD1/SDXL results do not change by a rounding.
+(alpha = 1), which stay in use there so that diffusion-model results do not change by a rounding.
 ``lcm`` re-noises with the model sampling's noise scaling (``sigma z + (1 - sigma) x0``).
 
 Each function takes ``model_sampling=`` (a flow model sampling); :func:`samplers_rf.for_model_sampling`
