@@ -6,6 +6,13 @@ plus ComfyUI's weight-dtype policy: weights stay in the file's dtype when it is 
 (no copy at all on CPU), are cast once to the compute dtype otherwise, and stay (or are cast
 tensor by tensor to) fp8 when the file is fp8 or ``weight_dtype`` asks for it; fp8 models run
 through cast-on-forward linear layers (``runtime/fp8.py``).
+
+"Scaled fp8" files (a ``scaled_fp8`` marker key; ComfyUI ``model_detection.py`` / ``sd.py`` /
+``ops.py`` at a125cd8) load as ComfyUI loads them: every linear layer is a ``ScaledFP8Linear``
+whose weight and bias are kept in the marker's fp8 dtype (float32 marker: e4m3fn) with the
+file's float32 ``scale_weight`` / ``scale_input`` (ones where absent), the other tensors in the
+compute dtype; ``weight_dtype`` is ignored.  The fp8 matmul is used on fp8-capable devices
+unless the marker has two elements (ComfyUI's "no fp8 optimisations" flag).
 """
 
 from __future__ import annotations
@@ -18,7 +25,14 @@ import torch
 from torch import Tensor, nn
 
 from comfy_notebook.errors import ModelLoadError
-from comfy_notebook.runtime.fp8 import is_fp8, linear_factory, storage_dtype
+from comfy_notebook.runtime.fp8 import (
+    ScaledFP8Linear,
+    fp8_matmul_supported,
+    is_fp8,
+    linear_factory,
+    scaled_linear_factory,
+    storage_dtype,
+)
 from comfy_notebook.runtime.loading import open_state_dict
 
 __all__ = ["file_weight_dtype", "load_module", "load_module_file"]
@@ -50,6 +64,7 @@ def load_module(
     device: str | torch.device = "cpu",
     ignore: Callable[[str], bool] | None = None,
     what: str = "model",
+    fp8_matmul: bool = True,
 ) -> nn.Module:
     """Build ``model_cls(config, linear=...)`` on meta and assign the file's tensors.
 
@@ -67,6 +82,9 @@ def load_module(
         Dtype of activations (default float32 on CPU, bfloat16 elsewhere).
     ignore:
         Keys (without prefix) present in the file but not in the module (e.g. a tied copy).
+    fp8_matmul:
+        Whether a scaled fp8 file may use the fp8 matmul (ComfyUI: diffusion models yes, text
+        encoders no).
 
     The returned module has ``compute_dtype`` and ``storage_dtype`` attributes.
     """
@@ -75,12 +93,28 @@ def load_module(
     found = {k[len(prefix):]: k for k in sd if k.startswith(prefix)}
     if ignore is not None:
         found = {k: v for k, v in found.items() if not ignore(k)}
-    store = storage_dtype(weight_dtype, file_weight_dtype(sd, found.values()), compute)
-    linear = linear_factory(store, compute, fast=weight_dtype == "fp8_e4m3fn_fast", device=dev)
+    marker = found.pop("scaled_fp8", None)
+    scaled = None if marker is None else sd[marker]
+    if scaled is not None:
+        store = torch.float8_e4m3fn if scaled.dtype == torch.float32 else scaled.dtype
+        linear = scaled_linear_factory(fast=fp8_matmul and scaled.numel() != 2 and fp8_matmul_supported(dev))
+    else:
+        store = storage_dtype(weight_dtype, file_weight_dtype(sd, found.values()), compute)
+        linear = linear_factory(store, compute, fast=weight_dtype == "fp8_e4m3fn_fast", device=dev)
     with torch.device("meta"):
         model = model_cls(config, linear=linear)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(found))
+    defaults: dict[str, Tensor] = {}
+    in_linear: set[str] = set()
+    if scaled is not None:  # scales absent from the file are ones; linear weights stay fp8
+        for name, mod in model.named_modules():
+            if isinstance(mod, ScaledFP8Linear):
+                dot = f"{name}." if name else ""
+                in_linear.update(f"{dot}{p}" for p, _ in mod.named_parameters(recurse=False))
+                for buf in ("scale_weight", "scale_input"):
+                    if f"{dot}{buf}" not in found:
+                        defaults[f"{dot}{buf}"] = torch.ones((), dtype=torch.float32, device=dev)
+    missing = sorted(set(expected) - set(found) - set(defaults))
     unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
         raise ModelLoadError(
@@ -90,10 +124,16 @@ def load_module(
         )
     tensors = {}
     for k, like in expected.items():
+        if k in defaults:
+            tensors[k] = defaults[k]
+            continue
         t = sd[found[k]]
         if t.shape != like.shape:
             raise ModelLoadError(f"{what}: {k} has shape {tuple(t.shape)} in the file, expected {tuple(like.shape)}")
         target = store if t.is_floating_point() else t.dtype
+        if scaled is not None and t.is_floating_point():
+            target = store if k in in_linear else (torch.float32 if k.endswith(("scale_weight", "scale_input"))
+                                                   else compute)
         if is_fp8(t.dtype) and not is_fp8(target):
             t = t.to(torch.float32)  # fp8 -> fp16 has no direct CPU kernel everywhere
         tensors[k] = t.to(device=dev, dtype=target)
