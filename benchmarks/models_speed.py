@@ -10,8 +10,12 @@ fp16 at 1024 px (latent 128x128) at CFG batch 2 with its ``y`` input (diffusers:
 ``added_cond_kwargs``).  Reference on an H200: diffusers' eager SDXL UNet loop 18.95 it/s.
 
 Flux (``--models flux``): see ``benchmarks/flux_speed.py`` (Flux.1-dev at 1024 px, bf16 and fp8).
+Qwen-Image (``--models qwen_image``): see ``benchmarks/qwen_image_speed.py`` (the 20 B MMDiT at
+1024 px, text-to-image and Edit with one reference, bf16 and fp8).
+Z-Image (``--models zimage``): see ``benchmarks/zimage_speed.py`` (Z-Image-Turbo at 1024 px, bf16
+and fp8, against diffusers; its Qwen3-4B text encoder against transformers).
 
-Run: ``python benchmarks/models_speed.py [--device cpu|cuda] [--steps N] [--models sd1,sdxl,flux]``
+Run: ``python benchmarks/models_speed.py [--device cpu|cuda] [--steps N] [--models sd1,sdxl,flux,zimage,qwen_image]``
 """
 
 from __future__ import annotations
@@ -172,7 +176,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--models", default="sd1,sdxl,flux",
-                        help="comma-separated: sd1 (UNet, VAE, CLIP), sdxl (UNet), flux (benchmarks/flux_speed.py)")
+                        help="comma-separated: sd1 (UNet, VAE, CLIP), sdxl (UNet), flux (benchmarks/flux_speed.py), "
+                             "zimage (benchmarks/zimage_speed.py), qwen_image (benchmarks/qwen_image_speed.py)")
     args = parser.parse_args()
     device = torch.device(args.device)
     models = set(args.models.split(","))
@@ -180,8 +185,16 @@ def main() -> None:
         from benchmarks.flux_speed import run as run_flux
 
         run_flux(device, args.steps)
-        if not models - {"flux"}:
-            return
+    if "zimage" in models:
+        from benchmarks.zimage_speed import run as run_zimage
+
+        run_zimage(device, min(args.steps, 8))  # the Turbo workflows' 8 steps
+    if "qwen_image" in models:
+        from benchmarks.qwen_image_speed import run as run_qwen_image
+
+        run_qwen_image(device, args.steps)
+    if not models - {"flux", "zimage", "qwen_image"}:
+        return
     gpu = device.type == "cuda"
     dtype = torch.float16 if gpu else torch.float32
     torch.manual_seed(0)

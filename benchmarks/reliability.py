@@ -1,7 +1,7 @@
 """Reliability figures (issue 19): faults injected at every point of the default prompt, fuzzed
 inputs, and memory over a long session of reruns.  Writes ``benchmarks/results/reliability.txt``.
 
-    PYTHONPATH=. python benchmarks/reliability.py [--reruns 200] [--fuzz 1000] [--workflows 300]
+    PYTHONPATH=. python benchmarks/reliability.py [--reruns 1000] [--fuzz 10000] [--workflows 1000]
 
 Injection points come from ``tests/reliability/harness.py`` (the executor's events, the model
 manager's private methods, ``runtime._movement``'s movers); each point runs on a fresh session
@@ -85,7 +85,39 @@ def faults(root: pathlib.Path) -> tuple[list[str], Counter[str]]:
             lines.append(f"  {name:28s} points {c['points']:3d}  survived {c['survived']:3d}  leaks {c['leaks']}  "
                          f"invariant violations {c['problems']}  reruns identical {c['identical']}/{c['points']}"
                          f"{extra}  ({time.perf_counter() - t0:.1f} s)")
+    lines.append(file_faults(root, totals))
     return lines, totals
+
+
+def file_faults(root: pathlib.Path, totals: Counter[str]) -> str:
+    """An OSError at every file read (EIO) and PNG write (ENOSPC) of an img2img prompt with a
+    LoRA and an embedding."""
+    from io_faults import FileInjector, fault_for
+    from test_file_faults import file_prompt, make_file_root
+
+    root = make_file_root(root / "file-faults")
+    api = file_prompt()
+    ref = clean_run(root, api, injector_type=FileInjector)
+    points = [p for p in ref.points if p.kind == "file"]
+    t0 = time.perf_counter()
+    c: Counter[str] = Counter()
+    for p in points:
+        o = run_point(root, api, ref, p, fault_for, injector_type=FileInjector)
+        clear = o.raised is None or (o.raised[0] in ("NodeExecutionError", "ValidationError")
+                                     and o.raised[1] not in ("OSError", "FileNotFoundError"))
+        c["points"] += 1
+        c["survived"] += int(clear and not o.problems and not o.leaks and o.identical)
+        c["leaks"] += len(o.leaks)
+        c["problems"] += len(o.problems)
+        c["identical"] += int(o.identical)
+        c["recovered"] += int(o.raised is None)
+    totals.update({k: v for k, v in c.items() if k != "recovered"})
+    sites = sorted({p.site for p in points})
+    return (f"scenario file faults (img2img + LoRA + embedding: LoadImage -> VAEEncode -> KSampler -> SaveImage): "
+            f"{len(points)} file operations in {len(sites)} product functions ({', '.join(sites)})\n"
+            f"  {'OSError (EIO read, ENOSPC write)':28s} points {c['points']:3d}  survived {c['survived']:3d}  "
+            f"leaks {c['leaks']}  invariant violations {c['problems']}  reruns identical "
+            f"{c['identical']}/{c['points']}, recovered {c['recovered']}  ({time.perf_counter() - t0:.1f} s)")
 
 
 def fuzz(root: pathlib.Path, n_api: int, n_workflows: int) -> list[str]:
@@ -138,11 +170,13 @@ def long_session(root: pathlib.Path, reruns: int) -> list[str]:
     manager = s.models
     subs0 = (len(s._subscribers), len(manager._subscribers))
     samples = []
+    peak = 0
     t0 = time.perf_counter()
     for i in range(reruns):
         api = tiny_prompt(seed=1000 + i)
         api["6"]["inputs"]["text"] = f"a photo, variation {i % 7}"
         s.run_prompt(api)
+        peak = max(peak, s.cache.stats().bytes)
         if i % 10 == 9:
             gc.collect()
             samples.append((i + 1, rss_bytes(), len(s.cache), s.cache.stats().bytes))
@@ -157,8 +191,9 @@ def long_session(root: pathlib.Path, reruns: int) -> list[str]:
         f"  {reruns} reruns of the default prompt (new seed each, 7 prompt texts), {seconds:.1f} s",
         f"  RSS after {warm[0]} reruns {warm[1] / 2**20:.1f} MiB, after {last[0]} {last[1] / 2**20:.1f} MiB: "
         f"drift {drift / 2**20:+.1f} MiB ({per100 / 2**20:+.2f} MiB per 100 reruns)",
-        f"  cache (default KeepAll policy): {last[2]} entries, {last[3] / 2**20:.1f} MiB of outputs held "
-        "(grows with every new seed by design; a MemoryBudget policy bounds it)",
+        f"  cache (default policy {s.cache.policy!r}): {last[2]} entries, {last[3] / 2**20:.1f} MiB of "
+        f"outputs held, peak {peak / 2**20:.1f} MiB, {s.cache.stats().evictions} evictions (within budget: "
+        f"{peak <= (s.cache.policy.ram_bytes or 0)})",
         f"  subscribers session/manager before {subs0}, after {subs}; models in use after: {in_use}; "
         f"reserved inference bytes: {manager._reserved}",
     ]
@@ -166,9 +201,9 @@ def long_session(root: pathlib.Path, reruns: int) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reruns", type=int, default=200)
-    ap.add_argument("--fuzz", type=int, default=1000)
-    ap.add_argument("--workflows", type=int, default=300)
+    ap.add_argument("--reruns", type=int, default=1000)
+    ap.add_argument("--fuzz", type=int, default=10_000)
+    ap.add_argument("--workflows", type=int, default=1000)
     ap.add_argument("--out", default=str(HERE / "results" / "reliability.txt"))
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -46,7 +46,8 @@ class Session:
         The models folder (or a ComfyUI installation) and where outputs go.  Unset: from
         ``$COMFY_NOTEBOOK_MODELS`` or the config file, re-read when they change.
     cache:
-        Defaults to ``Cache(KeepAll())``.
+        Defaults to ``Cache()``: least recently used outputs beyond a RAM / GPU-memory budget
+        are evicted (``comfy_notebook.engine.policies.default_policy``).
     builtins:
         Register the built-in node pack (ComfyUI's core nodes), lazily on the first node
         lookup (default).  ``False``: an empty session for your own nodes.

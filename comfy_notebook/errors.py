@@ -18,6 +18,7 @@ __all__ = [
     "NodeCallError",
     "NodeError",
     "NodeExecutionError",
+    "OutputWriteError",
     "TemplateError",
     "UnsupportedModelError",
     "ValidationError",
@@ -86,9 +87,27 @@ class NodeError(ComfyNotebookError):
 
 
 class NodeCallError(NodeError):
-    """A real-mode node call failed validation or raised; ``traceback_text`` has the details."""
+    """A real-mode node call failed validation or raised; ``traceback_text`` has the details;
+    ``images`` the images a failed save kept (see :class:`OutputWriteError`)."""
 
     traceback_text: str = ""
+    images: Any = None
+
+
+class OutputWriteError(NodeError):
+    """An output file could not be written (disk full, read-only or vanished folder).
+
+    ``images`` holds what was to be saved (the node's ``IMAGE`` input), so the notebook still
+    shows it and a script can keep it; ``saved`` lists the files written before the failure
+    (ComfyUI's ``{"filename", "subfolder", "type"}``); ``path`` is the file that failed.
+    """
+
+    def __init__(self, message: str, *, images: Any = None, saved: list[dict[str, Any]] | None = None,
+                 path: str | None = None, **kwargs: Any) -> None:
+        self.images = images
+        self.saved = list(saved or [])
+        self.path = path
+        super().__init__(message, **kwargs)
 
 
 class ValidationError(ComfyNotebookError):

@@ -779,6 +779,41 @@ def make_esrgan(path: str | os.PathLike[str], *, layout: str = "realesrgan", sca
 
 
 # Flux.1 files (diffusion_models/, text_encoders/, vae/ layouts) live in their own module.
-from comfy_notebook._testing_flux import FLUX_PRESETS, make_flux_file, make_t5_file  # noqa: E402
+from comfy_notebook._testing_flux import (  # noqa: E402
+    FLUX_CONTROLNET_KINDS,
+    FLUX_PRESETS,
+    make_flux_controlnet,
+    make_flux_file,
+    make_t5_file,
+)
 
-__all__ += ["FLUX_PRESETS", "make_flux_file", "make_t5_file"]
+__all__ += ["FLUX_CONTROLNET_KINDS", "FLUX_PRESETS", "make_flux_controlnet", "make_flux_file", "make_t5_file"]
+
+# Qwen-Image diffusion-model files (diffusion_models/qwen_image*.safetensors layout) live in their own module.
+from comfy_notebook._testing_qwen_image import (  # noqa: E402
+    QWEN_IMAGE_PRESETS,
+    make_qwen_image_file,
+    random_qwen_image_state_dict,
+)
+
+__all__ += ["QWEN_IMAGE_PRESETS", "make_qwen_image_file", "random_qwen_image_state_dict"]
+
+# Z-Image files (diffusion_models/, text_encoders/ layouts) live in their own module.
+from comfy_notebook._testing_zimage import (  # noqa: E402
+    QWEN3_TINY,
+    ZIMAGE_PRESETS,
+    ZIMAGE_TINY,
+    make_qwen3_file,
+    make_zimage_file,
+)
+
+__all__ += ["QWEN3_TINY", "ZIMAGE_PRESETS", "ZIMAGE_TINY", "make_qwen3_file", "make_zimage_file"]
+
+# The Wan-2.1 VAE of Qwen-Image (vae/qwen_image_vae.safetensors layout) lives in its own module.
+from comfy_notebook._testing_wan import (  # noqa: E402
+    WAN_VAE_PRESETS,
+    make_wan_vae_file,
+    random_wan_vae_state_dict,
+)
+
+__all__ += ["WAN_VAE_PRESETS", "make_wan_vae_file", "random_wan_vae_state_dict"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -26,6 +27,7 @@ from comfy_notebook.engine.policies import (
     CachePolicy,
     KeepAll,
     MemoryBudget,
+    default_policy,
     sizeof,
     split_bytes,
 )
@@ -198,12 +200,19 @@ class Cache:
     Parameters
     ----------
     policy:
-        one of :mod:`comfy_notebook.engine.policies` (default :class:`KeepAll`), or any object with a
-        ``victims(entries, total_bytes)`` method.
+        one of :mod:`comfy_notebook.engine.policies`, or any object with a
+        ``victims(entries, total_bytes)`` method.  Default: :func:`default_policy` (least
+        recently used results beyond a stated RAM / GPU-memory budget are evicted, so a long
+        session of reruns with new seeds stays bounded).
+
+    Thread-safe: a prompt running on a background thread (a widget, the prompt queue) stores
+    and evicts while a cell's real-mode calls look entries up; one lock serialises every
+    method, so nobody sees an entry half-stored and the byte count equals the entries' sizes.
     """
 
     def __init__(self, policy: CachePolicy | None = None) -> None:
-        self.policy: CachePolicy = policy if policy is not None else KeepAll()
+        self.policy: CachePolicy = policy if policy is not None else default_policy()
+        self._lock = threading.RLock()
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._bytes = 0
         self._hits = 0
@@ -212,18 +221,20 @@ class Cache:
 
     def get(self, key: str) -> CacheEntry | None:
         """The entry for ``key`` (marking it recently used), or ``None``; counts hit/miss."""
-        entry = self._entries.get(key)
-        if entry is None:
-            self._misses += 1
-            return None
-        self._hits += 1
-        entry.last_used = time.monotonic()
-        self._entries.move_to_end(key)
-        return entry
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self._misses += 1
+                return None
+            self._hits += 1
+            entry.last_used = time.monotonic()
+            self._entries.move_to_end(key)
+            return entry
 
     def peek(self, key: str) -> CacheEntry | None:
         """The entry for ``key`` without touching statistics or recency."""
-        return self._entries.get(key)
+        with self._lock:
+            return self._entries.get(key)
 
     def put(self, key: str, outputs: tuple[list[Any], ...], ui: Mapping[str, Any] | None) -> CacheEntry:
         """Store a result (uncacheable keys are not stored) and apply the policy."""
@@ -231,54 +242,62 @@ class Cache:
         entry = CacheEntry(outputs, ui, ram + vram, time.monotonic(), ram_bytes=ram, vram_bytes=vram)
         if not is_cacheable(key):
             return entry
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= old.nbytes
-            entry.tags |= old.tags
-        self._entries[key] = entry
-        self._bytes += entry.nbytes
-        self._evict()
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+                entry.tags |= old.tags
+            self._entries[key] = entry
+            self._bytes += entry.nbytes
+            self._evict()
         return entry
 
     def _evict(self) -> None:
-        for key in list(self.policy.victims(self._entries, self._bytes)):
-            if self.release(key):
-                self._evictions += 1
+        with self._lock:
+            for key in list(self.policy.victims(self._entries, self._bytes)):
+                if self.release(key):
+                    self._evictions += 1
 
     def tag(self, key: str, tag: str) -> None:
         """Attach a free-form tag (e.g. the notebook cell that produced the entry)."""
-        entry = self._entries.get(key)
-        if entry is not None:
-            entry.tags.add(tag)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.tags.add(tag)
 
     def release(self, key: str) -> bool:
         """Drop one entry; returns whether it existed."""
-        entry = self._entries.pop(key, None)
-        if entry is None:
-            return False
-        self._bytes -= entry.nbytes
-        return True
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                return False
+            self._bytes -= entry.nbytes
+            return True
 
     def release_tag(self, tag: str, keep: Iterable[str] = ()) -> int:
         """Drop every entry carrying ``tag`` except the keys in ``keep``; returns how many."""
         keep_set = set(keep)
-        doomed = [k for k, e in self._entries.items() if tag in e.tags and k not in keep_set]
-        for key in doomed:
-            self.release(key)
+        with self._lock:
+            doomed = [k for k, e in self._entries.items() if tag in e.tags and k not in keep_set]
+            for key in doomed:
+                self.release(key)
         return len(doomed)
 
     def stats(self) -> CacheStats:
         """Hits, misses, entries, bytes and evictions so far."""
-        return CacheStats(self._hits, self._misses, len(self._entries), self._bytes, self._evictions)
+        with self._lock:
+            return CacheStats(self._hits, self._misses, len(self._entries), self._bytes, self._evictions)
 
     def clear(self) -> None:
         """Drop every entry (statistics are kept)."""
-        self._entries.clear()
-        self._bytes = 0
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
 
     def keys(self) -> list[str]:
         """Keys from least to most recently used."""
-        return list(self._entries)
+        with self._lock:
+            return list(self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)

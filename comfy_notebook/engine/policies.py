@@ -1,20 +1,26 @@
 """Every cache eviction policy, and the one byte-size walker they measure entries with.
 
 A policy chooses keys to evict from the cache's entries, ordered least to most recently used.
-:class:`KeepAll` (the default) never evicts; :class:`LRU` caps the number of entries;
+:class:`KeepAll` never evicts; :class:`LRU` caps the number of entries;
 :class:`ByteBudget` caps the total bytes; :class:`MemoryBudget` caps host RAM and GPU memory
-separately.  Sizes are found by duck typing (torch is never imported): a tensor counts on its
+separately.  A cache made without a policy gets :func:`default_policy`: a ``MemoryBudget`` of a
+quarter of the machine's RAM (at most 16 GiB, at least 1 GiB) and 2 GiB of GPU memory, so a long
+session of reruns with new seeds stays bounded (ComfyUI's ``--cache-ram`` pressure cache is the
+model: least recently used outputs go first; what the running prompt still needs is recomputed
+or, in real mode, restored from the handles the notebook holds).  Sizes are found by duck typing (torch is never imported): a tensor counts on its
 device, anything else with ``nbytes`` counts as RAM.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-__all__ = ["LRU", "ByteBudget", "CachePolicy", "KeepAll", "MemoryBudget", "sizeof", "split_bytes"]
+__all__ = ["DEFAULT_VRAM_BYTES", "LRU", "ByteBudget", "CachePolicy", "KeepAll", "MemoryBudget",
+           "default_policy", "default_ram_budget", "sizeof", "split_bytes"]
 
 _MAX_DEPTH = 32
 
@@ -160,3 +166,20 @@ class ByteBudget:
 
     def __repr__(self) -> str:
         return f"ByteBudget({self.max_bytes})"
+
+
+DEFAULT_VRAM_BYTES = 2 << 30  # GPU memory the default policy lets cached outputs hold
+
+
+def default_ram_budget() -> int:
+    """A quarter of the machine's physical memory, clamped to [1 GiB, 16 GiB]."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume 16 GiB of RAM
+        total = 16 << 30
+    return int(min(16 << 30, max(1 << 30, total // 4)))
+
+
+def default_policy() -> MemoryBudget:
+    """The policy of a cache made without one: ``MemoryBudget(default_ram_budget(), 2 GiB)``."""
+    return MemoryBudget(ram_bytes=default_ram_budget(), vram_bytes=DEFAULT_VRAM_BYTES)

@@ -277,10 +277,15 @@ def _validate_node(
                 coerced = dict(node.inputs)
             coerced[name] = new
     for name, value in node.inputs.items():  # undeclared links still need their source
-        if name not in spec.inputs and isinstance(value, Link) and value.node_id not in graph.nodes:
-            errors.append(
-                _err("bad_linked_input", "Bad linked input, source node does not exist", name, input_name=name)
-            )
+        if name not in spec.inputs and isinstance(value, Link):
+            if value.node_id not in graph.nodes:
+                errors.append(
+                    _err("bad_linked_input", "Bad linked input, source node does not exist", name, input_name=name)
+                )
+            elif value.node_id in invalid:
+                # the executor runs every linked source (as ComfyUI's ExecutionList does), so an
+                # invalid one fails validation here instead of failing at run time
+                valid = False
     if errors:
         return False, errors, coerced
     if spec.has_validate and (v_args or spec.validate_has_kwargs):

@@ -37,6 +37,8 @@ from comfy_notebook.families.sd1 import SD1
 from comfy_notebook.families.sd2 import SD2
 from comfy_notebook.families.sd2_unclip import SD2_UNCLIP
 from comfy_notebook.families.sdxl import SDXL, SDXL_REFINER
+from comfy_notebook.families.wan import WAN21_LATENT, wan_vae_component, wan_vae_prefix
+from comfy_notebook.families.zimage import ZIMAGE
 from comfy_notebook.models.detect import describe, is_known_extra
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "SDXL",
     "SDXL_REFINER",
     "VAE_DTYPES",
+    "WAN21_LATENT",
+    "ZIMAGE",
     "Component",
     "Detected",
     "Family",
@@ -72,7 +76,7 @@ __all__ = [
 ]
 
 #: Detection order: most specific first.
-FAMILIES: tuple[Family, ...] = (FLUX, SD2_UNCLIP, SDXL_REFINER, SDXL, SD2, SD1)
+FAMILIES: tuple[Family, ...] = (FLUX, ZIMAGE, SD2_UNCLIP, SDXL_REFINER, SDXL, SD2, SD1)
 
 # text-encoder files: width of a top-level transformers CLIP -> encoder name
 _TEXT_ENCODER_WIDTHS = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
@@ -126,9 +130,13 @@ def detect(state_dict: Mapping[str, Any], *, source: str = "") -> Detected:
             if found.components:
                 return Detected(found.family, found.components, found.sampling, extras, source)
     comps: dict[str, Component] = {}
+    wan = wan_vae_prefix(s.sd)
     if s.vae_prefix is not None:
         comps["vae"] = s.vae()
-    te = _text_encoder_file(s)
+    elif wan is not None:  # the Wan-2.1 VAE of Qwen-Image (vae/qwen_image_vae.safetensors)
+        comps["vae"] = wan_vae_component(s.sd, wan)
+    te = _text_encoder_file(s) or next(
+        (c for f in FAMILIES if (c := f.text_encoder_component(s)) is not None), None)
     if te is not None:
         comps[te.name] = te
     elif "encoder.block.0.layer.1.DenseReluDense.wi_1.weight" in s.sd and "shared.weight" in s.sd:

@@ -9,7 +9,7 @@ listed, in detection order, in ``families/__init__.py``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +56,10 @@ class LatentFormat:
     inpaint_blank:
         The diffusion latent of an all-black image, one value per channel: the masked image an
         inpainting model gets when no mask is given (ComfyUI ``blank_inpaint_image_like``).
+    latents_mean, latents_std:
+        Per-channel statistics (Wan-2.1 VAE latents, ComfyUI ``latent_formats.Wan21``): when
+        set, ``process_in(z) = (z - mean) * scale / std`` per channel and ``shift_factor`` is
+        unused; None (every other family) keeps the scalar form.
     """
 
     name: str
@@ -66,15 +70,28 @@ class LatentFormat:
     rgb_factors: tuple[tuple[float, ...], ...] | None = None
     rgb_bias: tuple[float, ...] | None = None
     inpaint_blank: tuple[float, ...] | None = None
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
+
+    def _per_channel(self, values: tuple[float, ...], like: Tensor) -> Tensor:
+        """``values`` shaped to broadcast over channel dim 1 of ``like`` (4-D or 5-D latents)."""
+        t = torch.tensor(values, dtype=like.dtype, device=like.device)
+        return t.view(1, len(values), *([1] * (like.dim() - 2)))
 
     def process_in(self, latent: Tensor) -> Tensor:
         """VAE latent -> diffusion-model latent."""
+        if self.latents_mean is not None and self.latents_std is not None:
+            mean, std = self._per_channel(self.latents_mean, latent), self._per_channel(self.latents_std, latent)
+            return (latent - mean) * self.scale_factor / std
         if self.shift_factor:
             latent = latent - self.shift_factor
         return latent * self.scale_factor
 
     def process_out(self, latent: Tensor) -> Tensor:
         """Diffusion-model latent -> VAE latent."""
+        if self.latents_mean is not None and self.latents_std is not None:
+            mean, std = self._per_channel(self.latents_mean, latent), self._per_channel(self.latents_std, latent)
+            return latent * std / self.scale_factor + mean
         latent = latent / self.scale_factor
         return latent + self.shift_factor if self.shift_factor else latent
 
@@ -98,6 +115,14 @@ class TextEncoderSpec:
         The pooled output goes through the encoder's ``text_projection``.
     tokenizer, min_length:
         The tokenizer kind and, for T5, the padded length (ComfyUI: 256 for Flux, 77 for SD3).
+    template, drop_front:
+        Decoder-only LLM encoders (``tokenizer`` ``"qwen"``, see ``models/llm_prompt.py``): the
+        chat template the prompt is put into (``{}`` marks the prompt; None: the bare prompt),
+        and how many tokens to drop from the front of the hidden states, a count or a function
+        of the row's ids (ComfyUI's Qwen-Image drops the system prompt).  Such an encoder reads
+        the hidden state of ``layer`` (a decoder layer, negative from the end, without the
+        final norm unless ``final_norm``), gets one unpadded row with no start/end tokens and
+        no weight syntax, and has no pooled output.
     """
 
     name: str
@@ -105,10 +130,22 @@ class TextEncoderSpec:
     final_norm: bool = True
     pad_token: int = 49407
     projected_pooled: bool = False
-    #: ``"clip"`` (77-token BPE rows) or ``"t5"`` (one SentencePiece row, see ``models.t5_tokenizer``)
+    #: ``"clip"`` (77-token BPE rows), ``"t5"`` (one SentencePiece row, see ``models.t5_tokenizer``)
+    #: or an LLM tokenizer (``"qwen"``, see ``models.llm_prompt``)
     tokenizer: str = "clip"
     #: t5: pad the row with ``pad_token`` to at least this many tokens
     min_length: int | None = None
+    #: LLM encoders: the chat template (``{}`` = the prompt)
+    template: str | None = None
+    #: LLM encoders: tokens dropped from the front of the hidden states (count, or ids -> count)
+    drop_front: int | Callable[[Sequence[int]], int] = 0
+
+    @property
+    def is_llm(self) -> bool:
+        """Whether this is a decoder-only LLM encoder (one unpadded templated row, no pooled output)."""
+        from comfy_notebook.models.llm_prompt import is_llm_tokenizer
+
+        return is_llm_tokenizer(self.tokenizer)
 
 
 @dataclass(frozen=True)
@@ -252,6 +289,12 @@ class Family:
     def detect(self, survey: Survey) -> Detected:
         """The components of a file this family :meth:`matches`."""
         raise NotImplementedError
+
+    def text_encoder_component(self, survey: Survey) -> Component | None:
+        """The text-encoder component of a file that holds only a text encoder this family
+        reads (an LLM's ``text_encoders/`` file), else None.  Asked when no family's
+        :meth:`matches` accepts the file; CLIP and T5 files are recognised without it."""
+        return None
 
     # model sampling ----------------------------------------------------------------------
     def model_sampling(self, prediction: str | None = None, zsnr: bool = False) -> ModelSampling:

@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["describe_control"]
+__all__ = ["describe_control", "read_family_control"]
+
+
+def read_family_control(sd: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """``(kind, tensors)`` of a control file only a DiT family can read (Flux: ``families/flux_control.py``),
+    else None (the UNet layouts are read by ``runtime.control_files``)."""
+    from comfy_notebook.families.flux_control import read_flux_control
+
+    return read_flux_control(sd)
 
 
 def describe_control(kind: str, tensors: Mapping[str, Any]) -> tuple[str | None, Any]:
@@ -21,8 +29,9 @@ def describe_control(kind: str, tensors: Mapping[str, Any]) -> tuple[str | None,
     Parameters
     ----------
     kind:
-        ``"controlnet"`` (config: :class:`~comfy_notebook.models.controlnet.ControlNetConfig`) or
-        ``"t2i_adapter"`` (config: :class:`~comfy_notebook.models.t2i_adapter.AdapterConfig`).
+        ``"controlnet"`` (config: :class:`~comfy_notebook.models.controlnet.ControlNetConfig`),
+        ``"t2i_adapter"`` (config: :class:`~comfy_notebook.models.t2i_adapter.AdapterConfig`) or
+        ``"dit_controlnet"`` (a Flux ControlNet: :class:`~comfy_notebook.models.controlnet_flux.FluxControlNetConfig`).
     tensors:
         Key -> tensor (or anything with ``.shape``), keys without ``control_model.``.
     """
@@ -30,6 +39,11 @@ def describe_control(kind: str, tensors: Mapping[str, Any]) -> tuple[str | None,
     from comfy_notebook.models.controlnet import ControlNetConfig
     from comfy_notebook.models.t2i_adapter import AdapterConfig
 
+    if kind == "dit_controlnet":
+        from comfy_notebook.families.flux import FLUX
+        from comfy_notebook.families.flux_control import describe_flux_control
+
+        return FLUX.name, describe_flux_control(tensors, FLUX.latent_format)
     if kind == "t2i_adapter":
         config = AdapterConfig.from_state_dict(tensors)
         return (SDXL.name if config.kind == "full_xl" else None), config

@@ -132,3 +132,27 @@ class CellEvents:
             show(etype, value, [line])
         else:
             print(line)
+        _show_unsaved(value)
+
+
+def unsaved_images(error: BaseException) -> Any:
+    """The images a failed save kept (an ``OutputWriteError``, or the error wrapping one)."""
+    for candidate in (error, getattr(error, "original", None), error.__cause__):
+        images = getattr(candidate, "images", None)
+        if images is not None:
+            return images
+    return None
+
+
+def _show_unsaved(error: BaseException) -> None:
+    """A save that failed (full or read-only disk) still shows its images under the error."""
+    images = unsaved_images(error)
+    if images is None:
+        return
+    from IPython.display import display
+
+    from comfy_notebook.realmode.display import images_png
+
+    png = images_png(images)
+    if png is not None:
+        display({"image/png": png}, raw=True)  # type: ignore[no-untyped-call,unused-ignore]

@@ -23,7 +23,8 @@ USAGE = """\
 %comfy models-dir [PATH]          use PATH as the models folder now (no PATH: show it)
 %comfy load NAME                  put a model on the compute device
 %comfy offload NAME               move a model to CPU memory
-%comfy unload NAME|all            free a model's weights (it reloads on next use)
+%comfy unload NAME|all [--wait S]  free a model's weights (it reloads on next use); a running
+                                  prompt is waited for up to S seconds, else refused
 %comfy cache                      cache statistics
 %comfy cache clear                drop every cached result
 %comfy cache budget RAM [VRAM]    evict least recently used results beyond these sizes (8GB)
@@ -83,6 +84,8 @@ class ComfyMagics(Magics):
     @argument("args", nargs="*", help="the command's arguments")  # type: ignore[no-untyped-call,untyped-decorator,unused-ignore]
     @argument("--set", dest="overrides", action="append", default=[],  # type: ignore[no-untyped-call,untyped-decorator,unused-ignore]
               metavar="NODE.INPUT=VALUE", help="run: override an input (repeatable)")
+    @argument("--wait", dest="wait", type=float, default=None,  # type: ignore[no-untyped-call,untyped-decorator,unused-ignore]
+              metavar="SECONDS", help="unload: wait this long for a running prompt")
     @line_cell_magic  # type: ignore[untyped-decorator,unused-ignore]  # untyped before IPython 9
     def comfy(self, line: str, cell: str | None = None) -> Any:
         """Control comfy_notebook from the notebook.
@@ -92,7 +95,7 @@ class ComfyMagics(Magics):
         %comfy models-dir [PATH]          use PATH as the models folder now
         %comfy load NAME                  put a model on the compute device
         %comfy offload NAME               move a model to CPU memory
-        %comfy unload NAME|all            free a model's weights (it reloads on next use)
+        %comfy unload NAME|all [--wait S] free a model's weights (it reloads on next use)
         %comfy cache [clear | budget RAM [VRAM]]   statistics, drop all, or byte budgets
         %comfy export FILE.json           the graph behind the last cell's outputs, as API JSON
         %comfy run FILE.json [--set NODE.INPUT=VALUE ...]
@@ -123,7 +126,11 @@ class ComfyMagics(Magics):
                              "(%comfy? for help)")
         if args.overrides and command != "run":
             raise UsageError(f"%comfy {command} takes no --set")
+        if args.wait is not None and command != "unload":
+            raise UsageError(f"%comfy {command} takes no --wait")
         try:
+            if command == "unload":
+                return handler(args.args, args.wait or 0.0)
             return handler(args.args, args.overrides) if command == "run" else handler(args.args)
         except ComfyNotebookError as exc:
             raise UsageError(f"%comfy {command}: {exc}") from None
@@ -166,12 +173,12 @@ class ComfyMagics(Magics):
         manager, name = self._one_name("offload", args)
         manager.offload(name)
 
-    def _cmd_unload(self, args: list[str]) -> None:
+    def _cmd_unload(self, args: list[str], wait: float = 0.0) -> None:
         if args == ["all"]:  # also a remote backend's models (a ComfyUI server's /free)
-            _control().unload_all()
+            _control().unload_all(wait=wait)
             return
         manager, name = self._one_name("unload", args)
-        manager.unload(name)
+        manager.unload(name, wait=wait) if wait else manager.unload(name)
 
     def _cmd_cache(self, args: list[str]) -> None:
         control = _control()

@@ -54,6 +54,19 @@ class ControlNetConfig:
                    union_types=union)
 
 
+    def residual_elements(self, h: int, w: int) -> int:
+        """Values of one image's residuals on an [h, w] latent (every skip plus the middle)."""
+        u = self.unet
+        mc, levels = u.model_channels, len(u.channel_mult)
+        total = mc * h * w  # the first block
+        for level, mult in enumerate(u.channel_mult):
+            area = -(-h // 2**level) * -(-w // 2**level)
+            total += u.num_res_blocks * mc * mult * area
+            if level != levels - 1:
+                total += mc * mult * -(-h // 2 ** (level + 1)) * -(-w // 2 ** (level + 1))
+        return total + mc * u.channel_mult[-1] * -(-h // 2 ** (levels - 1)) * -(-w // 2 ** (levels - 1))
+
+
 def _hint_block(hint_channels: int, model_channels: int) -> nn.Sequential:
     """Convs with SiLU between them (keys ``input_hint_block.0, .2, ..., .14``): [B, Ch, 8h, 8w] -> [B, mc, h, w]."""
     layers: list[nn.Module] = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,10 +87,11 @@ class FluxConfig:
         img_in = sd[prefix + "img_in.weight"]  # [hidden, C * p * p]
         head_dim = sd[prefix + "double_blocks.0.img_attn.norm.query_norm.scale"].shape[0]
         hidden = img_in.shape[0]
-        final = sd[prefix + "final_layer.linear.weight"]  # [p * p * C_out, hidden]
+        final = sd.get(prefix + "final_layer.linear.weight")  # [p * p * C_out, hidden]; none in a ControlNet
         mlp = sd[prefix + "double_blocks.0.img_mlp.0.weight"].shape[0]
         return cls(
-            in_channels=img_in.shape[1] // 4, out_channels=final.shape[0] // 4,
+            in_channels=img_in.shape[1] // 4,
+            out_channels=(final.shape[0] if final is not None else img_in.shape[1]) // 4,
             vec_in_dim=sd[prefix + "vector_in.in_layer.weight"].shape[1],
             context_in_dim=sd[prefix + "txt_in.weight"].shape[1], hidden_size=hidden,
             mlp_ratio=mlp / hidden, num_heads=hidden // head_dim, depth=count("double_blocks"),
@@ -282,6 +284,21 @@ class LastLayer(nn.Module):
         return self.linear(torch.addcmul(shift, _norm(x), 1 + scale))
 
 
+def _add_control(x: Tensor, residuals: Any, i: int, start: int) -> Tensor:
+    """``x`` with ``residuals[i]`` added to tokens ``start ..`` (none, or past the end: unchanged)."""
+    r = residuals[i] if i < len(residuals) else None
+    if r is None:
+        return x
+    if r.shape[0] != x.shape[0] or r.shape[2] != x.shape[2] or start + r.shape[1] > x.shape[1]:
+        raise ValueError(
+            f"control residual {i} has shape {tuple(r.shape)}, the transformer's tokens are "
+            f"{tuple(x.shape)}. Fix: use a ControlNet made for this model (same width and patch size)")
+    end = start + r.shape[1]
+    if end == x.shape[1] and start == 0:
+        return x + r.to(x.dtype)
+    return torch.cat([x[:, :start], x[:, start:end] + r.to(x.dtype), x[:, end:]], dim=1)
+
+
 class Flux(nn.Module):
     """The Flux.1 transformer: ``forward(x, timestep, context, y, guidance) -> velocity``.
 
@@ -312,12 +329,20 @@ class Flux(nn.Module):
             SingleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, linear) for _ in range(c.depth_single_blocks))
         self.final_layer = LastLayer(c.hidden_size, p2 * c.out_channels, linear)
 
+    @property
+    def control_slots(self) -> tuple[int, int]:
+        """How many residuals a ControlNet gives this model: one per (double, single) block."""
+        return self.config.depth, self.config.depth_single_blocks
+
     def forward_tokens(self, img: Tensor, img_ids: Tensor, txt: Tensor, txt_ids: Tensor, timestep: Tensor,
-                       y: Tensor, guidance: Tensor | None = None) -> Tensor:
+                       y: Tensor, guidance: Tensor | None = None, control: Any = None) -> Tensor:
         """Token-level forward (the reference's ``forward``).
 
         img [B, Li, C*p*p], img_ids [B, Li, 3], txt [B, Lt, Dctx], txt_ids [B, Lt, 3], timestep [B]
-        (sigma in 0..1), y [B, Dvec], guidance [B] -> [B, Li, Cout*p*p].
+        (sigma in 0..1), y [B, Dvec], guidance [B] -> [B, Li, Cout*p*p].  ``control``
+        (:class:`~comfy_notebook.models.unet.ControlResiduals`): ``input[i]`` [B, Lc, C] is added to
+        the first ``Lc`` image tokens after double block ``i``, ``output[i]`` to those after single
+        block ``i`` (ComfyUI ``comfy/ldm/flux/model.py`` at a125cd8).
         """
         dtype = img.dtype
         img = self.img_in(img)
@@ -327,20 +352,25 @@ class Flux(nn.Module):
         vec = vec + self.vector_in(y[:, : self.config.vec_in_dim].to(dtype))
         txt = self.txt_in(txt.to(dtype))
         pe = flux_rope(torch.cat((txt_ids, img_ids), dim=1), self.config.axes_dim, self.config.theta)
-        for block in self.double_blocks:
+        for i, block in enumerate(self.double_blocks):
             img, txt = block(img, txt, vec, pe)
+            if control is not None:
+                img = _add_control(img, control.input, i, 0)
         x = torch.cat((txt, img), 1)
-        for single in self.single_blocks:
+        for i, single in enumerate(self.single_blocks):
             x = single(x, vec, pe)
+            if control is not None:
+                x = _add_control(x, control.output, i, txt.shape[1])
         return self.final_layer(x[:, txt.shape[1]:], vec)
 
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor, y: Tensor | None = None,
-                guidance: Tensor | None = None) -> Tensor:
+                guidance: Tensor | None = None, control: Any = None) -> Tensor:
         """Velocity of a latent.
 
         x [B, C, H, W] (odd sizes are padded circularly to the patch size, as ComfyUI does),
         timestep [B] (= sigma), context [B, Lt, Dctx] (T5), y [B, Dvec] (pooled CLIP-L; zeros
-        when None), guidance [B] (dev) -> [B, Cout, H, W] in x's dtype.
+        when None), guidance [B] (dev), control (a ControlNet's residuals, see ``forward_tokens``)
+        -> [B, Cout, H, W] in x's dtype.
         """
         b, _, h, w = x.shape
         p = self.config.patch_size
@@ -355,6 +385,6 @@ class Flux(nn.Module):
         txt_ids = torch.zeros(b, context.shape[1], 3, device=x.device, dtype=torch.float32)
         if y is None:
             y = torch.zeros(b, self.config.vec_in_dim, device=x.device, dtype=x.dtype)
-        out = self.forward_tokens(img, img_ids, context, txt_ids, timestep, y, guidance)
+        out = self.forward_tokens(img, img_ids, context, txt_ids, timestep, y, guidance, control)
         out = out.view(b, hl, wl, -1, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, hl * p, wl * p)
         return out[:, :, :h, :w]

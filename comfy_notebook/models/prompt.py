@@ -34,6 +34,8 @@ from comfy_notebook.models.tokenizer import BOS_TOKEN_ID, EOS_TOKEN_ID, MAX_LENG
 
 __all__ = [
     "TokenizedPrompt",
+    "embedding_candidates",
+    "embedding_names",
     "encode_prompt",
     "encode_tokens",
     "load_embedding",
@@ -117,6 +119,35 @@ def parse_weights(text: str) -> list[tuple[str, float]]:
         (seg.replace(_ESC_CLOSE, ")").replace(_ESC_OPEN, "("), w)
         for seg, w in _weights(escaped, 1.0)
     ]
+
+
+def embedding_names(text: str) -> list[str]:
+    """The embedding names ``text`` asks for, as :func:`tokenize_prompt` reads them (a name with
+    trailing commas also as the stripped name it falls back to)."""
+    names: list[str] = []
+    if EMBEDDING_PREFIX not in text:
+        return names
+    for segment, _ in parse_weights(text):
+        for word in filter(None, _EMBED_SPLIT.split(segment)):
+            if word.startswith(EMBEDDING_PREFIX):
+                words = word[len(EMBEDDING_PREFIX):].split()
+                if words:
+                    names.append(words[0])
+                    stripped = words[0].strip(",")
+                    if stripped and stripped != words[0]:
+                        names.append(stripped)
+    return names
+
+
+def embedding_candidates(directories: Iterable[str | Path], name: str) -> list[Path]:
+    """Every file the lookup of ``name`` would try, in order (see :func:`make_embedding_lookup`)."""
+    out = []
+    for d in directories:
+        root = Path(d).resolve()
+        base = (root / name).resolve()
+        if base.is_relative_to(root):
+            out += [base, *(base.with_name(base.name + s) for s in _EMBED_SUFFIXES)]
+    return out
 
 
 # -- tokenization -------------------------------------------------------------------------------
@@ -415,16 +446,8 @@ def make_embedding_lookup(
 
     def lookup(name: str) -> Tensor | None:
         if name not in cache:
-            cache[name] = None
-            for root in roots:
-                base = (root / name).resolve()
-                if not base.is_relative_to(root):
-                    continue
-                found = [base, *(base.with_name(base.name + s) for s in _EMBED_SUFFIXES)]
-                hit = next((p for p in found if p.is_file()), None)
-                if hit is not None:
-                    cache[name] = load_embedding(hit, key=key)
-                    break
+            hit = next((p for p in embedding_candidates(roots, name) if p.is_file()), None)
+            cache[name] = load_embedding(hit, key=key) if hit is not None else None
         return cache[name]
 
     return lookup

@@ -143,10 +143,19 @@ class Layer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class TokenEmbedding(nn.Embedding):
+    """The token table; ``forward`` gathers rows by indexing, which also works on an fp8 table.
+
+    Called as a module (not read as ``.weight``) so the partial loader's hooks stream it."""
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.weight[input_ids]
+
+
 class _Body(nn.Module):
     def __init__(self, c: Qwen3Config, linear: LinearFactory) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.embed_tokens = TokenEmbedding(c.vocab_size, c.hidden_size)
         self.layers = nn.ModuleList(Layer(c, linear) for _ in range(c.num_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_eps)
 
@@ -159,10 +168,25 @@ class Qwen3Encoder(nn.Module):
     ``attention_mask`` ([B, N], 1 = token, 0 = padding) is combined with the causal mask.
     """
 
+    takes_linear = True  # the loader may pass a cast-on-forward linear layer (fp8 weights)
+
+    @staticmethod
+    def ignored_keys(key: str) -> bool:
+        """File keys that are not parameters of the encoder: a language-model head."""
+        return key.startswith("lm_head.")
+
     def __init__(self, config: Qwen3Config, linear: LinearFactory = nn.Linear) -> None:
         super().__init__()
         self.config = config
         self.model = _Body(config, linear)
+
+    def _embed(self, input_ids: Tensor) -> Tensor:
+        """Token embeddings in the compute dtype (an fp8 table is gathered, then cast)."""
+        dtype = getattr(self, "compute_dtype", None)
+        if dtype is None:
+            w = self.model.embed_tokens.weight.dtype
+            dtype = w if w in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
+        return self.model.embed_tokens(input_ids).to(dtype)
 
     def _rope(self, n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         d = self.config.head_dim
@@ -174,7 +198,7 @@ class Qwen3Encoder(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 layer: int | None = -2) -> Tensor:
         body = self.model
-        x = body.embed_tokens(input_ids)
+        x = self._embed(input_ids)
         n = input_ids.shape[1]
         cos, sin = self._rope(n, x.device, x.dtype)
         mask = None

@@ -54,6 +54,10 @@ class AdapterConfig:
         """Pixel-unshuffle factor: 16 for SDXL adapters, else 8."""
         return 16 if self.kind == "full_xl" else 8
 
+    def residual_elements(self, h: int, w: int) -> int:
+        """Values of one image's features on an [h, w] latent (one map per level, halving; an upper bound)."""
+        return sum(c * -(-h // 2**i) * -(-w // 2**i) for i, c in enumerate(self.channels))
+
     @property
     def input_channels(self) -> int:
         """Channels of the control image the adapter takes (1 or 3)."""

@@ -18,9 +18,10 @@ at (1 + i, 0, 0), image patch (r, c) at (1 + caption length, r, c).  Every item 
 the same sizes here (conditioning is batched that way), so no attention mask is needed and a step
 can be captured in a CUDA graph: ``t`` is a tensor and nothing syncs with the host.
 
-``t`` is diffusers' convention: 1 at pure noise ... 0 at the clean image, times ``t_scale``
-inside; the output is diffusers' (the family's model sampling turns it into ComfyUI's flow
-prediction).
+``t`` is the transformer's own convention (diffusers' pipeline passes ``(1000 - t) / 1000``,
+ComfyUI's ``NextDiT`` ``1 - timestep``): 0 at pure noise ... 1 at the clean image, i.e.
+``1 - sigma``, times ``t_scale`` inside; the output is the negated flow velocity.
+``families/zimage.py`` adapts both to ComfyUI's flow sampling.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = ["ZImage", "ZImageConfig"]
 LinearFactory = Callable[..., nn.Module]
 ADALN_DIM = 256  # width of the timestep embedding that modulates every block (capped)
 SEQ_MULTIPLE = 32  # caption and image token runs are padded to a multiple of this
+_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return y.to(self.weight.dtype) * self.weight if self.weight.dtype.is_floating_point else y
+        w = self.weight
+        if w.dtype not in _COMPUTE_DTYPES:  # fp8 storage: scale in the activations' dtype
+            w = w.to(x.dtype)
+        return y.to(w.dtype) * w
 
 
 def _rope_table(axes: tuple[int, ...], ids: Tensor, theta: float) -> Tensor:
@@ -263,7 +268,10 @@ class ZImage(nn.Module):
         c, p = self.config, self.config.patch_size
         b, ch, h, w = x.shape
         gh, gw = h // p, w // p
-        dtype = self.x_embedder.weight.dtype if self.x_embedder.weight.is_floating_point() else x.dtype
+        dtype = getattr(self, "compute_dtype", None)  # set by the loader (fp8 weights compute in it)
+        if dtype is None:
+            stored = self.x_embedder.weight.dtype
+            dtype = stored if stored in _COMPUTE_DTYPES else x.dtype
         t_emb = self.t_embedder(t * c.t_scale, dtype)  # [B, adaln]
         # patches: [B, gh*gw, p*p*C] in (row, col, py, px, channel) order
         tokens = x.reshape(b, ch, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, p * p * ch)

@@ -26,6 +26,8 @@ _MODULES = (
     "controlnet",
     "sampling",
     "model_sampling",
+    "cfg",
+    "edit_model",
     "flux",
     "custom_sampling",
     "sigmas",

@@ -15,6 +15,8 @@ import torch
 from comfy_notebook.errors import NodeError
 from comfy_notebook.runtime.values import ClipValue
 
+EMBEDDING_PREFIX = "embedding:"
+
 MAX_RESOLUTION = 16384
 
 Conditioning = list[list[Any]]
@@ -23,6 +25,27 @@ Conditioning = list[list[Any]]
 def _set_values(conditioning: Conditioning, values: dict[str, Any]) -> Conditioning:
     """A copy of ``conditioning`` with ``values`` merged into every entry's options."""
     return [[cond, {**opts, **values}] for cond, opts in conditioning]
+
+
+def embedding_fingerprint(text: Any) -> Any:
+    """``[(name, [file identity of each file its lookup tries])]`` for the embeddings ``text``
+    names (a linked text, unknown here: every file of the embeddings folders); ``None`` when a
+    text names no embedding.  Identities are memoised per file stat: no file is re-read while
+    it is unchanged."""
+    if isinstance(text, str) and EMBEDDING_PREFIX not in text:
+        return None
+    from comfy_notebook.folders import folders_service
+    from comfy_notebook.folders.identity import file_identity
+    from comfy_notebook.models.prompt import embedding_candidates, embedding_names
+    from comfy_notebook.nodes._services import services
+
+    try:
+        folders = folders_service(services())
+        dirs = folders.paths("embeddings")
+        names = embedding_names(text) if isinstance(text, str) else folders.list("embeddings")
+    except Exception:
+        return None  # no embeddings folder: the lookup finds nothing either
+    return [(name, [file_identity(p) for p in embedding_candidates(dirs, name)]) for name in names]
 
 
 class CLIPTextEncode:
@@ -41,6 +64,16 @@ class CLIPTextEncode:
     FUNCTION = "encode"
     CATEGORY = "conditioning"
     DESCRIPTION = "Encodes a text prompt using a CLIP model into an embedding that guides the diffusion model."
+
+    # Real mode may key this node itself (its IS_CHANGED reads only the text and stats files).
+    FAST_IS_CHANGED = True
+
+    @classmethod
+    def IS_CHANGED(cls, text: Any = None, clip: Any = None) -> Any:
+        """The identity of every embedding file the text names: a file replaced under the same
+        name changes the key.  ``None`` (the key of a node without IS_CHANGED) when the text
+        names none, so plain prompts keep their keys and real mode its fast path."""
+        return embedding_fingerprint(text)
 
     def encode(self, clip: ClipValue, text: str) -> tuple[Conditioning]:
         if clip is None:

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from comfy_notebook.nodes._services import file_fingerprint, folders, listing, services
+from comfy_notebook.nodes._services import (
+    file_fingerprint,
+    folders,
+    listing,
+    model_manager,
+    services,
+)
 
 __all__ = ["NODE_CLASS_MAPPINGS"]
 
@@ -29,8 +35,9 @@ class GLIGENLoader:
     def load_gligen(self, gligen_name: str) -> tuple[Any]:
         from comfy_notebook.runtime.gligen import load_gligen_value
 
-        path = folders(services()).resolve("gligen", gligen_name)
-        return (load_gligen_value(path, name=str(gligen_name).rsplit(".", 1)[0]),)
+        svc = services()
+        path = folders(svc).resolve("gligen", gligen_name)
+        return (load_gligen_value(path, name=str(gligen_name).rsplit(".", 1)[0], manager=model_manager(svc)),)
 
 
 class GLIGENTextBoxApply:

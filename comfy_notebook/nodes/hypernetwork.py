@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from comfy_notebook.nodes._services import file_fingerprint, folders, listing, services
+from comfy_notebook.nodes._services import (
+    file_fingerprint,
+    folders,
+    listing,
+    model_manager,
+    services,
+)
 
 __all__ = ["NODE_CLASS_MAPPINGS"]
 
@@ -33,10 +39,11 @@ class HypernetworkLoader:
     def load_hypernetwork(self, model: Any, hypernetwork_name: str, strength: float) -> tuple[Any]:
         from comfy_notebook.runtime.hypernetwork import load_hypernetwork
 
-        path = folders(services()).resolve("hypernetworks", hypernetwork_name)
+        svc = services()
+        path = folders(svc).resolve("hypernetworks", hypernetwork_name)
         if strength == 0:
             return (model,)
-        return (model.with_attn_patch(load_hypernetwork(path, strength)),)
+        return (model.with_attn_patch(load_hypernetwork(path, strength, manager=model_manager(svc))),)
 
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {"HypernetworkLoader": HypernetworkLoader}

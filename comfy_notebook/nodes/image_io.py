@@ -9,7 +9,10 @@ gives the prompt back.  Reference: ComfyUI ``nodes.py`` (LoadImage, SaveImage, P
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import os
 import random
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +22,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
+from comfy_notebook.errors import NodeError, OutputWriteError
 from comfy_notebook.folders import FolderError, Folders, PathEscapeError, folders_service
 from comfy_notebook.nodes._services import listing, services
 from comfy_notebook.pnginfo import png_text_chunks
@@ -31,6 +35,7 @@ __all__ = [
     "PreviewImage",
     "SaveImage",
     "load_image_file",
+    "write_png",
 ]
 
 _ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
@@ -125,7 +130,14 @@ class LoadImage:
     CATEGORY = "image"
 
     def load_image(self, image: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return load_image_file(_image_path(_folders(), image))
+        path = _image_path(_folders(), image)
+        try:
+            return load_image_file(path)
+        except OSError as exc:  # a failing disk, permissions, not an image
+            raise NodeError(
+                f"cannot read {path}: {type(exc).__name__}: {exc}", input_name="image",
+                expected="a readable image file",
+                fix="check the file and its disk, or choose another image") from exc
 
     @classmethod
     def IS_CHANGED(cls, image: str) -> str:
@@ -219,11 +231,15 @@ class SaveImage:
         found = services()
         folders = folders_service(found)
         registry = getattr(found.session, "registry", None)
-        full_dir, filename, counter, subfolder = folders.save_path(
-            filename_prefix + self.prefix_append, images[0].shape[1], images[0].shape[0], self.type
-        )
+        base = folders.output_dir if self.type == "output" else folders.temp_dir
+        try:
+            full_dir, filename, counter, subfolder = folders.save_path(
+                filename_prefix + self.prefix_append, images[0].shape[1], images[0].shape[0], self.type
+            )
+        except OSError as exc:  # the folder cannot be made or listed (read-only, vanished)
+            raise self._write_error(exc, Path(base), images, []) from exc
         chunks = png_text_chunks(prompt, extra_pnginfo, registry)
-        results = []
+        results: list[dict[str, Any]] = []
         for batch_number, image in enumerate(images):
             arr = np.clip(255.0 * image.detach().cpu().float().numpy(), 0, 255).astype(np.uint8)
             img = Image.fromarray(arr)
@@ -234,14 +250,51 @@ class SaveImage:
             while True:  # never overwrite, even if another writer raced us to the name
                 file = f"{stem}_{counter:05}_.png"
                 try:
-                    with open(full_dir / file, "xb") as f:
-                        img.save(f, format="PNG", pnginfo=meta, compress_level=self.compress_level)
+                    write_png(full_dir / file, img, meta, self.compress_level)
                     break
                 except FileExistsError:
                     counter += 1
+                except OSError as exc:  # disk full, read-only, quota: no half-written file stays
+                    raise self._write_error(exc, full_dir / file, images, results) from exc
             results.append({"filename": file, "subfolder": subfolder, "type": self.type})
             counter += 1
         return {"ui": {"images": results}}
+
+    def _write_error(self, exc: OSError, path: Path, images: torch.Tensor,
+                     saved: list[dict[str, Any]]) -> OutputWriteError:
+        reason = exc.strerror or str(exc)
+        code = errno.errorcode.get(exc.errno or 0, "")
+        where = "output folder" if self.type == "output" else "temp folder"
+        done = f"; {len(saved)} of {len(images)} were written before it" if saved else ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = f"free space on the disk of {path.parent} (or a quota), "
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = f"make {path.parent} writable, "
+        else:
+            fix = f"check {path.parent}, "
+        fix += ("or save elsewhere (session.output_dir = 'another/folder'); run it again: the images "
+                "are cached upstream, so only the save reruns")
+        return OutputWriteError(
+            f"cannot write {path.name} to the {where} {path.parent}: {reason}"
+            f"{' (' + code + ')' if code else ''}{done}. The images are not lost: they are shown "
+            "inline and kept in this error's .images",
+            images=images, saved=saved, path=str(path), input_name="filename_prefix",
+            expected=f"a writable {where} with free space", fix=fix)
+
+
+def write_png(path: Path, img: Image.Image, meta: PngInfo, compress_level: int) -> None:
+    """Write one PNG to a new file (``FileExistsError`` if the name is taken); a failed write
+    (disk full, I/O error) removes the partial file it made before the error goes on."""
+    f = open(path, "xb")  # noqa: SIM115 - closed below, where a failed close also cleans up
+    try:
+        img.save(f, format="PNG", pnginfo=meta, compress_level=compress_level)
+        f.close()  # the last buffered bytes land here: a full disk may say so only now
+    except BaseException:
+        with contextlib.suppress(OSError):
+            f.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
 
 
 class PreviewImage(SaveImage):

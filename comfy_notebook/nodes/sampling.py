@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any, TypeVar
 
 from comfy_notebook.engine import current_context
-from comfy_notebook.runtime.control_run import bind_controls
+from comfy_notebook.runtime.control_run import bind_controls, control_memory
 from comfy_notebook.runtime.values import ModelValue
 from comfy_notebook.sampling import (
     SAMPLERS,
@@ -46,7 +47,8 @@ def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..
     latent format, device and extra model inputs); progress and interrupts go through the node
     context.  The ControlNets / T2I-Adapters that ``conditionings`` carry are put on the device
     beside the UNet for the run; ``control_fn`` binds an entry's control (None without any).
-    ``evaluates_negative`` sizes the memory estimate (a doubled batch per step).
+    ``evaluates_negative`` sizes the memory estimate (a doubled batch per step); the controls'
+    residuals are reserved with it (``control_memory``), so a budget accounts for them.
     ``conditionings`` are the lists sampled; their entries may also carry GLIGEN boxes.
     The MODEL's attention patches (hypernetworks) are active around every UNet call.
     """
@@ -90,11 +92,20 @@ def sample_on_model(model: ModelValue, latent: dict[str, Any], body: Callable[..
         # them would be replayed)
         graphs = False if patched or gligen is not None else _graphs_option(ctx)
         apply_model = model.manager.graphs.wrap(model.ref, unet, eager, enabled=graphs)
-        with bind_controls(conditionings, schedule=model.model_sampling, device=model.manager.device,
-                           unet=unet, unet_config=model.unet_config) as bind:
+        with ExitStack() as held:
+            if gligen is not None:  # the GLIGEN weights beside the UNet for the run
+                held.enter_context(gligen.hold())
+            for patch in {id(p): p for _, p in model.attn_patches}.values():  # managed hypernetworks
+                if hasattr(patch, "hold"):
+                    held.enter_context(patch.hold())
+            bind = held.enter_context(bind_controls(conditionings, schedule=model.model_sampling,
+                                                    device=model.manager.device, unet=unet,
+                                                    unet_config=model.unet_config))
             return body(apply_model, callback=callback, control_fn=bind, **facts)
 
-    return model.run(run, latent_shape=tuple(latent["samples"].shape), cfg=evaluates_negative)
+    shape = tuple(latent["samples"].shape)
+    controls = control_memory(conditionings, shape, cfg=evaluates_negative, unet_config=model.unet_config)
+    return model.run(run, latent_shape=shape, cfg=evaluates_negative, extra_memory=controls)
 
 
 def model_inputs(model: ModelValue) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -115,7 +126,7 @@ def model_inputs(model: ModelValue) -> Callable[[dict[str, Any]], dict[str, Any]
 def model_facts(model: ModelValue) -> dict[str, Any]:
     """The sampling core's keywords that describe ``model`` (the one place that reads them)."""
     return {"model_sampling": model.model_sampling, "latent_format": model.latent_format,
-            "device": model.manager.device, "model_inputs": model_inputs(model)}
+            "device": model.manager.device, "model_inputs": model_inputs(model), "post_cfg": model.post_cfg}
 
 
 def common_ksampler(

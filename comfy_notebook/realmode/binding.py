@@ -32,7 +32,8 @@ class Plan:
     bool_maps: dict[str, tuple[Any, Any]]
     accepts_kwargs: bool
     coerce: dict[str, type]  # the engine's coercion of primitive constants (INT, FLOAT, ...)
-    fast: bool  # the cache key is computable here (no IS_CHANGED, no id in the key)
+    fast: bool  # the cache key is computable here (no id in the key; no IS_CHANGED or a cheap one)
+    fingerprint: bool = False  # fast, with the class's cheap IS_CHANGED in the key
 
 
 def make_plan(spec: Any) -> Plan:
@@ -55,8 +56,11 @@ def make_plan(spec: Any) -> Plan:
                     bool_maps[name] = (inp.type[1], inp.type[0])
     fn = getattr(spec.cls, spec.function)
     accepts = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
-    fast = not (spec.has_is_changed or spec.not_idempotent or spec.uses_unique_id)
-    return Plan(spec, tuple(names), tuple(required), defaults, bool_maps, accepts, coerce, fast)
+    # FAST_IS_CHANGED: the class's IS_CHANGED is cheap (no file read while files are unchanged,
+    # e.g. CLIPTextEncode's embedding identities), so real mode keys the call itself with it
+    cheap = bool(spec.has_is_changed and getattr(spec.cls, "FAST_IS_CHANGED", False))
+    fast = not ((spec.has_is_changed and not cheap) or spec.not_idempotent or spec.uses_unique_id)
+    return Plan(spec, tuple(names), tuple(required), defaults, bool_maps, accepts, coerce, fast, cheap)
 
 
 def bind(plan: Plan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

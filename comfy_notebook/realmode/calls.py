@@ -170,7 +170,21 @@ def _handles(session: Any, st: State, node: RecordedNode, outputs: Any, ui: Any)
     return handles[0] if len(handles) == 1 else tuple(handles)
 
 
-def _fast_key(plan: Plan, node: RecordedNode) -> str | None:
+def _fingerprint(session: Any, plan: Plan, constants: dict[str, Any]) -> Any:
+    """The class's cheap IS_CHANGED over the constant inputs (links are None), as the engine
+    calls it (a failure: NaN, an uncacheable key)."""
+    from comfy_notebook.engine.context import services_context
+
+    spec = plan.spec
+    kwargs = {name: constants.get(name) for name in spec.inputs}
+    try:
+        with services_context(session.services):
+            return spec.cls.IS_CHANGED(**kwargs)
+    except Exception:
+        return float("nan")
+
+
+def _fast_key(plan: Plan, node: RecordedNode, session: Any = None) -> str | None:
     """The engine's cache key for ``node``, composed from upstream keys (None: ask the engine)."""
     from comfy_notebook.engine.cache import node_signature
 
@@ -191,7 +205,8 @@ def _fast_key(plan: Plan, node: RecordedNode) -> str | None:
                 return None  # the engine reports it as invalid_input_type
         else:
             constants[name] = value
-    return node_signature(node.class_type, None, None, constants, links)
+    fingerprint = _fingerprint(session, plan, constants) if plan.fingerprint else None
+    return node_signature(node.class_type, fingerprint, None, constants, links)
 
 
 def _run(session: Any, st: State, plan: Plan, node: RecordedNode) -> tuple[Any, Any]:
@@ -199,7 +214,7 @@ def _run(session: Any, st: State, plan: Plan, node: RecordedNode) -> tuple[Any, 
     cache = session.cache
     key = None
     if plan.fast and node.class_type not in st.slow_keys:
-        key = _fast_key(plan, node)
+        key = _fast_key(plan, node, session)
         if key is not None:
             entry = cache.get(key)
             if entry is not None:

@@ -216,18 +216,41 @@ def manager(session: Any = None) -> Any:
     return found
 
 
-def unload_all(session: Any = None) -> None:
+def unload_all(session: Any = None, *, wait: float = 0.0) -> None:
     """``%comfy unload all``: free every model's weights — the local manager's and, when the
-    session runs on a remote backend (a ComfyUI server), that backend's (its ``/free``)."""
+    session runs on a remote backend (a ComfyUI server), that backend's (its ``/free``).
+
+    A prompt running on another thread (a widget's, the queue's) is waited for up to ``wait``
+    seconds; if it is still running, nothing is unloaded and a
+    :class:`~comfy_notebook.runtime.manager.ModelInUseError` says which models it holds.
+    """
     s = _session(session)
     backend = getattr(s, "_backend", None)
-    if backend is not None and callable(getattr(backend, "free", None)):
+    if backend is not None and callable(getattr(backend, "free", None)) and getattr(backend, "name", "") != "in-process":
         backend.free(unload_models=True, free_memory=False)
     local = s.services.models_loaded
-    if local is not None:
-        local.unload_all()
-    elif backend is None:
-        raise CommandError("no models loaded yet (a loader node makes the model manager)")
+    if local is None:
+        if backend is None:
+            raise CommandError("no models loaded yet (a loader node makes the model manager)")
+        return
+    lock = getattr(s, "_run_lock", None)
+    if lock is None:
+        local.unload_all(wait=wait)
+        return
+    if not lock.acquire(timeout=wait) if wait > 0 else not lock.acquire(blocking=False):
+        from comfy_notebook.runtime.manager import ModelInUseError
+
+        busy = ", ".join(repr(i.name) for i in local.list() if i.in_use) or "the models it loads"
+        waited = f" after waiting {wait:g} s" if wait > 0 else ""
+        raise ModelInUseError(
+            f"unload all refused: a prompt is still running on this session{waited} (using "
+            f"{busy}); nothing was unloaded, so the run keeps its weights. Fix: wait for it to "
+            "finish or interrupt it (session.interrupt(), the run view's button), or run "
+            "%comfy unload all --wait SECONDS (control.unload_all(wait=SECONDS)).")
+    try:  # no prompt starts while the models go
+        local.unload_all(wait=wait)
+    finally:
+        lock.release()
 
 
 def run_workflow(workflow: Any, session: Any = None) -> Any:

@@ -142,6 +142,14 @@ def _encode_png(array: Any) -> bytes:
     return buffer.getvalue()
 
 
+def images_png(images: Any) -> bytes | None:
+    """PNG bytes of an IMAGE batch (a grid), e.g. the images an unwritable folder did not take."""
+    try:
+        return _encode_png(grid(_image_array(images)))
+    except (TypeError, ValueError, AttributeError, OSError):
+        return None
+
+
 def png_bytes(handle: Any) -> bytes | None:
     """PNG bytes for IMAGE / LATENT / MASK handles (a batch as a grid), else ``None``."""
     kind = getattr(handle, "type", None)

@@ -39,6 +39,9 @@ def execution_error(exc: NodeExecutionError, node_type: str) -> NodeCallError:
         fix = None if _has_fix(str(original)) else "check the node's inputs; the traceback shows where it failed"
         err = NodeCallError(text, node_type=node_type, fix=fix)
     err.traceback_text = exc.traceback_text
+    images = getattr(original, "images", None)  # an OutputWriteError keeps what it could not save
+    if images is not None:
+        err.images = images
     return err
 
 

@@ -15,6 +15,11 @@ UNet families, in our words:
   ControlNet is assembled per sampling run from the sampling model's UNet
   (:func:`build_control_lora`); the file is read lazily, the value holds no weights.
 
+- transformer (DiT) ControlNets, read by the caller's ``read`` (the families know their layouts:
+  Flux's XLabs, Mistoline and InstantX / diffusers files, ``families/flux_control.py``), kind
+  ``"dit_controlnet"``; their config says whether the hint goes through the VAE (a latent format)
+  and whether a mask channel rides with it.
+
 A file whose name ends in ``_shuffle`` (``_shuffle_fp16``) pools its residuals globally, as
 ComfyUI does for the shuffle ControlNet.  Union (ControlNet++) files (diffusers keys plus
 ``task_embedding``, ``transformer_layes``, ...) load as ComfyUI loads them; their control type
@@ -156,15 +161,24 @@ def convert_diffusers_controlnet(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 Describe = Callable[[str, Mapping[str, Tensor]], tuple[str | None, Any]]
 
 
-def read_control_file(sd: Mapping[str, Tensor], source: str = "") -> tuple[str, dict[str, Tensor]]:
+# ``read(sd) -> (kind, tensors) | None``: the layouts only a family knows (DiT ControlNets).
+Read = Callable[[Mapping[str, Tensor]], "tuple[str, dict[str, Tensor]] | None"]
+
+
+def read_control_file(sd: Mapping[str, Tensor], source: str = "",
+                      read: Read | None = None) -> tuple[str, dict[str, Tensor]]:
     """``(kind, original-layout state dict)`` of a ControlNet / T2I-Adapter / control-LoRA file.
 
-    ``kind`` is ``"controlnet"``, ``"t2i_adapter"`` or ``"control_lora"`` (whose tensors are read
-    at sampling time: an empty dict here).
+    ``kind`` is ``"controlnet"``, ``"t2i_adapter"``, ``"control_lora"`` (whose tensors are read
+    at sampling time: an empty dict here) or what ``read`` (tried first) says (``"dit_controlnet"``).
     """
     from comfy_notebook.models.t2i_adapter import convert_diffusers_adapter, is_adapter_state_dict
 
     where = f" {source}" if source else ""
+    if read is not None:
+        found = read(sd)
+        if found is not None:
+            return found
     if "lora_controlnet" in sd:
         return "control_lora", {}
     if "controlnet_cond_embedding.conv_in.weight" in sd:
@@ -183,16 +197,18 @@ def read_control_file(sd: Mapping[str, Tensor], source: str = "") -> tuple[str, 
     raise UnsupportedModelError(
         f"not a ControlNet or T2I-Adapter file{where}: expected control_model.* / zero_convs.* "
         f"(ControlNet), controlnet_cond_embedding.* (diffusers ControlNet) or conv_in / body.* "
-        f"(T2I-Adapter) keys; found {len(keys)} keys such as {keys[:5]}. Fix: put ControlNet "
+        f"(T2I-Adapter) keys, or a Flux ControlNet's (controlnet_blocks.*); found {len(keys)} keys "
+        f"such as {keys[:5]}. Fix: put ControlNet "
         "files in models/controlnet")
 
 
 def _build(kind: str, tensors: Mapping[str, Tensor], config: Any, dtype: torch.dtype) -> torch.nn.Module:
     """The module on the host, weights assigned from ``tensors`` (strict)."""
     from comfy_notebook.models.controlnet import ControlNetModel
+    from comfy_notebook.models.controlnet_flux import FluxControlNet
     from comfy_notebook.models.t2i_adapter import T2IAdapter
 
-    cls = ControlNetModel if kind == "controlnet" else T2IAdapter
+    cls = {"controlnet": ControlNetModel, "dit_controlnet": FluxControlNet}.get(kind, T2IAdapter)
     with torch.device("meta"):
         module = cls(config)
     expected = module.state_dict()
@@ -202,7 +218,7 @@ def _build(kind: str, tensors: Mapping[str, Tensor], config: Any, dtype: torch.d
         raise UnsupportedModelError(
             f"{kind} file keys do not match the architecture read from its shapes: missing "
             f"{missing[:6]} ({len(missing)}), unexpected {unexpected[:6]} ({len(unexpected)}). "
-            "Fix: use a UNet ControlNet or T2I-Adapter file")
+            "Fix: use a ControlNet or T2I-Adapter file in one of the supported layouts")
     cast = {k: tensors[k].to(dtype=dtype if tensors[k].is_floating_point() else tensors[k].dtype)
             for k in expected}
     module.load_state_dict(cast, strict=True, assign=True)
@@ -261,18 +277,19 @@ def build_control_lora(source: str, unet: torch.nn.Module, unet_config: Any, dev
 
 
 def load_controlnet_value(manager: ModelManager, path: str | os.PathLike[str], *, describe: Describe,
-                          name: str | None = None, model: Any = None) -> ControlNetValue:
+                          name: str | None = None, model: Any = None, read: Read | None = None) -> ControlNetValue:
     """``ControlNetLoader`` / ``DiffControlNetLoader``: a ControlNet or T2I-Adapter file as CONTROL_NET.
 
     The weights are registered with ``manager`` under ``"controlnet:<name>"`` (a diff ControlNet
     per base model and patch set) with a factory that rereads the file after an unload; loading
-    the same file again reuses them.  ``describe`` says the family and sizes of the file.
+    the same file again reuses them.  ``describe`` says the family and sizes of the file;
+    ``read`` reads the layouts only a family knows (see :func:`read_control_file`).
     """
     from comfy_notebook.runtime.loading import open_state_dict
 
     source = os.fspath(path)
     stem = os.path.splitext(os.path.basename(source))[0]
-    kind, tensors = read_control_file(open_state_dict(source), source)
+    kind, tensors = read_control_file(open_state_dict(source), source, read)
     if kind == "control_lora":
         return ControlNetValue(ref=None, manager=manager, kind=kind, family=None, source=source,
                                global_average_pooling=stem.endswith(("_shuffle", "_shuffle_fp16")))
@@ -283,11 +300,11 @@ def load_controlnet_value(manager: ModelManager, path: str | os.PathLike[str], *
     key = f"controlnet:{name or stem}"
     if diff and model is not None:
         key += f"+{model.ref.base.name}#{hash(model.ref.patches_id) & 0xFFFFFF:x}"
-    dtype = manager.policy.dtype_for("unet")
     family, config = describe(kind, tensors)
+    dtype = manager.policy.dtype_for("unet", getattr(config, "dtypes", ()))
 
     def factory() -> torch.nn.Module:
-        k, t = read_control_file(open_state_dict(source), source)
+        k, t = read_control_file(open_state_dict(source), source, read)
         c = describe(k, t)[1]
         if "difference" in t:
             t = _add_base_weights(t, model) if model is not None else {a: b for a, b in t.items() if a != "difference"}

@@ -22,7 +22,8 @@ our runs are deterministic).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -74,17 +75,45 @@ def build_mlp(weights: Mapping[str, Tensor], options: Mapping[str, Any]) -> nn.S
 
 
 class HypernetworkPatch:
-    """``(k, v) -> (k + s * mlp_k(k), v + s * mlp_v(v))`` for contexts of a width the file covers."""
+    """``(k, v) -> (k + s * mlp_k(k), v + s * mlp_v(v))`` for contexts of a width the file covers.
 
-    def __init__(self, mlps: Mapping[int, tuple[nn.Module, nn.Module]], strength: float, name: str = "") -> None:
+    Unmanaged (``mlps`` given), the MLPs stay with the patch, copied once per device and dtype.
+    Managed (``ref``/``manager``: :func:`load_hypernetwork` with a manager), the model manager
+    holds them as one module (``"<width>"`` -> [key MLP, value MLP]); :meth:`hold` puts it on the
+    device for a sampling run, and the patch holds no weights.
+    """
+
+    def __init__(self, mlps: Mapping[int, tuple[nn.Module, nn.Module]], strength: float, name: str = "",
+                 *, ref: Any = None, manager: Any = None, widths: tuple[int, ...] = ()) -> None:
         self.mlps = dict(mlps)
         self.strength = float(strength)
         self.name = name
+        self.ref, self.manager = ref, manager
+        self.widths = tuple(sorted(self.mlps)) or tuple(sorted(widths))
         self._placed: dict[tuple[int, torch.device, torch.dtype], tuple[nn.Module, nn.Module]] = {}
+        self._active: Any = None
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep the managed MLPs on the compute device (not evictable) for the ``with`` body."""
+        if self.ref is None:
+            yield
+            return
+        with self.manager.use(self.ref) as module:
+            self._active = module
+            try:
+                yield
+            finally:
+                self._active = None
 
     def _on(self, width: int, like: Tensor) -> tuple[nn.Module, nn.Module] | None:
-        if width not in self.mlps:
+        if width not in self.widths:
             return None
+        if self.ref is not None:
+            if self._active is None:
+                raise RuntimeError(f"hypernetwork {self.name!r} is used outside HypernetworkPatch.hold()")
+            pair = self._active[str(width)]
+            return pair[0], pair[1]
         key = (width, like.device, like.dtype)
         if key not in self._placed:  # a few MB: a copy per device and dtype, made once
             k, v = self.mlps[width]
@@ -95,15 +124,42 @@ class HypernetworkPatch:
         mlps = self._on(k.shape[-1], k)
         if mlps is None:
             return k, v
-        return k + mlps[0](k) * self.strength, v + mlps[1](v) * self.strength
+        w = next(mlps[0].parameters()).dtype  # managed: the policy's dtype, maybe not the input's
+        return (k + mlps[0](k.to(w)).to(k.dtype) * self.strength,
+                v + mlps[1](v.to(w)).to(v.dtype) * self.strength)
 
     def __repr__(self) -> str:
-        return f"<hypernetwork {self.name!r} widths {sorted(self.mlps)} strength {self.strength}>"
+        return f"<hypernetwork {self.name!r} widths {list(self.widths)} strength {self.strength}>"
 
 
-def load_hypernetwork(path: str | os.PathLike[str], strength: float) -> HypernetworkPatch:
-    """Read a hypernetwork file (``.pt``; safe unpickling only) into a patch."""
+def load_hypernetwork(path: str | os.PathLike[str], strength: float, *, manager: Any = None) -> HypernetworkPatch:
+    """Read a hypernetwork file (``.pt``; safe unpickling only) into a patch.
+
+    With ``manager`` the MLPs are registered there as ``hypernetwork:<name>`` (in the policy's
+    UNet dtype; reused for the same file, reread after an unload) and the patch holds none.
+    """
     source = os.fspath(path)
+    name = os.path.splitext(os.path.basename(source))[0]
+    if manager is None:
+        return HypernetworkPatch(_read(source), strength, name)
+    key = f"hypernetwork:{name}"
+    dtype = manager.policy.dtype_for("unet")
+
+    def factory() -> nn.Module:
+        return nn.ModuleDict({str(w): nn.ModuleList(pair) for w, pair in _read(source).items()}).to(dtype)
+
+    if key in manager:
+        ref = manager[key].ref(holder=key)
+        widths = tuple(_read(source))  # a few MB, read on the host: the manager's copy stays put
+    else:
+        module = factory()
+        widths = tuple(int(w) for w in module)
+        ref = manager.register(key, factory, kind="hypernetwork", source=source, dtype=dtype,
+                               module=module).ref(holder=key)
+    return HypernetworkPatch({}, strength, name, ref=ref, manager=manager, widths=widths)
+
+
+def _read(source: str) -> dict[int, tuple[nn.Module, nn.Module]]:
     try:
         sd = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # unreadable, or a pickle needing code
@@ -128,4 +184,4 @@ def load_hypernetwork(path: str | os.PathLike[str], strength: float) -> Hypernet
     if not mlps:
         raise UnsupportedModelError(f"{source} holds no hypernetwork layers (no integer width keys). "
                                     "Fix: pick a file from models/hypernetworks")
-    return HypernetworkPatch(mlps, strength, os.path.splitext(os.path.basename(source))[0])
+    return mlps

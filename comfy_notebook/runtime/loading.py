@@ -9,6 +9,7 @@ zero-copy view of a private (copy-on-write) mapping; pickled ``.ckpt``/``.pt`` f
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -40,19 +41,25 @@ class SafetensorsFile(Mapping[str, Tensor]):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
-        size = os.path.getsize(self.path)
-        with open(self.path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise self._corrupt(f"the file has {size} bytes, too short for a header")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100_000_000:
-                raise self._corrupt(f"the header claims {n} bytes but the file has {size}")
-            try:
-                header = json.loads(fh.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise self._corrupt(f"the header is not valid JSON ({exc})") from exc
-            self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+        try:
+            size = os.path.getsize(self.path)
+            with open(self.path, "rb") as fh:
+                head = fh.read(8)
+                if len(head) < 8:
+                    raise self._corrupt(f"the file has {size} bytes, too short for a header")
+                (n,) = struct.unpack("<Q", head)
+                if n > size - 8 or n > 100_000_000:
+                    raise self._corrupt(f"the header claims {n} bytes but the file has {size}")
+                try:
+                    header = json.loads(fh.read(n))
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    raise self._corrupt(f"the header is not valid JSON ({exc})") from exc
+                self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+        except OSError as exc:  # a failing disk, a vanished mount, permissions
+            raise ModelLoadError(
+                f"cannot read {self.path}: {exc.strerror or exc} "
+                f"({errno.errorcode.get(exc.errno or 0, type(exc).__name__)}). Fix: check the file "
+                "and its disk (permissions, a network mount that went away), then run again") from exc
         header.pop("__metadata__", None)
         self._base = 8 + n
         data_len = size - self._base
@@ -259,6 +266,11 @@ def _load_part(
     return model.eval().requires_grad_(False)
 
 
+#: Device types whose loads go through :mod:`.fastread` (the CPU's mmap path needs no copy; tests
+#: add "cpu" to run the same pipeline with its synchronous copier).
+FAST_DEVICES: set[str] = {"cuda"}
+
+
 def _read_fast(sd: Mapping[str, Tensor], found: Mapping[str, str], expected: Mapping[str, Tensor],
                dtype: torch.dtype, device: torch.device) -> dict[str, Tensor] | None:
     """A CUDA target and a safetensors file: pinned, pipelined reads (:mod:`.fastread`).
@@ -266,7 +278,7 @@ def _read_fast(sd: Mapping[str, Tensor], found: Mapping[str, str], expected: Map
     None (use the mmap path) for the CPU, pickled files, or when the device has no room for the
     flat output buffer.
     """
-    if device.type != "cuda" or not isinstance(sd, SafetensorsFile):
+    if device.type not in FAST_DEVICES or not isinstance(sd, SafetensorsFile):
         return None
     from comfy_notebook.runtime import fastread
 

@@ -86,6 +86,7 @@ class ModelManager:
         self.reserve_bytes = reserve_bytes
         self._models: dict[str, ManagedModel] = {}
         self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)  # notified when a model stops being in use
         self._seq = itertools.count(1)
         self._reserved = 0
         self._subscribers: list[Callable[[ModelMoved], None]] = []
@@ -384,15 +385,20 @@ class ModelManager:
             self._check_idle(model, "offload")
             self._offload(model, "offload")
 
-    def unload(self, m: ManagedModel | ModelRef | str) -> None:
-        """Free the weights everywhere; refs stay valid and the next use rebuilds from the file."""
+    def unload(self, m: ManagedModel | ModelRef | str, *, wait: float = 0.0) -> None:
+        """Free the weights everywhere; refs stay valid and the next use rebuilds from the file.
+
+        A model a running node is using (a prompt on another thread) is waited for up to
+        ``wait`` seconds, then refused with :class:`ModelInUseError`; weights are never freed
+        under a running sampler.
+        """
         external = self._external_for(m)
         if external is not None:
             external.unload(m)
             return
         with self._lock:
             model = self._resolve(m)
-            self._check_idle(model, "unload")
+            self._check_idle(model, "unload", wait)
             if model.factory is None:
                 raise ModelLoadError(
                     f"model {model.name!r} was registered without a factory, so it could not be "
@@ -407,26 +413,57 @@ class ModelManager:
             self._stats["unloads"] += 1
             self._emit(model, "cpu", "unloaded", nbytes, 0.0, "unload")
 
-    def unload_all(self) -> None:
-        """Unload every model not in use (models without a factory are offloaded)."""
+    def unload_all(self, *, wait: float = 0.0) -> None:
+        """Unload every model (models without a factory are offloaded).
+
+        Models a running node is using (a prompt running on another thread: a widget's, the
+        queue's) are waited for up to ``wait`` seconds; those still in use are left loaded and
+        named in one :class:`ModelInUseError` (after every idle model was unloaded).
+        """
         for provider in self._external:
             provider.unload_all()
         with self._lock:
-            for model in list(self._models.values()):
-                if model.in_use:
-                    continue
-                if model.factory is None:
-                    self._offload(model, "unload_all")
-                else:
-                    self.unload(model)
+            deadline = time.monotonic() + max(0.0, wait)
+            pending = list(self._models.values())
+            while True:
+                busy = []
+                for model in pending:
+                    if self._models.get(model.name) is not model:
+                        continue  # unregistered meanwhile
+                    if model.in_use:
+                        busy.append(model)
+                    elif model.factory is None:
+                        self._offload(model, "unload_all")
+                    else:
+                        self.unload(model)
+                left = deadline - time.monotonic()
+                if not busy or left <= 0:
+                    break
+                self._idle.wait(left)
+                pending = busy
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+            if busy:
+                names = ", ".join(repr(m.name) for m in busy)
+                waited = f" after waiting {wait:g} s" if wait > 0 else ""
+                raise ModelInUseError(
+                    f"unload all: {names} {'is' if len(busy) == 1 else 'are'} in use by a running "
+                    f"prompt{waited} and stayed loaded; every other model was unloaded. Fix: wait "
+                    "for the run to finish (or interrupt it: session.interrupt()), then unload "
+                    "again, or pass wait=SECONDS (%comfy unload all --wait SECONDS).")
 
-    def _check_idle(self, model: ManagedModel, verb: str) -> None:
-        if model.in_use:
-            raise ModelInUseError(
-                f"cannot {verb} model {model.name!r}: a node is using it now. "
-                f"Fix: {verb} it after the node has finished.")
+    def _check_idle(self, model: ManagedModel, verb: str, wait: float = 0.0) -> None:
+        """Wait up to ``wait`` seconds for ``model`` to stop being in use, else refuse."""
+        deadline = time.monotonic() + max(0.0, wait)
+        while model.in_use:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = f" (waited {wait:g} s)" if wait > 0 else ""
+                raise ModelInUseError(
+                    f"cannot {verb} model {model.name!r}: a node is using it now{waited}. "
+                    f"Fix: {verb} it after the node has finished (or interrupt the run: "
+                    f"session.interrupt()), or pass wait=SECONDS to wait for it.")
+            self._idle.wait(left)
 
     def _touch(self, model: ManagedModel) -> None:
         model._seq = next(self._seq)
@@ -471,8 +508,10 @@ class ModelManager:
                 model._in_use -= 1
                 self._reserved -= memory_required
                 self._touch(model)
-                if not model.in_use and model._transient and model.kind in ("clip", "vae"):
-                    self._offload(model, "transient")
+                if not model.in_use:
+                    self._idle.notify_all()  # unload(wait=...) may go on
+                    if model._transient and model.kind in ("clip", "vae"):
+                        self._offload(model, "transient")
 
     def run(self, ref: ModelRef | ManagedModel, fn: Callable[[nn.Module], T], *,
             memory_required: int = 0) -> T:

@@ -33,7 +33,7 @@ from comfy_notebook.runtime.fp8 import (
     scaled_linear_factory,
     storage_dtype,
 )
-from comfy_notebook.runtime.loading import open_state_dict
+from comfy_notebook.runtime.loading import _read_fast, open_state_dict
 
 __all__ = ["file_weight_dtype", "load_module", "load_module_file"]
 
@@ -51,6 +51,14 @@ def file_weight_dtype(sd: Mapping[str, Tensor], keys: Iterable[str]) -> torch.dt
 def _listing(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return (shown + f", ... ({len(keys) - limit} more)") if len(keys) > limit else (shown or "none")
+
+
+def _stored(t: Tensor, store: torch.dtype, dev: torch.device) -> Tensor:
+    """``t`` on ``dev`` in the storage dtype (floating tensors) or its own (integer, bool)."""
+    target = store if t.is_floating_point() else t.dtype
+    if is_fp8(t.dtype) and not is_fp8(target):
+        t = t.to(torch.float32)  # fp8 -> fp16 has no direct CPU kernel everywhere
+    return t.to(device=dev, dtype=target)
 
 
 def load_module(
@@ -122,21 +130,26 @@ def load_module(
             f"Missing ({len(missing)}): {_listing(missing)}; unexpected ({len(unexpected)}): "
             f"{_listing(unexpected)}. Fix: check that the file is the model the loader expects"
         )
-    tensors = {}
     for k, like in expected.items():
         if k in defaults:
-            tensors[k] = defaults[k]
             continue
-        t = sd[found[k]]
-        if t.shape != like.shape:
-            raise ModelLoadError(f"{what}: {k} has shape {tuple(t.shape)} in the file, expected {tuple(like.shape)}")
-        target = store if t.is_floating_point() else t.dtype
-        if scaled is not None and t.is_floating_point():
-            target = store if k in in_linear else (torch.float32 if k.endswith(("scale_weight", "scale_input"))
-                                                   else compute)
-        if is_fp8(t.dtype) and not is_fp8(target):
-            t = t.to(torch.float32)  # fp8 -> fp16 has no direct CPU kernel everywhere
-        tensors[k] = t.to(device=dev, dtype=target)
+        shape = tuple(sd[found[k]].shape)
+        if shape != tuple(like.shape):
+            raise ModelLoadError(f"{what}: {k} has shape {shape} in the file, expected {tuple(like.shape)}")
+    if scaled is not None:  # per tensor: fp8 linear layers, float32 scales, the rest in the compute dtype
+        tensors = {}
+        for k in expected:
+            if k in defaults:
+                tensors[k] = defaults[k]
+                continue
+            kind = store if k in in_linear else (torch.float32 if k.endswith(("scale_weight", "scale_input"))
+                                                 else compute)
+            tensors[k] = _stored(sd[found[k]], kind, dev)
+    else:
+        # on CUDA: pinned, pipelined reads cast into the storage dtype on the device (runtime/fastread)
+        tensors = _read_fast(sd, {k: found[k] for k in expected}, expected, store, dev)
+        if tensors is None:  # the CPU (mmap: no copy when the dtype already fits), pickles, no room
+            tensors = {k: _stored(sd[found[k]], store, dev) for k in expected}
     model.load_state_dict(tensors, strict=True, assign=True)
     model.compute_dtype = compute  # type: ignore[assignment]
     model.storage_dtype = store  # type: ignore[assignment]

@@ -61,6 +61,9 @@ class ModelValue:
     #: patches of the attention key/value inputs (``HypernetworkLoader``), in order:
     #: ``("attn1" | "attn2", patch)`` with ``patch(k, v) -> (k, v)``, active while the UNet runs
     attn_patches: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
+    #: functions run after the CFG formula each step (ComfyUI ``set_model_sampler_post_cfg_function``:
+    #: ``CFGNorm``, ``CFGZeroStar``), in order; see ``sampling.guidance.PostCFGDenoiser``
+    post_cfg: tuple[Callable[[dict[str, Any]], Tensor], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.model_sampling is None and self.family is not None:
@@ -102,14 +105,23 @@ class ModelValue:
         also go through ``patch`` (ComfyUI ``set_model_attn1_patch`` / ``attn2_patch``)."""
         return replace(self, attn_patches=(*self.attn_patches, *((w, patch) for w in where)))
 
+    def with_post_cfg(self, fn: Callable[[dict[str, Any]], Tensor]) -> ModelValue:
+        """A clone that also runs ``fn`` after the CFG formula each step (appended, as ComfyUI)."""
+        return replace(self, post_cfg=(*self.post_cfg, fn))
+
     def with_model_sampling(self, model_sampling: Any) -> ModelValue:
         """A clone sampled through ``model_sampling`` (``ModelSamplingDiscrete``)."""
         return replace(self, model_sampling=model_sampling)
 
-    def run(self, fn: Callable[[Any], Any], *, latent_shape: tuple[int, ...], cfg: bool = True) -> Any:
-        """``fn(unet)`` with the UNet on the compute device (out-of-memory recovery included)."""
+    def run(self, fn: Callable[[Any], Any], *, latent_shape: tuple[int, ...], cfg: bool = True,
+            extra_memory: int = 0) -> Any:
+        """``fn(unet)`` with the UNet on the compute device (out-of-memory recovery included).
+
+        The reservation is the family's activation estimate plus ``extra_memory`` (what rides
+        along the model's forward: ControlNet residuals, ``runtime.control_run.control_memory``).
+        """
         dtype = self.ref.base.dtype or torch.float32
-        need = self.family.unet_memory(tuple(latent_shape), dtype, cfg=cfg)
+        need = self.family.unet_memory(tuple(latent_shape), dtype, cfg=cfg) + int(extra_memory)
         return self.manager.run(self.ref, fn, memory_required=need)
 
     def summary(self) -> str:
@@ -164,6 +176,10 @@ class ClipValue:
         from comfy_notebook.models.prompt import make_embedding_lookup, tokenize_prompt
 
         spec = self.family.text_encoder(encoder)
+        if spec.is_llm:  # one templated row, no weights (models/llm_prompt.py)
+            from comfy_notebook.models.llm_prompt import get_llm_tokenizer, tokenize_llm_prompt
+
+            return tokenize_llm_prompt(get_llm_tokenizer(spec.tokenizer), text, spec.template)
         if spec.tokenizer == "t5":
             from comfy_notebook.models.t5_tokenizer import T5Tokens, tokenize_t5_prompt
 
@@ -181,6 +197,12 @@ class ClipValue:
             layer = spec.layer if self.layer is None else self.layer
 
             def run(model: Any, spec: Any = spec, layer: Any = layer, name: str = name) -> tuple[Tensor, Tensor]:
+                if spec.is_llm:  # hidden states of one decoder layer, no pooled output
+                    from comfy_notebook.models.llm_prompt import encode_llm_tokens
+
+                    cond = encode_llm_tokens(model, tokens[name], layer=layer, device=self.manager.device,
+                                             drop_front=spec.drop_front)
+                    return cond.cpu(), None  # type: ignore[return-value]
                 if spec.tokenizer == "t5":
                     from comfy_notebook.models.t5_tokenizer import encode_t5_tokens
 
@@ -229,19 +251,29 @@ class VAEValue:
         # Activation peak of the decoder's highest-resolution blocks (~ 2 x 128 x H x W values).
         return int(pixels * elem * (160 if encode else 384))
 
-    def decode(self, samples: Tensor, *, tiled: bool = False, tile: int = 64, overlap: int = 16) -> Tensor:
-        """LATENT samples ``[B, 4, h, w]`` -> IMAGE ``[B, 8h, 8w, 3]`` float32 in 0..1 on the CPU."""
+    def decode(self, samples: Tensor, *, tiled: bool = False, tile: int | None = None,
+               overlap: int | None = None) -> Tensor:
+        """LATENT samples ``[B, C, h, w]`` -> IMAGE ``[B, 8h, 8w, 3]`` float32 in 0..1 on the CPU.
+
+        ``tile``/``overlap`` (latent pixels) default to the VAE's own tiles (64/16 for the KL
+        VAEs, ComfyUI's 32/8 for the Wan VAE).  A single-frame video latent ``[B, C, 1, h, w]``
+        decodes like ``[B, C, h, w]``.
+        """
+        if samples.dim() == 5 and samples.shape[2] == 1:
+            samples = samples[:, :, 0]
         b, _, h, w = samples.shape
+        sizes = {k: v for k, v in (("tile", tile), ("overlap", overlap)) if v is not None}
 
         def run(vae: Any) -> Tensor:
             # the compute device, not a parameter's: a partially loaded VAE has some on the host
             z = samples.to(self.manager.device)  # the VAE casts to its own dtype
             return finite_or_upcast(  # a bf16 decode that overflowed is redone in fp32
-                vae, lambda: vae.decode_tiled(z, tile=tile, overlap=overlap) if tiled else vae.decode(z),
+                vae, lambda: vae.decode_tiled(z, **sizes) if tiled else vae.decode(z),
                 streamer=self.ref.base.streamer)
 
+        side = tile or 64
         need = self._memory(b * h * w * 64, encode=False) if not tiled else self._memory(
-            tile * tile * 64, encode=False)
+            side * side * 64, encode=False)
         try:
             pixels = self.manager.run(self.ref, run, memory_required=need)
         except ModelMemoryError:  # ComfyUI falls back to tiled decoding on out-of-memory
@@ -251,8 +283,9 @@ class VAEValue:
         image = ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0)
         return image.permute(0, 2, 3, 1).cpu().contiguous()
 
-    def encode(self, image: Tensor, *, tiled: bool = False, tile: int = 512, overlap: int = 64) -> Tensor:
-        """IMAGE ``[B, H, W, C]`` in 0..1 -> latent ``[B, 4, H/8, W/8]`` float32 on the CPU.
+    def encode(self, image: Tensor, *, tiled: bool = False, tile: int | None = None,
+               overlap: int | None = None) -> Tensor:
+        """IMAGE ``[B, H, W, C]`` in 0..1 -> latent ``[B, C, H/8, W/8]`` float32 on the CPU.
 
         Images are cropped to multiples of 8 (centred), as ComfyUI's VAEEncode does; an alpha
         channel is dropped.
@@ -266,7 +299,8 @@ class VAEValue:
 
         def run(vae: Any) -> Tensor:
             pix = image.permute(0, 3, 1, 2).to(self.manager.device) * 2.0 - 1.0  # the VAE casts
-            return vae.encode_tiled(pix, tile=tile, overlap=overlap) if tiled else vae.encode(pix)
+            sizes = {k: v for k, v in (("tile", tile), ("overlap", overlap)) if v is not None}
+            return vae.encode_tiled(pix, **sizes) if tiled else vae.encode(pix)
 
         need = self._memory(b * h8 * w8, encode=True)
         return self.manager.run(self.ref, run, memory_required=need).float().cpu()

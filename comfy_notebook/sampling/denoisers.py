@@ -376,6 +376,21 @@ class CFGDenoiser:
                 outs[li][:, :, ay : ay + ah, ax : ax + aw] += pred[j * b : (j + 1) * b] * m
         return [o / c for o, c in zip(outs, plan.counts, strict=True)]
 
+    def predictions(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(cond_denoised, uncond_denoised)`` before the CFG formula; the second is None when
+        the negative entries are skipped (cfg 1)."""
+        if self.fast:
+            ctx, kw = self._fast_ctx(x)
+            self.forward_count += 1
+            if self.skip_uncond:
+                return self.model(x, sigma, ctx, **kw), None
+            cond, uncond = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), ctx, **kw).chunk(2)
+            return cond, uncond
+        if self.skip_uncond:
+            return self.combine([self.positive], x, sigma)[0], None
+        cond, uncond = self.combine([self.positive, self.negative], x, sigma)
+        return cond, uncond
+
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         if self.fast:
             return self._fast_call(x, sigma)

@@ -36,7 +36,7 @@ from comfy_notebook.sampling.denoisers import (
 )
 from comfy_notebook.sampling.schedules import SamplingConfigError
 
-__all__ = ["DualCFGDenoiser", "Guidance"]
+__all__ = ["DualCFGDenoiser", "Guidance", "PostCFGDenoiser"]
 
 KwargsFn = Callable[[dict[str, Any]], dict[str, Tensor]]
 
@@ -66,6 +66,9 @@ class Guidance:
     cfg: float = 1.0
     cfg2: float = 1.0
     nested: bool = False
+    #: ComfyUI's ``sampler_post_cfg_function`` s (``CFGNorm``, ``CFGZeroStar``), in order: each
+    #: ``fn(args) -> denoised`` with ``args`` as :class:`PostCFGDenoiser` builds them
+    post_cfg: tuple[Callable[[dict[str, Any]], Tensor], ...] = ()
 
     @classmethod
     def basic(cls, conditioning: list[Any]) -> Guidance:
@@ -110,6 +113,9 @@ class Guidance:
                                             kwargs_fn, negative_kwargs_fn=neg_fn, control_fn=control_fn)
             cfg = self.cfg if self.negative is not None else 1.0
             cfg_model = CFGDenoiser(model, pos, neg, cfg, keep_uncond=keep_uncond)
+            if self.post_cfg:
+                post = PostCFGDenoiser(cfg_model, self.post_cfg)
+                return post.guided if keep_uncond else post
             return cfg_model.guided if keep_uncond else cfg_model
         if self.negative is None:
             raise SamplingConfigError(
@@ -142,6 +148,36 @@ def resolve_condition_sets(lists: list[list[Any]], latent_hw: tuple[int, int], s
             if i != j:
                 _add_matching_areas(target, source)
     return resolved
+
+
+class PostCFGDenoiser:
+    """CFG followed by the MODEL's post-CFG functions (ComfyUI's ``sampling_function``: each
+    function gets ``denoised`` (the result so far), ``cond_denoised``, ``uncond_denoised`` (zeros
+    when the negative list is skipped at cfg 1, as ComfyUI's batch leaves it), ``cond_scale``,
+    ``input`` and ``sigma``, and returns the new ``denoised``).  Dual CFG does not run them yet."""
+
+    def __init__(self, cfg_model: CFGDenoiser, functions: tuple[Callable[[dict[str, Any]], Tensor], ...]) -> None:
+        self.cfg_model, self.functions = cfg_model, functions
+
+    @property
+    def forward_count(self) -> int:
+        return self.cfg_model.forward_count
+
+    def guided(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """``(denoised, uncond_denoised)`` after the post-CFG functions."""
+        cond, uncond = self.cfg_model.predictions(x, sigma)
+        cfg = self.cfg_model.cfg
+        if uncond is None:
+            uncond, denoised = torch.zeros_like(cond), cond
+        else:
+            denoised = uncond + (cond - uncond) * cfg
+        for fn in self.functions:
+            denoised = fn({"denoised": denoised, "cond_denoised": cond, "uncond_denoised": uncond,
+                           "cond_scale": cfg, "input": x, "sigma": sigma})
+        return denoised, uncond
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.guided(x, sigma)[0]
 
 
 class DualCFGDenoiser:

@@ -5,6 +5,7 @@ One function, ``ksample``, that the KSampler / KSamplerAdvanced nodes call.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -213,6 +214,7 @@ def ksample(
     device: Any = None, dtype: Any = None, callback: StepCallback | None = None, cpu_noise: bool = False,
     model_inputs: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
     control_fn: Callable[[Any], Any] | None = None,
+    post_cfg: tuple[Callable[[dict[str, Any]], Tensor], ...] = (),
 ) -> dict[str, Any]:
     """Sample a LATENT as ComfyUI's KSampler / KSamplerAdvanced do.
 
@@ -256,6 +258,9 @@ def ksample(
     control_fn:
         Binds an entry's ``control`` option (ControlNet / T2I-Adapter) for this run; see
         :func:`~comfy_notebook.sampling.denoisers.resolve_conditioning`.
+    post_cfg:
+        The MODEL's post-CFG functions (``CFGNorm`` ...), run after the CFG formula each step
+        (see :class:`~comfy_notebook.sampling.guidance.PostCFGDenoiser`).
 
     Returns
     -------
@@ -294,7 +299,7 @@ def ksample(
         apply_model, model_sampling=model_sampling, latent_format=latent_format, latent=latent, noise=noise,
         sigmas=sigmas, guidance=Guidance.cfg_guided(positive, negative, cfg), sampler=SamplerSpec(sampler_name),
         seed=seed, device=device, dtype=dtype, callback=callback, cpu_noise=cpu_noise, model_inputs=model_inputs,
-        control_fn=control_fn)
+        control_fn=control_fn, post_cfg=post_cfg)
     return out
 
 
@@ -314,6 +319,7 @@ def sample_sigmas(
     device: Any = None, dtype: Any = None, callback: StepCallback | None = None, cpu_noise: bool = False,
     model_inputs: Callable[[dict[str, Any]], dict[str, Tensor]] | None = None,
     control_fn: Callable[[Any], Any] | None = None,
+    post_cfg: tuple[Callable[[dict[str, Any]], Tensor], ...] = (),
 ) -> tuple[Tensor, Tensor | None]:
     """Sample ``latent`` along given ``sigmas`` from given initial ``noise``: ComfyUI's ``CFGGuider.sample``.
 
@@ -346,6 +352,8 @@ def sample_sigmas(
     if len(sigmas) == 0:
         return samples, None
     schedule = model_sampling
+    if post_cfg:
+        guidance = dataclasses.replace(guidance, post_cfg=(*guidance.post_cfg, *post_cfg))
     device = torch.device(device) if device is not None else samples.device
     dtype = dtype or torch.float32
     sigmas = sigmas.to(device)

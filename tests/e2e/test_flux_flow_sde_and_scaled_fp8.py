@@ -13,7 +13,12 @@ from safetensors.torch import load_file, save_file
 from comfy_notebook._session import Session
 from comfy_notebook.models.vae import VAEConfig
 from comfy_notebook.nodes import register_builtins
-from comfy_notebook.testing import make_flux_file, make_t5_file, make_text_encoder_file, make_vae_file
+from comfy_notebook.testing import (
+    make_flux_file,
+    make_t5_file,
+    make_text_encoder_file,
+    make_vae_file,
+)
 
 
 def _scaled(src: str, dst: pathlib.Path) -> None:

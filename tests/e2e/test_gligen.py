@@ -69,8 +69,10 @@ def test_textbox_conditioning_and_objects(root: pathlib.Path) -> None:
     masks[0, :2] = 1
     phrases = torch.zeros(1, 30, params[0][0].shape[-1])
     phrases[0, 0], phrases[0, 1] = params[0][0].reshape(-1), params[1][0].reshape(-1)
-    with torch.no_grad():
-        torch.testing.assert_close(objs, gligen.model.position_net(boxes, masks, phrases), rtol=0, atol=1e-6)
+    with torch.no_grad(), gligen.hold():  # the manager holds the weights: on the device while held
+        model = gligen.on("cpu", torch.float32)
+        torch.testing.assert_close(objs, model.position_net(boxes, masks, phrases), rtol=0, atol=1e-6)
+    assert gligen.ref is not None and f"gligen:{gligen.name}" in s.models
 
 
 def test_gligen_example_workflow(root: pathlib.Path) -> None:
@@ -107,3 +109,20 @@ def test_gligen_on_cuda(root: pathlib.Path) -> None:
     cpu = _session(root).run_prompt(workflow(), targets=["9"]).outputs["9"][0]
     assert torch.isfinite(image).all() and not torch.equal(image, plain)
     assert (image - cpu).abs().max() <= 0.05
+
+
+def test_the_model_manager_holds_the_gligen_weights(root: pathlib.Path) -> None:
+    """GLIGENLoader registers the weights with the manager (listed, counted, unloadable); a run
+    after an unload rereads the file and gives the same image."""
+    s = _session(root)
+    first = s.run_prompt(workflow(), targets=["9"]).outputs["9"][0]
+    gligen = s.run_prompt(workflow(), targets=["2"]).outputs["2"][0]
+    info = {i.name: i for i in s.models.list()}["gligen:gligen_tiny_textbox"]
+    assert info.kind == "gligen" and info.bytes > 0
+    assert all(p.is_meta for p in gligen.model.parameters())  # the value itself holds no weights
+    s.models.unload_all()
+    api = workflow()
+    api["8"]["inputs"]["seed"] = 10
+    reread = s.run_prompt(api, targets=["9"]).outputs["9"][0]
+    assert torch.equal(reread, _session(root).run_prompt(api, targets=["9"]).outputs["9"][0])
+    assert not torch.equal(reread, first)

@@ -97,8 +97,8 @@ class FakeManager:
             raise KeyError("no model named 'missing'")
         self.log.append(("unload", m))
 
-    def unload_all(self) -> None:
-        self.log.append(("unload_all", ""))
+    def unload_all(self, *, wait: float = 0.0) -> None:
+        self.log.append(("unload_all", f"wait={wait:g}" if wait else ""))
 
     def __repr__(self) -> str:
         return "FakeManager table"

@@ -117,7 +117,11 @@ def test_model_verbs_call_the_manager(ip, session, fake_manager, capsys):
     ip.run_line_magic("comfy", "offload unet")
     ip.run_line_magic("comfy", "unload unet")
     ip.run_line_magic("comfy", "unload all")
-    assert fake_manager.log == [("load", "unet"), ("offload", "unet"), ("unload", "unet"), ("unload_all", "")]
+    ip.run_line_magic("comfy", "unload all --wait 2.5")
+    assert fake_manager.log == [("load", "unet"), ("offload", "unet"), ("unload", "unet"), ("unload_all", ""),
+                                ("unload_all", "wait=2.5")]
+    with pytest.raises(UsageError, match="takes no --wait"):
+        ip.run_line_magic("comfy", "load unet --wait 3")
     with pytest.raises(UsageError, match="no model named 'missing'"):
         ip.run_line_magic("comfy", "unload missing")
     with pytest.raises(UsageError, match="expects one model NAME"):

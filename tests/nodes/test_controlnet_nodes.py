@@ -32,6 +32,19 @@ COMFYUI: dict[str, tuple[dict[str, Any], dict[str, Any], list[str], list[str], s
                                 "conditioning/controlnet", "Apply ControlNet", False),
     "SetUnionControlNetType": ({"control_net": ["CONTROL_NET"], "type": [UNION]}, {}, ["CONTROL_NET"],
                                ["CONTROL_NET"], "conditioning/controlnet", "SetUnionControlNetType", False),
+    "ControlNetInpaintingAliMamaApply": (
+        {"positive": ["CONDITIONING"], "negative": ["CONDITIONING"], "control_net": ["CONTROL_NET"],
+         "vae": ["VAE"], "image": ["IMAGE"], "mask": ["MASK"], "strength": STRENGTH,
+         "start_percent": ["FLOAT", {"default": 0.0, **PERCENT}], "end_percent": ["FLOAT", {"default": 1.0, **PERCENT}]},
+        {}, ["CONDITIONING", "CONDITIONING"], ["positive", "negative"], "conditioning/controlnet",
+        "ControlNetInpaintingAliMamaApply", False),
+    # comfy_extras/nodes_sd3.py (a V3 node: outputs named by their display names)
+    "ControlNetApplySD3": (
+        {"positive": ["CONDITIONING"], "negative": ["CONDITIONING"], "control_net": ["CONTROL_NET"],
+         "vae": ["VAE"], "image": ["IMAGE"], "strength": STRENGTH,
+         "start_percent": ["FLOAT", {"default": 0.0, **PERCENT}], "end_percent": ["FLOAT", {"default": 1.0, **PERCENT}]},
+        {}, ["CONDITIONING", "CONDITIONING"], ["positive", "negative"], "conditioning/controlnet",
+        "Apply Controlnet with VAE", True),
 }
 
 

@@ -62,9 +62,11 @@ class Point:
 
     @property
     def kind(self) -> str:
-        """"node" (start / finish), "step" (sampling step) or "placement" (manager, movers)."""
+        """"node" (start / finish), "step" (sampling step), "file" (a read or a write, see
+        ``io_faults.py``) or "placement" (manager, movers)."""
         head = self.site.split(":", 1)[0]
-        return {"start": "node", "finish": "node", "step": "step"}.get(head, "placement")
+        return {"start": "node", "finish": "node", "step": "step", "read": "file",
+                "write": "file"}.get(head, "placement")
 
     def __str__(self) -> str:
         return f"{self.site}#{self.occurrence}"
@@ -315,9 +317,10 @@ class Reference:
     points: list[Point]
 
 
-def clean_run(root: Any, api: dict[str, Any], *, capacity: int | None = None) -> Reference:
+def clean_run(root: Any, api: dict[str, Any], *, capacity: int | None = None,
+              injector_type: type[Injector] = Injector) -> Reference:
     s = new_session(root, capacity=capacity)
-    injector = Injector()
+    injector = injector_type()
     with injector.installed(s):
         result = s.run_prompt(api)
     return Reference(result.outputs["8"][0].clone(), dict(result.signatures), list(injector.hits))
@@ -336,7 +339,8 @@ class Outcome:
 
 def run_point(root: Any, api: dict[str, Any], ref: Reference, point: Point,
               fault: Callable[[Point], BaseException | None] | None, *, capacity: int | None = None,
-              persistent: bool = False, flag: bool = False) -> Outcome:
+              persistent: bool = False, flag: bool = False,
+              injector_type: type[Injector] = Injector) -> Outcome:
     """Run ``api`` on a fresh session with ``fault`` raised at ``point`` (``flag``: ask for an
     interrupt there instead); check the invariants; rerun and compare with the clean image."""
     s = new_session(root, capacity=capacity)
@@ -349,7 +353,7 @@ def run_point(root: Any, api: dict[str, Any], ref: Reference, point: Point,
                 found.interrupt()
 
         fault = ask
-    injector = Injector(point, fault, persistent=persistent)
+    injector = injector_type(point, fault, persistent=persistent)
     raised: BaseException | None = None
     with injector.installed(s):
         try:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from comfy_notebook.errors import ModelLoadError, ValidationError
 from comfy_notebook.folders import identity
-from comfy_notebook.testing import make_checkpoint, make_lora
+from comfy_notebook.testing import make_checkpoint, make_embedding, make_lora
 
 
 @pytest.fixture
@@ -180,3 +180,64 @@ def test_every_file_loader_fingerprints_its_file(tiny_root: pathlib.Path) -> Non
     assert "CheckpointLoaderSimple" in file_loaders and len(file_loaders) >= 6
     missing = [n for n in file_loaders if not s.registry.get(n).has_is_changed]
     assert missing == []
+
+
+def _embedding_width(checkpoint: pathlib.Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), "pt") as f:
+        key = next(k for k in f.keys() if k.endswith("token_embedding.weight"))  # noqa: SIM118
+        return int(f.get_slice(key).get_shape()[1])
+
+
+def test_replaced_embedding_is_detected(root: pathlib.Path) -> None:
+    """Regression: CLIPTextEncode's key ignored the embedding files its text names, so a
+    textual-inversion file replaced under the same name was served stale from the cache."""
+    emb = root / "models" / "embeddings" / "style.safetensors"
+    width = _embedding_width(root / "models" / "checkpoints" / CKPT)
+    make_embedding(emb, width, seed=0)
+    api = tiny_prompt()
+    api["6"]["inputs"]["text"] = "a photo, embedding:style"
+    s = new_session(root)
+    first = _image(s.run_prompt(api))
+    assert s.run_prompt(api).executed <= {"9"}  # unchanged: cached
+    _replace(emb, make_embedding, width, seed=1)
+    result = s.run_prompt(api)
+    assert "6" in result.executed and "7" not in result.executed  # the other text is untouched
+    assert not torch.equal(first, _image(result))
+    assert torch.equal(_image(result), _image(new_session(root).run_prompt(api)))
+    # an embedding that appears under a name the text already asked for is picked up too
+    api["6"]["inputs"]["text"] = "a photo, embedding:later"
+    with pytest.warns(UserWarning, match="embedding:later not found"):
+        before = _image(s.run_prompt(api))
+    make_embedding(emb.with_name("later.safetensors"), width, seed=2)
+    after = s.run_prompt(api)
+    assert "6" in after.executed and not torch.equal(before, _image(after))
+
+
+def test_embedding_identity_keeps_real_mode_fast(root: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real mode keys CLIPTextEncode itself (no executor round trip on a hit), with or without an
+    embedding in the text, and a plain text's key is the one it had before embeddings counted."""
+    from comfy_notebook.engine.cache import node_signature
+    from comfy_notebook.realmode.calls import node_function
+    from comfy_notebook.realmode.state import state
+
+    emb = root / "models" / "embeddings" / "style.safetensors"
+    width = _embedding_width(root / "models" / "checkpoints" / CKPT)
+    make_embedding(emb, width, seed=0)
+    s = new_session(root)
+    _model, clip, _vae = node_function("CheckpointLoaderSimple", s)(CKPT)
+    encode = node_function("CLIPTextEncode", s)
+    plain, styled = encode("a cat", clip), encode("a cat, embedding:style", clip)
+    assert plain.node.signature == node_signature("CLIPTextEncode", None, None, {"text": "a cat"},
+                                                  {"clip": (clip.node.signature, 1)})
+    runs = []
+    real_run = s.run
+    monkeypatch.setattr(s, "run", lambda *a, **k: runs.append(1) or real_run(*a, **k))
+    assert torch.equal(encode("a cat", clip).value[0][0], plain.value[0][0])
+    assert torch.equal(encode("a cat, embedding:style", clip).value[0][0], styled.value[0][0])
+    assert runs == [] and "CLIPTextEncode" not in state(s).slow_keys  # both were fast hits
+    _replace(emb, make_embedding, width, seed=1)
+    changed = encode("a cat, embedding:style", clip)
+    assert runs == [1] and not torch.equal(changed.value[0][0], styled.value[0][0])
+    assert "CLIPTextEncode" not in state(s).slow_keys

@@ -1,6 +1,6 @@
 """Untrusted inputs (issue 19): PNGs with hostile metadata are read safely by ``read_prompt``
-(never executes anything, never reads outside the folders), and fuzzed API prompts (>= 1,000)
-and mutated UI workflows (>= 300) end only in ValidationError / NodeExecutionError / a
+(never executes anything, never reads outside the folders), and fuzzed API prompts (1,000;
+10,000 in the slow job) and mutated UI workflows (300; 1,000 slow) end only in ValidationError / NodeExecutionError / a
 converter error naming the problem, never in another exception."""
 
 from __future__ import annotations
@@ -128,12 +128,13 @@ def api_prompts(draw: Any, names: list[str], specs: dict[str, Any]) -> Any:
     return api
 
 
-def test_fuzzed_api_prompts(dry: Any) -> None:
+@pytest.mark.parametrize("n", [1000, pytest.param(10_000, marks=pytest.mark.slow)])
+def test_fuzzed_api_prompts(dry: Any, n: int) -> None:
     names = sorted(dry.registry.names())
     specs = {n: dry.registry.get(n) for n in names}
     tried = []
 
-    @settings(max_examples=1000, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=n, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     @given(api_prompts(names, specs))
     def check(api: Any) -> None:
@@ -142,7 +143,7 @@ def test_fuzzed_api_prompts(dry: Any) -> None:
             dry.run_prompt(api)
 
     check()
-    assert len(tried) >= 1000
+    assert len(tried) >= n
 
 
 def _mutations(workflow: dict[str, Any]) -> Any:
@@ -180,11 +181,12 @@ def _apply(workflow: dict[str, Any], edits: list[Any]) -> dict[str, Any]:
     return w
 
 
-def test_mutated_ui_workflows(dry: Any) -> None:
+@pytest.mark.parametrize("n", [300, pytest.param(1000, marks=pytest.mark.slow)])
+def test_mutated_ui_workflows(dry: Any, n: int) -> None:
     workflow = api_to_workflow(tiny_prompt(), dry.registry)
     tried = []
 
-    @settings(max_examples=300, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=n, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     @given(_mutations(workflow))
     def check(edits: Any) -> None:
@@ -194,7 +196,7 @@ def test_mutated_ui_workflows(dry: Any) -> None:
             dry.run_prompt(workflow_to_api(mutated, dry.registry))
 
     check()
-    assert len(tried) >= 300
+    assert len(tried) >= n
 
 
 @pytest.mark.parametrize("edit", [

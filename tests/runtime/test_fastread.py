@@ -226,3 +226,44 @@ def test_a_part_that_does_not_fit_the_device_loads_on_the_host(tmp_path: pathlib
     assert all(p.device.type == "cpu" for p in vae.parameters())
     for (k, a), (_, b) in zip(ref.state_dict().items(), vae.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize(("file_dtype", "weight_dtype"), [
+    (torch.bfloat16, "default"), (torch.float16, "default"), (torch.float8_e4m3fn, "default"),
+    (torch.bfloat16, "fp8_e4m3fn"), (torch.bfloat16, "fp8_e5m2")])
+def test_separate_file_models_take_the_fast_reads(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                                  file_dtype: torch.dtype, weight_dtype: str) -> None:
+    """Flux/T5/Qwen files (``runtime/module_loading``) go through fastread like checkpoints: run on
+    the CPU with the synchronous copier, every tensor equals the mmap path's, in the storage dtype."""
+    from comfy_notebook.families.flux import load_flux
+    from comfy_notebook.runtime import loading
+    from comfy_notebook.testing import make_flux_file
+
+    path = make_flux_file(tmp_path / "flux.safetensors", dtype=file_dtype)
+    ref = load_flux(path, weight_dtype=weight_dtype, compute_dtype=torch.float32)
+    calls = []
+    real = fastread.read_spans
+
+    def spy(*args: object, **kw: object) -> object:
+        calls.append(args[0])
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fastread, "read_spans", spy)
+    monkeypatch.setattr(loading, "FAST_DEVICES", {"cpu", "cuda"})
+    got = load_flux(path, weight_dtype=weight_dtype, compute_dtype=torch.float32)
+    assert calls == [path]
+    assert got.storage_dtype == ref.storage_dtype  # type: ignore[attr-defined]
+    for (k, a), (_, b) in zip(ref.state_dict().items(), got.state_dict().items(), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8)), k
+
+
+@pytest.mark.gpu
+def test_t5_file_on_cuda_uses_fast_reads_and_matches(tmp_path: pathlib.Path) -> None:
+    from comfy_notebook.families.flux import load_t5
+    from comfy_notebook.testing import make_t5_file
+
+    path = make_t5_file(tmp_path / "t5.safetensors", dtype=torch.float8_e4m3fn)
+    cpu = load_t5(path, compute_dtype=torch.bfloat16)
+    gpu = load_t5(path, device="cuda", compute_dtype=torch.bfloat16)
+    for (k, a), (_, b) in zip(cpu.state_dict().items(), gpu.state_dict().items(), strict=True):
+        assert b.is_cuda and a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.cpu().view(torch.uint8)), k

@@ -164,3 +164,28 @@ def test_hypernetwork_on_cuda(tmp_path: pathlib.Path) -> None:
     (gpu, gpu_plain), (cpu, _) = images
     assert torch.isfinite(gpu).all() and not torch.equal(gpu, gpu_plain)
     assert (gpu - cpu).abs().max() <= 0.05
+
+
+def test_the_model_manager_holds_the_hypernetwork(tmp_path: pathlib.Path) -> None:
+    """With a manager the MLPs are a managed model (listed, unloadable, reread); held, the patch
+    gives what the unmanaged patch gives; outside ``hold()`` it refuses to run."""
+    from comfy_notebook.runtime.manager import ModelManager
+
+    path = make_hypernetwork(tmp_path / "h.pt", widths=(24, 32), seed=3, activation_func="relu")
+    manager = ModelManager()
+    managed = load_hypernetwork(path, 0.7, manager=manager)
+    plain = load_hypernetwork(path, 0.7)
+    info = {i.name: i for i in manager.list()}["hypernetwork:h"]
+    assert info.kind == "hypernetwork" and info.bytes > 0 and managed.mlps == {} and managed.widths == (24, 32)
+    k, v = torch.randn(1, 4, 24), torch.randn(1, 4, 24)
+    with pytest.raises(RuntimeError, match="outside"):
+        managed(k, v)
+    with managed.hold():
+        got = managed(k, v)
+    want = plain(k, v)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    manager.unload_all()
+    again = load_hypernetwork(path, 0.3, manager=manager)  # the same registration, another strength
+    assert again.ref.base is managed.ref.base
+    with again.hold():
+        assert torch.equal(again(k, v)[0], load_hypernetwork(path, 0.3)(k, v)[0])
