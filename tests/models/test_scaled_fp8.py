@@ -154,3 +154,23 @@ def test_scaled_fp8_t5_loads_instead_of_being_refused(tmp_path):
         out = m(ids, dtype=torch.float32)
         torch.testing.assert_close(out, emulated(ids), rtol=1e-4, atol=1e-5)
         assert 1e-4 < _rel(out, ref(ids).float()) < 0.5
+
+
+@pytest.mark.gpu
+def test_scaled_fp8_matmul_on_a_gpu_with_fp8_units():
+    from comfy_notebook.runtime.fp8 import fp8_matmul_supported
+
+    dev = torch.device("cuda")
+    if not fp8_matmul_supported(dev):
+        pytest.skip("this GPU has no fp8 matmul (compute capability < 8.9)")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    cast, fast = ScaledFP8Linear(3072, 3072, device=dev), scaled_linear_factory(fast=True)(3072, 3072, device=dev)
+    w = (torch.randn(3072, 3072, generator=gen, device=dev) * 8).to(torch.float8_e4m3fn)
+    b = torch.randn(3072, generator=gen, device=dev).to(torch.bfloat16)
+    for m in (cast, fast):
+        m.weight, m.bias = nn.Parameter(w, requires_grad=False), nn.Parameter(b, requires_grad=False)
+        m.scale_weight.fill_(0.002)
+    x = torch.randn(1, 4096, 3072, generator=gen, device=dev, dtype=torch.bfloat16)
+    with torch.no_grad():
+        y_cast, y_fast = cast(x), fast(x)
+    assert y_fast.dtype == torch.bfloat16 and _rel(y_fast.float(), y_cast.float()) < 0.06
