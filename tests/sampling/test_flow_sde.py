@@ -240,3 +240,19 @@ def test_inpainting_on_a_flow_model_noises_the_kept_area_along_the_flow_path():
     s = float(t[0]) / 1000
     assert s == pytest.approx(0.5)
     torch.testing.assert_close(x_in[..., :2], (s * noise + (1 - s) * lat)[..., :2])
+
+
+def test_sampler_node_options_reach_the_flow_form():
+    """SamplerDPMPP_2M_SDE (heun, eta 0.5) on a flow model: ComfyUI's flow maths with those options."""
+    from comfy_notebook.sampling.samplers_flow_sde import sample_dpmpp_2m_sde_flow
+
+    sig = calculate_sigmas(MS, "simple", 5)
+    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    spec = SamplerSpec("dpmpp_2m_sde", {"eta": 0.5, "s_noise": 1.0, "solver_type": "heun"})
+    got = spec.run(_flow_d, x, sig, seed=11, model_sampling=MS)
+    tree = BrownianTreeNoiseSampler(x, sig[sig > 0].min(), sig.max(), seed=11, cpu=True)
+    want = sample_dpmpp_2m_sde_flow(_flow_d, x, sig, model_sampling=MS, noise_sampler=tree, eta=0.5,
+                                    solver_type="heun")
+    assert torch.equal(got, want)
+    plain = SamplerSpec("dpmpp_2m_sde", {"eta": 0.5, "s_noise": 1.0, "solver_type": "midpoint"})
+    assert not torch.equal(got, plain.run(_flow_d, x, sig, seed=11, model_sampling=MS))
