@@ -126,18 +126,14 @@ def load_flux(path: str | os.PathLike[str], *, weight_dtype: str = "default",
 
 def load_t5(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
             compute_dtype: torch.dtype | None = None, sd: Mapping[str, Tensor] | None = None) -> T5Encoder:
-    """Load a T5 v1.1 encoder file (``text_encoders/t5xxl_*``, fp16/bf16/fp8)."""
+    """Load a T5 v1.1 encoder file (``text_encoders/t5xxl_*``, fp16/bf16/fp8, ComfyUI's scaled fp8)."""
     sd = open_state_dict(path) if sd is None else sd
     try:
         config = T5Config.from_state_dict(sd)
     except KeyError as exc:
         raise ModelLoadError(f"{path} is not a T5 v1.1 encoder file (missing {exc})") from exc
-    if "scaled_fp8" in sd:
-        raise ModelLoadError(
-            f"{path} is a 'scaled fp8' T5 file (per-tensor scale_weight keys), not supported yet. "
-            "Fix: use t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors")
     model = load_module(T5Encoder, config, sd, device=device, compute_dtype=compute_dtype,
-                        ignore=T5Encoder.ignored_keys, what=f"T5 encoder in {path}")
+                        ignore=T5Encoder.ignored_keys, what=f"T5 encoder in {path}", fp8_matmul=False)
     return model  # type: ignore[return-value]
 
 

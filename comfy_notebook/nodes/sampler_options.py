@@ -9,10 +9,11 @@ keywords; ``noise_device`` picks the ``_gpu`` sampler (Brownian tree on the devi
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
+from comfy_notebook.nodes.image import common_upscale
 from comfy_notebook.runtime.values import ModelValue
 from comfy_notebook.sampling import SamplerSpec
 from comfy_notebook.sampling.samplers_sa import tau_window
@@ -200,6 +201,39 @@ class SamplerSASolver(_SamplerNode):
                                           "simple_order_2": simple_order_2}),)
 
 
+class SamplerLCMUpscale(_SamplerNode):
+    """LCM that upscales the latent by ``scale_ratio`` over its first ``scale_steps`` steps (-1: about half)."""
+
+    UPSCALE_METHODS: ClassVar[list[str]] = ["bislerp", "nearest-exact", "bilinear", "area", "bicubic"]
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"scale_ratio": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 20.0, "step": 0.01}),
+                             "scale_steps": ("INT", {"default": -1, "min": -1, "max": 1000, "step": 1}),
+                             "upscale_method": (cls.UPSCALE_METHODS,)}}
+
+    def get_sampler(self, scale_ratio: float, scale_steps: int, upscale_method: str) -> tuple[SamplerSpec]:
+        def upscale(x: Tensor, width: int, height: int) -> Tensor:
+            return common_upscale(x, width, height, upscale_method, "disabled")
+
+        return (SamplerSpec("lcm_upscale", {"total_upscale": scale_ratio, "upscale": upscale,
+                                            "upscale_steps": None if scale_steps < 0 else scale_steps}),)
+
+
+class SamplerEulerCFGpp(_SamplerNode):
+    """Euler CFG++: "regular" is the ``euler_cfg_pp`` sampler, "alternative" ComfyUI's older form."""
+
+    CATEGORY = "_for_testing"
+    EXPERIMENTAL = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"version": (["regular", "alternative"],)}}
+
+    def get_sampler(self, version: str) -> tuple[SamplerSpec]:
+        return (SamplerSpec("euler_pp" if version == "alternative" else "euler_cfg_pp"),)
+
+
 NODE_CLASS_MAPPINGS = {
     "SamplerEulerAncestral": SamplerEulerAncestral,
     "SamplerEulerAncestralCFGPP": SamplerEulerAncestralCFGPP,
@@ -211,5 +245,8 @@ NODE_CLASS_MAPPINGS = {
     "SamplerDPMAdaptative": SamplerDPMAdaptative,
     "SamplerSASolver": SamplerSASolver,
     "SamplerER_SDE": SamplerER_SDE,
+    "SamplerLCMUpscale": SamplerLCMUpscale,
+    "SamplerEulerCFGpp": SamplerEulerCFGpp,
 }
-NODE_DISPLAY_NAME_MAPPINGS = {"SamplerEulerAncestralCFGPP": "SamplerEulerAncestralCFG++"}
+NODE_DISPLAY_NAME_MAPPINGS = {"SamplerEulerAncestralCFGPP": "SamplerEulerAncestralCFG++",
+                              "SamplerEulerCFGpp": "SamplerEulerCFG++"}

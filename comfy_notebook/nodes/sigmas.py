@@ -18,8 +18,10 @@ from comfy_notebook.sampling import (
     SamplingConfigError,
     basic_sigmas,
     beta_sigmas,
+    extend_intermediate_sigmas,
     flip_sigmas,
     sd_turbo_sigmas,
+    set_first_sigma,
     split_sigmas,
     split_sigmas_denoise,
 )
@@ -208,6 +210,71 @@ class FlipSigmas:
         return (flip_sigmas(check_sigmas(sigmas)),)
 
 
+class SetFirstSigma:
+    """Replace the first sigma (e.g. a higher start for unsampled latents)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"sigmas": ("SIGMAS",), "sigma": ("FLOAT", {"default": 136.0, "min": 0.0, "max": 20000.0,
+                                                                        "step": 0.001, "round": False})}}
+
+    RETURN_TYPES = ("SIGMAS",)
+    FUNCTION = "set_first_sigma"
+    CATEGORY = f"{CATEGORY}/sigmas"
+
+    def set_first_sigma(self, sigmas: Tensor, sigma: float) -> tuple[Tensor]:
+        return (set_first_sigma(check_sigmas(sigmas), sigma),)
+
+
+class ExtendIntermediateSigmas:
+    """Subdivide the steps that start between ``end_at_sigma`` and ``start_at_sigma`` (-1: no limit)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        bound = {"min": 0.0, "max": 20000.0, "step": 0.01, "round": False}
+        return {"required": {
+            "sigmas": ("SIGMAS",), "steps": ("INT", {"default": 2, "min": 1, "max": 100}),
+            "start_at_sigma": ("FLOAT", {**bound, "default": -1.0, "min": -1.0}),
+            "end_at_sigma": ("FLOAT", {**bound, "default": 12.0}),
+            "spacing": (["linear", "cosine", "sine"],)}}
+
+    RETURN_TYPES = ("SIGMAS",)
+    FUNCTION = "extend"
+    CATEGORY = f"{CATEGORY}/sigmas"
+
+    def extend(self, sigmas: Tensor, steps: int, start_at_sigma: float, end_at_sigma: float,
+               spacing: str) -> tuple[Tensor]:
+        return (extend_intermediate_sigmas(check_sigmas(sigmas), steps, start_at_sigma, end_at_sigma, spacing),)
+
+
+class SamplingPercentToSigma:
+    """The model's sigma at a fraction of the sampling (0: start, 1: end), as a FLOAT."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": ("MODEL", {}),
+            "sampling_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.0001}),
+            "return_actual_sigma": ("BOOLEAN", {"default": False, "tooltip": (
+                "Return the actual sigma value instead of the value used for interval checks.\n"
+                "This only affects results at 0.0 and 1.0.")})}}
+
+    RETURN_TYPES = ("FLOAT",)
+    RETURN_NAMES = ("sigma_value",)
+    FUNCTION = "get_sigma"
+    CATEGORY = f"{CATEGORY}/sigmas"
+
+    def get_sigma(self, model: ModelValue, sampling_percent: float, return_actual_sigma: bool) -> tuple[float]:
+        ms = model.model_sampling
+        value = float(ms.percent_to_sigma(sampling_percent))
+        if return_actual_sigma:  # the interval checks use 999999999.9 / 0.0 at the ends
+            if sampling_percent == 0.0:
+                value = float(ms.sigma_max)
+            elif sampling_percent == 1.0:
+                value = float(ms.sigma_min)
+        return (value,)
+
+
 NODE_CLASS_MAPPINGS = {
     "BasicScheduler": BasicScheduler,
     "KarrasScheduler": KarrasScheduler,
@@ -220,4 +287,7 @@ NODE_CLASS_MAPPINGS = {
     "SplitSigmas": SplitSigmas,
     "SplitSigmasDenoise": SplitSigmasDenoise,
     "FlipSigmas": FlipSigmas,
+    "SetFirstSigma": SetFirstSigma,
+    "ExtendIntermediateSigmas": ExtendIntermediateSigmas,
+    "SamplingPercentToSigma": SamplingPercentToSigma,
 }

@@ -8,6 +8,14 @@ compute dtype (bf16 or fp16) when it runs, so only one layer's weight is ever up
 tensor cores (``torch._scaled_mm``, compute capability 8.9 and up): the input is clamped to
 e4m3's range (+-448) and cast to fp8 with scale 1; elsewhere it falls back to the cast path.
 
+"Scaled fp8" files (ComfyUI's ``scaled_fp8`` marker key, ``comfy/model_detection.py`` and
+``comfy/ops.py scaled_fp8_ops`` at a125cd8) store each linear weight as ``w / scale_weight`` in fp8
+with a float32 ``scale_weight`` per layer (and optionally ``scale_input``): :class:`ScaledFP8Linear`
+keeps the fp8 weight and applies the scale per call -- to the weight when the weight is the
+smaller tensor, else to the input, as ComfyUI -- and, with the fp8 matmul
+(:func:`scaled_linear_factory` ``fast``: ComfyUI does this on fp8-capable GPUs unless the marker
+has two elements), passes both scales to ``torch._scaled_mm``.
+
 The layer is chosen at the call site: the loader passes :func:`linear_factory` 's result to
 the model's constructor (``Flux(config, linear=...)``); nothing is patched.
 """
@@ -26,9 +34,11 @@ __all__ = [
     "WEIGHT_DTYPES",
     "CastLinear",
     "FP8MatmulLinear",
+    "ScaledFP8Linear",
     "fp8_matmul_supported",
     "is_fp8",
     "linear_factory",
+    "scaled_linear_factory",
     "storage_dtype",
 ]
 
@@ -121,6 +131,51 @@ def linear_factory(storage: torch.dtype, compute: torch.dtype, *, fast: bool = F
     if fast and storage == torch.float8_e4m3fn:
         return FP8MatmulLinear  # decides per call whether the input's device has fp8 matmul
     return CastLinear
+
+
+class ScaledFP8Linear(CastLinear):
+    """Linear with an fp8 weight stored divided by a float32 ``scale_weight`` (ComfyUI's scaled fp8).
+
+    ``scale_weight`` and ``scale_input`` are float32 0-d buffers (ones unless the file has them).
+    """
+
+    fp8_mm = False  # the class from scaled_linear_factory(fast=True) sets it
+    allow_cpu = False  # tests: run torch._scaled_mm on the CPU too
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Any = None,
+                 dtype: Any = None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.register_buffer("scale_weight", torch.ones((), device=device, dtype=torch.float32))
+        self.register_buffer("scale_input", torch.ones((), device=device, dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (self.fp8_mm and self.weight.dtype == torch.float8_e4m3fn
+                and x.dtype in (torch.bfloat16, torch.float16) and not self.in_features % 16
+                and not self.out_features % 16
+                and (fp8_matmul_supported(x.device) or (self.allow_cpu and x.device.type == "cpu"))):
+            return self._fp8_forward(x)
+        w = self.weight.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        scale = self.scale_weight.to(device=w.device, dtype=w.dtype)
+        if w.numel() < x.numel():
+            return F.linear(x, w * scale, b)
+        return F.linear(x * scale, w, b)
+
+    def _fp8_forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        s_in = self.scale_input.to(x.device)
+        a = (x * (1.0 / s_in).to(x.dtype)).reshape(-1, self.in_features).to(torch.float8_e4m3fn).contiguous()
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        y = torch._scaled_mm(a, self.weight.t(), scale_a=s_in, scale_b=self.scale_weight.to(x.device), bias=b,
+                             out_dtype=x.dtype)
+        return y.reshape(*lead, self.out_features)
+
+
+def scaled_linear_factory(*, fast: bool = False) -> Callable[..., nn.Module]:
+    """:class:`ScaledFP8Linear`, or a subclass that uses the fp8 matmul where it can (``fast``)."""
+    if not fast:
+        return ScaledFP8Linear
+    return type("ScaledFP8MatmulLinear", (ScaledFP8Linear,), {"fp8_mm": True})
 
 
 def describe(model: nn.Module) -> dict[str, Any]:

@@ -218,7 +218,7 @@ def build_component(
         return load_module(arch, component.config, sd, prefix=prefix,
                            weight_dtype=getattr(component, "weight_dtype", "default"),
                            compute_dtype=dtype, device=dev, ignore=getattr(arch, "ignored_keys", None),
-                           what=what)
+                           what=what, fp8_matmul=component.kind == "unet")  # ComfyUI: not for text encoders
     if getattr(component, "weight_dtype", "default") != "default":
         raise ModelLoadError(
             f"{what}: weight_dtype {component.weight_dtype} is not supported for {arch.__name__} yet "

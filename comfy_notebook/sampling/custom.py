@@ -15,6 +15,7 @@ Family-agnostic: the model's schedule is an argument wherever one is needed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -29,6 +30,8 @@ from comfy_notebook.sampling.noise import (
     prepare_noise,
 )
 from comfy_notebook.sampling.registry import (
+    NODE_SAMPLERS,
+    NODE_SAMPLERS_NEED_UNCOND,
     SAMPLER_NEEDS_SCHEDULE,
     SAMPLER_NEEDS_UNCOND,
     SAMPLER_NOISE,
@@ -45,9 +48,11 @@ __all__ = [
     "add_noise",
     "basic_sigmas",
     "beta_sigmas",
+    "extend_intermediate_sigmas",
     "fix_empty_latent_channels",
     "flip_sigmas",
     "sd_turbo_sigmas",
+    "set_first_sigma",
     "split_sigmas",
     "split_sigmas_denoise",
 ]
@@ -72,16 +77,17 @@ class SamplerSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
+        if self.name not in SAMPLERS and self.name not in NODE_SAMPLERS:
             raise SamplingConfigError(
-                f"unknown sampler {self.name!r}; expected one of {sorted(SAMPLERS)}. "
+                f"unknown sampler {self.name!r}; expected one of {sorted(SAMPLERS)} (or {sorted(NODE_SAMPLERS)}, "
+                "made by SamplerLCMUpscale / SamplerEulerCFGpp). "
                 "Fix: pass one of the names in comfy_notebook.sampling.SAMPLERS.")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
     @property
     def needs_uncond(self) -> bool:
         """CFG++ samplers: the denoiser must also return the unconditional prediction."""
-        return self.name in SAMPLER_NEEDS_UNCOND
+        return self.name in SAMPLER_NEEDS_UNCOND or self.name in NODE_SAMPLERS_NEED_UNCOND
 
     def run(self, model: Any, x: Tensor, sigmas: Tensor, *, seed: int, callback: StepCallback | None = None,
             cpu_noise: bool = False, model_sampling: Any = None) -> Tensor:
@@ -95,8 +101,13 @@ class SamplerSpec:
         """
         kind = SAMPLER_NOISE.get(self.name)
         noise_sampler = None
+        generator: torch.Generator | None = None
         if kind == "ancestral":
             noise_sampler = default_noise_sampler(x, seed, cpu=cpu_noise)
+        elif kind == "generator":
+            device = torch.device("cpu") if cpu_noise else x.device
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed)
         elif kind in ("sde", "sde_gpu") and len(sigmas) > 1:
             noise_sampler = BrownianTreeNoiseSampler(
                 x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seed, cpu=cpu_noise or kind == "sde")
@@ -104,7 +115,10 @@ class SamplerSpec:
         options = dict(self.options)
         if self.name in SAMPLER_NEEDS_SCHEDULE and "schedule" not in options:
             options["schedule"] = model_sampling
-        fn = for_model_sampling(self.name, SAMPLERS[self.name], model_sampling)  # *_RF on flow models
+        if generator is not None:
+            options["generator"] = generator
+        fn = SAMPLERS.get(self.name) or NODE_SAMPLERS[self.name]
+        fn = for_model_sampling(self.name, fn, model_sampling)  # *_RF on flow models
         with torch.no_grad():
             return fn(model, x, sigmas, callback=callback, noise_sampler=noise_sampler, **options)
 
@@ -233,3 +247,42 @@ def flip_sigmas(sigmas: Tensor) -> Tensor:
     if flipped[0] == 0:
         flipped[0] = 0.0001
     return flipped
+
+
+def set_first_sigma(sigmas: Tensor, sigma: float) -> Tensor:
+    """``SetFirstSigma``: a copy of ``sigmas`` whose first value is ``sigma``."""
+    out = sigmas.clone()
+    out[0] = sigma
+    return out
+
+
+_SPACINGS = {
+    "linear": lambda t: t,
+    "cosine": lambda t: torch.sin(t * math.pi / 2),
+    "sine": lambda t: 1 - torch.cos(t * math.pi / 2),
+}
+
+
+def extend_intermediate_sigmas(sigmas: Tensor, steps: int, start_at_sigma: float, end_at_sigma: float,
+                               spacing: str) -> Tensor:
+    """``ExtendIntermediateSigmas``: ``steps - 1`` extra sigmas inside each step that starts in range.
+
+    A step from ``sigmas[i]`` with ``end_at_sigma <= sigmas[i] <= start_at_sigma`` (a negative
+    ``start_at_sigma``: no upper bound) gets the points ``sigmas[i] + f(k / steps) (sigmas[i+1] -
+    sigmas[i])`` for k = 1 .. steps - 1, ``f`` the spacing (linear; cosine ``sin(pi t / 2)``:
+    denser at the end; sine ``1 - cos(pi t / 2)``: denser at the start).  Float32 on the CPU.
+    """
+    if spacing not in _SPACINGS:
+        raise SamplingConfigError(f"spacing must be one of {sorted(_SPACINGS)}, received {spacing!r}. "
+                                  "Fix: pick linear, cosine or sine.")
+    upper = math.inf if start_at_sigma < 0 else start_at_sigma
+    fractions = _SPACINGS[spacing](torch.linspace(0, 1, steps + 1, device=sigmas.device)[1:-1])
+    out: list[float] = []
+    for i in range(len(sigmas) - 1):
+        cur, nxt = sigmas[i], sigmas[i + 1]
+        out.append(float(cur))
+        if end_at_sigma <= cur <= upper:
+            out.extend((fractions * (nxt - cur) + cur).tolist())
+    if len(sigmas) > 0:
+        out.append(float(sigmas[-1]))
+    return torch.tensor(out, dtype=torch.float32)

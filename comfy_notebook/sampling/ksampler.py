@@ -22,6 +22,7 @@ from comfy_notebook.sampling.noise import prepare_noise
 from comfy_notebook.sampling.registry import SAMPLER_NOISE, SAMPLERS
 from comfy_notebook.sampling.samplers import StepCallback
 from comfy_notebook.sampling.schedules import SamplingConfigError, ksampler_sigmas
+from comfy_notebook.sampling.snr import is_flow
 
 __all__ = ["LatentFormatLike", "inpaint_concat", "inpaint_inputs", "ksample", "prepare_mask", "sample_sigmas"]
 
@@ -172,15 +173,27 @@ def inpaint_inputs(in_channels: int | None, latent_format: LatentFormatLike
 
 
 class _Inpaint:
-    """ComfyUI's ``KSamplerX0Inpaint``: keep unmasked areas at the (re-noised) original latent."""
+    """ComfyUI's ``KSamplerX0Inpaint``: keep unmasked areas at the (re-noised) original latent.
 
-    def __init__(self, inner: Callable[[Tensor, Tensor], Tensor], mask: Tensor, latent: Tensor, noise: Tensor) -> None:
+    The kept area is the original latent noised to the step's sigma by the model sampling
+    (ComfyUI's ``scale_latent_inpaint``): ``latent + sigma * noise`` for diffusion models,
+    ``flow_scaling(sigma, noise, latent)`` = ``sigma * noise + (1 - sigma) * latent`` for flow models.
+    """
+
+    def __init__(self, inner: Callable[[Tensor, Tensor], Tensor], mask: Tensor, latent: Tensor, noise: Tensor,
+                 flow_scaling: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> None:
         self.inner, self.mask, self.latent, self.noise = inner, mask, latent, noise
         self.keep = 1.0 - mask
+        self.flow_scaling = flow_scaling
+
+    def _kept(self, sigma: Tensor) -> Tensor:
+        s = sigma.view(-1, 1, 1, 1)
+        if self.flow_scaling is not None:
+            return self.flow_scaling(s, self.noise, self.latent)
+        return self.noise * s + self.latent
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        s = sigma.view(-1, 1, 1, 1)
-        x = x * self.mask + (self.noise * s + self.latent) * self.keep
+        x = x * self.mask + self._kept(sigma) * self.keep
         return self.inner(x, sigma) * self.mask + self.latent * self.keep
 
 
@@ -188,8 +201,7 @@ class _InpaintGuided(_Inpaint):
     """``_Inpaint`` over a guided denoiser: blends ``denoised``; ``uncond_denoised`` passes as is (as ComfyUI)."""
 
     def __call__(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        s = sigma.view(-1, 1, 1, 1)
-        x = x * self.mask + (self.noise * s + self.latent) * self.keep
+        x = x * self.mask + self._kept(sigma) * self.keep
         denoised, uncond = self.inner(x, sigma)
         return denoised * self.mask + self.latent * self.keep, uncond
 
@@ -379,7 +391,8 @@ def sample_sigmas(
         gen = torch.manual_seed(seed + 1)  # ComfyUI's ddim: fresh noise for the kept area
         inpaint_noise = torch.randn(noise.shape, generator=gen, device="cpu").to(device)
     if denoise_mask is not None:
-        model = (_InpaintGuided if guided else _Inpaint)(model, denoise_mask, x0, inpaint_noise)
+        flow_scaling = model_sampling.noise_scaling if is_flow(model_sampling) else None
+        model = (_InpaintGuided if guided else _Inpaint)(model, denoise_mask, x0, inpaint_noise, flow_scaling)
 
     sigma_max = float(schedule.sigma_max)
     first = float(sigmas[0])

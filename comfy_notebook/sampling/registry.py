@@ -21,6 +21,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from comfy_notebook.sampling import samplers as s
+from comfy_notebook.sampling import samplers_advanced as adv
 from comfy_notebook.sampling import samplers_cfg_pp as c
 from comfy_notebook.sampling import samplers_exp as e
 from comfy_notebook.sampling import samplers_multistep as m
@@ -28,7 +29,7 @@ from comfy_notebook.sampling import samplers_res as r
 from comfy_notebook.sampling import samplers_sa as a
 from comfy_notebook.sampling import samplers_unipc as u
 
-__all__ = ["SAMPLERS", "SAMPLER_NEEDS_SCHEDULE", "SAMPLER_NEEDS_UNCOND", "SAMPLER_NOISE"]
+__all__ = ["NODE_SAMPLERS", "NODE_SAMPLERS_NEED_UNCOND", "SAMPLERS", "SAMPLER_NEEDS_SCHEDULE", "SAMPLER_NEEDS_UNCOND", "SAMPLER_NOISE"]
 
 # In the order of ComfyUI's KSampler.SAMPLERS (a125cd8): KSAMPLER_NAMES + ddim, uni_pc, uni_pc_bh2.
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
@@ -86,5 +87,15 @@ SAMPLER_NOISE: dict[str, str] = {
     "ddim": "inpaint_random",
 }
 
+# Samplers that only sampler-object nodes make (not in KSampler's list): SamplerLCMUpscale and
+# SamplerEulerCFGpp ("alternative") of ComfyUI's nodes_advanced_samplers.py.  ``"generator"``
+# noise: the sampler gets ``generator=`` (a seeded generator on the latent's device).
+NODE_SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "lcm_upscale": adv.sample_lcm_upscale,
+    "euler_pp": adv.sample_euler_pp,
+}
+SAMPLER_NOISE["lcm_upscale"] = "generator"
+
 SAMPLER_NEEDS_UNCOND: frozenset[str] = frozenset(k for k in SAMPLERS if k.endswith("_cfg_pp"))
+NODE_SAMPLERS_NEED_UNCOND: frozenset[str] = frozenset({"euler_pp"})
 SAMPLER_NEEDS_SCHEDULE: frozenset[str] = frozenset({"sa_solver", "sa_solver_pece"})

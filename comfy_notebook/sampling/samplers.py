@@ -62,7 +62,7 @@ def get_ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float = 1.0) -
     if not eta:
         return sigma_to, torch.zeros_like(sigma_to)
     up = eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
-    sigma_up = torch.minimum(sigma_to, up)
+    sigma_up = torch.where(up < sigma_to, up, sigma_to)  # Python's min(sigma_to, up): a NaN ``up`` gives sigma_to
     return (sigma_to**2 - sigma_up**2) ** 0.5, sigma_up
 
 

@@ -17,6 +17,7 @@ sampler).  ``res_multistep_cfg_pp`` lives with its base sampler in ``samplers_re
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,6 +32,7 @@ from comfy_notebook.sampling.samplers import (
     to_d,
 )
 from comfy_notebook.sampling.schedules import SamplingConfigError
+from comfy_notebook.sampling.snr import half_log_snr, is_flow
 
 __all__ = [
     "GuidedDenoiser",
@@ -82,17 +84,27 @@ class _GuidedLoop(_Loop):
         return _pair(self.model(x, sigma * self.s_in))
 
 
-def _alpha(sigma: Tensor) -> Tensor:
-    """VP signal scale ``sigma * e^lambda`` with half-log-SNR ``lambda = -log(sigma)``: 1 up to rounding."""
-    return sigma * (-sigma.log()).exp()
+def _alpha(sigma: Tensor, flow: bool = False) -> Tensor:
+    """Signal scale ``sigma * e^lambda`` in the half-log-SNR ``lambda`` (``snr.py``).
+
+    Diffusion models: ``lambda = -log(sigma)``, alpha 1 up to rounding; flow models:
+    ``lambda = -logit(sigma)``, alpha ``1 - sigma`` up to rounding (0 at sigma 1).
+    """
+    return sigma * half_log_snr(sigma, flow).exp()
 
 
 @torch.no_grad()
 def sample_euler_ancestral_cfg_pp(model: GuidedDenoiser, x: Tensor, sigmas: Tensor, *,
                                   callback: StepCallback | None = None, noise_sampler: NoiseSampler | None = None,
-                                  eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
-    """Ancestral Euler (DDIM-style) steps with CFG++; a step to 0 returns the guided prediction."""
+                                  eta: float = 1.0, s_noise: float = 1.0, model_sampling: Any = None) -> Tensor:
+    """Ancestral Euler (DDIM-style) steps with CFG++; a step to 0 returns the guided prediction.
+
+    ``model_sampling``: a flow model's (``snr.is_flow``) makes the step use its half-log-SNR, as
+    ComfyUI a125cd8 (no first-sigma offset here: at sigma 1 alpha is 0, the step goes to the
+    ancestral one with all noise).
+    """
     noisy = eta > 0 and s_noise > 0
+    flow = is_flow(model_sampling)
     if noisy:
         noise_sampler = noise_sampler or default_noise_sampler(x)
     loop = _GuidedLoop(model, x, sigmas, callback)
@@ -101,7 +113,7 @@ def sample_euler_ancestral_cfg_pp(model: GuidedDenoiser, x: Tensor, sigmas: Tens
         if loop.sv[i + 1] == 0:
             x = denoised
             continue
-        alpha_s, alpha_t = _alpha(sigmas[i]), _alpha(sigmas[i + 1])
+        alpha_s, alpha_t = _alpha(sigmas[i], flow), _alpha(sigmas[i + 1], flow)
         d = to_d(x, sigmas[i], alpha_s * uncond)  # unconditional noise direction
         sigma_down, sigma_up = get_ancestral_step(sigmas[i] / alpha_s, sigmas[i + 1] / alpha_t, eta)
         x = alpha_t * denoised + (alpha_t * sigma_down) * d
@@ -112,9 +124,10 @@ def sample_euler_ancestral_cfg_pp(model: GuidedDenoiser, x: Tensor, sigmas: Tens
 
 @torch.no_grad()
 def sample_euler_cfg_pp(model: GuidedDenoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
-                        noise_sampler: NoiseSampler | None = None) -> Tensor:
+                        noise_sampler: NoiseSampler | None = None, model_sampling: Any = None) -> Tensor:
     """Euler steps with CFG++: ``x_next = denoised + sigma_next (x - uncond_denoised) / sigma``."""
-    return sample_euler_ancestral_cfg_pp(model, x, sigmas, callback=callback, eta=0.0, s_noise=0.0)
+    return sample_euler_ancestral_cfg_pp(model, x, sigmas, callback=callback, eta=0.0, s_noise=0.0,
+                                         model_sampling=model_sampling)
 
 
 @torch.no_grad()

@@ -6,21 +6,31 @@
 - ER-SDE-Solver-3 (Cui et al., https://arxiv.org/abs/2309.06169), VP form, with ComfyUI's default
   noise scaler ``x (e^(x^0.3) + 10)`` and its integrals taken with 200 rectangle points.
 
-Behaviour as ComfyUI (comfy/k_diffusion/sampling.py at a125cd8) for discrete-time models, where
-the half-log-SNR is ``lambda = -log(sigma)`` (so alpha = sigma e^lambda = 1 up to rounding, kept
-in the formulas) and no first-sigma offset applies (that is for flow models).  Noise comes from
-the seeded ancestral ``noise_sampler``; a step to sigma 0 returns the denoised prediction.
+Behaviour as ComfyUI (comfy/k_diffusion/sampling.py at a125cd8): the solvers step in the
+half-log-SNR ``lambda`` of the model sampling (``snr.py``), with ``alpha = sigma e^lambda``.  For
+discrete-time models (``model_sampling`` None or not a flow) ``lambda = -log(sigma)`` (alpha = 1 up
+to rounding, kept in the formulas); for flow models (``model_sampling=`` a ``CONST`` one, bound by
+``samplers_rf.for_model_sampling``) ``lambda = -logit(sigma)`` and a first sigma of 1 is moved to
+``percent_to_sigma(1e-4)``.  Noise comes from the seeded ancestral ``noise_sampler``; a step to
+sigma 0 returns the denoised prediction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from comfy_notebook.sampling.noise import NoiseSampler, default_noise_sampler
 from comfy_notebook.sampling.samplers import Denoiser, StepCallback, _Loop
+from comfy_notebook.sampling.snr import (
+    half_log_snr,
+    is_flow,
+    offset_first_sigma,
+    sigma_from_half_log_snr,
+)
 
 __all__ = ["sample_er_sde", "sample_seeds_2", "sample_seeds_3"]
 
@@ -28,6 +38,12 @@ __all__ = ["sample_er_sde", "sample_seeds_2", "sample_seeds_3"]
 def _h_phi_2(h: Tensor) -> Tensor:
     """h * phi_2(h) = (e^h - 1 - h) / h."""
     return (torch.expm1(h) - h) / h
+
+
+def _snr(sigmas: Tensor, model_sampling: Any) -> tuple[Tensor, bool]:
+    """(sigmas with a flow model's first sigma offset below 1, whether the model is a flow)."""
+    flow = is_flow(model_sampling)
+    return (offset_first_sigma(sigmas, model_sampling) if flow else sigmas), flow
 
 
 def _carry(noise: Tensor, factor: Tensor, fresh: Tensor) -> Tensor:
@@ -38,9 +54,10 @@ def _carry(noise: Tensor, factor: Tensor, fresh: Tensor) -> Tensor:
 @torch.no_grad()
 def sample_seeds_2(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                    noise_sampler: NoiseSampler | None = None, eta: float = 1.0, s_noise: float = 1.0,
-                   r: float = 0.5) -> Tensor:
+                   r: float = 0.5, model_sampling: Any = None) -> Tensor:
     """SEEDS-2: two evaluations per step (stage at lambda_s + r h)."""
     noise_sampler = noise_sampler or default_noise_sampler(x)
+    sigmas, flow = _snr(sigmas, model_sampling)
     loop = _Loop(model, x, sigmas, callback)
     inject = eta > 0 and s_noise > 0
     for i in range(loop.n):
@@ -48,11 +65,11 @@ def sample_seeds_2(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Step
         if loop.sv[i + 1] == 0:
             x = denoised
             continue
-        lam_s, lam_t = -sigmas[i].log(), -sigmas[i + 1].log()
+        lam_s, lam_t = half_log_snr(sigmas[i], flow), half_log_snr(sigmas[i + 1], flow)
         h = lam_t - lam_s
         h_eta = h * (eta + 1)
         lam_1 = torch.lerp(lam_s, lam_t, r)
-        sigma_1 = (-lam_1).exp()
+        sigma_1 = sigma_from_half_log_snr(lam_1, flow)
         alpha_1, alpha_t = sigma_1 * lam_1.exp(), sigmas[i + 1] * lam_t.exp()
         x_2 = sigma_1 / sigmas[i] * (-r * h * eta).exp() * x - alpha_1 * torch.expm1(-r * h_eta) * denoised
         noise = torch.zeros_like(x)
@@ -71,9 +88,10 @@ def sample_seeds_2(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Step
 @torch.no_grad()
 def sample_seeds_3(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                    noise_sampler: NoiseSampler | None = None, eta: float = 1.0, s_noise: float = 1.0,
-                   r_1: float = 1.0 / 3, r_2: float = 2.0 / 3) -> Tensor:
+                   r_1: float = 1.0 / 3, r_2: float = 2.0 / 3, model_sampling: Any = None) -> Tensor:
     """SEEDS-3: three evaluations per step (stages at lambda_s + r_1 h and lambda_s + r_2 h)."""
     noise_sampler = noise_sampler or default_noise_sampler(x)
+    sigmas, flow = _snr(sigmas, model_sampling)
     loop = _Loop(model, x, sigmas, callback)
     inject = eta > 0 and s_noise > 0
     for i in range(loop.n):
@@ -81,11 +99,11 @@ def sample_seeds_3(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Step
         if loop.sv[i + 1] == 0:
             x = denoised
             continue
-        lam_s, lam_t = -sigmas[i].log(), -sigmas[i + 1].log()
+        lam_s, lam_t = half_log_snr(sigmas[i], flow), half_log_snr(sigmas[i + 1], flow)
         h = lam_t - lam_s
         h_eta = h * (eta + 1)
         lam_1, lam_2 = torch.lerp(lam_s, lam_t, r_1), torch.lerp(lam_s, lam_t, r_2)
-        sigma_1, sigma_2 = (-lam_1).exp(), (-lam_2).exp()
+        sigma_1, sigma_2 = sigma_from_half_log_snr(lam_1, flow), sigma_from_half_log_snr(lam_2, flow)
         alpha_1, alpha_2 = sigma_1 * lam_1.exp(), sigma_2 * lam_2.exp()
         alpha_t = sigmas[i + 1] * lam_t.exp()
         # stage 1
@@ -121,7 +139,7 @@ def _er_noise_scaler(v: Tensor) -> Tensor:
 @torch.no_grad()
 def sample_er_sde(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                   noise_sampler: NoiseSampler | None = None, s_noise: float = 1.0, max_stage: int = 3,
-                  noise_scaler: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+                  noise_scaler: Callable[[Tensor], Tensor] | None = None, model_sampling: Any = None) -> Tensor:
     """ER-SDE-Solver-3 (up to ``max_stage`` history terms), one evaluation per step.
 
     ``noise_scaler`` is the solver's noise-scale function of ``er = sigma / alpha`` (default:
@@ -129,10 +147,11 @@ def sample_er_sde(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepC
     """
     scaler = _er_noise_scaler if noise_scaler is None else noise_scaler
     noise_sampler = noise_sampler or default_noise_sampler(x)
+    sigmas, flow = _snr(sigmas, model_sampling)
     loop = _Loop(model, x, sigmas, callback)
     points = 200.0
     idx = torch.arange(0, points, dtype=torch.float32, device=x.device)  # [200]
-    er = sigmas.log().exp()  # er_lambda = sigma / alpha = e^(-half-log-SNR)
+    er = sigmas.logit().exp() if flow else sigmas.log().exp()  # er_lambda = sigma / alpha = e^(-half-log-SNR)
     old_denoised: Tensor | None = None
     old_denoised_d: Tensor | None = None
     for i in range(loop.n):

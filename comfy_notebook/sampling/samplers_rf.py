@@ -9,21 +9,30 @@ rescale by ``alpha_next / alpha_down`` (alpha = 1 - sigma) and add noise with
 ``sqrt(sigma_next^2 - sigma_down^2 * alpha_next^2 / alpha_down^2)``.
 
 ``RF_VARIANTS`` maps the sampler names to these functions; :func:`for_model_sampling` picks the
-variant for a model sampling (``prediction == "const"``).
+variant for a model sampling (``prediction == "const"``).  It also gives the samplers that step in
+the half-log-SNR (DPM-Solver++ SDE family, LCM: ``samplers_flow_sde.FLOW_VARIANTS``; SEEDS,
+ER-SDE, SA-Solver, Euler CFG++: ``FLOW_AWARE``, which take ``model_sampling=``) the flow model's
+model sampling, so that every sampler ComfyUI allows on flow models computes what ComfyUI does.
+On diffusion models every sampler is returned as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from comfy_notebook.sampling import samplers_flow_sde as f
 from comfy_notebook.sampling.noise import NoiseSampler, default_noise_sampler
 from comfy_notebook.sampling.samplers import Denoiser, StepCallback, _Loop, to_d
+from comfy_notebook.sampling.snr import is_flow
 
 __all__ = [
+    "FLOW_AWARE",
+    "FLOW_VARIANTS",
     "RF_VARIANTS",
     "for_model_sampling",
     "is_flow",
@@ -118,13 +127,37 @@ RF_VARIANTS: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def is_flow(model_sampling: Any) -> bool:
-    """Whether a model sampling is a rectified flow (ComfyUI's ``CONST``)."""
-    return getattr(model_sampling, "prediction", None) == "const"
+# Flow variants that need the model sampling (first-sigma offset, noise scaling).
+FLOW_VARIANTS: dict[str, Callable[..., Tensor]] = {
+    "dpmpp_sde": f.sample_dpmpp_sde_flow,
+    "dpmpp_sde_gpu": f.sample_dpmpp_sde_flow,
+    "dpmpp_2m_sde": f.sample_dpmpp_2m_sde_flow,
+    "dpmpp_2m_sde_gpu": f.sample_dpmpp_2m_sde_flow,
+    "dpmpp_2m_sde_heun": f.sample_dpmpp_2m_sde_heun_flow,
+    "dpmpp_2m_sde_heun_gpu": f.sample_dpmpp_2m_sde_heun_flow,
+    "dpmpp_3m_sde": f.sample_dpmpp_3m_sde_flow,
+    "dpmpp_3m_sde_gpu": f.sample_dpmpp_3m_sde_flow,
+    "lcm": f.sample_lcm_flow,
+}
+
+# Samplers of ``registry.SAMPLERS`` that take ``model_sampling=`` and use it when it is a flow's.
+FLOW_AWARE: frozenset[str] = frozenset({
+    "euler_cfg_pp", "euler_ancestral_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece"})
 
 
 def for_model_sampling(name: str, fn: Callable[..., Tensor], model_sampling: Any) -> Callable[..., Tensor]:
-    """``fn`` (the sampler called ``name``), or its RF variant when the model is a flow model."""
-    if is_flow(model_sampling) and name in RF_VARIANTS:
+    """``fn`` (the sampler called ``name``), or what ComfyUI runs instead on a flow model.
+
+    Diffusion models (or no model sampling): ``fn`` itself.  Flow models: the RF ancestral
+    variant, the flow SDE variant bound to ``model_sampling``, or ``fn`` with
+    ``model_sampling=`` bound (``FLOW_AWARE``); other samplers are the same on both.
+    """
+    if not is_flow(model_sampling):
+        return fn
+    if name in RF_VARIANTS:
         return RF_VARIANTS[name]
+    if name in FLOW_VARIANTS:
+        return partial(FLOW_VARIANTS[name], model_sampling=model_sampling)
+    if name in FLOW_AWARE:
+        return partial(fn, model_sampling=model_sampling)
     return fn

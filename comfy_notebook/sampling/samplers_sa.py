@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,6 +33,7 @@ from torch import Tensor
 from comfy_notebook.sampling.noise import NoiseSampler, default_noise_sampler
 from comfy_notebook.sampling.samplers import Denoiser, StepCallback, _Loop
 from comfy_notebook.sampling.schedules import DiscreteSchedule, SamplingConfigError
+from comfy_notebook.sampling.snr import is_flow, offset_first_sigma
 
 __all__ = ["adams_coeffs", "sample_sa_solver", "sample_sa_solver_pece", "tau_window"]
 
@@ -125,6 +127,13 @@ def _combine(coeffs: list[float], preds: list[Tensor]) -> Tensor:
     return out
 
 
+def _half_log_snr(sigma: float, flow: bool) -> float:
+    """Host ``lambda(sigma)``: ``-log(sigma)``, or ``log((1 - sigma) / sigma)`` for flow models (inf at 0)."""
+    if sigma <= 0:
+        return math.inf
+    return math.log1p(-sigma) - math.log(sigma) if flow else -math.log(sigma)
+
+
 def _default_tau(schedule: DiscreteSchedule | None, tau_func: TauFunc | None) -> TauFunc:
     if tau_func is not None:
         return tau_func
@@ -141,8 +150,13 @@ def _default_tau(schedule: DiscreteSchedule | None, tau_func: TauFunc | None) ->
 def sample_sa_solver(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                      noise_sampler: NoiseSampler | None = None, schedule: DiscreteSchedule | None = None,
                      tau_func: TauFunc | None = None, s_noise: float = 1.0, predictor_order: int = 3,
-                     corrector_order: int = 4, use_pece: bool = False, simple_order_2: bool = False) -> Tensor:
+                     corrector_order: int = 4, use_pece: bool = False, simple_order_2: bool = False,
+                     model_sampling: Any = None) -> Tensor:
     """Stochastic Adams predictor-corrector (one evaluation per step; ``use_pece``: two).
+
+    On a flow model (``model_sampling``, or else ``schedule``, a ``CONST`` model sampling) the
+    half-log-SNR is ``-logit(sigma)`` and a first sigma of 1 moves to ``percent_to_sigma(1e-4)``,
+    as ComfyUI a125cd8 (``snr.py``).
 
     As ComfyUI a125cd8, the result is the last *corrected* state: when ``sigmas`` end in 0 that
     is the final denoised prediction; when they end above 0 (a step window with leftover noise)
@@ -154,11 +168,15 @@ def sample_sa_solver(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: St
         raise SamplingConfigError(
             f"sa_solver orders must be predictor >= 1 and corrector >= 0, received {predictor_order} and "
             f"{corrector_order}. Fix: use the defaults (3 and 4) or other small positive orders.")
-    tau_of = _default_tau(schedule, tau_func)
+    tau_of = _default_tau(schedule if schedule is not None else model_sampling, tau_func)
     noise_sampler = noise_sampler or default_noise_sampler(x)
+    ms = model_sampling if model_sampling is not None else schedule
+    flow = is_flow(ms)
+    if flow:
+        sigmas = offset_first_sigma(sigmas, ms)
     loop = _Loop(model, x, sigmas, callback)
     sv = loop.sv
-    lam = [-math.log(s) if s > 0 else math.inf for s in sv]  # half-log-SNR per sigma
+    lam = [_half_log_snr(s, flow) for s in sv]  # half-log-SNR per sigma
     keep = max(predictor_order, corrector_order)
     to_end = sv[-1] == 0  # lower the orders towards a final sigma of 0
     x_pred = x
@@ -204,8 +222,10 @@ def sample_sa_solver(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: St
 def sample_sa_solver_pece(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
                           noise_sampler: NoiseSampler | None = None, schedule: DiscreteSchedule | None = None,
                           tau_func: TauFunc | None = None, s_noise: float = 1.0, predictor_order: int = 3,
-                          corrector_order: int = 4, simple_order_2: bool = False) -> Tensor:
+                          corrector_order: int = 4, simple_order_2: bool = False,
+                          model_sampling: Any = None) -> Tensor:
     """SA-Solver in PECE mode (predict, evaluate, correct, evaluate): two evaluations per step."""
     return sample_sa_solver(model, x, sigmas, callback=callback, noise_sampler=noise_sampler, schedule=schedule,
                             tau_func=tau_func, s_noise=s_noise, predictor_order=predictor_order,
-                            corrector_order=corrector_order, use_pece=True, simple_order_2=simple_order_2)
+                            corrector_order=corrector_order, use_pece=True, simple_order_2=simple_order_2,
+                            model_sampling=model_sampling)
