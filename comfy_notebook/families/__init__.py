@@ -33,12 +33,12 @@ from comfy_notebook.families.base import (
     TextEncoderSpec,
 )
 from comfy_notebook.families.flux import FLUX, t5_component
+from comfy_notebook.families.qwen_image import QWEN_IMAGE
 from comfy_notebook.families.sd1 import SD1
 from comfy_notebook.families.sd2 import SD2
 from comfy_notebook.families.sd2_unclip import SD2_UNCLIP
 from comfy_notebook.families.sdxl import SDXL, SDXL_REFINER
 from comfy_notebook.families.wan import WAN21_LATENT, wan_vae_component, wan_vae_prefix
-from comfy_notebook.families.qwen_image import QWEN_IMAGE
 from comfy_notebook.families.zimage import ZIMAGE
 from comfy_notebook.models.detect import describe, is_known_extra
 
