@@ -12,8 +12,7 @@ __all__ = ["ALLOWED_UPWARD", "FORBIDDEN", "LAYERS", "room_of"]
 
 # (room, module prefixes relative to ``comfy_notebook``), top first.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("root", ("__init__", "demo", "testing", "_testing_flux", "_testing_qwen25vl", "_testing_qwen_image",
-              "_testing_wan", "_testing_zimage")),  # the public facade and the tools around it
+    ("root", ("__init__", "demo", "testing")),  # the public facade and the tools around it
     ("kernel_ext", ("kernel_ext",)),
     ("widgets", ("widgets", "plot")),
     ("realmode", ("realmode",)),

@@ -779,7 +779,7 @@ def make_esrgan(path: str | os.PathLike[str], *, layout: str = "realesrgan", sca
 
 
 # Flux.1 files (diffusion_models/, text_encoders/, vae/ layouts) live in their own module.
-from comfy_notebook._testing_flux import (  # noqa: E402
+from comfy_notebook.testing.flux import (  # noqa: E402
     FLUX_CONTROLNET_KINDS,
     FLUX_PRESETS,
     make_flux_controlnet,
@@ -790,7 +790,7 @@ from comfy_notebook._testing_flux import (  # noqa: E402
 __all__ += ["FLUX_CONTROLNET_KINDS", "FLUX_PRESETS", "make_flux_controlnet", "make_flux_file", "make_t5_file"]
 
 # Qwen-Image diffusion-model files (diffusion_models/qwen_image*.safetensors layout) live in their own module.
-from comfy_notebook._testing_qwen_image import (  # noqa: E402
+from comfy_notebook.testing.qwen_image import (  # noqa: E402
     QWEN_IMAGE_PRESETS,
     make_qwen_image_file,
     random_qwen_image_state_dict,
@@ -799,7 +799,7 @@ from comfy_notebook._testing_qwen_image import (  # noqa: E402
 __all__ += ["QWEN_IMAGE_PRESETS", "make_qwen_image_file", "random_qwen_image_state_dict"]
 
 # Z-Image files (diffusion_models/, text_encoders/ layouts) live in their own module.
-from comfy_notebook._testing_zimage import (  # noqa: E402
+from comfy_notebook.testing.zimage import (  # noqa: E402
     QWEN3_TINY,
     ZIMAGE_PRESETS,
     ZIMAGE_TINY,
@@ -810,12 +810,12 @@ from comfy_notebook._testing_zimage import (  # noqa: E402
 __all__ += ["QWEN3_TINY", "ZIMAGE_PRESETS", "ZIMAGE_TINY", "make_qwen3_file", "make_zimage_file"]
 
 # Qwen2.5-VL text-encoder files (text_encoders/qwen_2.5_vl_7b* layout) live in their own module.
-from comfy_notebook._testing_qwen25vl import QWEN25VL_TINY, make_qwen25vl_file  # noqa: E402
+from comfy_notebook.testing.qwen25vl import QWEN25VL_TINY, make_qwen25vl_file  # noqa: E402
 
 __all__ += ["QWEN25VL_TINY", "make_qwen25vl_file"]
 
 # The Wan-2.1 VAE of Qwen-Image (vae/qwen_image_vae.safetensors layout) lives in its own module.
-from comfy_notebook._testing_wan import (  # noqa: E402
+from comfy_notebook.testing.wan import (  # noqa: E402
     WAN_VAE_PRESETS,
     make_wan_vae_file,
     random_wan_vae_state_dict,
