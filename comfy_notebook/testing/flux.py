@@ -57,7 +57,7 @@ def make_flux_file(
     ``preset``: ``flux-dev-tiny`` (with ``guidance_in``) or ``flux-schnell-tiny``; ``config``
     overrides it.  ``dtype`` may be an fp8 type (weights rounded from float32).
     """
-    from comfy_notebook.testing import random_state_dict
+    from comfy_notebook.testing._core import random_state_dict
 
     if config is None:
         if preset not in FLUX_PRESETS:
@@ -75,7 +75,7 @@ def make_t5_file(
     config: T5Config | None = None,
 ) -> str:
     """Write a random-weight T5 v1.1 encoder file (``text_encoders/t5xxl_*`` layout). Returns the path."""
-    from comfy_notebook.testing import random_state_dict
+    from comfy_notebook.testing._core import random_state_dict
 
     sd = random_state_dict(_meta(T5Encoder, config or T5Config.tiny()), seed, torch.float32, "t5")
     return _save({k: v.to(dtype) for k, v in sd.items()}, path)
@@ -108,7 +108,7 @@ def make_flux_controlnet(
     """
     from comfy_notebook.families.flux_control import flux_control_to_diffusers
     from comfy_notebook.models.controlnet_flux import FluxControlNet, FluxControlNetConfig
-    from comfy_notebook.testing import random_state_dict
+    from comfy_notebook.testing._core import random_state_dict
 
     if kind not in FLUX_CONTROLNET_KINDS:
         raise ValueError(f"unknown Flux ControlNet kind {kind!r}; expected one of {FLUX_CONTROLNET_KINDS}")

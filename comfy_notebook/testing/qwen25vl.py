@@ -34,7 +34,7 @@ def make_qwen25vl_file(path: str | os.PathLike[str], seed: int = 0, *, dtype: to
     """
     from safetensors.torch import save_file
 
-    from comfy_notebook.testing import random_state_dict
+    from comfy_notebook.testing._core import random_state_dict
 
     config = config or QWEN25VL_TINY
     with torch.device("meta"):

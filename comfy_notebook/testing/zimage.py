@@ -61,7 +61,7 @@ def make_zimage_file(
 
     ``config`` overrides the preset; ``dtype`` may be an fp8 type (weights rounded from float32).
     """
-    from comfy_notebook.testing import random_state_dict
+    from comfy_notebook.testing._core import random_state_dict
 
     if config is None:
         if preset not in ZIMAGE_PRESETS:
@@ -79,7 +79,7 @@ def make_qwen3_file(
     config: Qwen3Config | None = None,
 ) -> str:
     """Write a random-weight Qwen3 text-encoder file (``text_encoders/qwen_3_4b*`` layout). Returns the path."""
-    from comfy_notebook.testing import random_state_dict
+    from comfy_notebook.testing._core import random_state_dict
 
     sd = random_state_dict(_meta(Qwen3Encoder, config or QWEN3_TINY), seed, torch.float32, "qwen3")
     return _save({k: v.to(dtype) for k, v in sd.items()}, path)
