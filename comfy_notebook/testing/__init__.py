@@ -10,7 +10,8 @@ small modules named for what they write; import them from here:
 - ``loras``: LoRAs, textual-inversion embeddings, hypernetworks;
 - ``control``: ControlNet, T2I-Adapter, control-LoRA, GLIGEN, style model, CLIP vision;
 - ``upscale``: ESRGAN upscalers; ``images``: test images;
-- ``flux``, ``zimage``, ``qwen_image``: the DiT families' files (transformer, text encoders, VAE).
+- ``flux``, ``zimage``, ``qwen_image``: the DiT families' files (transformer, text encoders, VAE;
+  ``qwen_image`` also holds the Qwen2.5-VL encoder and the Wan-2.1 VAE).
 """
 
 from __future__ import annotations
@@ -40,14 +41,17 @@ from comfy_notebook.testing.flux import (
 from comfy_notebook.testing.images import make_masked_image as make_masked_image
 from comfy_notebook.testing.loras import make_embedding, make_hypernetwork, make_lora
 from comfy_notebook.testing.presets import PRESETS, Preset, get_preset, preset_configs
-from comfy_notebook.testing.qwen25vl import QWEN25VL_TINY, make_qwen25vl_file
 from comfy_notebook.testing.qwen_image import (
+    QWEN25VL_TINY,
     QWEN_IMAGE_PRESETS,
+    WAN_VAE_PRESETS,
+    make_qwen25vl_file,
     make_qwen_image_file,
+    make_wan_vae_file,
     random_qwen_image_state_dict,
+    random_wan_vae_state_dict,
 )
 from comfy_notebook.testing.upscale import make_esrgan
-from comfy_notebook.testing.wan import WAN_VAE_PRESETS, make_wan_vae_file, random_wan_vae_state_dict
 from comfy_notebook.testing.zimage import (
     QWEN3_TINY,
     ZIMAGE_PRESETS,
