@@ -168,6 +168,14 @@ show("Qwen-Image-Edit", edited)
 show_ran()
 edited"""
 
+GRID_CELL = """\
+%matplotlib inline
+from comfy_notebook import plot
+
+families = {"SDXL": sdxl_image, "Flux.1 dev (fp8)": flux_image, "Z-Image-Turbo": zimage_image,
+            "Qwen-Image": qwen_image, "Qwen-Image-Edit": edited}
+plot.grid(list(families.values()), titles=list(families), cols=len(families))"""
+
 TABLE_CELL = """\
 print(panel.text())"""
 
@@ -235,6 +243,8 @@ Qwen2.5-VL as the text encoder (`CLIPLoader` type `qwen_image`) and the Wan 2.1 
 the VAE, adds its latent to the conditioning as a reference the transformer attends to. The
 input here is the Flux image from above."""),
         new_code_cell(EDIT_CELL),
+        new_markdown_cell("The five images side by side (`comfy_notebook.plot.grid`)."),
+        new_code_cell(GRID_CELL),
         new_markdown_cell("""\
 ## The model panel
 One row per model part, with its family, storage dtype and location; the memory plan below the
@@ -244,7 +254,9 @@ table lists the latest moves (loads, offloads, evictions) with their reasons."""
 ## Flux under a small budget
 `set_budget` caps what the models may hold on the device. Below the size of each model, every
 one runs partially loaded in turn: the blocks that fit stay on the device, the rest stream in
-each step. The plan says how much stays and how much streams; the image does not change."""),
+each step. The plan says how much stays and how much streams; the image does not change. The
+budget also covers the memory a step needs, so a model smaller than the budget may still keep
+nothing resident and stream all of its weights."""),
         new_code_cell(BUDGET_CELL),
         new_code_cell("panel  # the live widget (its text form without a widget frontend)"),
     ]

@@ -172,6 +172,8 @@ def test_models_and_memory_notebook(run_notebook: Any) -> None:
     nb = run_notebook("03_models_and_memory.ipynb")
     assert line(nb.text("SIMULATED_GPU ="), "simulated GPU:") == "True"
     assert has_png(nb.cell("reference = image.value.clone()"))
+    assert has_png(nb.cell("plot.grid(list(families.values())")), "the families' grid is not shown"
+
     table = text_of(next(c for c in nb.nb.cells if c.cell_type == "code" and c.source.strip() == "session.models"))
     assert "capacity=4.00 GB" in table
     assert re.search(r"tiny-sd1/unet\s+unet\s+gpu\s+4\.1 MB/4\.1 MB", table), table
@@ -370,6 +372,8 @@ def test_model_families_notebook(run_notebook: Any) -> None:
     assert "unet:flux1-dev@fp8_e4m3fn/unet holds 1.0 bytes a parameter" in flux  # fp8 on load
     # the edit conditioning carries the Flux image's latent (resized to ~1024x1024 px) as its reference
     assert line(nb.text("TextEncodeQwenImageEditPlus("), "reference latents:") == "[(1, 16, 128, 128)]"
+
+    assert has_png(nb.cell("plot.grid(list(families.values())")), "the families' grid is not shown"
 
     table = text_of(next(c for c in nb.nb.cells
                          if c.cell_type == "code" and c.source.strip() == "print(panel.text())"))
