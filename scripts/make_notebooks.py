@@ -529,7 +529,9 @@ kernel (or edit `MODELS_DIR` in the set-up cell); the cell uses ComfyUI's standa
 `diffusion_models/z_image_turbo_bf16.safetensors`, `text_encoders/qwen_3_4b.safetensors`,
 `diffusion_models/qwen_image_fp8_e4m3fn.safetensors` and
 `qwen_image_edit_2509_fp8_e4m3fn.safetensors`, `text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors`,
-`vae/qwen_image_vae.safetensors`) at 1024 px. Without a models folder it writes tiny
+`vae/qwen_image_vae.safetensors`) at 1024 px; a section whose files you lack stops with an
+error naming the missing file; skip it (only the edit depends on other sections: it edits the
+Flux image with the Qwen-Image encoder and VAE). Without a models folder it writes tiny
 random-weight files with the released key layouts, under the same names, to your cache folder
 (a few MB, no download) and uses 64 px images and 3 steps, so the notebook runs anywhere in
 seconds; its images are noise.""")
