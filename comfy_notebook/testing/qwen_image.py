@@ -10,7 +10,7 @@ ComfyUI's Qwen-Image workflows load three separate files:
 - ``text_encoders/qwen_2.5_vl_7b.safetensors``: Qwen2.5-VL, the language model under ``model.``
   and the vision tower under ``visual.`` (Hugging Face names).  The tiny preset keeps that
   structure, the real Qwen2.5-VL vocabulary (so the shipped tokenizer's ids, the image pad among
-  them, index the embedding) and a width equal to the tiny transformer's context width (48).
+  them, index the embedding) and a width equal to the tiny transformer's context width (64), so the two presets pair.
 - ``vae/qwen_image_vae.safetensors``: the Wan-2.1 causal 3-D VAE with ComfyUI ``WanVAE`` key
   names, no prefix (``encoder.conv1.weight``, ``encoder.downsamples.N.residual.2.weight``,
   ``decoder.middle.0.residual.0.gamma``, ``conv1.*``/``conv2.*`` ...).  The tiny preset keeps the
@@ -97,9 +97,9 @@ def make_qwen_image_file(
 #: 2 layers, 48 wide (3 query heads of 16, 1 key/value head), the real 152064-token vocabulary,
 #: a 4-block vision tower 64 wide whose merger outputs 48
 QWEN25VL_TINY = Qwen25VLConfig(
-    vocab_size=152064, hidden_size=48, num_layers=2, num_heads=3, num_kv_heads=1, head_dim=16,
+    vocab_size=152064, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
     intermediate_size=96, mrope_section=(2, 3, 3),
-    vision=dataclasses.replace(VisionConfig.tiny(), out_hidden_size=48))
+    vision=dataclasses.replace(VisionConfig.tiny(), out_hidden_size=64))
 
 
 def make_qwen25vl_file(path: str | os.PathLike[str], seed: int = 0, *, dtype: torch.dtype = torch.bfloat16,

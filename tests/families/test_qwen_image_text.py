@@ -182,3 +182,11 @@ def test_edit_nodes_object_info_is_comfyuis():
     for node in (edit, plus):
         assert node["category"] == "advanced/conditioning" and node["output"] == ["CONDITIONING"]
         assert node["input"]["required"]["prompt"] == ["STRING", {"multiline": True, "dynamicPrompts": True}]
+
+
+def test_the_tiny_presets_pair():
+    """The default tiny Qwen2.5-VL file conditions the default tiny Qwen-Image transformer (found
+    by the families notebook: a 48-wide encoder met a 64-wide context)."""
+    from comfy_notebook.models.qwen_image import QwenImageConfig
+
+    assert QWEN25VL_TINY.hidden_size == QwenImageConfig.tiny().context_dim
