@@ -203,7 +203,10 @@ class ModelManager:
     def _info(self, m: ManagedModel) -> ModelInfo:
         holders = tuple(sorted(r.holder or "<ref>" for r in list(m._refs)))
         held = self.graphs.held(m.name)
-        return ModelInfo(m.name, m.kind, m.source, m.nbytes, m.dtype, m.where, m.loaded_bytes,
+        # fp8-stored models compute in m.dtype but hold their weights in the storage dtype: show that
+        stored = getattr(m._module, "storage_dtype", None) if m._module is not None else None
+        dtype = stored if isinstance(stored, torch.dtype) and stored.itemsize == 1 else m.dtype
+        return ModelInfo(m.name, m.kind, m.source, m.nbytes, dtype, m.where, m.loaded_bytes,
                          m.last_used, m.pinned, m.keep_loaded, m.in_use, holders, m.family,
                          graphs=len(held), graph_bytes=sum(g.nbytes for g in held))
 

@@ -98,3 +98,19 @@ def test_sampling_preview_uses_the_model_latent_format() -> None:
     want = latent_to_rgb(x, SDXL_LATENT.rgb_factors, SDXL_LATENT.rgb_bias)[0, 0, 0]
     assert (xl[0, 0] == want).all() and not (xl[0, 0] == latent_to_rgb(x)[0, 0, 0]).all()
     assert preview_data_url({"samples": x, "latent_format": SDXL_LATENT}) != preview_data_url({"samples": x})
+
+
+def test_the_panel_rows_show_fp8_storage(tmp_path: pathlib.Path, mgr: ModelManager) -> None:
+    """An fp8-stored model computes in the policy's dtype but holds fp8 weights: its row says
+    fp8 (found by the families notebook: the panel said float32 for an fp8 Flux transformer)."""
+    from comfy_notebook.families import load_unet_value
+    from comfy_notebook.testing import make_flux_file
+
+    path = make_flux_file(tmp_path / "flux.safetensors")
+    load_unet_value(mgr, path, name="fp8", weight_dtype="fp8_e4m3fn")
+    load_unet_value(mgr, path, name="bf16")
+    mgr.load("fp8/unet")
+    mgr.load("bf16/unet")
+    dtypes = {i.name: i.dtype for i in mgr.list()}
+    assert dtypes["fp8/unet"] == torch.float8_e4m3fn
+    assert dtypes["bf16/unet"] != torch.float8_e4m3fn
