@@ -122,7 +122,8 @@ def flux_txt2img(seed, text):
 flux_image, flux = flux_txt2img(42, FLUX_TEXT)
 unet = next(i for i in session.models.list() if i.name.endswith("@fp8_e4m3fn/unet"))  # cast to fp8 on load
 with safe_open(Path(MODELS_DIR) / "diffusion_models" / FLUX, "pt") as f:
-    parameters = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    names = f.keys()  # a safetensors file handle, not a dict
+    parameters = sum(math.prod(f.get_slice(k).get_shape()) for k in names)
 print("family:", flux.value.family.name, "|", unet.name, "holds", unet.bytes / parameters, "bytes a parameter")
 show("Flux", flux_image)
 show_ran()
