@@ -82,8 +82,10 @@ def _clip_tensors(clip_config: Any, seed: int, dtype: torch.dtype, layout: str =
     return sd
 
 
-def _save(tensors: dict[str, Tensor], path: str | os.PathLike[str]) -> None:
+def _save(tensors: dict[str, Tensor], path: str | os.PathLike[str]) -> str:
+    """Write ``tensors`` as a safetensors file (folders made as needed); returns the path."""
     from safetensors.torch import save_file
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return str(path)

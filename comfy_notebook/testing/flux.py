@@ -16,31 +16,17 @@ The tiny presets keep the real key structure and latent/patch sizes with tiny wi
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
-from torch import nn
 
 from comfy_notebook.models.flux import Flux, FluxConfig
 from comfy_notebook.models.t5 import T5Config, T5Encoder
+from comfy_notebook.testing._core import _meta, _save, random_state_dict
 
 __all__ = ["FLUX_CONTROLNET_KINDS", "FLUX_PRESETS", "make_flux_controlnet", "make_flux_file", "make_t5_file"]
 
 FLUX_PRESETS = ("flux-dev-tiny", "flux-schnell-tiny")
 FLUX_CONTROLNET_KINDS = ("xlabs", "mistoline", "instantx", "union", "inpaint")
-
-
-def _meta(cls: type[nn.Module], config: Any) -> nn.Module:
-    with torch.device("meta"):
-        return cls(config)
-
-
-def _save(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> str:
-    from safetensors.torch import save_file
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-    return str(path)
 
 
 def make_flux_file(
@@ -57,7 +43,6 @@ def make_flux_file(
     ``preset``: ``flux-dev-tiny`` (with ``guidance_in``) or ``flux-schnell-tiny``; ``config``
     overrides it.  ``dtype`` may be an fp8 type (weights rounded from float32).
     """
-    from comfy_notebook.testing._core import random_state_dict
 
     if config is None:
         if preset not in FLUX_PRESETS:
@@ -75,7 +60,6 @@ def make_t5_file(
     config: T5Config | None = None,
 ) -> str:
     """Write a random-weight T5 v1.1 encoder file (``text_encoders/t5xxl_*`` layout). Returns the path."""
-    from comfy_notebook.testing._core import random_state_dict
 
     sd = random_state_dict(_meta(T5Encoder, config or T5Config.tiny()), seed, torch.float32, "t5")
     return _save({k: v.to(dtype) for k, v in sd.items()}, path)
@@ -108,7 +92,6 @@ def make_flux_controlnet(
     """
     from comfy_notebook.families.flux_control import flux_control_to_diffusers
     from comfy_notebook.models.controlnet_flux import FluxControlNet, FluxControlNetConfig
-    from comfy_notebook.testing._core import random_state_dict
 
     if kind not in FLUX_CONTROLNET_KINDS:
         raise ValueError(f"unknown Flux ControlNet kind {kind!r}; expected one of {FLUX_CONTROLNET_KINDS}")

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
 
 import torch
-from torch import nn
 
 from comfy_notebook.models.qwen3 import Qwen3Config, Qwen3Encoder
 from comfy_notebook.models.zimage import ZImage, ZImageConfig
+from comfy_notebook.testing._core import _meta, _save, random_state_dict
 
 __all__ = ["QWEN3_TINY", "ZIMAGE_PRESETS", "ZIMAGE_TINY", "make_qwen3_file", "make_zimage_file"]
 
@@ -33,19 +32,6 @@ ZIMAGE_PRESETS = ("zimage-turbo-tiny",)
 ZIMAGE_TINY = ZImageConfig.tiny()
 #: the tiny Qwen3 that feeds it: the real vocabulary, 48 wide (the caption width), 3 layers
 QWEN3_TINY = dataclasses.replace(Qwen3Config.tiny(), vocab_size=151936, hidden_size=ZIMAGE_TINY.cap_feat_dim)
-
-
-def _meta(cls: type[nn.Module], config: Any) -> nn.Module:
-    with torch.device("meta"):
-        return cls(config)
-
-
-def _save(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> str:
-    from safetensors.torch import save_file
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-    return str(path)
 
 
 def make_zimage_file(
@@ -61,7 +47,6 @@ def make_zimage_file(
 
     ``config`` overrides the preset; ``dtype`` may be an fp8 type (weights rounded from float32).
     """
-    from comfy_notebook.testing._core import random_state_dict
 
     if config is None:
         if preset not in ZIMAGE_PRESETS:
@@ -79,7 +64,6 @@ def make_qwen3_file(
     config: Qwen3Config | None = None,
 ) -> str:
     """Write a random-weight Qwen3 text-encoder file (``text_encoders/qwen_3_4b*`` layout). Returns the path."""
-    from comfy_notebook.testing._core import random_state_dict
 
     sd = random_state_dict(_meta(Qwen3Encoder, config or QWEN3_TINY), seed, torch.float32, "qwen3")
     return _save({k: v.to(dtype) for k, v in sd.items()}, path)
