@@ -135,6 +135,15 @@ class ControlNetApply:
         return (out,)
 
 
+#: the strength and start/end percent widgets every "apply ControlNet" node ends with (ComfyUI's)
+def _strength_window() -> dict[str, Any]:
+    return {  # fresh dicts per call: callers may annotate their copies
+        "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+        "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+        "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+    }
+
+
 class ControlNetApplyAdvanced:
     """Apply a ControlNet to positive and negative conditioning over a part of the sampling."""
 
@@ -145,9 +154,7 @@ class ControlNetApplyAdvanced:
             "negative": ("CONDITIONING",),
             "control_net": ("CONTROL_NET",),
             "image": ("IMAGE",),
-            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
-            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
-            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+            **_strength_window(),
         }, "optional": {"vae": ("VAE",)}}
 
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
@@ -197,9 +204,7 @@ class ControlNetApplySD3(ControlNetApplyAdvanced):
             "control_net": ("CONTROL_NET",),
             "vae": ("VAE",),
             "image": ("IMAGE",),
-            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
-            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
-            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+            **_strength_window(),
         }}
 
     DEPRECATED = True
@@ -222,9 +227,7 @@ class ControlNetInpaintingAliMamaApply(ControlNetApplyAdvanced):
             "vae": ("VAE",),
             "image": ("IMAGE",),
             "mask": ("MASK",),
-            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
-            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
-            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+            **_strength_window(),
         }}
 
     FUNCTION = "apply_inpaint_controlnet"
